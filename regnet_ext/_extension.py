@@ -1,0 +1,32 @@
+"""Loads the compiled library (regnet_ext._C) once and says why when it cannot."""
+import importlib
+
+_state = {"loaded": None, "error": None}
+
+
+def load():
+    """Imports regnet_ext._C (registering the operators); returns True on success."""
+    if _state["loaded"] is None:
+        try:
+            importlib.import_module("regnet_ext._C")
+            _state["loaded"] = True
+        except ImportError as exc:  # not built, or built against another torch
+            _state["loaded"], _state["error"] = False, exc
+    return _state["loaded"]
+
+
+def require():
+    if not load():
+        raise ImportError(
+            "regnet_ext's compiled operators are not available "
+            f"({_state['error']}). Build them with `pip install --no-build-isolation .` "
+            "(or `make build` in a checkout) using the torch you run with.") from _state["error"]
+
+
+def build_config():
+    """What setup.py recorded at build time (empty dict when the package was never built)."""
+    try:
+        from . import _build_config
+    except ImportError:
+        return {}
+    return {k: v for k, v in vars(_build_config).items() if k.isupper()}

@@ -1,0 +1,1 @@
+"""Sub-commands of `regnet-ext`, one module each (discovered by regnet_ext.cli)."""
