@@ -3,6 +3,7 @@
 Environment:
   REGNET_EXT_CUDA        auto (default) | 0 | 1   -- 1 fails loudly if CUDA cannot be built
   TORCH_CUDA_ARCH_LIST   architectures; defaulted below when no GPU is visible
+  REGNET_EXT_CPU_FLAGS   extra C++ flags for the CPU kernels (default: -march=native)
   CUDA_HOME / CUDA_PATH  the toolkit; otherwise asked of the nvcc found on PATH
 """
 import glob
@@ -132,7 +133,9 @@ def main():
     print(f"regnet_ext: CUDA {'ON' if build_cuda else 'OFF'} ({reason}); archs={arch_list}")
     write_build_config(build_cuda, arch_list, reason)
 
-    cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unused-function"]
+    # The package is compiled on the machine that runs it, so tune for its CPU by default.
+    cpu_flags = os.environ.get("REGNET_EXT_CPU_FLAGS", "-march=native").split()
+    cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unused-function", *cpu_flags]
     define_macros = []
     srcs = [os.path.relpath(s, ROOT) for s in sources(CPU_SOURCE_PATTERNS)]
     include_dirs = [str(ROOT / "csrc")]
