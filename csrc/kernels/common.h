@@ -1,0 +1,27 @@
+// Definitions shared by every kernel header: compiled by the host compiler for the CPU
+// implementation and by nvcc for the CUDA one, so the same arithmetic runs on both.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define REGNET_HD __host__ __device__ __forceinline__
+#else
+#define REGNET_HD inline
+#endif
+
+namespace regnet_ext::kernels {
+
+// Half-precision inputs accumulate in float; float and double accumulate in themselves.
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename Acc<T>::type;
+
+}  // namespace regnet_ext::kernels

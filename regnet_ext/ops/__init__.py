@@ -1,0 +1,12 @@
+"""Python face of the regnet_ext operators: input checks, autograd and fake kernels.
+
+Importing this module loads the compiled library and fails with a clear message if it is
+missing. Models do not import it: they run on stock PyTorch ops without the extension."""
+from .._extension import require
+
+require()
+
+from .conv_bn_act import conv_bn_act  # noqa: E402
+from .squeeze_excite import squeeze_excite  # noqa: E402
+
+__all__ = ["conv_bn_act", "squeeze_excite"]
