@@ -1,0 +1,63 @@
+"""setup.py and CMakeLists.txt must compile the same sources into the same library."""
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = runpy.run_path(str(ROOT / "setup.py"))  # guarded by __main__: defines, does not build
+
+
+def _cmake():
+    exe = shutil.which("cmake", path=os.path.dirname(sys.executable)) or shutil.which("cmake")
+    if exe is None:
+        pytest.fail("cmake is not installed (it is a test dependency: pip install cmake)")
+    return exe
+
+
+def _configure(build_dir, *extra):
+    cmd = [_cmake(), "-S", str(ROOT), "-B", str(build_dir), f"-DPython3_EXECUTABLE={sys.executable}",
+           *extra]
+    ninja = shutil.which("ninja", path=os.path.dirname(sys.executable))
+    if ninja:
+        cmd += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return (build_dir / "regnet_ext_sources.txt").read_text().split()
+
+
+def test_cuda_arch_default_covers_volta_to_hopper_with_ptx():
+    assert SETUP["default_arch_list"](12) == "7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+    assert SETUP["default_arch_list"](13) == "7.5;8.0;8.6;8.9;9.0+PTX"  # CUDA 13 dropped Volta
+
+
+def test_bad_cuda_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("REGNET_EXT_CUDA", "yes")
+    with pytest.raises(SystemExit, match="REGNET_EXT_CUDA must be one of"):
+        SETUP["decide_cuda"]()
+
+
+@pytest.mark.slow
+def test_cmake_builds_the_same_cpu_library(tmp_path):
+    listed = _configure(tmp_path)
+    assert listed == SETUP["sources"](SETUP["CPU_SOURCE_PATTERNS"])
+    subprocess.run([_cmake(), "--build", str(tmp_path)], check=True, capture_output=True, text=True)
+    built = next(tmp_path.glob("_C*.so"))
+    # A fresh interpreter, so the operators are not registered twice.
+    code = ("import torch; torch.ops.load_library(%r); "
+            "print([s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith('regnet_ext::')])"
+            ) % str(built)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "regnet_ext::conv_bn_act" in out.stdout and "regnet_ext::squeeze_excite" in out.stdout
+
+
+@pytest.mark.slow
+def test_cmake_cuda_source_list_matches_setup(tmp_path):
+    if SETUP["find_cuda_home"]() is None:
+        pytest.skip("no CUDA toolkit on this machine")
+    listed = _configure(tmp_path, "-DREGNET_EXT_CUDA=ON")
+    expected = sorted(SETUP["sources"](SETUP["CPU_SOURCE_PATTERNS"] + SETUP["CUDA_SOURCE_PATTERNS"]))
+    assert listed == expected
