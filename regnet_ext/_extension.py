@@ -8,6 +8,8 @@ def load():
     """Imports regnet_ext._C (registering the operators); returns True on success."""
     if _state["loaded"] is None:
         try:
+            import torch  # noqa: F401  (loads libtorch, which _C links against)
+
             importlib.import_module("regnet_ext._C")
             _state["loaded"] = True
         except ImportError as exc:  # not built, or built against another torch

@@ -1,0 +1,47 @@
+"""What was built and what this machine can run: the facts a bug report needs."""
+import platform
+
+import torch
+
+from . import __version__, _extension, _verification
+
+OPERATOR_NAMESPACE = "regnet_ext::"
+
+
+def registered_operators():
+    """Names of the regnet_ext operators registered with the dispatcher (after loading _C)."""
+    _extension.load()
+    return sorted({s.name for s in torch._C._jit_get_all_schemas()
+                   if s.name.startswith(OPERATOR_NAMESPACE)})
+
+
+def _has_kernel(op, dispatch_key):
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
+
+
+def collect():
+    config = _extension.build_config()
+    ops = registered_operators()
+    cuda_available = torch.cuda.is_available()
+    return {
+        "regnet_ext": __version__,
+        "torch": torch.__version__,
+        "torch_at_build": config.get("TORCH_VERSION_AT_BUILD"),
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "extension_loaded": _extension.load(),
+        "extension_error": None if _extension.load() else str(_extension._state["error"]),
+        "cpu_kernels": {op: _has_kernel(op, "CPU") for op in ops},
+        "cuda_compiled": bool(config.get("CUDA_COMPILED")),
+        "cuda_build_note": config.get("CUDA_BUILD_REASON"),
+        "cuda_archs": config.get("CUDA_ARCH_LIST"),
+        "cuda_kernels": {op: _has_kernel(op, "CUDA") for op in ops},
+        "cuda_available": cuda_available,
+        "cuda_device": torch.cuda.get_device_name() if cuda_available else None,
+        "cuda_gpu_verified": _verification.CUDA_KERNELS_GPU_VERIFIED,
+        "cuda_verification": (_verification.CUDA_VERIFICATION if config.get("CUDA_COMPILED")
+                              else "CUDA kernels were not compiled in this build."),
+        "operators": ops,
+        "cpu_threads": torch.get_num_threads(),
+    }
