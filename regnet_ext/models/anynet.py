@@ -1,5 +1,6 @@
 """AnyNet: a stem, any number of stages of residual bottleneck blocks, and a head."""
 import math
+from collections import OrderedDict
 
 from torch import nn
 
@@ -25,7 +26,7 @@ class AnyNet(nn.Module):
         for block in spec.blocks():
             stages[block.stage].append((f"b{block.index + 1}", ResBottleneckBlock(block)))
         for i, blocks in enumerate(stages):
-            self.add_module(f"s{i + 1}", nn.Sequential(dict(blocks)))
+            self.add_module(f"s{i + 1}", nn.Sequential(OrderedDict(blocks)))
         self.head = Head(spec.widths[-1], spec.num_classes)
         self.reset_parameters()
 

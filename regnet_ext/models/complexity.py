@@ -85,7 +85,14 @@ def complexity(spec: AnyNetSpec, resolution=224):
         raise TypeError(f"spec: expected an AnyNetSpec, got {type(spec).__name__}")
     h, w = _resolution(resolution)
     flops, params, acts = stem_complexity(spec, h, w)
-    for _, _, (f, p, a) in per_block_complexity(spec, (h, w)):
+    h, w = output_size(h, w, 2)
+    for first, rest, depth in spec.stage_blocks():  # two block evaluations per stage
+        f, p, a = block_complexity(first, h, w)
         flops, params, acts = flops + f, params + p, acts + a
+        h, w = output_size(h, w, first.stride)
+        if rest is not None:
+            f, p, a = block_complexity(rest, h, w)
+            n = depth - 1
+            flops, params, acts = flops + n * f, params + n * p, acts + n * a
     f, p, a = head_complexity(spec)
     return Complexity(flops + f, params + p, acts + a)

@@ -1,8 +1,10 @@
 """The RegNet width/depth generator: a quantized linear function of the block index.
 
 pycls semantics by default (float64, round half to even); ``rounding="torchvision"`` reproduces
-torchvision's float32 arithmetic and its half-up group/bottleneck compatibility step, which gives
-different architectures for three standard models (needed to load torchvision's weights).
+torchvision's float32 arithmetic and its half-up group/bottleneck compatibility step (with its extra
+group when the result falls below 90% of the width). That gives other architectures for five of the
+24 standard models: RegNetX-400MF, RegNetY-800MF and RegNetY-8.0GF among those torchvision ships
+(needed to load its weights), and RegNetX-4.0GF and RegNetY-4.0GF, which it does not ship.
 """
 import math
 from dataclasses import dataclass
@@ -28,6 +30,15 @@ class RegNetDesign:
     bottleneck_multipliers: tuple
     num_stages: int  # distinct widths
     total_stages: int  # max exponent + 1
+
+    @property
+    def widths_per_block(self):
+        """Each block's final width (its stage's width after the compatibility step)."""
+        return tuple(w for w, d in zip(self.stage_widths, self.stage_depths) for _ in range(d))
+
+    @property
+    def group_widths_per_block(self):
+        return tuple(g for g, d in zip(self.group_widths, self.stage_depths) for _ in range(d))
 
     def to_spec(self, *, se_ratio=0.0, num_classes=1000, stem_width=32, in_channels=3, name=""):
         return AnyNetSpec(depths=self.stage_depths, widths=self.stage_widths,
@@ -61,7 +72,9 @@ def quantized_widths(w0, wa, wm, depth, q=QUANTUM, rounding="pycls"):
     if rounding == "torchvision":
         import torch  # torchvision computes in float32 torch ops; reproduce them exactly
 
-        u = torch.arange(depth) * wa + w0
+        # Explicit dtype/device: the caller may be building under torch.device("meta") or with
+        # another default dtype; torchvision's builders run under the float32 default.
+        u = torch.arange(depth, dtype=torch.float32, device="cpu") * wa + w0
         k = torch.round(torch.log(u / w0) / math.log(wm))
         w = (torch.round(torch.divide(w0 * torch.pow(wm, k), q)) * q).int()
         return [float(x) for x in u.tolist()], [int(x) for x in k.tolist()], w.tolist()
@@ -113,8 +126,8 @@ def adjust_block_compatibility(widths, bottleneck_multipliers, group_widths, rou
 def generate_regnet(w0, wa, wm, depth, group_width, bottleneck_multiplier=1.0, *,
                     q=QUANTUM, rounding="pycls"):
     """Runs the whole generator and returns a RegNetDesign."""
-    if not group_width >= 1:
-        raise ValueError(f"group_width: expected >= 1, got {group_width!r}")
+    if not isinstance(group_width, (int, np.integer)) or group_width < 1:
+        raise ValueError(f"group_width: expected an integer >= 1, got {group_width!r}")
     if not bottleneck_multiplier > 0:
         raise ValueError(f"bottleneck_multiplier: expected > 0, got {bottleneck_multiplier!r}")
     u, k, w = quantized_widths(w0, wa, wm, depth, q, rounding)

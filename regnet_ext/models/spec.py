@@ -1,6 +1,6 @@
 """Plain records that describe a network: what the generator produces, what models and the
 complexity model consume, and what design-space samplers draw."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,11 @@ class AnyNetSpec:
         for name in ("depths", "widths", "group_widths"):
             bad = [v for v in getattr(self, name) if v < 1]
             if bad:
-                raise ValueError(f"{name}: every entry must be >= 1, got {list(getattr(self, name))}")
+                raise ValueError(f"{name}: every entry must be >= 1, "
+                                 f"got {list(getattr(self, name))}")
         if any(b <= 0 for b in self.bottleneck_multipliers):
-            raise ValueError(f"bottleneck_multipliers: must be > 0, got {self.bottleneck_multipliers}")
+            raise ValueError("bottleneck_multipliers: must be > 0, "
+                             f"got {self.bottleneck_multipliers}")
         if any(s not in (1, 2) for s in self.strides):
             raise ValueError(f"strides: each must be 1 or 2, got {self.strides}")
         if not 0.0 <= self.se_ratio < 1.0:
@@ -68,17 +70,29 @@ class AnyNetSpec:
     def num_stages(self):
         return len(self.depths)
 
-    def blocks(self):
-        """Yields one BlockSpec per block, in order."""
+    def stage_blocks(self):
+        """Yields, per stage, (first block, the block its other d-1 blocks repeat or None, d).
+
+        A stage's blocks after its first are identical (input = output width, stride 1), so
+        arithmetic over a spec (complexity, traffic) can visit two blocks per stage."""
         w_in = self.stem_width
         for stage, (d, w, bm, g, s) in enumerate(zip(self.depths, self.widths,
                                                      self.bottleneck_multipliers,
                                                      self.group_widths, self.strides)):
-            for i in range(d):
-                yield BlockSpec(stage=stage, index=i, w_in=w_in, w_out=w,
-                                stride=s if i == 0 else 1, bottleneck_multiplier=bm,
-                                group_width=g, se_ratio=self.se_ratio)
-                w_in = w
+            first = BlockSpec(stage=stage, index=0, w_in=w_in, w_out=w, stride=s,
+                              bottleneck_multiplier=bm, group_width=g, se_ratio=self.se_ratio)
+            rest = BlockSpec(stage=stage, index=1, w_in=w, w_out=w, stride=1,
+                             bottleneck_multiplier=bm, group_width=g,
+                             se_ratio=self.se_ratio) if d > 1 else None
+            yield first, rest, d
+            w_in = w
+
+    def blocks(self):
+        """Yields one BlockSpec per block, in order."""
+        for first, rest, d in self.stage_blocks():
+            yield first
+            for i in range(1, d):
+                yield replace(rest, index=i)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def regnet_spec(name=None, *, w0=None, wa=None, wm=None, depth=None, group_width
 
     With a name, the generator parameters come from STANDARD_MODELS; any also passed must agree.
     ``rounding="torchvision"`` builds torchvision's architecture (it differs from pycls's for
-    RegNetX-400MF, RegNetY-800MF and RegNetY-8.0GF).
+    RegNetX-400MF, RegNetY-800MF, RegNetY-8.0GF, RegNetX-4.0GF and RegNetY-4.0GF).
     """
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
@@ -93,8 +93,9 @@ def regnet_spec(name=None, *, w0=None, wa=None, wm=None, depth=None, group_width
                 raise ValueError(f"{key}: {label} has {key}={getattr(params, key)}, got {value}; "
                                  "leave the name out to build a custom model")
         if bottleneck_multiplier != 1.0:
-            raise ValueError(f"bottleneck_multiplier: {label} has 1.0, got {bottleneck_multiplier}; "
-                             "leave the name out to build a custom model")
+            raise ValueError(f"bottleneck_multiplier: {label} has 1.0, "
+                             f"got {bottleneck_multiplier}; leave the name out to build a "
+                             "custom model")
         given = {key: getattr(params, key) for key in given}
         se_ratio = params.se_ratio
     else:

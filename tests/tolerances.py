@@ -1,0 +1,52 @@
+"""One source of truth for how close an operator's result must be to its float64 reference.
+
+float32/float64 results are checked with fixed atol/rtol. Reduced-precision results (bfloat16,
+float16) are held to a small multiple of *plain PyTorch's own* error at that precision against
+the same float64 reference, so the tolerance means "no worse than stock PyTorch", not "anything goes".
+"""
+import torch
+
+# atol/rtol for dtypes whose rounding error is far below the tests' signal.
+_FIXED = {
+    torch.float64: dict(atol=1e-10, rtol=1e-9),
+    torch.float32: dict(atol=2e-4, rtol=2e-4),
+}
+# Plain PyTorch's own result in these dtypes sets the scale of the tolerance.
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+# How many times plain PyTorch's error ours may reach, plus a floor of a few ulps at 1.0
+# for results where PyTorch happens to be almost exact.
+ERROR_MULTIPLE = 3.0
+_ULP_AT_ONE = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
+
+
+def tolerances(dtype):
+    """atol/rtol for comparing a `dtype` result with a float64 reference (float32/float64)."""
+    if dtype in REDUCED_PRECISION:
+        raise ValueError(f"{dtype} is checked against plain PyTorch's error: use assert_close_to_reference")
+    return dict(_FIXED[dtype])
+
+
+def max_error(actual, reference):
+    """Largest absolute difference, computed in float64."""
+    return (actual.double() - reference.double()).abs().max().item() if actual.numel() else 0.0
+
+
+def assert_close_to_reference(actual, reference, *, plain_torch=None, name="result"):
+    """Checks `actual` (any dtype) against a float64 `reference`.
+
+    For reduced-precision dtypes `plain_torch` is plain PyTorch's result in the same dtype: the
+    error of `actual` must stay within ERROR_MULTIPLE times its error (plus a few ulps, scaled by
+    the reference's magnitude)."""
+    assert actual.shape == reference.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(reference.shape)}"
+    if actual.dtype not in REDUCED_PRECISION:
+        torch.testing.assert_close(actual.double(), reference.double(), **tolerances(actual.dtype),
+                                   msg=lambda m: f"{name}: {m}")
+        return
+    if plain_torch is None:
+        raise ValueError(f"{name}: a {actual.dtype} result needs plain PyTorch's result to set the tolerance")
+    scale = max(reference.double().abs().max().item(), 1.0) if reference.numel() else 1.0
+    floor = 4 * _ULP_AT_ONE[actual.dtype] * scale
+    allowed = ERROR_MULTIPLE * max_error(plain_torch, reference) + floor
+    err = max_error(actual, reference)
+    assert err <= allowed, (f"{name}: {actual.dtype} max error {err:.3g} exceeds {allowed:.3g} "
+                            f"({ERROR_MULTIPLE}x plain PyTorch's {max_error(plain_torch, reference):.3g} + {floor:.3g})")
