@@ -11,7 +11,7 @@ $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PKGS)
-	$(PIP) install -q numpy pytest ninja pybind11 cmake matplotlib tqdm scikit-learn timm
+	$(PIP) install -q numpy pytest ninja pybind11 cmake matplotlib tqdm scikit-learn timm submitit
 	touch $@
 
 venv: $(VENV)/.deps

@@ -1,0 +1,74 @@
+"""Sweep results as populations: grouping, per-model parameters and summaries."""
+import numpy as np
+
+from .records import read_records
+
+
+def load_results(paths):
+    """Records of one or more sweep result files, each with a ``top1_error``."""
+    if isinstance(paths, str):
+        paths = [paths]
+    records = []
+    for path in paths:
+        found = read_records(path)
+        if not found:
+            raise ValueError(f"paths: {path} holds no records")
+        for r in found:
+            if "top1_error" not in r:
+                raise ValueError(f"paths: {path} holds a record without top1_error (a samples "
+                                 f"file, not sweep results?)")
+        records.extend(found)
+    return records
+
+
+def group_by_space(records):
+    """{space name: [records]} in order of first appearance."""
+    groups = {}
+    for r in records:
+        groups.setdefault(r.get("space", "?"), []).append(r)
+    return groups
+
+
+def model_parameters(record):
+    """Scalar parameters of one model for scatter plots and the bootstrap.
+
+    The space's own scalars (RegNet: depth, w0, wa, wm, group_width, bottleneck_ratio), per-stage
+    values of list parameters (AnyNet: d1..d4, w1..w4, b1..b4, g1..g4), and, for every model,
+    the derived total_depth, last_width, flops, params and acts."""
+    out = {}
+    for key, value in record.get("config", {}).items():
+        if isinstance(value, (list, tuple)):
+            prefix = {"depths": "d", "widths": "w", "bottleneck_ratios": "b",
+                      "group_widths": "g"}.get(key, key)
+            out.update({f"{prefix}{i + 1}": float(v) for i, v in enumerate(value)})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    spec = record.get("spec", {})
+    if spec:
+        out["total_depth"] = float(sum(spec["depths"]))
+        out["last_width"] = float(spec["widths"][-1])
+    for key in ("flops", "params", "acts"):
+        if key in record:
+            out[key] = float(record[key])
+    return out
+
+
+def parameter_table(records, names=None):
+    """(names, values) with values[i, k] = parameter k of model i (NaN where a model lacks it)."""
+    params = [model_parameters(r) for r in records]
+    if names is None:
+        names = sorted({k for p in params for k in p})
+    values = np.array([[p.get(k, np.nan) for k in names] for p in params], dtype=np.float64)
+    return list(names), values.reshape(len(records), len(names))
+
+
+def summarize(records):
+    """Per space: n, min/median/mean error and the best model's trial and config."""
+    out = {}
+    for space, group in group_by_space(records).items():
+        errors = np.array([r["top1_error"] for r in group], dtype=np.float64)
+        best = group[int(np.argmin(errors))]
+        out[space] = {"n": len(group), "min_error": float(errors.min()),
+                      "median_error": float(np.median(errors)), "mean_error": float(errors.mean()),
+                      "best_trial": best.get("trial"), "best_config": best.get("config")}
+    return out

@@ -1,0 +1,138 @@
+"""Sweeps: durable appends, resume after a kill, engines (local processes, submitit local)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from regnet_ext import design_space as ds
+from regnet_ext.design_space import sweep as sweep_module
+from regnet_ext.design_space.records import read_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny trials: 1 block per stage of width 8-16, 16x16 digits, 128 training images, 1 epoch.
+SETTINGS = dict(resolution=16, epochs=1, batch_size=32, train_subset=128, val_subset=64, seed=0)
+TINY = ds.ANYNETX_A.replace(name="tiny", depth=(1, 1), width=(8, 16), group_widths=(8,),
+                            bottleneck_ratios=(1,))
+
+
+def _samples(n):
+    return ds.sample(TINY, n, seed=0, resolution=16)
+
+
+def _without_time(path):
+    lines = []
+    for record in read_records(path):
+        assert record["train_time_s"] > 0
+        record.pop("train_time_s")  # the one field a wall clock decides
+        lines.append(json.dumps(record, sort_keys=True))
+    return lines
+
+
+def test_sweep_records_every_trial(tmp_path):
+    out = tmp_path / "r.jsonl"
+    records = ds.run_sweep(_samples(3), str(out), engine="inline", progress=False, **SETTINGS)
+    assert [r["trial"] for r in records] == [0, 1, 2]
+    on_disk = read_records(str(out))
+    assert on_disk == records
+    for r, s in zip(records, _samples(3)):
+        assert r["spec"] == s.to_dict()["spec"] and r["flops"] == s.flops
+        assert 0 <= r["top1_error"] <= 100 and r["settings"]["epochs"] == 1
+        assert r["train"]["num_params"] > 0
+
+
+def test_killed_sweep_resumes_to_the_same_file(tmp_path, monkeypatch):
+    samples = _samples(6)
+    ds.save_samples(samples, str(tmp_path / "s.jsonl"))
+    reference = tmp_path / "reference.jsonl"
+    ds.run_sweep(samples, str(reference), engine="inline", progress=False, **SETTINGS)
+
+    out = tmp_path / "resumed.jsonl"
+    cmd = [sys.executable, "-m", "regnet_ext", "space", "sweep", str(tmp_path / "s.jsonl"),
+           "--out", str(out), "--engine", "inline", "--no-progress", "--resolution", "16",
+           "--epochs", "1", "--batch-size", "32", "--train-subset", "128", "--val-subset", "64"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and len(read_records(str(out))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the sweep ended before it could be killed: " \
+                                f"{proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    finished = read_records(str(out))
+    assert 2 <= len(finished) < len(samples)
+    # A write torn by the kill: half a record at the end of the file.
+    with open(out, "a") as f:
+        f.write('{"trial": 5, "spe')
+
+    trained = []
+    original = sweep_module.train_trial
+
+    def counting(task):
+        trained.append(task["trial"])
+        return original(task)
+
+    monkeypatch.setattr(sweep_module, "train_trial", counting)
+    ds.run_sweep(samples, str(out), engine="inline", progress=False, **SETTINGS)
+    assert sorted(trained) == sorted(set(range(6)) - {r["trial"] for r in finished})
+    assert _without_time(out) == _without_time(reference)
+    # Nothing left to do: a third run trains nothing and leaves the file as it is.
+    before = out.read_bytes()
+    trained.clear()
+    ds.run_sweep(samples, str(out), engine="inline", progress=False, **SETTINGS)
+    assert trained == [] and out.read_bytes() == before
+
+
+def test_resume_refuses_a_different_sweep(tmp_path):
+    out = tmp_path / "r.jsonl"
+    samples = _samples(2)
+    ds.run_sweep(samples[:1], str(out), engine="inline", progress=False, **SETTINGS)
+    with pytest.raises(ValueError, match="other settings"):
+        ds.run_sweep(samples[:1], str(out), engine="inline", progress=False,
+                     **dict(SETTINGS, epochs=2))
+    with pytest.raises(ValueError, match="another architecture"):
+        ds.run_sweep(samples[1:], str(out), engine="inline", progress=False, **SETTINGS)
+
+
+@pytest.mark.slow
+def test_local_processes_give_the_same_results_as_inline(tmp_path):
+    samples = _samples(2)
+    inline = ds.run_sweep(samples, str(tmp_path / "a.jsonl"), engine="inline", progress=False,
+                          **SETTINGS)
+    pooled = ds.run_sweep(samples, str(tmp_path / "b.jsonl"), engine="local", workers=2,
+                          progress=False, **SETTINGS)
+    assert [r["top1_error"] for r in pooled] == [r["top1_error"] for r in inline]
+    assert _without_time(tmp_path / "a.jsonl") == _without_time(tmp_path / "b.jsonl")
+
+
+@pytest.mark.slow
+def test_submitit_local_mode_runs_two_trials(tmp_path):
+    pytest.importorskip("submitit", reason="the optional submitit engine is not installed")
+    samples = _samples(2)
+    out = tmp_path / "r.jsonl"
+    records = ds.run_sweep(samples, str(out), engine="submitit", progress=False,
+                           engine_options={"cluster": "local", "folder": str(tmp_path / "jobs"),
+                                           "timeout_min": 10},
+                           **SETTINGS)
+    assert [r["trial"] for r in records] == [0, 1]
+    assert len(read_records(str(out))) == 2
+    inline = ds.run_sweep(samples, str(tmp_path / "inline.jsonl"), engine="inline",
+                          progress=False, **SETTINGS)
+    assert [r["top1_error"] for r in records] == [r["top1_error"] for r in inline]
+    assert any((tmp_path / "jobs").iterdir())  # submitit kept its jobs' logs and pickles
+
+
+def test_failed_trials_are_reported_and_retried(tmp_path):
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(RuntimeError, match="2 of 2 trials failed"):
+        ds.run_sweep(_samples(2), str(out), engine="inline", progress=False,
+                     **dict(SETTINGS, dataset=str(tmp_path / "no-such-folder")))
+    assert read_records(str(out)) == []
