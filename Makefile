@@ -11,7 +11,8 @@ $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PKGS)
-	$(PIP) install -q numpy pytest ninja pybind11 cmake matplotlib tqdm scikit-learn timm submitit
+	$(PIP) install -q numpy pytest ninja pybind11 cmake matplotlib tqdm scikit-learn timm submitit yacs
+	$(PIP) install -q --no-deps pycls==0.1.1   # pycls's models need only yacs; skip its data deps
 	touch $@
 
 venv: $(VENV)/.deps
