@@ -16,20 +16,31 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageTensorDataset(torch.utils.data.Dataset):
-    """Images held in memory as one float tensor [N, 3, R, R]; items are (image, int label)."""
+    """Images held in memory as one float tensor [N, C, R, R]; items are (image, int label).
 
-    def __init__(self, images, labels, classes):
+    Single-channel images are stored once and broadcast to ``channels`` per item (a view), so a
+    grey dataset at a large resolution costs a third of the memory.
+    """
+
+    def __init__(self, images, labels, classes, channels=3):
+        if images.dim() != 4 or images.shape[1] not in (1, channels):
+            raise ValueError(f"images: expected [N, 1 or {channels}, H, W], got {tuple(images.shape)}")
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"labels: expected {images.shape[0]} labels, got {labels.shape[0]}")
         self.images = images
         self.labels = labels
         self.classes = list(classes)
+        self.channels = channels
 
     def __len__(self):
         return self.images.shape[0]
 
     def __getitem__(self, index):
-        return self.images[index], int(self.labels[index])
+        return self.images[index].expand(self.channels, -1, -1), int(self.labels[index])
+
+    def tensors(self):
+        """All images [N, channels, R, R] (a broadcast view) and labels [N]."""
+        return self.images.expand(-1, self.channels, -1, -1), self.labels
 
 
 def load_dataset(name_or_path=DIGITS, *, resolution=32, split="train", augment=None):
@@ -82,14 +93,21 @@ def _digits_arrays():
 
 def _digits(resolution, split):
     images, labels, split_indices = _digits_arrays()
-    train = images[split_indices["train"]]
+    upsampled = _upsample(images, resolution)
+    # Statistics of the train split at the final resolution (bilinear upsampling smooths, so the
+    # 8x8 statistics would leave the std below 1).
+    train = upsampled[split_indices["train"]]
     mean, std = train.mean(), train.std()
-    picked = images[split_indices[split]].unsqueeze(1)
-    if resolution != picked.shape[-1]:
-        picked = F.interpolate(picked, size=(resolution, resolution), mode="bilinear",
-                               align_corners=False)
-    picked = ((picked - mean) / std).expand(-1, 3, -1, -1).contiguous()
+    picked = upsampled[split_indices[split]].sub_(mean).div_(std)
     return ImageTensorDataset(picked, labels[split_indices[split]], [str(d) for d in range(10)])
+
+
+def _upsample(images, resolution):
+    images = images.unsqueeze(1)
+    if resolution == images.shape[-1]:
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear",
+                         align_corners=False)
 
 
 def _image_folder(root, resolution, split, augment):

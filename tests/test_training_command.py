@@ -1,0 +1,70 @@
+"""`regnet-ext train` end to end on a tiny custom RegNet and the digits data at 8x8."""
+import json
+
+import pytest
+import torch
+
+import regnet_ext
+from regnet_ext.cli import main
+
+pytest.importorskip("sklearn")
+TINY = ["--w0", "8", "--wa", "8", "--wm", "2", "--depth", "2", "--group-width", "8",
+        "--resolution", "8", "--batch-size", "64", "--no-progress"]
+
+
+def run_json(capsys, *extra):
+    assert main(["train", *TINY, *extra, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_reported_accuracy_is_the_checkpointed_models_accuracy(tmp_path, capsys):
+    from regnet_ext.models import regnet
+    from regnet_ext.training import load_checkpoint, load_dataset
+
+    path = tmp_path / "tiny.pt"
+    report = run_json(capsys, "--epochs", "2", "--checkpoint", str(path))
+    assert report["model"].startswith("RegNetX(w0=8") and report["epochs"] == 2
+    assert len(report["history"]) == 2 and report["world_size"] == 1
+    assert report["train_size"] == 1438 and report["val_size"] == 359
+
+    # Independent evaluation: rebuild the architecture, load the saved weights, count hits.
+    model = regnet(w0=8, wa=8, wm=2, depth=2, group_width=8, num_classes=10)
+    model.load_state_dict(load_checkpoint(path)["model"])
+    model.eval()
+    val = load_dataset("digits", resolution=8, split="val")
+    with torch.no_grad():
+        images, labels = val.tensors()
+        hits = (model(images).argmax(1) == labels).sum().item()
+    assert report["top1_acc"] == pytest.approx(100.0 * hits / len(val), abs=1e-9)
+    assert report["params"] == sum(p.numel() for p in model.parameters())
+
+    # Resuming a finished run trains nothing and reports the same result.
+    again = run_json(capsys, "--epochs", "2", "--checkpoint", str(path), "--resume")
+    assert again["resumed_from_epoch"] == 2 and again["top1_acc"] == report["top1_acc"]
+
+
+def test_standard_model_by_name_and_table_output(capsys):
+    assert main(["train", "--model", "regnetx_002", "--resolution", "8", "--epochs", "1",
+                 "--batch-size", "1024", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "RegNetX-200MF" in out and "top-1" in out and "accuracy" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--w0", "8", "--wa", "8"], "--wm"),
+    (["--resume"], "--checkpoint"),
+    (["--data", "/no/such/folder"], "name_or_path"),
+    (["--device", "tpu"], "--device"),
+    (["--model", "RegNetZ-1GF"], "name"),
+    (["--resolution", "8", "--batch-size", "4096"], "batch_size"),
+])
+def test_bad_arguments_fail_with_a_message(argv, message, capsys):
+    assert main(["train", "--epochs", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "regnet-ext train: error:" in err and message in err
+
+
+def test_fused_without_kernels_fails_with_a_message(monkeypatch, capsys):
+    monkeypatch.delattr(regnet_ext, "fuse", raising=False)
+    assert main(["train", *TINY, "--epochs", "1", "--fused"]) == 2
+    assert "--fused" in capsys.readouterr().err
