@@ -1,0 +1,677 @@
+// CPU implementation of regnet_ext::squeeze_excite and its backward.
+//
+// Forward reads x twice and writes y once: a pooling pass (partial sums per (sample, pixel
+// chunk), so a small batch still uses every thread), the tiny MLP, then the scale pass.
+// Backward reads x once and dy twice and writes dx once: one pass gathers both the pooled means
+// and dg = sum_p(dy * x), the MLP is recomputed and differentiated, then dx = dy * g + ds / P.
+// channels_last is the fast path (each pixel is a contiguous C vector, vectorised over C); NCHW
+// runs plane by plane (vectorised over pixels). Any other strides are made contiguous first.
+
+// ATen's SIMD types pick their instruction set from CPU_CAPABILITY_* (set per file inside torch's
+// own build), not from the compiler's target: select the widest one -march allows. The namespace
+// name (CPU_CAPABILITY) keeps these inline definitions apart from other translation units'.
+#if !defined(CPU_CAPABILITY)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#endif
+#endif
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "kernels/squeeze_excite.h"
+
+namespace regnet_ext::cpu {
+namespace {
+
+namespace k = regnet_ext::kernels;
+using at::vec::Vectorized;
+using k::acc_t;
+
+// Work below about this many element-operations runs on the calling thread.
+constexpr int64_t kGrainElements = 1 << 14;
+
+// Loads and stores one SIMD vector of acc_t<T> from/to memory holding T.
+// load_n/store_n move the first `count` (<= size()) lanes; the other lanes load as zero.
+template <typename T>
+struct Simd {
+  using Vec = Vectorized<T>;
+  static Vec load(const T* p) { return Vec::loadu(p); }
+  static void store(T* p, const Vec& v) { v.store(p); }
+  static Vec load_n(const T* p, int64_t count) {
+    return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
+  }
+  static void store_n(T* p, const Vec& v, int64_t count) { v.store(p, count); }
+};
+template <typename T>
+struct ReducedSimd {
+  using Vec = Vectorized<float>;
+  static Vec load(const T* p) {
+    Vec v;
+    at::vec::load_to_float(p, v);
+    return v;
+  }
+  static void store(T* p, const Vec& v) {
+    at::vec::convert_from_float<T>(v, v).store(p, Vec::size());
+  }
+  static Vec load_n(const T* p, int64_t count) {
+    if (count == Vec::size()) return load(p);
+    return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, count)));
+  }
+  static void store_n(T* p, const Vec& v, int64_t count) {
+    at::vec::convert_from_float<T>(v, v).store(p, count);
+  }
+};
+template <>
+struct Simd<at::BFloat16> : ReducedSimd<at::BFloat16> {};
+template <>
+struct Simd<at::Half> : ReducedSimd<at::Half> {};
+
+// ---- NCHW planes (contiguous runs): SIMD body, scalar tail, through the header's formulas ----
+
+// sum_i x[i]: one NCHW plane.
+template <typename T, typename A = acc_t<T>>
+A pool_run(const T* x, int64_t n) {
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
+  constexpr int64_t W = Vec::size();
+  Vec acc(A(0));
+  int64_t i = 0;
+  for (; i + W <= n; i += W) acc = k::se_pool_step(acc, S::load(x + i));
+  A total = at::vec::vec_reduce_all<A>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; i < n; ++i) total = k::se_pool_step(total, static_cast<A>(x[i]));
+  return total;
+}
+
+// (sum_i x[i], sum_i dy[i] * x[i]): one NCHW plane of the backward's first pass.
+template <typename T, typename A = acc_t<T>>
+std::pair<A, A> pool_and_gate_grad_run(const T* x, const T* dy, int64_t n) {
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
+  constexpr int64_t W = Vec::size();
+  Vec pool(A(0)), dgate(A(0));
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const Vec xv = S::load(x + i);
+    pool = k::se_pool_step(pool, xv);
+    dgate = k::se_gate_grad_step(dgate, S::load(dy + i), xv);
+  }
+  auto add = [](Vec& a, Vec& b) { return a + b; };
+  A pool_total = at::vec::vec_reduce_all<A>(add, pool);
+  A dgate_total = at::vec::vec_reduce_all<A>(add, dgate);
+  for (; i < n; ++i) {
+    const A xv = static_cast<A>(x[i]);
+    pool_total = k::se_pool_step(pool_total, xv);
+    dgate_total = k::se_gate_grad_step(dgate_total, static_cast<A>(dy[i]), xv);
+  }
+  return {pool_total, dgate_total};
+}
+
+// y[i] = x[i] * gate: one NCHW plane.
+template <typename T, typename A = acc_t<T>>
+void scale_run(const T* x, A gate, T* y, int64_t n) {
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
+  constexpr int64_t W = Vec::size();
+  const Vec g(gate);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) S::store(y + i, k::se_scale(S::load(x + i), g));
+  for (; i < n; ++i) y[i] = static_cast<T>(k::se_scale(static_cast<A>(x[i]), gate));
+}
+
+// dx[i] = dy[i] * gate + ds_mean: one NCHW plane.
+template <typename T, typename A = acc_t<T>>
+void input_grad_run(const T* dy, A gate, A ds_mean, T* dx, int64_t n) {
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
+  constexpr int64_t W = Vec::size();
+  const Vec g(gate), d(ds_mean);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) S::store(dx + i, k::se_input_grad(S::load(dy + i), g, d));
+  for (; i < n; ++i) dx[i] = static_cast<T>(k::se_input_grad(static_cast<A>(dy[i]), gate, ds_mean));
+}
+
+// ---- channels_last blocks of rows (pixels), row stride C ------------------------------------
+// Rows go in tiles small enough to stay in L1; within a tile, channels go in blocks of
+// kBlockVectors SIMD vectors whose accumulators / gates stay in registers while the loop runs
+// down the tile's rows. The last channel block uses partial vectors.
+
+constexpr int kBlockVectors = 4;
+constexpr int64_t kTileBytes = 16 << 10;
+
+template <typename T>
+int64_t rows_per_tile(int64_t channels) {
+  return std::max<int64_t>(1, kTileBytes / (channels * static_cast<int64_t>(sizeof(T))));
+}
+
+template <typename Vec>
+int64_t lanes_in(int64_t channels, int64_t c) {
+  return std::min<int64_t>(Vec::size(), channels - c);
+}
+
+// out[c] = sum over rows of x[r, c].
+template <typename T, typename A = acc_t<T>>
+void pool_block(const T* x, int64_t rows, int64_t channels, A* out) {
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
+  constexpr int64_t W = Vec::size();
+  std::fill(out, out + channels, A(0));
+  const int64_t tile = rows_per_tile<T>(channels);
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t r1 = std::min(rows, r0 + tile);
+    for (int64_t c0 = 0; c0 < channels; c0 += kBlockVectors * W) {
+      Vec acc[kBlockVectors];
+      for (int v = 0; v < kBlockVectors; ++v) acc[v] = Vec(A(0));
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* row = x + r * channels;
+        for (int v = 0; v < kBlockVectors; ++v) {
+          const int64_t c = c0 + v * W;
+          if (c < channels) acc[v] = k::se_pool_step(acc[v], S::load_n(row + c, lanes_in<Vec>(channels, c)));
+        }
+      }
+      for (int v = 0; v < kBlockVectors; ++v) {
+        const int64_t c = c0 + v * W;
+        if (c >= channels) continue;
+        const int64_t lanes = lanes_in<Vec>(channels, c);
+        k::se_pool_step(Vec::loadu(out + c, lanes), acc[v]).store(out + c, lanes);
+      }
+    }
+  }
+}
+
+// pool[c] = sum_r x[r, c], dgate[c] = sum_r dy[r, c] * x[r, c].
+template <typename T, typename A = acc_t<T>>
+void pool_and_gate_grad_block(const T* x, const T* dy, int64_t rows, int64_t channels, A* pool,
+                              A* dgate) {
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
+  constexpr int64_t W = Vec::size();
+  std::fill(pool, pool + channels, A(0));
+  std::fill(dgate, dgate + channels, A(0));
+  const int64_t tile = rows_per_tile<T>(2 * channels);  // two tensors share L1
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t r1 = std::min(rows, r0 + tile);
+    for (int64_t c0 = 0; c0 < channels; c0 += kBlockVectors * W) {
+      Vec p_acc[kBlockVectors], g_acc[kBlockVectors];
+      for (int v = 0; v < kBlockVectors; ++v) p_acc[v] = g_acc[v] = Vec(A(0));
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t offset = r * channels;
+        for (int v = 0; v < kBlockVectors; ++v) {
+          const int64_t c = c0 + v * W;
+          if (c < channels) {
+            const int64_t lanes = lanes_in<Vec>(channels, c);
+            const Vec xv = S::load_n(x + offset + c, lanes);
+            p_acc[v] = k::se_pool_step(p_acc[v], xv);
+            g_acc[v] = k::se_gate_grad_step(g_acc[v], S::load_n(dy + offset + c, lanes), xv);
+          }
+        }
+      }
+      for (int v = 0; v < kBlockVectors; ++v) {
+        const int64_t c = c0 + v * W;
+        if (c >= channels) continue;
+        const int64_t lanes = lanes_in<Vec>(channels, c);
+        k::se_pool_step(Vec::loadu(pool + c, lanes), p_acc[v]).store(pool + c, lanes);
+        k::se_pool_step(Vec::loadu(dgate + c, lanes), g_acc[v]).store(dgate + c, lanes);
+      }
+    }
+  }
+}
+
+// y[r, c] = x[r, c] * gate[c]  (kGrad false), or dx[r, c] = dy[r, c] * gate[c] + ds_mean[c].
+template <bool kGrad, typename T, typename A = acc_t<T>>
+void elementwise_block(const T* in, int64_t rows, int64_t channels, const A* gate, const A* ds_mean,
+                       T* out) {
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
+  constexpr int64_t W = Vec::size();
+  const int64_t tile = rows_per_tile<T>(2 * channels);  // input and output tiles
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t r1 = std::min(rows, r0 + tile);
+    for (int64_t c0 = 0; c0 < channels; c0 += kBlockVectors * W) {
+      Vec g[kBlockVectors], d[kBlockVectors];
+      for (int v = 0; v < kBlockVectors; ++v) {
+        const int64_t c = c0 + v * W;
+        const int64_t lanes = c < channels ? lanes_in<Vec>(channels, c) : 0;
+        g[v] = lanes ? Vec::loadu(gate + c, lanes) : Vec(A(0));
+        d[v] = (kGrad && lanes) ? Vec::loadu(ds_mean + c, lanes) : Vec(A(0));
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t offset = r * channels;
+        for (int v = 0; v < kBlockVectors; ++v) {
+          const int64_t c = c0 + v * W;
+          if (c >= channels) continue;
+          const int64_t lanes = lanes_in<Vec>(channels, c);
+          const Vec a = S::load_n(in + offset + c, lanes);
+          const Vec result = kGrad ? k::se_input_grad(a, g[v], d[v]) : k::se_scale(a, g[v]);
+          if (lanes == W) {
+            S::store(out + offset + c, result);
+          } else {
+            S::store_n(out + offset + c, result, lanes);
+          }
+        }
+      }
+    }
+  }
+}
+
+// SIMD dot product with the contract of kernels::SeScalarDot.
+struct SimdDot {
+  template <typename A>
+  A operator()(const A* a, const A* b, int64_t n) const {
+    using Vec = Vectorized<A>;
+    constexpr int64_t W = Vec::size();
+    Vec acc0(A(0)), acc1(A(0));
+    int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+      acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
+      acc1 = at::vec::fmadd(Vec::loadu(a + i + W), Vec::loadu(b + i + W), acc1);
+    }
+    for (; i + W <= n; i += W) acc0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc0);
+    A total = at::vec::vec_reduce_all<A>([](Vec& x, Vec& y) { return x + y; }, acc0 + acc1);
+    for (; i < n; ++i) total += a[i] * b[i];
+    return total;
+  }
+};
+
+// ---- shapes, checks and layout ---------------------------------------------------------------
+
+struct SeShape {
+  int64_t batch, channels, hidden, pixels;
+  bool channels_last;
+};
+
+void check_weight(const at::Tensor& w, const char* name, int64_t rows, int64_t cols,
+                  const at::Tensor& x) {
+  TORCH_CHECK(w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1), "squeeze_excite: ",
+              name, " must be [", rows, ", ", cols, "] or [", rows, ", ", cols, ", 1, 1], got ",
+              w.sizes());
+  TORCH_CHECK(w.size(0) == rows && w.size(1) == cols, "squeeze_excite: ", name, " must be [", rows,
+              ", ", cols, "] (or with trailing 1x1), got ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.device() == x.device(), "squeeze_excite: ",
+              name, " must have x's dtype and device (", x.scalar_type(), ", ", x.device(),
+              "), got ", w.scalar_type(), ", ", w.device());
+}
+
+void check_bias(const at::Tensor& b, const char* name, int64_t length, const at::Tensor& x) {
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == length, "squeeze_excite: ", name, " must be [", length,
+              "], got ", b.sizes());
+  TORCH_CHECK(b.scalar_type() == x.scalar_type() && b.device() == x.device(), "squeeze_excite: ",
+              name, " must have x's dtype and device (", x.scalar_type(), ", ", x.device(),
+              "), got ", b.scalar_type(), ", ", b.device());
+}
+
+SeShape check_inputs(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                     const at::Tensor& w2, const at::Tensor& b2) {
+  TORCH_CHECK(x.dim() == 4, "squeeze_excite: x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "squeeze_excite: x must be float32, float64, bfloat16 or float16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.size(1) > 0 && x.size(2) > 0 && x.size(3) > 0,
+              "squeeze_excite: x needs at least one channel and one pixel, got ", x.sizes());
+  TORCH_CHECK(w1.dim() >= 1 && w1.size(0) > 0, "squeeze_excite: w1 must have at least one row, got ",
+              w1.sizes());
+  const int64_t channels = x.size(1), hidden = w1.size(0);
+  check_weight(w1, "w1", hidden, channels, x);
+  check_bias(b1, "b1", hidden, x);
+  check_weight(w2, "w2", channels, hidden, x);
+  check_bias(b2, "b2", channels, x);
+  const bool channels_last = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return {x.size(0), channels, hidden, x.size(2) * x.size(3), channels_last};
+}
+
+at::MemoryFormat layout_of(const SeShape& shape) {
+  return shape.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+std::pair<int64_t, int64_t> chunk_range(int64_t total, int64_t chunks, int64_t k) {
+  const int64_t base = total / chunks, extra = total % chunks;
+  const int64_t begin = k * base + std::min(k, extra);
+  return {begin, begin + base + (k < extra ? 1 : 0)};
+}
+
+// The MLP weights as [rows, cols] contiguous matrices in the accumulation dtype.
+at::Tensor as_acc_matrix(const at::Tensor& w, int64_t rows, int64_t cols, at::ScalarType acc) {
+  return w.reshape({rows, cols}).to(acc).contiguous();
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// ---- schedules ------------------------------------------------------------------------------
+// Per sample: a thread owns whole samples and pools, excites and scales each while it is still in
+// its cache, so x comes from memory once. Batch: pool everything, run the MLP for the whole batch
+// (each weight row read once for all samples), then scale; used when a sample or the weights do
+// not fit in cache, or the batch is too small to occupy every thread. Both passes of the batch
+// schedule split the work identically, so each thread re-reads the part it pooled.
+
+constexpr int64_t kSampleCacheBytes = 2 << 20;  // this machine's L2 per core
+constexpr int64_t kWeightCacheBytes = 1 << 18;
+
+struct Schedule {
+  bool per_sample;
+  int64_t chunks;  // batch schedule, channels_last: pixel chunks per sample (else 1)
+};
+
+Schedule choose_schedule(const SeShape& s, int64_t element_bytes, int64_t acc_bytes) {
+  const int64_t threads = at::get_num_threads();
+  const bool sample_fits = s.pixels * s.channels * element_bytes <= kSampleCacheBytes;
+  const bool weights_fit = 2 * s.channels * s.hidden * acc_bytes <= kWeightCacheBytes;
+  if (s.batch >= threads && sample_fits && weights_fit) return {true, 1};
+  int64_t chunks = 1;
+  if (s.channels_last && s.batch < threads) {
+    const int64_t wanted = (threads + s.batch - 1) / std::max<int64_t>(s.batch, 1);
+    const int64_t affordable = std::max<int64_t>(1, s.pixels * s.channels / kGrainElements);
+    chunks = std::min({wanted, affordable, s.pixels});
+  }
+  return {false, chunks};
+}
+
+// NCHW batch schedule: planes per task, the same for both passes.
+int64_t plane_grain(const SeShape& s) { return std::max<int64_t>(1, kGrainElements / s.pixels); }
+
+// ---- work on one range: channels_last pixel rows [p0, p1) of sample n, or NCHW planes [q0, q1)
+
+template <typename T, typename A = acc_t<T>>
+void pool_rows(const T* x, const SeShape& s, int64_t n, int64_t p0, int64_t p1, A* acc) {
+  pool_block(x + (n * s.pixels + p0) * s.channels, p1 - p0, s.channels, acc);
+}
+
+template <typename T, typename A = acc_t<T>>
+void pool_planes(const T* x, const SeShape& s, int64_t q0, int64_t q1, A* sums) {
+  for (int64_t q = q0; q < q1; ++q) sums[q] = pool_run(x + q * s.pixels, s.pixels);
+}
+
+template <typename T, typename A = acc_t<T>>
+void scale_rows(const T* x, const A* gate_n, const SeShape& s, int64_t n, int64_t p0, int64_t p1,
+                T* y) {
+  const int64_t offset = (n * s.pixels + p0) * s.channels;
+  elementwise_block<false>(x + offset, p1 - p0, s.channels, gate_n, gate_n, y + offset);
+}
+
+template <typename T, typename A = acc_t<T>>
+void scale_planes(const T* x, const A* gate, const SeShape& s, int64_t q0, int64_t q1, T* y) {
+  for (int64_t q = q0; q < q1; ++q) scale_run(x + q * s.pixels, gate[q], y + q * s.pixels, s.pixels);
+}
+
+template <typename T, typename A = acc_t<T>>
+void pool_and_gate_grad_rows(const T* x, const T* dy, const SeShape& s, int64_t n, int64_t p0,
+                             int64_t p1, A* pool, A* dgate) {
+  const int64_t offset = (n * s.pixels + p0) * s.channels;
+  pool_and_gate_grad_block(x + offset, dy + offset, p1 - p0, s.channels, pool, dgate);
+}
+
+template <typename T, typename A = acc_t<T>>
+void pool_and_gate_grad_planes(const T* x, const T* dy, const SeShape& s, int64_t q0, int64_t q1,
+                               A* pool, A* dgate) {
+  for (int64_t q = q0; q < q1; ++q) {
+    std::tie(pool[q], dgate[q]) = pool_and_gate_grad_run(x + q * s.pixels, dy + q * s.pixels, s.pixels);
+  }
+}
+
+template <typename T, typename A = acc_t<T>>
+void input_grad_rows(const T* dy, const A* gate_n, const A* ds_n, const SeShape& s, int64_t n,
+                     int64_t p0, int64_t p1, T* dx) {
+  const int64_t offset = (n * s.pixels + p0) * s.channels;
+  elementwise_block<true>(dy + offset, p1 - p0, s.channels, gate_n, ds_n, dx + offset);
+}
+
+template <typename T, typename A = acc_t<T>>
+void input_grad_planes(const T* dy, const A* gate, const A* ds_mean, const SeShape& s, int64_t q0,
+                       int64_t q1, T* dx) {
+  for (int64_t q = q0; q < q1; ++q) {
+    input_grad_run(dy + q * s.pixels, gate[q], ds_mean[q], dx + q * s.pixels, s.pixels);
+  }
+}
+
+// Runs rows(n, p0, p1) over every (sample, pixel chunk) task, or planes(q0, q1) over NCHW planes.
+template <typename Rows, typename Planes>
+void for_each_task(const SeShape& s, int64_t chunks, const Rows& rows, const Planes& planes) {
+  if (s.channels_last) {
+    at::parallel_for(0, s.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        auto [p0, p1] = chunk_range(s.pixels, chunks, t % chunks);
+        rows(t / chunks, t % chunks, p0, p1);
+      }
+    });
+  } else {
+    at::parallel_for(0, s.batch * s.channels, plane_grain(s), planes);
+  }
+}
+
+// Whole-sample range, for the per-sample schedule.
+template <typename Rows, typename Planes>
+void on_sample(const SeShape& s, int64_t n, const Rows& rows, const Planes& planes) {
+  if (s.channels_last) {
+    rows(n, 0, 0, s.pixels);
+  } else {
+    planes(n * s.channels, (n + 1) * s.channels);
+  }
+}
+
+// The MLP weights, converted once per call to [rows, cols] matrices in the accumulation type.
+template <typename A>
+struct SeWeights {
+  const A *w1, *b1, *w2, *b2;
+};
+
+// Batch schedule's MLP: units ordered weight row first, so a row serves every sample from L1.
+template <typename A>
+void excite_batch(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z, A* gate) {
+  const int64_t batch = s.batch;
+  at::parallel_for(0, s.hidden * batch, std::max<int64_t>(1, kGrainElements / s.channels),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t j = t / batch, n = t % batch;
+                       z[n * s.hidden + j] = k::se_hidden_unit(w.w1 + j * s.channels, w.b1[j],
+                                                               mean + n * s.channels, s.channels, SimdDot{});
+                     }
+                   });
+  at::parallel_for(0, s.channels * batch, std::max<int64_t>(1, kGrainElements / s.hidden),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t c = t / batch, n = t % batch;
+                       gate[n * s.channels + c] = k::se_gate_unit(w.w2 + c * s.hidden, w.b2[c],
+                                                                  z + n * s.hidden, s.hidden, SimdDot{});
+                     }
+                   });
+}
+
+// ---- operators ------------------------------------------------------------------------------
+
+struct AccWeights {
+  at::Tensor w1, b1, w2, b2;
+  AccWeights(const at::Tensor& w1_in, const at::Tensor& b1_in, const at::Tensor& w2_in,
+             const at::Tensor& b2_in, const SeShape& s, at::ScalarType acc)
+      : w1(as_acc_matrix(w1_in, s.hidden, s.channels, acc)),
+        b1(b1_in.to(acc).contiguous()),
+        w2(as_acc_matrix(w2_in, s.channels, s.hidden, acc)),
+        b2(b2_in.to(acc).contiguous()) {}
+  template <typename A>
+  SeWeights<A> view() const {
+    return {w1.const_data_ptr<A>(), b1.const_data_ptr<A>(), w2.const_data_ptr<A>(), b2.const_data_ptr<A>()};
+  }
+};
+
+at::Tensor squeeze_excite_cpu(const at::Tensor& x_in, const at::Tensor& w1_in,
+                              const at::Tensor& b1_in, const at::Tensor& w2_in,
+                              const at::Tensor& b2_in) {
+  const SeShape s = check_inputs(x_in, w1_in, b1_in, w2_in, b2_in);
+  const at::MemoryFormat layout = layout_of(s);
+  const at::Tensor x = x_in.contiguous(layout);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(layout));
+  if (s.batch == 0) return y;
+  const at::ScalarType acc = acc_dtype(x.scalar_type());
+  const AccWeights weights(w1_in, b1_in, w2_in, b2_in, s, acc);
+  const Schedule sched = choose_schedule(s, x.element_size(), at::elementSize(acc));
+  const auto opts = x.options().dtype(acc);
+  at::Tensor partial = at::empty({s.batch * sched.chunks, s.channels}, opts);
+  at::Tensor mean = at::empty({s.batch, s.channels}, opts);
+  at::Tensor z = at::empty({s.batch, s.hidden}, opts);
+  at::Tensor gate = at::empty({s.batch, s.channels}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "squeeze_excite_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    A *partialp = partial.data_ptr<A>(), *meanp = mean.data_ptr<A>();
+    A *zp = z.data_ptr<A>(), *gatep = gate.data_ptr<A>();
+    const SeWeights<A> w = weights.view<A>();
+    const int64_t chunks = sched.chunks, C = s.channels;
+    const A inv_pixels = A(1) / static_cast<A>(s.pixels);
+    auto pool_rows_task = [&](int64_t n, int64_t part, int64_t p0, int64_t p1) {
+      pool_rows(xp, s, n, p0, p1, partialp + (n * chunks + part) * C);
+    };
+    auto pool_planes_task = [&](int64_t q0, int64_t q1) { pool_planes(xp, s, q0, q1, partialp); };
+    auto scale_rows_task = [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
+      scale_rows(xp, gatep + n * C, s, n, p0, p1, yp);
+    };
+    auto scale_planes_task = [&](int64_t q0, int64_t q1) { scale_planes(xp, gatep, s, q0, q1, yp); };
+
+    if (sched.per_sample) {
+      at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          on_sample(s, n, pool_rows_task, pool_planes_task);
+          k::se_merge_partials(partialp + n * C, 1, C, inv_pixels, meanp + n * C);
+          k::se_excite(w.w1, w.b1, w.w2, w.b2, meanp + n * C, C, s.hidden, zp + n * s.hidden,
+                       gatep + n * C, SimdDot{});
+          on_sample(s, n, scale_rows_task, scale_planes_task);
+        }
+      });
+    } else {
+      for_each_task(s, chunks, pool_rows_task, pool_planes_task);
+      at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          k::se_merge_partials(partialp + n * chunks * C, chunks, C, inv_pixels, meanp + n * C);
+        }
+      });
+      excite_batch(w, meanp, s, zp, gatep);
+      for_each_task(s, chunks, scale_rows_task, scale_planes_task);
+    }
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_excite_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& w1_in,
+    const at::Tensor& b1_in, const at::Tensor& w2_in, const at::Tensor& b2_in) {
+  const SeShape s = check_inputs(x_in, w1_in, b1_in, w2_in, b2_in);
+  TORCH_CHECK(grad_y.sizes() == x_in.sizes(), "squeeze_excite_backward: grad_y must have x's shape ",
+              x_in.sizes(), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.scalar_type() == x_in.scalar_type() && grad_y.device() == x_in.device(),
+              "squeeze_excite_backward: grad_y must have x's dtype and device (", x_in.scalar_type(),
+              ", ", x_in.device(), "), got ", grad_y.scalar_type(), ", ", grad_y.device());
+  const at::MemoryFormat layout = layout_of(s);
+  const at::Tensor x = x_in.contiguous(layout);
+  const at::Tensor dy = grad_y.contiguous(layout);
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(layout));
+  const at::ScalarType acc = acc_dtype(x.scalar_type());
+  const auto opts = x.options().dtype(acc);
+  at::Tensor dw1 = at::zeros({s.hidden, s.channels}, opts), db1 = at::zeros({s.hidden}, opts);
+  at::Tensor dw2 = at::zeros({s.channels, s.hidden}, opts), db2 = at::zeros({s.channels}, opts);
+  auto results = [&] {
+    return std::make_tuple(dx, dw1.to(w1_in.scalar_type()).reshape(w1_in.sizes()),
+                           db1.to(b1_in.scalar_type()),
+                           dw2.to(w2_in.scalar_type()).reshape(w2_in.sizes()),
+                           db2.to(b2_in.scalar_type()));
+  };
+  if (s.batch == 0) return results();
+
+  const AccWeights weights(w1_in, b1_in, w2_in, b2_in, s, acc);
+  const Schedule sched = choose_schedule(s, x.element_size(), at::elementSize(acc));
+  const int64_t rows = s.batch * sched.chunks;
+  at::Tensor pool_partial = at::empty({rows, s.channels}, opts);
+  at::Tensor dgate_partial = at::empty({rows, s.channels}, opts);
+  at::Tensor mean = at::empty({s.batch, s.channels}, opts);
+  at::Tensor dgate = at::empty({s.batch, s.channels}, opts);
+  at::Tensor z = at::empty({s.batch, s.hidden}, opts);
+  at::Tensor gate = at::empty({s.batch, s.channels}, opts);
+  at::Tensor dpre2 = at::empty({s.batch, s.channels}, opts);
+  at::Tensor dz = at::empty({s.batch, s.hidden}, opts);
+  at::Tensor ds_mean = at::empty({s.batch, s.channels}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "squeeze_excite_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t *xp = x.const_data_ptr<scalar_t>(), *dyp = dy.const_data_ptr<scalar_t>();
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    A *poolp = pool_partial.data_ptr<A>(), *dgatepartp = dgate_partial.data_ptr<A>();
+    A *meanp = mean.data_ptr<A>(), *dgatep = dgate.data_ptr<A>(), *zp = z.data_ptr<A>();
+    A *gatep = gate.data_ptr<A>(), *dpre2p = dpre2.data_ptr<A>(), *dzp = dz.data_ptr<A>();
+    A* dsp = ds_mean.data_ptr<A>();
+    const SeWeights<A> w = weights.view<A>();
+    const int64_t chunks = sched.chunks, C = s.channels, H = s.hidden;
+    const A inv_pixels = A(1) / static_cast<A>(s.pixels);
+    auto reduce_rows_task = [&](int64_t n, int64_t part, int64_t p0, int64_t p1) {
+      const int64_t row = (n * chunks + part) * C;
+      pool_and_gate_grad_rows(xp, dyp, s, n, p0, p1, poolp + row, dgatepartp + row);
+    };
+    auto reduce_planes_task = [&](int64_t q0, int64_t q1) {
+      pool_and_gate_grad_planes(xp, dyp, s, q0, q1, poolp, dgatepartp);
+    };
+    auto input_grad_rows_task = [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
+      input_grad_rows(dyp, gatep + n * C, dsp + n * C, s, n, p0, p1, dxp);
+    };
+    auto input_grad_planes_task = [&](int64_t q0, int64_t q1) {
+      input_grad_planes(dyp, gatep, dsp, s, q0, q1, dxp);
+    };
+    // Merge one sample's partial sums, recompute its MLP and differentiate it.
+    auto excite_and_backward = [&](int64_t n) {
+      k::se_merge_partials(poolp + n * chunks * C, chunks, C, inv_pixels, meanp + n * C);
+      k::se_merge_partials(dgatepartp + n * chunks * C, chunks, C, A(1), dgatep + n * C);
+      k::se_excite(w.w1, w.b1, w.w2, w.b2, meanp + n * C, C, H, zp + n * H, gatep + n * C, SimdDot{});
+      k::se_excite_backward(w.w1, w.w2, zp + n * H, gatep + n * C, dgatep + n * C, C, H, inv_pixels,
+                            dpre2p + n * C, dzp + n * H, dsp + n * C);
+    };
+
+    if (sched.per_sample) {
+      at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          on_sample(s, n, reduce_rows_task, reduce_planes_task);
+          excite_and_backward(n);
+          on_sample(s, n, input_grad_rows_task, input_grad_planes_task);
+        }
+      });
+    } else {
+      for_each_task(s, chunks, reduce_rows_task, reduce_planes_task);
+      at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) excite_and_backward(n);
+      });
+      for_each_task(s, chunks, input_grad_rows_task, input_grad_planes_task);
+    }
+    // Weight and bias gradients over the batch, one row per task: W2's C rows, then W1's C_se.
+    A *dw1p = dw1.data_ptr<A>(), *db1p = db1.data_ptr<A>();
+    A *dw2p = dw2.data_ptr<A>(), *db2p = db2.data_ptr<A>();
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / (s.batch * std::max(C, H)));
+    at::parallel_for(0, C + H, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        if (r < C) {
+          k::se_linear_grad_row(dpre2p, zp, s.batch, C, H, r, dw2p + r * H, db2p + r);
+        } else {
+          const int64_t j = r - C;
+          k::se_linear_grad_row(dzp, meanp, s.batch, H, C, j, dw1p + j * C, db1p + j);
+        }
+      }
+    });
+  });
+  return results();
+}
+
+}  // namespace
+}  // namespace regnet_ext::cpu
+
+TORCH_LIBRARY_IMPL(regnet_ext, CPU, m) {
+  m.impl("squeeze_excite", &regnet_ext::cpu::squeeze_excite_cpu);
+  m.impl("squeeze_excite_backward", &regnet_ext::cpu::squeeze_excite_backward_cpu);
+}
