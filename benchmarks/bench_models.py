@@ -1,0 +1,389 @@
+"""Model-level benchmark: RegNetX/RegNetY against torchvision's EfficientNet B0-B5 at matched flops.
+
+Pairs (paper's matching): 400MF-B0, 600MF/800MF-B1, 1.6GF-B2, 3.2GF/4.0GF-B3/B4, 8.0GF-B5. RegNets
+run at 224, each EfficientNet at its native resolution (B0 224, B1 240, B2 260, B3 300, B4 380,
+B5 456). For every model: inference images/s (eval, no grad) and training images/s (forward,
+cross-entropy, backward, SGD step), peak memory of each, activations and flops per image (pycls
+conventions, counted with hooks on the stock model). RegNets run stock, fused (regnet_ext.fuse,
+when available) and torch.compile (inductor; freezing for inference). Rounds are interleaved
+(every model and variant once per round, in one process) and medians are reported, with
+per-round ratios to the group's EfficientNet. Writes JSON + PNG (images/s against activations and
+against flops) to benchmarks/results/.
+
+    .venv/bin/python benchmarks/bench_models.py            # full run: models_cpu.json/.png
+    .venv/bin/python benchmarks/bench_models.py --quick    # < 1 minute: RegNetY-400MF vs B0
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+
+from common import machine_record, time_interleaved, write_json  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EFFICIENTNET_RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456}
+# (RegNet sizes, EfficientNets) matched by flops, as in the paper.
+GROUPS = [
+    (("400MF",), ("b0",)),
+    (("600MF", "800MF"), ("b1",)),
+    (("1.6GF",), ("b2",)),
+    (("3.2GF", "4.0GF"), ("b3", "b4")),
+    (("8.0GF",), ("b5",)),
+]
+VARIANTS = ("stock", "fused", "compile")
+
+
+# ---------------------------------------------------------------- models and their complexity
+
+def build_regnet(name):
+    from regnet_ext.models import regnet
+    return regnet(name)
+
+
+def build_efficientnet(key):
+    import torchvision
+    return torchvision.models.get_model(f"efficientnet_{key}", weights=None)
+
+
+def count_complexity(model, resolution):
+    """(multiply-adds, activations) per image by pycls's conventions: conv and linear outputs,
+    k*k*C_in/groups MACs per conv output (+1 with a bias)."""
+    macs, acts = [0], [0]
+
+    def conv_hook(m, inputs, out):
+        per_out = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        macs[0] += out[0].numel() * (per_out + (1 if m.bias is not None else 0))
+        acts[0] += out[0].numel()
+
+    def linear_hook(m, inputs, out):
+        macs[0] += out[0].numel() * (m.in_features + (1 if m.bias is not None else 0))
+        acts[0] += out[0].numel()
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, resolution, resolution))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return macs[0], acts[0]
+
+
+def fuse_or_reason(model):
+    """(fused model, None) or (None, why not)."""
+    from regnet_ext.profiling.profiler import fuse_model
+    try:
+        return fuse_model(model), None
+    except (RuntimeError, ImportError, ValueError, NotImplementedError) as exc:
+        return None, str(exc)
+
+
+# ---------------------------------------------------------------- measurement
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+
+class Runner:
+    """One model variant: its inference and (optionally) training steps on fixed random inputs."""
+
+    def __init__(self, label, family, variant, infer_model, train_model, resolution, batch,
+                 num_classes=1000):
+        self.label, self.family, self.variant = label, family, variant
+        self.resolution, self.batch = resolution, batch
+        cl = torch.channels_last
+        self.x = torch.randn(batch, 3, resolution, resolution).contiguous(memory_format=cl)
+        self.target = torch.randint(0, num_classes, (batch,))
+        self.infer_model, self.train_model = infer_model, train_model
+        # One module may serve both: its mode is then set on every call (cheap next to a pass).
+        self.shared = infer_model is train_model
+        self.infer_model.eval()
+        if train_model is not None:
+            train_model.train()
+        self.opt = _sgd(train_model) if train_model is not None else None
+        self.infer_times, self.train_times = [], []
+
+    @property
+    def trains(self):
+        return self.train_model is not None
+
+    def infer(self):
+        if self.shared:
+            self.infer_model.eval()
+        with torch.inference_mode() if self.variant != "compile" else torch.no_grad():
+            return self.infer_model(self.x)
+
+    def train_step(self):
+        if self.shared:
+            self.train_model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.train_model(self.x), self.target)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
+def peak_memory_bytes(fn):
+    """Peak of memory allocated during ``fn`` above what was allocated before it (CPU: running
+    sum of every operator's own allocations and frees from torch.profiler, in start order; an
+    allocation freed inside the same operator is not seen)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+# ---------------------------------------------------------------- the benchmark
+
+def plan(args):
+    """[(group index, group label, [(label, family, builder argument, resolution)])]."""
+    groups = []
+    for index, (sizes, effs) in enumerate(GROUPS):
+        if args.quick:
+            if sizes != ("400MF",):
+                continue
+            sizes = ("400MF",)
+        members = []
+        for size in sizes:
+            for family in args.families:
+                members.append((f"RegNet{family}-{size}", "regnet", f"RegNet{family}-{size}",
+                                args.resolution or 224))
+        for key in effs:
+            members.append((f"EfficientNet-{key.upper()}", "efficientnet", key,
+                            args.resolution or EFFICIENTNET_RESOLUTION[key]))
+        label = "/".join(sizes) + " vs " + "/".join(k.upper() for k in effs)
+        groups.append((index, label, members))
+    return groups
+
+
+def build_runners(members, args, train, log):
+    """Runners for every member and variant; ``train``: whether training is measured."""
+    runners, info = [], {}
+    cl = torch.channels_last
+    for label, family, arg, resolution in members:
+        t0 = time.perf_counter()
+        stock = build_regnet(arg) if family == "regnet" else build_efficientnet(arg)
+        macs, acts = count_complexity(stock, resolution)
+        params = sum(p.numel() for p in stock.parameters())
+        info[label] = dict(family=family, resolution=resolution, macs=macs, acts=acts,
+                           params=params, variants={})
+        stock = stock.to(memory_format=cl)
+        runners.append(Runner(label, family, "stock", stock, stock if train else None,
+                              resolution, args.batch))
+        info[label]["variants"]["stock"] = dict(available=True)
+        if family == "regnet" and "fused" in args.variants:
+            infer_fused, why = fuse_or_reason(build_regnet(arg).eval())
+            info[label]["variants"]["fused"] = dict(available=why is None, reason=why)
+            if why is None:
+                train_fused = fuse_or_reason(build_regnet(arg).train())[0] if train else None
+                runners.append(Runner(label, family, "fused", infer_fused.to(memory_format=cl),
+                                      train_fused.to(memory_format=cl) if train else None,
+                                      resolution, args.batch))
+        if (family == "regnet" and "compile" in args.variants
+                and (args.compile_models is None or label in args.compile_models)):
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True  # inference: fold BN and constants into the convs
+            infer_c = torch.compile(build_regnet(arg).eval().to(memory_format=cl))
+            train_c = torch.compile(build_regnet(arg).train().to(memory_format=cl)) if train else None
+            runners.append(Runner(label, family, "compile", infer_c, train_c, resolution,
+                                  args.batch))
+            info[label]["variants"]["compile"] = dict(available=True)
+        log(f"  built {label} ({time.perf_counter() - t0:.1f}s)")
+    return runners, info
+
+
+def run_group(index, label, members, args, log):
+    train = args.train_groups is None or index in args.train_groups
+    runners, info = build_runners(members, args, train, log)
+    for r in runners:  # warm-up: first calls compile, pick kernels and fill caches
+        t0 = time.perf_counter()
+        r.infer()
+        if r.trains:
+            r.train_step()
+        rec = info[r.label]["variants"][r.variant]
+        if r.variant == "compile":
+            rec["warmup_s"] = time.perf_counter() - t0
+        if r.variant == "compile":  # inductor's own allocations are invisible to the profiler
+            rec["peak_memory"] = "not measured: compiled code allocates outside torch.profiler"
+            continue
+        rec["peak_infer_bytes"] = peak_memory_bytes(r.infer)
+        if r.trains:
+            rec["peak_train_bytes"] = peak_memory_bytes(r.train_step)
+    # Interleaved rounds (common.time_interleaved rotates the order), inference then training;
+    # target_s=0 makes each sample one call: a model step is long enough to time alone.
+    for kind, attr in (("infer", "infer_times"), ("train", "train_times")):
+        fns = {i: (r.infer if kind == "infer" else r.train_step) for i, r in enumerate(runners)
+               if kind == "infer" or r.trains}
+        if not fns:
+            continue
+        timed = time_interleaved(fns, rounds=args.rounds, warmup=0, target_s=0)
+        for i, t in timed.items():
+            setattr(runners[i], attr, t["rounds_s"])
+        log(f"  {kind}: {args.rounds} interleaved rounds done")
+    # Per-round ratios against the group's first EfficientNet, then medians.
+    reference = next(r for r in runners if r.family == "efficientnet")
+    for r in runners:
+        rec = info[r.label]["variants"][r.variant]
+        rec.update(infer_images_per_s=args.batch / statistics.median(r.infer_times),
+                   infer_round_s=r.infer_times, speedup_reference=reference.label,
+                   infer_speedup=statistics.median(
+                       a / b for a, b in zip(reference.infer_times, r.infer_times)))
+        if r.trains:
+            rec.update(train_images_per_s=args.batch / statistics.median(r.train_times),
+                       train_round_s=r.train_times,
+                       train_speedup=statistics.median(
+                           a / b for a, b in zip(reference.train_times, r.train_times)))
+    return dict(group=label, trained=train, models=info)
+
+
+def print_group(group):
+    print(f"\n== {group['group']}" + ("" if group["trained"] else " (inference only)"))
+    print(f"{'model':20} {'variant':8} {'res':>4} {'GMACs':>6} {'Macts':>6} {'infer im/s':>10} "
+          f"{'x ref':>6} {'train im/s':>10} {'x ref':>6} {'peak inf MB':>11} {'peak trn MB':>11}")
+
+    def num(v, key, width, scale=1.0):
+        return f"{v[key] / scale:>{width}.2f}" if key in v else f"{'-':>{width}}"
+
+    for label, m in group["models"].items():
+        for variant, v in m["variants"].items():
+            if not v.get("available"):
+                print(f"{label:20} {variant:8} unavailable: {v.get('reason')}")
+                continue
+            print(f"{label:20} {variant:8} {m['resolution']:>4} {m['macs'] / 1e9:>6.2f} "
+                  f"{m['acts'] / 1e6:>6.2f} {num(v, 'infer_images_per_s', 10)} "
+                  f"{num(v, 'infer_speedup', 6)} {num(v, 'train_images_per_s', 10)} "
+                  f"{num(v, 'train_speedup', 6)} {num(v, 'peak_infer_bytes', 11, 1e6)} "
+                  f"{num(v, 'peak_train_bytes', 11, 1e6)}")
+
+
+def plot(doc, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("plot: needs matplotlib (`pip install matplotlib`)") from exc
+    style = {("regnet", "stock"): ("o", "tab:blue"), ("regnet", "fused"): ("s", "tab:green"),
+             ("regnet", "compile"): ("^", "tab:purple"),
+             ("efficientnet", "stock"): ("D", "tab:red")}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, key, xlabel in ((axes[0], "acts", "activations per image (millions)"),
+                            (axes[1], "macs", "multiply-adds per image (GMACs)")):
+        scale = 1e6 if key == "acts" else 1e9
+        seen = set()
+        for group in doc["groups"]:
+            for label, m in group["models"].items():
+                for variant, v in m["variants"].items():
+                    if not v.get("available"):
+                        continue
+                    marker, color = style[(m["family"], variant)]
+                    name = f"{'RegNet' if m['family'] == 'regnet' else 'EfficientNet'} {variant}"
+                    ax.scatter(m[key] / scale, v["infer_images_per_s"], marker=marker, c=color,
+                               label=None if name in seen else name)
+                    seen.add(name)
+                    if variant == "stock":
+                        ax.annotate(label.replace("EfficientNet-", "EN-").replace("RegNet", ""),
+                                    (m[key] / scale, v["infer_images_per_s"]), fontsize=6,
+                                    xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"inference images/s (batch {doc['batch']})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"RegNet vs EfficientNet on {doc['machine']['cpu']} "
+                 f"({doc['machine']['threads']} threads){' - quick' if doc['quick'] else ''}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="RegNetY-400MF vs EfficientNet-B0 at batch 2, 128px, 2 rounds, "
+                             "no torch.compile: under a minute (checks the pipeline, not speed)")
+    parser.add_argument("--batch", type=int, default=None, help="default 8 (quick: 2)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds, one call per model each (default 3; quick: 2)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="override every model's resolution (default: native; quick: 128)")
+    parser.add_argument("--families", nargs="+", default=None, choices=("X", "Y"),
+                        help="RegNet families (default X Y; quick: Y)")
+    parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS,
+                        help="RegNet variants (default all; quick: stock fused)")
+    parser.add_argument("--groups", nargs="+", type=int, default=None,
+                        help=f"indices of the matched groups to run (0-{len(GROUPS) - 1})")
+    parser.add_argument("--train-groups", nargs="*", type=int, default=None,
+                        help="measure training only for these group indices (default: all); "
+                             "the big groups' training steps take minutes on a small CPU")
+    parser.add_argument("--compile-models", nargs="*", default=None,
+                        help="RegNets to torch.compile (default: all in the run); compiling "
+                             "takes minutes per model on a small CPU")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: torch's); on a shared, loaded machine "
+                             "1 thread avoids OpenMP oversubscription")
+    parser.add_argument("--out", default=None, help="output stem (default results/models_cpu"
+                                                    "[_quick]); writes .json and .png")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.batch = args.batch or (2 if quick else 8)
+    args.rounds = args.rounds or (2 if quick else 3)
+    args.resolution = args.resolution or (128 if quick else None)
+    args.families = args.families or (["Y"] if quick else ["X", "Y"])
+    args.variants = args.variants or (["stock", "fused"] if quick else list(VARIANTS))
+    for name in ("batch", "rounds", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else RESULTS / ("models_cpu_quick" if quick else "models_cpu")
+    groups = plan(args)
+    if args.groups is not None:
+        bad = [i for i in args.groups if not 0 <= i < len(GROUPS)]
+        if bad:
+            parser.error(f"--groups: expected indices in 0-{len(GROUPS) - 1}, got {bad}")
+        groups = [g for g in groups if g[0] in args.groups]
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    torch.manual_seed(0)
+    t_start = time.perf_counter()
+    doc = dict(benchmark="bench_models", quick=quick, batch=args.batch, rounds=args.rounds,
+               variants=args.variants, families=args.families,
+               compile_models=args.compile_models, train_groups=args.train_groups,
+               machine=machine_record(load_average_start=os.getloadavg()), groups=[])
+    for index, label, members in groups:
+        log(f"group {label}")
+        group = run_group(index, label, members, args, log)
+        doc["groups"].append(group)
+        print_group(group)
+    doc["machine"]["load_average_end"] = os.getloadavg()
+    doc["elapsed_s"] = time.perf_counter() - t_start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
+    write_json(json_path, doc)
+    plot(doc, png_path)
+    print(f"\nwritten {json_path} and {png_path} ({doc['elapsed_s']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""`regnet-ext profile`: per-stage time, flops, bytes, GB/s and roofline share of a RegNet."""
+import json
+import sys
+
+HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (traffic model), "
+        "GFLOP/s, GB/s, share of the device roofline, kernels launched.")
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", default="RegNetY-400MF",
+                        help="ours by name (RegNetY-400MF, regnet_y_400mf, regnety_004), or "
+                             "torchvision:NAME / timm:NAME (default RegNetY-400MF)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    parser.add_argument("--resolution", type=int, default=224, help="input side (default 224)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--fused", action="store_true", help="run regnet_ext.fuse(model) first")
+    parser.add_argument("--train", action="store_true", help="forward + backward (BN in training mode)")
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU intra-op threads (default: torch's)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="probe the device's bandwidth and compute ceilings again instead of "
+                             "using the cached figures")
+    parser.add_argument("--schedule", default=None,
+                        help="traffic schedule to account bytes with (default: eager, or "
+                             "ours_ops with --fused; also: compile, ours = the design target)")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                        help="write JSON (to stdout when no PATH is given)")
+    parser.add_argument("--plot", default=None, metavar="PATH",
+                        help="PNG of stacked stage times, stock and fused side by side "
+                             "(profiles both, interleaved, when fuse() is available)")
+
+
+def run(args):
+    from ..profiling import plot_profiles, profile, profile_stock_and_fused, stage_speedups
+
+    for name in ("batch", "resolution", "iters", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            print(f"regnet-ext profile: --{name} must be >= 1", file=sys.stderr)
+            return 2
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    common = dict(device=args.device, dtype=args.dtype, train=args.train, iters=args.iters,
+                  warmup=args.warmup)
+    if args.remeasure:
+        from ..profiling import device_ceiling
+        from ..profiling.profiler import DTYPES
+        try:
+            common["ceiling"] = device_ceiling(args.device, DTYPES[args.dtype], refresh=True)
+        except (ValueError, RuntimeError) as exc:
+            print(f"regnet-ext profile: {exc}", file=sys.stderr)
+            return 2
+    shape = (args.batch, 3, args.resolution, args.resolution)
+    result = other = None
+    if args.plot and args.schedule is None:
+        # Stock and fused, iterations interleaved; falls back to one run without fuse().
+        try:
+            stock, fused = profile_stock_and_fused(args.model, shape, **common)
+            result, other = (fused, stock) if args.fused else (stock, fused)
+        except RuntimeError as exc:
+            if args.fused or "fuse" not in str(exc):
+                print(f"regnet-ext profile: {exc}", file=sys.stderr)
+                return 2
+            print(f"regnet-ext profile: profiling stock only ({exc})", file=sys.stderr)
+        except (ValueError, ImportError) as exc:
+            print(f"regnet-ext profile: {exc}", file=sys.stderr)
+            return 2
+    if result is None:
+        try:
+            result = profile(args.model, shape, fused=args.fused, schedule=args.schedule, **common)
+        except (ValueError, RuntimeError, ImportError) as exc:
+            print(f"regnet-ext profile: {exc}", file=sys.stderr)
+            return 2
+    if args.plot:
+        runs = [r for r in (result, other) if r is not None]
+        plot_profiles(sorted(runs, key=lambda r: r.meta["fused"]), args.plot)
+    # The requested run is the document; the comparison run rides along under "compared_with".
+    doc = result.to_json()
+    if other is not None:
+        doc["compared_with"] = other.to_json()
+    if args.json == "-":
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(result.table())
+    if other is not None:
+        print()
+        print(other.table())
+        stock, fused = (other, result) if args.fused else (result, other)
+        print("stock / fused time per stage: "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in stage_speedups(stock, fused).items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"JSON written to {args.json}")
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return 0
