@@ -12,6 +12,43 @@ extern "C" PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(regnet_ext, m) {
   // ---- conv_bn_act ------------------------------------------------------------------------
+  // y = act(BN(conv2d(x, weight, bias; stride, padding, groups)) + residual). Split in
+  // functional operators because autograd and torch.compile handle them best:
+  //  * eval: BN with running statistics, folded into the conv.
+  //  * train: batch statistics; returns y, the conv output z (kept for the backward's x-hat)
+  //    and the batch mean and biased variance (accumulation dtype: float32 for 16-bit inputs).
+  //  * update_running_stats: the only mutating operator, called after train under no_grad
+  //    (nn.BatchNorm2d's update; cumulative average when `cumulative`, reading
+  //    num_batches_tracked already incremented for this batch).
+  //  * backward: gradients for x, weight, bias, bn_weight, bn_bias, residual. `mean`/`var` are
+  //    the running statistics in eval and the batch statistics in training; `conv_out` is z
+  //    (training only). Empty tensors stand for gradients not asked for (input_grad=False,
+  //    param_grads=False) and for bias's when there is no bias. Its own backward is refused.
+  m.def(
+      "conv_bn_act_eval(Tensor x, Tensor weight, Tensor? bias, Tensor bn_weight, Tensor bn_bias, "
+      "Tensor running_mean, Tensor running_var, Tensor? residual, int stride, int padding, "
+      "int groups, float eps, bool relu) -> Tensor");
+  m.def(
+      "conv_bn_act_train(Tensor x, Tensor weight, Tensor? bias, Tensor bn_weight, "
+      "Tensor bn_bias, Tensor? residual, int stride, int padding, int groups, float eps, "
+      "bool relu) -> (Tensor y, Tensor conv_out, Tensor mean, Tensor var)");
+  m.def(
+      "conv_bn_act_update_running_stats(Tensor(a!) running_mean, Tensor(b!) running_var, "
+      "Tensor batch_mean, Tensor batch_var, Tensor? num_batches_tracked, int count, "
+      "float momentum, bool cumulative) -> ()");
+  m.def(
+      "conv_bn_act_backward(Tensor grad_y, Tensor y, Tensor x, Tensor weight, Tensor? bias, "
+      "Tensor bn_weight, Tensor? conv_out, Tensor mean, Tensor var, int stride, int padding, "
+      "int groups, float eps, bool relu, bool training, bool input_grad, bool param_grads) -> "
+      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_bn_weight, "
+      "Tensor grad_bn_bias, Tensor grad_residual)");
 
   // ---- squeeze_excite ---------------------------------------------------------------------
+  // y = x * sigmoid(w2 . relu(w1 . mean_hw(x) + b1) + b2); w1 [C_se, C] or [C_se, C, 1, 1],
+  // w2 [C, C_se] or [C, C_se, 1, 1]. The backward recomputes the pooled means from x.
+  m.def("squeeze_excite(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
+  m.def(
+      "squeeze_excite_backward(Tensor grad_y, Tensor x, Tensor w1, Tensor b1, Tensor w2, "
+      "Tensor b2) -> (Tensor grad_x, Tensor grad_w1, Tensor grad_b1, Tensor grad_w2, "
+      "Tensor grad_b2)");
 }

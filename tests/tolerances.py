@@ -9,7 +9,7 @@ import torch
 # atol/rtol for dtypes whose rounding error is far below the tests' signal.
 _FIXED = {
     torch.float64: dict(atol=1e-10, rtol=1e-9),
-    torch.float32: dict(atol=2e-4, rtol=2e-4),
+    torch.float32: dict(atol=1e-3, rtol=1e-3),
 }
 # Plain PyTorch's own result in these dtypes sets the scale of the tolerance.
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
@@ -34,13 +34,18 @@ def max_error(actual, reference):
 def assert_close_to_reference(actual, reference, *, plain_torch=None, name="result"):
     """Checks `actual` (any dtype) against a float64 `reference`.
 
+    float32/float64: atol (times the reference's largest magnitude, when above 1) and rtol.
     For reduced-precision dtypes `plain_torch` is plain PyTorch's result in the same dtype: the
     error of `actual` must stay within ERROR_MULTIPLE times its error (plus a few ulps, scaled by
     the reference's magnitude)."""
     assert actual.shape == reference.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(reference.shape)}"
     if actual.dtype not in REDUCED_PRECISION:
-        torch.testing.assert_close(actual.double(), reference.double(), **tolerances(actual.dtype),
-                                   msg=lambda m: f"{name}: {m}")
+        # atol scales with the reference's magnitude: sums over many terms (weight gradients)
+        # carry absolute rounding errors proportional to their size.
+        tol = tolerances(actual.dtype)
+        scale = max(reference.double().abs().max().item(), 1.0) if reference.numel() else 1.0
+        torch.testing.assert_close(actual.double(), reference.double(), atol=tol["atol"] * scale,
+                                   rtol=tol["rtol"], msg=lambda m: f"{name}: {m}")
         return
     if plain_torch is None:
         raise ValueError(f"{name}: a {actual.dtype} result needs plain PyTorch's result to set the tolerance")

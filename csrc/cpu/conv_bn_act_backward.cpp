@@ -1,0 +1,317 @@
+// CPU backward of conv_bn_act (eval and training modes).
+//
+// Pass 1 reads grad_y, y (and z in training) once: g = ReLU'(y) * grad_y, stored (it is also the
+// residual's gradient), with per-chunk sums of g and g * x-hat. Training makes a second pass for
+// dz (the batch-statistics backward); eval differentiates through the folded weights instead,
+// so g feeds the conv gradients directly. The conv gradients use GEMMs through ATen for 1x1
+// ungrouped convs and our register tiles (kernels/conv_bn_act_backward.h) otherwise.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "checks.h"
+#include "cpu/conv_bn_act_cpu.h"
+#include "kernels/bn_stats.h"
+#include "kernels/conv_bn_act_backward.h"
+
+namespace regnet_ext::cpu {
+namespace {
+
+using kernels::load_acc;
+using kernels::store_as;
+
+constexpr const char* kOp = "conv_bn_act_backward";
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+template <typename A>
+std::vector<A> vector_of(const at::Tensor& t) {
+  const at::Tensor c = t.to(c10::CppTypeToScalarType<A>::value).contiguous();
+  return std::vector<A>(c.data_ptr<A>(), c.data_ptr<A>() + c.numel());
+}
+
+inline at::Tensor as_rows(const at::Tensor& nhwc) {
+  return nhwc.permute({0, 2, 3, 1}).reshape({-1, nhwc.size(1)});
+}
+
+// dx for the grouped/KxK conv: register tiles over input rows, stride-spaced pixels.
+template <int CIB, typename T>
+void conv_input_grad(const ConvGeometry& g, const T* dz, const acc_t<T>* packed_t, T* dx) {
+  using A = acc_t<T>;
+  constexpr int PW = tile_pixels<A, CIB>;
+  at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t row0, int64_t row1) {
+    std::vector<T> zeros(g.out_c_per_group, T(0));
+    using V = lane_t<A, CIB>;
+    V acc[PW];
+    A values[PW][CIB];
+    for (int64_t row = row0; row < row1; ++row) {
+      const int64_t n = row / g.in_h, hi = row % g.in_h;
+      for (int64_t group = 0; group < g.groups; ++group)
+        for (int64_t ci0 = 0; ci0 < g.in_c_per_group; ci0 += CIB)
+          for (int64_t residue = 0; residue < std::min(g.stride, g.in_w); ++residue)
+            for (int64_t wi0 = residue; wi0 < g.in_w; wi0 += PW * g.stride) {
+              const int npix = static_cast<int>(std::min<int64_t>(PW, (g.in_w - wi0 + g.stride - 1) / g.stride));
+              kernels::conv_input_grad_tile<PW>(g, dz, packed_t, zeros.data(), n, hi, wi0, npix,
+                                                     group, ci0, acc);
+              for (int p = 0; p < npix; ++p) {
+                kernels::lane_store_acc(values[p], acc[p]);
+                T* out = dx + kernels::nhwc_index(n, hi, wi0 + p * g.stride,
+                                                  group * g.in_c_per_group + ci0, g.in_h, g.in_w, g.in_c);
+                for (int c = 0; c < CIB; ++c) out[c] = store_as<T>(values[p][c]);
+              }
+            }
+    }
+  });
+}
+
+// Raw weight gradient (sum over pixels of x * dz) of the grouped/KxK conv, in the packed layout,
+// accumulated per chunk of output rows and merged in chunk order.
+template <int CIB, int COB, typename T>
+std::vector<acc_t<T>> conv_weight_grad(const ConvGeometry& g, const T* x, const T* dz) {
+  using A = acc_t<T>;
+  const int64_t size = g.groups * g.kernel * g.kernel * g.in_c_per_group * g.out_c_per_group;
+  const int64_t rows = g.batch * g.out_h, chunks = chunk_count(rows);
+  std::vector<A> partial(chunks * size, A(0));
+  for_each_chunk(rows, chunks, [&](int64_t chunk, int64_t row0, int64_t row1) {
+    A* buf = partial.data() + chunk * size;
+    using V = lane_t<A, COB>;
+    V acc[CIB];
+    for (int64_t row = row0; row < row1; ++row) {
+      const int64_t n = row / g.out_h, ho = row % g.out_h;
+      for (int64_t group = 0; group < g.groups; ++group)
+        for (int64_t kh = 0; kh < g.kernel; ++kh)
+          for (int64_t kw = 0; kw < g.kernel; ++kw) {
+            A* tap = buf + ((group * g.kernel + kh) * g.kernel + kw) * g.in_c_per_group * g.out_c_per_group;
+            for (int64_t ci0 = 0; ci0 < g.in_c_per_group; ci0 += CIB)
+              for (int64_t co0 = 0; co0 < g.out_c_per_group; co0 += COB) {
+                for (int i = 0; i < CIB; ++i)
+                  acc[i] = kernels::lane_load_acc<V>(tap + (ci0 + i) * g.out_c_per_group + co0);
+                kernels::conv_weight_grad_tile<CIB>(g, x, dz, n, ho, 0, g.out_w, group, kh, kw,
+                                                         ci0, co0, acc);
+                for (int i = 0; i < CIB; ++i)
+                  kernels::lane_store_acc(tap + (ci0 + i) * g.out_c_per_group + co0, acc[i]);
+              }
+          }
+    }
+  });
+  for (int64_t chunk = 1; chunk < chunks; ++chunk)
+    for (int64_t i = 0; i < size; ++i) partial[i] += partial[chunk * size + i];
+  partial.resize(size);
+  return partial;
+}
+
+template <typename T>
+Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& x,
+                    const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& bn_weight,
+                    const at::Tensor& conv_out, const at::Tensor& mean_t, const at::Tensor& var_t,
+                    const ConvGeometry& g, double eps, bool relu, bool training, bool input_grad,
+                    bool param_grads) {
+  using A = acc_t<T>;
+  const at::MemoryFormat format = output_memory_format(x);
+  const int64_t C = g.out_c, pixels = g.batch * g.out_h * g.out_w;
+  const at::Tensor dy = to_nhwc(grad_y), yc = to_nhwc(y);
+  const at::Tensor zc = training ? to_nhwc(conv_out) : at::Tensor();
+  const std::vector<A> mean = vector_of<A>(mean_t), var = vector_of<A>(var_t);
+  const std::vector<A> gamma = vector_of<A>(bn_weight);
+  std::vector<A> invstd(C), scale(C);
+  for (int64_t c = 0; c < C; ++c) {
+    invstd[c] = kernels::inv_std(var[c], static_cast<A>(eps));
+    scale[c] = gamma[c] * invstd[c];
+  }
+
+  // Pass 1: g and its per-channel sums.
+  at::Tensor grad_out = empty_nhwc(x, g.batch, C, g.out_h, g.out_w);
+  T* gp = grad_out.data_ptr<T>();
+  const T* dyp = dy.data_ptr<T>();
+  const T* yp = yc.data_ptr<T>();
+  const T* zp = training ? zc.data_ptr<T>() : nullptr;
+  const int64_t chunks = chunk_count((pixels + 255) / 256);
+  std::vector<A> sum_g(chunks * C, A(0)), sum_gx(chunks * C, A(0));
+  for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t p0, int64_t p1) {
+    A* sg = sum_g.data() + chunk * C;
+    A* sgx = sum_gx.data() + chunk * C;
+    // Separate loops per mode keep the channel loop branch-free (vectorised).
+    if (training) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = p * C + c;
+          const A gv = kernels::relu_grad(load_acc(dyp[i]), load_acc(yp[i]), relu);
+          gp[i] = store_as<T>(gv);
+          sg[c] += gv;
+          sgx[c] += gv * kernels::normalized(load_acc(zp[i]), mean[c], invstd[c]);
+        }
+    } else {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = p * C + c;
+          const A gv = kernels::relu_grad(load_acc(dyp[i]), load_acc(yp[i]), relu);
+          gp[i] = store_as<T>(gv);
+          sg[c] += gv;
+        }
+    }
+  });
+  std::vector<kernels::BnGradSums<A>> sums(C);
+  for (int64_t c = 0; c < C; ++c) {
+    sums[c] = {sum_g[c], sum_gx[c]};
+    for (int64_t chunk = 1; chunk < chunks; ++chunk)
+      kernels::bn_grad_sums_merge(sums[c], kernels::BnGradSums<A>{sum_g[chunk * C + c], sum_gx[chunk * C + c]});
+  }
+
+  // Training: dz from the batch-statistics backward (pass 2); eval: the conv sees g itself.
+  at::Tensor dz = grad_out;
+  if (training) {
+    dz = empty_nhwc(x, g.batch, C, g.out_h, g.out_w);
+    T* dzp = dz.data_ptr<T>();
+    std::vector<A> mean_g(C), mean_gx(C);
+    for (int64_t c = 0; c < C; ++c) {
+      mean_g[c] = sums[c].sum_g / static_cast<A>(pixels);
+      mean_gx[c] = sums[c].sum_g_xhat / static_cast<A>(pixels);
+    }
+    at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = p * C + c;
+          const A xhat = kernels::normalized(load_acc(zp[i]), mean[c], invstd[c]);
+          const A d = kernels::bn_train_input_grad(load_acc(gp[i]), xhat, scale[c], mean_g[c], mean_gx[c]);
+          dzp[i] = store_as<T>(d);
+        }
+    });
+  }
+  const T* dzp = dz.data_ptr<T>();
+  const at::Tensor xc = to_nhwc(x);
+  const auto acc_dtype = c10::CppTypeToScalarType<A>::value;
+  const at::Tensor scale_t = at::from_blob(scale.data(), {C}, x.options().dtype(acc_dtype)).clone();
+
+  at::Tensor grad_x = at::empty({0}, x.options());
+  // oneDNN's conv backward for the shapes where it beats our tiles (see use_own_conv_tiles);
+  // eval differentiates through the folded weight W', whose gradient is the raw one.
+  const bool aten = !is_plain_gemm(g) && !use_own_conv_tiles(g);
+  at::Tensor aten_raw;
+  if (aten && (input_grad || param_grads)) {
+    at::Tensor w = weight;
+    if (!training) w = (w.to(acc_dtype) * scale_t.view({C, 1, 1, 1})).to(x.scalar_type());
+    auto grads = at::convolution_backward(dz, xc, w.contiguous(at::MemoryFormat::ChannelsLast), std::nullopt,
+                                          {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
+                                          {0, 0}, g.groups, {input_grad, param_grads, false});
+    if (input_grad) grad_x = std::get<0>(grads);
+    if (param_grads) aten_raw = std::get<1>(grads).to(acc_dtype).contiguous();
+  }
+  if (input_grad && aten) {
+    grad_x = in_memory_format(grad_x, format);
+  } else if (input_grad) {
+    if (is_plain_gemm(g)) {
+      at::Tensor w = weight.reshape({C, g.in_c});
+      if (!training) w = (w.to(acc_dtype) * scale_t.unsqueeze(1)).to(x.scalar_type());
+      const at::Tensor rows = at::mm(as_rows(dz), w).view({g.batch, g.out_h, g.out_w, g.in_c}).permute({0, 3, 1, 2});
+      if (g.stride == 1) {
+        grad_x = rows;
+      } else {
+        grad_x = at::zeros({g.batch, g.in_c, g.in_h, g.in_w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+        grad_x.slice(2, 0, g.in_h, g.stride).slice(3, 0, g.in_w, g.stride).copy_(rows);
+      }
+    } else {
+      const at::Tensor packed_t = pack_weight<T>(weight, g, training ? nullptr : scale.data(), /*transposed=*/true);
+      grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
+      dispatch_block(channel_block(g.in_c_per_group), [&](auto block) {
+        conv_input_grad<decltype(block)::value>(g, dzp, packed_t.data_ptr<A>(), grad_x.data_ptr<T>());
+      });
+    }
+    grad_x = in_memory_format(grad_x, format);
+  }
+
+  at::Tensor grad_w = at::empty({0}, weight.options()), grad_b = at::empty({0}, weight.options());
+  at::Tensor grad_gamma = at::empty({0}, weight.options()), grad_beta = at::empty({0}, weight.options());
+  if (param_grads) {
+    // raw[co][ci][kh][kw] = sum over pixels of x * (dz or g), in the accumulation type.
+    at::Tensor raw;
+    if (aten) {
+      raw = aten_raw;
+    } else if (is_plain_gemm(g)) {
+      raw = at::mm(as_rows(dz).t(), gemm_rows(xc, g)).to(acc_dtype).view(weight.sizes());
+    } else {
+      std::vector<A> packed_raw;
+      const int cib = g.in_c_per_group % 4 == 0 ? 4 : 1;
+      dispatch_block(channel_block(g.out_c_per_group), [&](auto co_block) {
+        constexpr int COB = decltype(co_block)::value;
+        if (cib == 4)
+          packed_raw = conv_weight_grad<4, COB>(g, xc.data_ptr<T>(), dzp);
+        else
+          packed_raw = conv_weight_grad<1, COB>(g, xc.data_ptr<T>(), dzp);
+      });
+      raw = at::empty(weight.sizes(), weight.options().dtype(acc_dtype));
+      A* rp = raw.data_ptr<A>();
+      for (int64_t co = 0; co < C; ++co)
+        for (int64_t ci = 0; ci < g.in_c_per_group; ++ci)
+          for (int64_t kh = 0; kh < g.kernel; ++kh)
+            for (int64_t kw = 0; kw < g.kernel; ++kw)
+              rp[((co * g.in_c_per_group + ci) * g.kernel + kh) * g.kernel + kw] =
+                  packed_raw[kernels::conv_pack_index(g, co, ci, kh, kw)];
+    }
+    std::vector<A> dgamma(C), dbeta(C), dbias(C);
+    if (training) {
+      grad_w = raw.to(weight.scalar_type());
+      for (int64_t c = 0; c < C; ++c) {
+        dgamma[c] = sums[c].sum_g_xhat;
+        dbeta[c] = sums[c].sum_g;
+        dbias[c] = kernels::bn_train_conv_bias_grad<A>();
+      }
+    } else {
+      grad_w = (raw * scale_t.view({C, 1, 1, 1})).to(weight.scalar_type());
+      const at::Tensor dot = (raw * weight.to(acc_dtype)).sum({1, 2, 3});
+      const std::vector<A> dots = vector_of<A>(dot);
+      const std::vector<A> conv_bias = bias.defined() ? vector_of<A>(bias) : std::vector<A>(C, A(0));
+      for (int64_t c = 0; c < C; ++c) {
+        dgamma[c] = kernels::bn_fold_gamma_grad(dots[c], sums[c].sum_g, conv_bias[c], mean[c], invstd[c]);
+        dbeta[c] = sums[c].sum_g;
+        dbias[c] = sums[c].sum_g * scale[c];
+      }
+    }
+    auto to_param = [&](std::vector<A>& v) {
+      return at::from_blob(v.data(), {C}, x.options().dtype(acc_dtype)).to(bn_weight.scalar_type(), false, true);
+    };
+    grad_gamma = to_param(dgamma);
+    grad_beta = to_param(dbeta);
+    if (bias.defined()) grad_b = to_param(dbias);
+  }
+  return {grad_x, grad_w, grad_b, grad_gamma, grad_beta, in_memory_format(grad_out, format)};
+}
+
+Grads conv_bn_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& x,
+                               const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               const at::Tensor& bn_weight, const std::optional<at::Tensor>& conv_out,
+                               const at::Tensor& mean, const at::Tensor& var, int64_t stride,
+                               int64_t padding, int64_t groups, double eps, bool relu, bool training,
+                               bool input_grad, bool param_grads) {
+  const at::Tensor b = bias.value_or(at::Tensor()), z = conv_out.value_or(at::Tensor());
+  const ConvGeometry g = checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_weight,
+                                                   at::Tensor(), stride, padding, groups);
+  const std::vector<int64_t> out_shape{g.batch, g.out_c, g.out_h, g.out_w};
+  checks::check_like(kOp, x, "x", grad_y, "grad_y");
+  checks::check_shape(kOp, grad_y, out_shape, "grad_y");
+  checks::check_like(kOp, x, "x", y, "y");
+  checks::check_shape(kOp, y, out_shape, "y");
+  TORCH_CHECK(!training || z.defined(), kOp, ": training mode needs conv_out");
+  if (z.defined()) {
+    checks::check_like(kOp, x, "x", z, "conv_out");
+    checks::check_shape(kOp, z, out_shape, "conv_out");
+  }
+  TORCH_CHECK(mean.device() == x.device() && var.device() == x.device(), kOp,
+              ": mean and var must be on x's device");
+  checks::check_vector(kOp, mean, g.out_c, "mean");
+  checks::check_vector(kOp, var, g.out_c, "var");
+  Grads out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), kOp, [&] {
+    out = backward_impl<scalar_t>(grad_y, y, x, weight, b, bn_weight, z, mean, var, g, eps, relu,
+                                  training, input_grad, param_grads);
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace regnet_ext::cpu
+
+TORCH_LIBRARY_IMPL(regnet_ext, CPU, m) {
+  m.impl("conv_bn_act_backward", &regnet_ext::cpu::conv_bn_act_backward_cpu);
+}

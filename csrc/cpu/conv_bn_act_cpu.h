@@ -1,0 +1,179 @@
+// CPU-side plumbing shared by conv_bn_act's forward and backward: layout conversion, weight
+// packing, work splitting, and the dispatch from runtime channel counts to register-tile sizes.
+// All arithmetic comes from csrc/kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string_view>
+#include <vector>
+
+#include "kernels/bn_stats.h"
+#include "kernels/conv_bn_act.h"
+#include "kernels/conv_bn_act_backward.h"
+
+namespace regnet_ext::cpu {
+
+using kernels::acc_t;
+using kernels::ConvGeometry;
+
+// The output keeps x's memory format: channels_last when x is (and is not also plain
+// contiguous, as for 1x1 images); regnet_ext/ops/conv_bn_act.py's fake kernel uses the same rule.
+inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
+  return (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// t with exactly the strides of a fresh tensor in `format` (what the fake kernels promise),
+// copying only when they differ: .contiguous() keeps odd strides of size-1 dimensions.
+inline at::Tensor in_memory_format(const at::Tensor& t, at::MemoryFormat format) {
+  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(format));
+  if (out.strides() == t.strides()) return t;
+  out.copy_(t);
+  return out;
+}
+
+// Dense NHWC data (a no-op for channels_last inputs).
+inline at::Tensor to_nhwc(const at::Tensor& t) {
+  return t.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::Tensor empty_nhwc(const at::Tensor& like, int64_t n, int64_t c, int64_t h, int64_t w) {
+  return at::empty({n, c, h, w}, like.options().memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// 1x1, ungrouped, unpadded convs are GEMMs: [N*H_out*W_out, C_in] x [C_in, C_out] (strided
+// ones on a gathered copy of every stride-th pixel).
+inline bool is_plain_gemm(const ConvGeometry& g) {
+  return g.kernel == 1 && g.groups == 1 && g.padding == 0;
+}
+
+// Which code computes a KxK or grouped conv on the CPU. Measured on this machine's CPU, oneDNN's
+// JIT kernels through ATen beat our register tiles (kernels::conv_tile) on every RegNet shape,
+// so by default the CPU runs them, with our BN fold, statistics and epilogues around them.
+// REGNET_EXT_CPU_CONV=tiles selects our tiles (the tests run them on every shape, since they are
+// the arithmetic the CUDA kernels share); =aten or unset selects ATen.
+inline bool use_own_conv_tiles(const ConvGeometry&) {
+  const char* choice = std::getenv("REGNET_EXT_CPU_CONV");
+  return choice && std::string_view(choice) == "tiles";
+}
+
+// The KxK conv through ATen (oneDNN), NHWC in and out.
+inline at::Tensor aten_conv(const at::Tensor& x_nhwc, const at::Tensor& weight,
+                            const at::Tensor& bias, const ConvGeometry& g) {
+  return to_nhwc(at::convolution(x_nhwc, weight.contiguous(at::MemoryFormat::ChannelsLast), bias,
+                                 {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
+                                 {0, 0}, g.groups));
+}
+
+// The GEMM's [M, C_in] operand: x itself, or its every stride-th pixel.
+inline at::Tensor gemm_rows(const at::Tensor& x_nhwc, const ConvGeometry& g) {
+  at::Tensor v = x_nhwc;
+  if (g.stride > 1) v = v.slice(2, 0, g.in_h, g.stride).slice(3, 0, g.in_w, g.stride);
+  // Channels-last [N, C, H, W] is [N, H, W, C] in memory.
+  return v.permute({0, 2, 3, 1}).contiguous().view({-1, g.in_c});
+}
+
+// Weight [C_out, C_in/g, K, K] -> packed accumulation-type buffer, each output channel's
+// weights multiplied by scale[co] when scale is given (the eval-mode BN fold).
+template <typename T>
+at::Tensor pack_weight(const at::Tensor& weight, const ConvGeometry& g, const acc_t<T>* scale,
+                       bool transposed) {
+  using A = acc_t<T>;
+  const at::Tensor w = weight.contiguous();
+  const T* src = w.data_ptr<T>();
+  at::Tensor packed = at::empty({w.numel()}, w.options().dtype(c10::CppTypeToScalarType<A>::value));
+  A* dst = packed.data_ptr<A>();
+  for (int64_t co = 0; co < g.out_c; ++co) {
+    const A s = scale ? scale[co] : A(1);
+    for (int64_t ci = 0; ci < g.in_c_per_group; ++ci)
+      for (int64_t kh = 0; kh < g.kernel; ++kh)
+        for (int64_t kw = 0; kw < g.kernel; ++kw) {
+          const int64_t at = transposed ? kernels::conv_pack_transposed_index(g, co, ci, kh, kw)
+                                        : kernels::conv_pack_index(g, co, ci, kh, kw);
+          dst[at] = static_cast<A>(src[((co * g.in_c_per_group + ci) * g.kernel + kh) * g.kernel + kw]) * s;
+        }
+  }
+  return packed;
+}
+
+// Work is split into a fixed number of contiguous chunks (not per-thread state) so that
+// per-chunk partial sums merge in the same order on every run.
+inline int64_t chunk_count(int64_t items) {
+  return std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
+}
+
+template <typename F>
+void for_each_chunk(int64_t items, int64_t chunks, const F& body) {
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) body(c, items * c / chunks, items * (c + 1) / chunks);
+  });
+}
+
+// Largest register-tile width in {16, 8, 4, 2, 1} that divides a group's channel count.
+inline int channel_block(int64_t channels_per_group) {
+  for (int b : {16, 8, 4, 2}) if (channels_per_group % b == 0) return b;
+  return 1;
+}
+
+// Calls f(std::integral_constant<int, B>{}) with B = block.
+template <typename F>
+void dispatch_block(int block, const F& f) {
+  switch (block) {
+    case 16: f(std::integral_constant<int, 16>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 1>{}); break;
+  }
+}
+
+// The CPU's lane type for a block of N channels: a compiler vector of N accumulation values
+// (one SIMD register or a few), or the plain scalar for N = 1.
+template <typename A, int N>
+struct LaneOf {
+  typedef A type __attribute__((vector_size(N * sizeof(A))));
+};
+template <typename A>
+struct LaneOf<A, 1> {
+  using type = A;
+};
+template <typename A, int N>
+using lane_t = typename LaneOf<A, N>::type;
+
+// Pixels per register tile: enough independent accumulators to hide FMA latency and amortise
+// the per-tap pointer set-up, while the tile (PW lanes of up to one 512-bit register each)
+// still fits in the 32 vector registers.
+template <typename A, int LANE>
+constexpr int tile_pixels = (LANE * sizeof(A) > 64) ? 8 : 16;
+
+// Runs the conv over output rows [row0, row1) (row = n * out_h + ho), handing every register
+// tile to epilogue(n, ho, wo0, npix, co_global, values[PW][COB]). Weights must be packed by pack_weight.
+template <int COB, typename T, typename Epilogue>
+void conv_rows(const ConvGeometry& g, const T* x, const acc_t<T>* packed, int64_t row0,
+               int64_t row1, const Epilogue& epilogue) {
+  using A = acc_t<T>;
+  std::vector<T> zeros(g.in_c_per_group, T(0));
+  using V = lane_t<A, COB>;
+  constexpr int PW = tile_pixels<A, COB>;
+  V acc[PW];
+  A values[PW][COB];
+  for (int64_t row = row0; row < row1; ++row) {
+    const int64_t n = row / g.out_h, ho = row % g.out_h;
+    for (int64_t group = 0; group < g.groups; ++group)
+      for (int64_t co0 = 0; co0 < g.out_c_per_group; co0 += COB)
+        for (int64_t wo0 = 0; wo0 < g.out_w; wo0 += PW) {
+          const int npix = static_cast<int>(std::min<int64_t>(PW, g.out_w - wo0));
+          kernels::conv_tile<PW>(g, x, packed, zeros.data(), n, ho, wo0, npix, group,
+                                               co0, acc);
+          for (int p = 0; p < PW; ++p) kernels::lane_store_acc(values[p], acc[p]);
+          epilogue(n, ho, wo0, npix, group * g.out_c_per_group + co0, values);
+        }
+  }
+}
+
+}  // namespace regnet_ext::cpu

@@ -1,0 +1,316 @@
+// CPU forward of conv_bn_act (eval and training) and the running-statistics update.
+//
+// Schedules (all in channels_last; NCHW inputs are converted in and out):
+//  * eval, grouped/KxK conv: BN folded into packed weights; each register tile of the conv
+//    (kernels::conv_tile) gets shift, residual and ReLU in registers and is stored once.
+//  * eval, 1x1 ungrouped conv: a GEMM with the folded weights through ATen (oneDNN/MKL), one
+//    block of rows at a time, with the epilogue applied to the block while it is in cache.
+//  * training: pass 1 computes z = conv(x) + b and, in the same epilogue, per-tile moments merged
+//    per chunk with Chan's formula; pass 2 normalises z (+ residual, ReLU) into y. z is kept for
+//    the backward, which needs it for x-hat.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "checks.h"
+#include "cpu/conv_bn_act_cpu.h"
+#include "kernels/bn_stats.h"
+#include "kernels/conv_bn_act.h"
+
+namespace regnet_ext::cpu {
+namespace {
+
+using kernels::ChannelAffine;
+using kernels::load_acc;
+using kernels::MomentStats;
+using kernels::store_as;
+
+constexpr const char* kOp = "conv_bn_act";
+// Rows of the GEMM computed per ATen call: big enough for an efficient GEMM, small enough that
+// the block is still in L2 when the epilogue runs over it.
+constexpr int64_t kGemmRowBlock = 128;
+
+template <typename T>
+std::vector<acc_t<T>> acc_vector(const at::Tensor& t, int64_t length) {
+  std::vector<acc_t<T>> out(length, acc_t<T>(0));
+  if (!t.defined()) return out;
+  const at::Tensor c = t.contiguous();
+  const T* p = c.data_ptr<T>();
+  for (int64_t i = 0; i < length; ++i) out[i] = load_acc(p[i]);
+  return out;
+}
+
+// y[r][c] = act(z[r][c] * scale[c] + shift[c] + residual[r][c]) over `rows` rows of `channels`.
+template <bool HasResidual, typename T, typename A>
+void epilogue_rows(T* y, const T* z, const T* residual, const A* scale, const A* shift,
+                   int64_t rows, int64_t channels, bool relu) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t base = r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const A res = HasResidual ? load_acc(residual[base + c]) : A(0);
+      y[base + c] = store_as<T>(kernels::conv_epilogue(
+          load_acc(z[base + c]), ChannelAffine<A>{scale[c], shift[c]}, res, relu));
+    }
+  }
+}
+
+template <typename T, typename A>
+void epilogue_rows(T* y, const T* z, const T* residual, const A* scale, const A* shift,
+                   int64_t rows, int64_t channels, bool relu) {
+  if (residual)
+    epilogue_rows<true>(y, z, residual, scale, shift, rows, channels, relu);
+  else
+    epilogue_rows<false>(y, z, residual, scale, shift, rows, channels, relu);
+}
+
+// The GEMM operand layout of an NHWC tensor [N, C, H, W]: [N*H*W, C] rows.
+inline at::Tensor as_rows(const at::Tensor& nhwc) {
+  return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
+}
+
+template <typename T>
+at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+                        const at::Tensor& running_mean, const at::Tensor& running_var,
+                        const at::Tensor& residual, const ConvGeometry& g, double eps, bool relu) {
+  using A = acc_t<T>;
+  const auto gamma = acc_vector<T>(bn_weight, g.out_c), beta = acc_vector<T>(bn_bias, g.out_c);
+  const auto mean = acc_vector<T>(running_mean, g.out_c), var = acc_vector<T>(running_var, g.out_c);
+  const auto conv_bias = acc_vector<T>(bias, g.out_c);
+  std::vector<A> scale(g.out_c), shift(g.out_c), ones(g.out_c, A(1));
+  for (int64_t c = 0; c < g.out_c; ++c) {
+    const ChannelAffine<A> f =
+        kernels::bn_fold(gamma[c], beta[c], mean[c], var[c], static_cast<A>(eps), conv_bias[c]);
+    scale[c] = f.scale;
+    shift[c] = f.shift;
+  }
+  const at::Tensor xc = to_nhwc(x);
+  const at::Tensor res = residual.defined() ? to_nhwc(residual) : at::Tensor();
+  at::Tensor y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+  T* yp = y.data_ptr<T>();
+  const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
+
+  if (is_plain_gemm(g)) {
+    const at::Tensor scale_t =
+        at::from_blob(scale.data(), {g.out_c, 1}, weight.options().dtype(c10::CppTypeToScalarType<A>::value));
+    const at::Tensor folded = (weight.reshape({g.out_c, g.in_c}).to(scale_t.scalar_type()) * scale_t)
+                                  .to(x.scalar_type()).t();
+    const at::Tensor rows = gemm_rows(xc, g);
+    const at::Tensor y_rows = as_rows(y);
+    const int64_t m = rows.size(0), blocks = (m + kGemmRowBlock - 1) / kGemmRowBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * kGemmRowBlock, r1 = std::min(m, r0 + kGemmRowBlock);
+        at::Tensor out = y_rows.slice(0, r0, r1);
+        at::mm_out(out, rows.slice(0, r0, r1), folded);
+        T* block = yp + r0 * g.out_c;
+        epilogue_rows(block, block, rp ? rp + r0 * g.out_c : nullptr, ones.data(), shift.data(),
+                      r1 - r0, g.out_c, relu);
+      }
+    });
+  } else if (!use_own_conv_tiles(g)) {
+    // oneDNN computes conv(x, W') + b' straight into y; the epilogue pass adds the residual
+    // and applies ReLU in place.
+    const at::Tensor scale_t = at::from_blob(scale.data(), {g.out_c, 1, 1, 1},
+                                             weight.options().dtype(c10::CppTypeToScalarType<A>::value));
+    const at::Tensor shift_t = at::from_blob(shift.data(), {g.out_c}, scale_t.options());
+    const at::Tensor folded = (weight.to(scale_t.scalar_type()) * scale_t).to(x.scalar_type());
+    y = aten_conv(xc, folded, shift_t.to(x.scalar_type()), g);
+    yp = y.data_ptr<T>();
+    if (relu || rp) {
+      std::vector<A> zeros(g.out_c, A(0));
+      const int64_t pixels = g.batch * g.out_h * g.out_w;
+      at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
+        epilogue_rows(yp + p0 * g.out_c, yp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
+                      ones.data(), zeros.data(), p1 - p0, g.out_c, relu);
+      });
+    }
+  } else {
+    const at::Tensor packed = pack_weight<T>(weight, g, scale.data(), /*transposed=*/false);
+    const A* wp = packed.data_ptr<A>();
+    const T* xp = xc.data_ptr<T>();
+    const int64_t rows = g.batch * g.out_h;
+    dispatch_block(channel_block(g.out_c_per_group), [&](auto block) {
+      constexpr int COB = decltype(block)::value;
+      at::parallel_for(0, rows, 1, [&](int64_t row0, int64_t row1) {
+        conv_rows<COB>(g, xp, wp, row0, row1,
+                       [&](int64_t n, int64_t ho, int64_t wo0, int npix, int64_t co,
+                           const auto& acc) {
+                         const A* sh = shift.data() + co;
+                         for (int p = 0; p < npix; ++p) {
+                           const int64_t at = kernels::nhwc_index(n, ho, wo0 + p, co, g.out_h, g.out_w, g.out_c);
+                           // Separate loops with and without a residual keep both branch-free.
+                           if (rp) {
+                             for (int c = 0; c < COB; ++c)
+                               yp[at + c] = store_as<T>(kernels::conv_epilogue(
+                                   acc[p][c], ChannelAffine<A>{A(1), sh[c]}, load_acc(rp[at + c]), relu));
+                           } else {
+                             for (int c = 0; c < COB; ++c)
+                               yp[at + c] = store_as<T>(kernels::conv_epilogue(
+                                   acc[p][c], ChannelAffine<A>{A(1), sh[c]}, A(0), relu));
+                           }
+                         }
+                       });
+      });
+    });
+  }
+  return in_memory_format(y, output_memory_format(x));
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& bn_weight, const at::Tensor& bn_bias, const at::Tensor& residual,
+    const ConvGeometry& g, double eps, bool relu) {
+  using A = acc_t<T>;
+  const auto conv_bias = acc_vector<T>(bias, g.out_c);
+  const at::Tensor xc = to_nhwc(x);
+  at::Tensor z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+  T* zp = nullptr;
+  const int64_t pixels = g.batch * g.out_h * g.out_w;
+
+  // Pass 1: z and its per-channel moments, per chunk.
+  int64_t chunks;
+  std::vector<MomentStats<A>> stats;
+  const bool gemm = is_plain_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
+  if (!gemm && !tiles) z = aten_conv(xc, weight, bias, g);  // bias included by oneDNN
+  zp = z.data_ptr<T>();
+  if (!tiles) {
+    const at::Tensor w_t = gemm ? weight.reshape({g.out_c, g.in_c}).t() : at::Tensor();
+    const at::Tensor rows = gemm ? gemm_rows(xc, g) : at::Tensor();
+    const at::Tensor z_rows = as_rows(z);
+    chunks = chunk_count((pixels + kGemmRowBlock - 1) / kGemmRowBlock);
+    stats.assign(chunks * g.out_c, kernels::moment_stats_empty<A>());
+    for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t r_begin, int64_t r_end) {
+      MomentStats<A>* cs = stats.data() + chunk * g.out_c;
+      std::vector<A> mean(g.out_c), m2(g.out_c);
+      for (int64_t r0 = r_begin; r0 < r_end; r0 += kGemmRowBlock) {
+        const int64_t r1 = std::min(r_end, r0 + kGemmRowBlock), nr = r1 - r0;
+        T* block = zp + r0 * g.out_c;
+        if (gemm) {  // z's block computed here, so its statistics are taken while it is in cache
+          at::Tensor out = z_rows.slice(0, r0, r1);
+          at::mm_out(out, rows.slice(0, r0, r1), w_t);
+          if (bias.defined())
+            for (int64_t r = 0; r < nr; ++r)
+              for (int64_t c = 0; c < g.out_c; ++c)
+                block[r * g.out_c + c] = store_as<T>(load_acc(block[r * g.out_c + c]) + conv_bias[c]);
+        }
+        // The block's moments as tile_moments computes them (mean, then squared deviations),
+        // row by row so that the channel loop is contiguous and vectorised.
+        std::fill(mean.begin(), mean.end(), A(0));
+        std::fill(m2.begin(), m2.end(), A(0));
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t c = 0; c < g.out_c; ++c) mean[c] += load_acc(block[r * g.out_c + c]);
+        for (int64_t c = 0; c < g.out_c; ++c) mean[c] /= static_cast<A>(nr);
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t c = 0; c < g.out_c; ++c) {
+            const A d = load_acc(block[r * g.out_c + c]) - mean[c];
+            m2[c] += d * d;
+          }
+        for (int64_t c = 0; c < g.out_c; ++c)
+          kernels::chan_merge(cs[c], MomentStats<A>{static_cast<A>(nr), mean[c], m2[c]});
+      }
+    });
+  } else {
+    const at::Tensor packed = pack_weight<T>(weight, g, nullptr, /*transposed=*/false);
+    const A* wp = packed.data_ptr<A>();
+    const T* xp = xc.data_ptr<T>();
+    const int64_t rows = g.batch * g.out_h;
+    chunks = chunk_count(rows);
+    stats.assign(chunks * g.out_c, kernels::moment_stats_empty<A>());
+    dispatch_block(channel_block(g.out_c_per_group), [&](auto block) {
+      constexpr int COB = decltype(block)::value;
+      for_each_chunk(rows, chunks, [&](int64_t chunk, int64_t row0, int64_t row1) {
+        MomentStats<A>* cs = stats.data() + chunk * g.out_c;
+        conv_rows<COB>(g, xp, wp, row0, row1,
+                       [&](int64_t n, int64_t ho, int64_t wo0, int npix, int64_t co,
+                           const auto& acc) {
+                         A biased[tile_pixels<A, COB>][COB];
+                         for (int p = 0; p < npix; ++p) {
+                           const int64_t at = kernels::nhwc_index(n, ho, wo0 + p, co, g.out_h, g.out_w, g.out_c);
+                           for (int c = 0; c < COB; ++c) {
+                             biased[p][c] = acc[p][c] + conv_bias[co + c];
+                             zp[at + c] = store_as<T>(biased[p][c]);
+                           }
+                         }
+                         for (int c = 0; c < COB; ++c)
+                           kernels::chan_merge(cs[co + c], kernels::tile_moments(&biased[0][c], npix, COB));
+                       });
+      });
+    });
+  }
+
+  // Chunks merge in order, so the statistics do not depend on thread scheduling.
+  const auto acc_dtype = c10::CppTypeToScalarType<A>::value;
+  at::Tensor mean = at::empty({g.out_c}, x.options().dtype(acc_dtype));
+  at::Tensor var = at::empty({g.out_c}, x.options().dtype(acc_dtype));
+  const auto gamma = acc_vector<T>(bn_weight, g.out_c), beta = acc_vector<T>(bn_bias, g.out_c);
+  std::vector<A> scale(g.out_c), shift(g.out_c);
+  for (int64_t c = 0; c < g.out_c; ++c) {
+    MomentStats<A> total = stats[c];
+    for (int64_t chunk = 1; chunk < chunks; ++chunk) kernels::chan_merge(total, stats[chunk * g.out_c + c]);
+    const A v = kernels::biased_variance(total);
+    mean.data_ptr<A>()[c] = total.mean;
+    var.data_ptr<A>()[c] = v;
+    const ChannelAffine<A> a =
+        kernels::bn_affine(gamma[c], beta[c], total.mean, kernels::inv_std(v, static_cast<A>(eps)));
+    scale[c] = a.scale;
+    shift[c] = a.shift;
+  }
+
+  // Pass 2: normalise, add the residual, activate.
+  const at::Tensor res = residual.defined() ? to_nhwc(residual) : at::Tensor();
+  const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
+  at::Tensor y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+  T* yp = y.data_ptr<T>();
+  at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
+    epilogue_rows(yp + p0 * g.out_c, zp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
+                  scale.data(), shift.data(), p1 - p0, g.out_c, relu);
+  });
+  return {in_memory_format(y, output_memory_format(x)), z, mean, var};
+}
+
+at::Tensor conv_bn_act_eval_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const at::Tensor& bn_weight,
+                                const at::Tensor& bn_bias, const at::Tensor& running_mean,
+                                const at::Tensor& running_var,
+                                const std::optional<at::Tensor>& residual, int64_t stride,
+                                int64_t padding, int64_t groups, double eps, bool relu) {
+  const at::Tensor b = bias.value_or(at::Tensor()), r = residual.value_or(at::Tensor());
+  const ConvGeometry g =
+      checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_bias, r, stride, padding, groups);
+  checks::check_like(kOp, x, "x", running_mean, "running_mean");
+  checks::check_vector(kOp, running_mean, g.out_c, "running_mean");
+  checks::check_like(kOp, x, "x", running_var, "running_var");
+  checks::check_vector(kOp, running_var, g.out_c, "running_var");
+  at::Tensor y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "conv_bn_act_eval", [&] {
+    y = eval_forward<scalar_t>(x, weight, b, bn_weight, bn_bias, running_mean, running_var, r, g, eps, relu);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_bn_act_train_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& bn_weight, const at::Tensor& bn_bias, const std::optional<at::Tensor>& residual,
+    int64_t stride, int64_t padding, int64_t groups, double eps, bool relu) {
+  const at::Tensor b = bias.value_or(at::Tensor()), r = residual.value_or(at::Tensor());
+  const ConvGeometry g =
+      checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_bias, r, stride, padding, groups);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "conv_bn_act_train", [&] {
+    out = train_forward<scalar_t>(x, weight, b, bn_weight, bn_bias, r, g, eps, relu);
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace regnet_ext::cpu
+
+TORCH_LIBRARY_IMPL(regnet_ext, CPU, m) {
+  m.impl("conv_bn_act_eval", &regnet_ext::cpu::conv_bn_act_eval_cpu);
+  m.impl("conv_bn_act_train", &regnet_ext::cpu::conv_bn_act_train_cpu);
+}

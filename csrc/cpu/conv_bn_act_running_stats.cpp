@@ -1,0 +1,56 @@
+// CPU running-statistics update of conv_bn_act's training mode, exactly as nn.BatchNorm2d:
+// running = (1 - f) * running + f * batch, with the unbiased batch variance, where f is the
+// momentum, or 1 / num_batches_tracked for the cumulative average (momentum=None).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "kernels/bn_stats.h"
+
+namespace regnet_ext::cpu {
+namespace {
+
+constexpr const char* kOp = "conv_bn_act_update_running_stats";
+
+void update_running_stats_cpu(at::Tensor& running_mean, at::Tensor& running_var,
+                              const at::Tensor& batch_mean, const at::Tensor& batch_var,
+                              const std::optional<at::Tensor>& num_batches_tracked, int64_t count,
+                              double momentum, bool cumulative) {
+  const int64_t c = running_mean.numel();
+  checks::check_rank(kOp, running_mean, 1, "running_mean");
+  checks::check_like(kOp, running_mean, "running_mean", running_var, "running_var");
+  checks::check_vector(kOp, running_var, c, "running_var");
+  checks::check_vector(kOp, batch_mean, c, "batch_mean");
+  checks::check_vector(kOp, batch_var, c, "batch_var");
+  TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(), kOp,
+              ": running_mean and running_var must be contiguous (they are updated in place)");
+  TORCH_CHECK(count >= 1, kOp, ": count must be >= 1, got ", count);
+  double factor = momentum;
+  if (cumulative) {
+    TORCH_CHECK(num_batches_tracked.has_value() && num_batches_tracked->numel() == 1, kOp,
+                ": momentum=None (cumulative average) needs num_batches_tracked");
+    const int64_t batches = num_batches_tracked->item<int64_t>();
+    TORCH_CHECK(batches >= 1, kOp, ": num_batches_tracked must be >= 1 after counting this batch");
+    factor = 1.0 / static_cast<double>(batches);
+  }
+  const at::Tensor bm = batch_mean.to(at::kDouble).contiguous(), bv = batch_var.to(at::kDouble).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean.scalar_type(), kOp, [&] {
+    scalar_t* rm = running_mean.data_ptr<scalar_t>();
+    scalar_t* rv = running_var.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < c; ++i) {
+      double m = static_cast<double>(rm[i]), v = static_cast<double>(rv[i]);
+      kernels::running_stat_update(m, v, bm.data_ptr<double>()[i], bv.data_ptr<double>()[i],
+                                   static_cast<double>(count), factor);
+      rm[i] = static_cast<scalar_t>(m);
+      rv[i] = static_cast<scalar_t>(v);
+    }
+  });
+}
+
+}  // namespace
+}  // namespace regnet_ext::cpu
+
+TORCH_LIBRARY_IMPL(regnet_ext, CPU, m) {
+  m.impl("conv_bn_act_update_running_stats", &regnet_ext::cpu::update_running_stats_cpu);
+}

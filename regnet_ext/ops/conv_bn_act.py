@@ -1,0 +1,248 @@
+"""conv_bn_act: y = act(BN(conv2d(x, weight, bias)) + residual) as one fused operator.
+
+The public function checks its arguments (ValueError naming the argument), picks the eval or
+training operator, and in training updates the running statistics in place exactly as
+nn.BatchNorm2d does. This module also registers the fake (meta) kernels, so torch.compile traces
+through the operators, and the autograd formulas, which call the separate backward operator.
+"""
+import torch
+
+from .._extension import require
+
+require()
+
+_ops = torch.ops.regnet_ext
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def conv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_var, *, bias=None,
+                stride=1, padding=None, groups=1, training=False, momentum=0.1, eps=1e-5,
+                num_batches_tracked=None, relu=True, residual=None):
+    """Fused conv2d + BatchNorm2d (+ residual) (+ ReLU).
+
+    x: [N, C_in, H, W] (channels_last is the fast layout; the output keeps x's memory format).
+    weight: [C_out, C_in/groups, K, K], K odd; padding defaults to K // 2.
+    training=False: BN with running_mean/running_var, folded into the conv.
+    training=True: BN with batch statistics; running_mean/running_var (and num_batches_tracked)
+    are updated in place as nn.BatchNorm2d does (momentum=None: cumulative average, which needs
+    num_batches_tracked). They may both be None (no running statistics tracked).
+    relu: apply ReLU after the residual add; residual: [N, C_out, H_out, W_out] or None.
+    """
+    kernel = _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups)
+    padding = kernel // 2 if padding is None else int(padding)
+    stride, groups, eps, relu = int(stride), int(groups), float(eps), bool(relu)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("conv_bn_act: training=False needs running_mean and running_var "
+                             "(eval-mode BN normalises with the running statistics)")
+        _check_vector(running_mean, "running_mean", x, weight.shape[0])
+        _check_vector(running_var, "running_var", x, weight.shape[0])
+        return _ops.conv_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                     residual, stride, padding, groups, eps, relu)
+
+    tracking = running_mean is not None or running_var is not None
+    if tracking:
+        if running_mean is None or running_var is None:
+            raise ValueError("conv_bn_act: running_mean and running_var must both be given or both be None")
+        _check_vector(running_mean, "running_mean", x, weight.shape[0])
+        _check_vector(running_var, "running_var", x, weight.shape[0])
+        if momentum is None and num_batches_tracked is None:
+            raise ValueError("conv_bn_act: momentum=None (cumulative average) needs num_batches_tracked")
+    y, _conv_out, mean, var = _ops.conv_bn_act_train(x, weight, bias, bn_weight, bn_bias, residual,
+                                                     stride, padding, groups, eps, relu)
+    if tracking:
+        with torch.no_grad():
+            if num_batches_tracked is not None:
+                num_batches_tracked.add_(1)
+            count = y.shape[0] * y.shape[2] * y.shape[3]
+            _ops.conv_bn_act_update_running_stats(
+                running_mean, running_var, mean, var, num_batches_tracked, count,
+                0.0 if momentum is None else float(momentum), momentum is None)
+    return y
+
+
+# ---- argument checks (shared by the public function and the fake kernels) ----------------
+
+def _check_tensor(t, name, like=None):
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"conv_bn_act: {name} must be a Tensor, got {type(t).__name__}")
+    if like is not None:
+        if t.device != like.device:
+            raise ValueError(f"conv_bn_act: {name} must be on x's device ({like.device}), got {t.device}")
+        if t.dtype != like.dtype:
+            raise ValueError(f"conv_bn_act: {name} must have x's dtype ({like.dtype}), got {t.dtype}")
+
+
+def _check_vector(t, name, x, length):
+    _check_tensor(t, name, x)
+    if t.dim() != 1 or t.shape[0] != length:
+        raise ValueError(f"conv_bn_act: {name} must have shape [{length}], got {list(t.shape)}")
+
+
+def _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups):
+    """Validates everything but the running statistics; returns the kernel size."""
+    _check_tensor(x, "x")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"conv_bn_act: x must be float32, float64, bfloat16 or float16, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"conv_bn_act: x must be 4-D [N, C, H, W], got shape {list(x.shape)}")
+    _check_tensor(weight, "weight", x)
+    if weight.dim() != 4:
+        raise ValueError(f"conv_bn_act: weight must be 4-D [C_out, C_in/groups, K, K], got shape {list(weight.shape)}")
+    if int(groups) < 1 or int(stride) < 1 or (padding is not None and int(padding) < 0):
+        raise ValueError(f"conv_bn_act: need groups >= 1, stride >= 1, padding >= 0; got "
+                         f"groups={groups}, stride={stride}, padding={padding}")
+    c_in, c_out, k = x.shape[1], weight.shape[0], weight.shape[2]
+    if c_in % groups:
+        raise ValueError(f"conv_bn_act: x's channels ({c_in}) must be divisible by groups ({groups})")
+    if c_out % groups:
+        raise ValueError(f"conv_bn_act: weight's output channels ({c_out}) must be divisible by groups ({groups})")
+    if weight.shape[1] != c_in // groups or weight.shape[3] != k:
+        raise ValueError(f"conv_bn_act: weight must have shape [C_out, C_in/groups={c_in // groups}, K, K], "
+                         f"got {list(weight.shape)}")
+    if k % 2 == 0:
+        raise ValueError(f"conv_bn_act: weight's kernel size must be odd, got {k}")
+    pad = k // 2 if padding is None else int(padding)
+    h_out, w_out = _out_size(x.shape[2], k, stride, pad), _out_size(x.shape[3], k, stride, pad)
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"conv_bn_act: x's spatial size {list(x.shape[2:])} is smaller than the kernel ({k}) "
+                         f"with padding {pad}")
+    if bias is not None:
+        _check_vector(bias, "bias", x, c_out)
+    _check_vector(bn_weight, "bn_weight", x, c_out)
+    _check_vector(bn_bias, "bn_bias", x, c_out)
+    if residual is not None:
+        _check_tensor(residual, "residual", x)
+        expected = [x.shape[0], c_out, h_out, w_out]
+        if list(residual.shape) != expected:
+            raise ValueError(f"conv_bn_act: residual must have shape {expected}, got {list(residual.shape)}")
+    return k
+
+
+def _out_size(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _output_format(x):
+    """Same rule as output_memory_format in csrc/cpu/conv_bn_act_cpu.h."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _out_shape(x, weight, stride, padding):
+    k = weight.shape[2]
+    return (x.shape[0], weight.shape[0], _out_size(x.shape[2], k, stride, padding),
+            _out_size(x.shape[3], k, stride, padding))
+
+
+# ---- fake kernels ---------------------------------------------------------------------------
+
+@torch.library.register_fake("regnet_ext::conv_bn_act_eval")
+def _eval_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual, stride,
+               padding, groups, eps, relu):
+    _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups)
+    return torch.empty(_out_shape(x, weight, stride, padding), dtype=x.dtype, device=x.device,
+                       memory_format=_output_format(x))
+
+
+@torch.library.register_fake("regnet_ext::conv_bn_act_train")
+def _train_fake(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups, eps, relu):
+    _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups)
+    shape = _out_shape(x, weight, stride, padding)
+    y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_output_format(x))
+    conv_out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    stats = dict(dtype=_acc_dtype(x.dtype), device=x.device)
+    return y, conv_out, torch.empty(shape[1], **stats), torch.empty(shape[1], **stats)
+
+
+@torch.library.register_fake("regnet_ext::conv_bn_act_update_running_stats")
+def _update_running_stats_fake(running_mean, running_var, batch_mean, batch_var, num_batches_tracked,
+                               count, momentum, cumulative):
+    return None
+
+
+@torch.library.register_fake("regnet_ext::conv_bn_act_backward")
+def _backward_fake(grad_y, y, x, weight, bias, bn_weight, conv_out, mean, var, stride, padding,
+                   groups, eps, relu, training, input_grad, param_grads):
+    fmt = _output_format(x)
+    none = dict(dtype=x.dtype, device=x.device)
+    grad_x = torch.empty(x.shape, memory_format=fmt, **none) if input_grad else torch.empty(0, **none)
+    c_out = weight.shape[0]
+    grad_w = torch.empty(weight.shape, **none) if param_grads else torch.empty(0, **none)
+    grad_b = torch.empty(c_out, **none) if (param_grads and bias is not None) else torch.empty(0, **none)
+    grad_gamma = torch.empty(c_out, **none) if param_grads else torch.empty(0, **none)
+    grad_beta = torch.empty(c_out, **none) if param_grads else torch.empty(0, **none)
+    grad_residual = torch.empty(_out_shape(x, weight, stride, padding), memory_format=fmt, **none)
+    return grad_x, grad_w, grad_b, grad_gamma, grad_beta, grad_residual
+
+
+# ---- autograd -------------------------------------------------------------------------------
+# Both forward operators differentiate through conv_bn_act_backward; in eval `mean`/`var` are
+# the running statistics, in training the batch statistics (and z is the saved conv output).
+
+def _param_grads_needed(needs):
+    weight, bias, bn_weight, bn_bias = needs[1], needs[2], needs[3], needs[4]
+    return bool(weight or bias or bn_weight or bn_bias)
+
+
+def _setup_eval(ctx, inputs, output):
+    (x, weight, bias, bn_weight, _bn_bias, running_mean, running_var, residual, stride, padding,
+     groups, eps, relu) = inputs
+    ctx.save_for_backward(x, weight, bias, bn_weight, running_mean, running_var, output)
+    ctx.conv = (stride, padding, groups, eps, relu)
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+
+
+def _backward_eval(ctx, grad_y):
+    x, weight, bias, bn_weight, running_mean, running_var, y = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grads = _ops.conv_bn_act_backward(grad_y, y, x, weight, bias, bn_weight, None, running_mean,
+                                      running_var, *ctx.conv, False, bool(needs[0]),
+                                      _param_grads_needed(needs))
+    return _select_grads(ctx, needs, grads, n_inputs=13, residual_index=7)
+
+
+def _setup_train(ctx, inputs, output):
+    x, weight, bias, bn_weight, _bn_bias, residual, stride, padding, groups, eps, relu = inputs
+    y, conv_out, mean, var = output
+    ctx.mark_non_differentiable(conv_out, mean, var)
+    ctx.save_for_backward(x, weight, bias, bn_weight, y, conv_out, mean, var)
+    ctx.conv = (stride, padding, groups, eps, relu)
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+
+
+def _backward_train(ctx, grad_y, _grad_conv_out, _grad_mean, _grad_var):
+    x, weight, bias, bn_weight, y, conv_out, mean, var = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if grad_y is None:
+        return (None,) * 11
+    grads = _ops.conv_bn_act_backward(grad_y, y, x, weight, bias, bn_weight, conv_out, mean, var,
+                                      *ctx.conv, True, bool(needs[0]), _param_grads_needed(needs))
+    return _select_grads(ctx, needs, grads, n_inputs=11, residual_index=5)
+
+
+def _select_grads(ctx, needs, grads, n_inputs, residual_index):
+    grad_x, grad_w, grad_b, grad_gamma, grad_beta, grad_residual = grads
+    out = [None] * n_inputs
+    out[0] = grad_x if needs[0] else None
+    out[1] = grad_w if needs[1] else None
+    out[2] = grad_b if (needs[2] and ctx.has_bias) else None
+    out[3] = grad_gamma if needs[3] else None
+    out[4] = grad_beta if needs[4] else None
+    out[residual_index] = grad_residual if (needs[residual_index] and ctx.has_residual) else None
+    return tuple(out)
+
+
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError("conv_bn_act: double backward (differentiating the backward) is not supported")
+
+
+torch.library.register_autograd("regnet_ext::conv_bn_act_eval", _backward_eval, setup_context=_setup_eval)
+torch.library.register_autograd("regnet_ext::conv_bn_act_train", _backward_train, setup_context=_setup_train)
+torch.library.register_autograd("regnet_ext::conv_bn_act_backward", _refuse_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)
