@@ -9,43 +9,11 @@ import datetime
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-
-def calls_per_sample(fn, target_s=0.002, max_calls=1000):
-    """How many back-to-back calls of `fn` make one timing sample of about `target_s` seconds."""
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    return int(min(max_calls, max(1, target_s // once)))
-
-
-def time_interleaved(candidates, *, rounds=15, warmup=3, target_s=0.002):
-    """Times each callable of `candidates` (name -> fn), interleaved, and returns
-    name -> {"median_s", "min_s", "rounds_s", "calls"} (seconds per call).
-
-    Each round runs every candidate once (``calls`` back-to-back calls each, calibrated so one
-    sample lasts about `target_s`); the order rotates from round to round."""
-    names = list(candidates)
-    for _ in range(warmup):
-        for name in names:
-            candidates[name]()
-    calls = {name: calls_per_sample(candidates[name], target_s) for name in names}
-    samples = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            fn, n = candidates[name], calls[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - start) / n)
-    return {name: {"median_s": statistics.median(s), "min_s": min(s), "rounds_s": s,
-                   "calls": calls[name]} for name, s in samples.items()}
+from regnet_ext.profiling.timing import calls_per_sample, time_interleaved  # noqa: F401  (shared)
 
 
 def cpu_model():

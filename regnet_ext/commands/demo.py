@@ -1,32 +1,153 @@
-HELP = "The main job: model table, RegNetY-400MF forward pass (more stages join as they land)."
+"""`regnet-ext demo`: the main job, end to end, on the CPU (or the GPU when there is one)."""
+import copy
+import json
+import sys
+from pathlib import Path
+
+HELP = ("The main job: build RegNetY-400MF from the generator, fuse it, check its outputs against "
+        "the stock model, profile it per stage (stock vs fused), compare images/s with "
+        "EfficientNet-B0, and write the PNGs.")
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", default="RegNetY-400MF", help="model to run (default RegNetY-400MF)")
+    parser.add_argument("--model", default="RegNetY-400MF", help="standard model (default RegNetY-400MF)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--resolution", type=int, default=224, help="input resolution (default 224)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--iters", type=int, default=5, help="profiled iterations per run (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    parser.add_argument("--out", default="regnet_ext_demo", help="folder for PNG/JSON (default ./regnet_ext_demo)")
+    parser.add_argument("--no-efficientnet", action="store_true", help="skip the EfficientNet-B0 comparison")
+
+
+def _section(title):
+    print(f"\n== {title}", flush=True)
+
+
+def show_models():
+    from .models import format_table, model_rows
+
+    _section("Standard RegNet models (pycls generator, analytic complexity at 224x224)")
+    print(format_table(model_rows(), 224))
+
+
+def build(args):
+    from ..models import AnyNet, STANDARD_MODELS, canonical_name, complexity, generate_regnet
+
+    name = canonical_name(args.model)
+    p = STANDARD_MODELS[name]
+    design = generate_regnet(p.w0, p.wa, p.wm, p.depth, p.group_width)
+    spec = design.to_spec(se_ratio=p.se_ratio, name=name)
+    _section(f"{name} from the generator: w0={p.w0} wa={p.wa} wm={p.wm} d={p.depth} g={p.group_width}")
+    print(f"per-block widths {list(design.block_widths)}")
+    print(f"stages: depths {list(spec.depths)}, widths {list(spec.widths)}, group widths {list(spec.group_widths)}")
+    c = complexity(spec, args.resolution)
+    print(f"{c.flops / 1e6:.1f} M multiply-adds, {c.params / 1e6:.3f} M params, {c.acts / 1e6:.3f} M activations "
+          f"at {args.resolution}x{args.resolution}")
+    return AnyNet(spec)
+
+
+def check_fused(model, x):
+    """Fuses a copy and compares eval outputs; returns the fused model, or None on a mismatch."""
+    import torch
+
+    from ..nn import fuse
+
+    fused, report = fuse(copy.deepcopy(model), report=True)
+    _section("fuse(): swap fused blocks into the model")
+    print(str(report).splitlines()[0])
+    with torch.inference_mode():
+        ref, out = model(x), fused(x)
+    err = (out - ref).abs().max().item() / ref.abs().max().item()
+    ok = err <= 1e-4
+    print(f"fused vs stock outputs on a random batch: max relative difference {err:.2e} "
+          f"({'equal within 1e-4' if ok else 'MISMATCH'})")
+    return fused if ok else None
+
+
+def profile_stages(model, args, device, out):
+    import torch
+
+    from ..profiling import plot_profiles, profile_stock_and_fused, stage_speedups
+
+    shape = (args.batch, 3, args.resolution, args.resolution)
+    _section(f"Per-stage profile, batch {args.batch}, {device}, stock vs fused (iterations interleaved)")
+    stock, fused = profile_stock_and_fused(model, shape, device=device, dtype=torch.float32,
+                                           iters=args.iters, warmup=1)
+    print(stock.table())
+    print()
+    print(fused.table())
+    speedups = stage_speedups(stock, fused)
+    print("\nstock time / fused time per stage: "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items()))
+    plot_profiles([stock, fused], out / "profile.png")
+    doc = {"stock": stock.to_json(), "fused": fused.to_json(), "speedups": speedups}
+    (out / "profile.json").write_text(json.dumps(doc, indent=1))
+
+
+def compare_efficientnet(model, fused, x, args, out):
+    import torch
+
+    from ..profiling.timing import time_interleaved
+
+    try:
+        from torchvision.models import efficientnet_b0
+    except ImportError:
+        print("(torchvision is not installed: skipping the EfficientNet-B0 comparison)")
+        return
+    _section(f"images/s at batch {args.batch}, {args.resolution}px (interleaved rounds, medians)")
+    effnet = efficientnet_b0(weights=None).eval().to(device=x.device, memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+
+    def runner(m):
+        def run():
+            with torch.inference_mode():
+                m(x)
+            sync()
+        return run
+
+    candidates = {"EfficientNet-B0 (stock)": runner(effnet), f"{args.model} (stock)": runner(model),
+                  f"{args.model} (fused)": runner(fused)}
+    timed = time_interleaved(candidates, rounds=args.rounds, warmup=1, target_s=0,
+                             progress=lambda r: print(f"  round {r + 1}/{args.rounds}", end="\r", flush=True))
+    print(" " * 20, end="\r")
+    rates = {name: args.batch / t["median_s"] for name, t in timed.items()}
+    base = rates["EfficientNet-B0 (stock)"]
+    for name, rate in rates.items():
+        print(f"{name:<28} {rate:8.1f} images/s   {rate / base:5.2f}x EfficientNet-B0")
+    (out / "throughput.json").write_text(json.dumps({"images_per_s": rates, "batch": args.batch,
+                                                     "resolution": args.resolution}, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh(list(rates), list(rates.values()), color=["tab:gray", "tab:blue", "tab:orange"])
+    ax.set_xlabel("images/s (higher is better)")
+    ax.set_title(f"inference, batch {args.batch}, {x.device.type}")
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=120)
+    plt.close(fig)
 
 
 def run(args):
-    import time
-
     import torch
 
-    from ..models import complexity, regnet
-    from .models import format_table, model_rows
-
-    print("== Standard RegNet models (pycls generator, analytic complexity at 224x224)")
-    print(format_table(model_rows(), 224))
-    print(f"\n== {args.model}: forward pass of a random batch {args.batch}x3x{args.resolution}x{args.resolution} on the CPU")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = regnet(args.model).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(args.batch, 3, args.resolution, args.resolution).to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        model(x)  # warm-up
-        t0 = time.perf_counter()
-        logits = model(x)
-        elapsed = time.perf_counter() - t0
-    c = complexity(model.spec, args.resolution)
-    print(f"logits {tuple(logits.shape)}, {c.flops / 1e6:.1f} MFLOPs/image, {c.params / 1e6:.2f} M params, "
-          f"{args.batch / elapsed:.1f} images/s (one timed pass, {torch.get_num_threads()} threads)")
+    show_models()
+    model = build(args).eval().to(device=device, memory_format=torch.channels_last)
+    x = torch.randn(args.batch, 3, args.resolution, args.resolution, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    fused = check_fused(model, x)
+    if fused is None:
+        return 1
+    profile_stages(model, args, device, out)
+    if not args.no_efficientnet:
+        compare_efficientnet(model, fused, x, args, out)
+    print(f"\nwrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/", file=sys.stderr)
     return 0
