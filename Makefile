@@ -18,8 +18,13 @@ $(VENV)/.deps:
 venv: $(VENV)/.deps
 
 # Editable install: compiles regnet_ext._C in place and installs the `regnet-ext` command.
-build: venv
+# Redone only when a C++/CUDA source or the build script changed.
+BUILD_INPUTS := $(shell find csrc -type f) setup.py pyproject.toml
+$(VENV)/.built: $(VENV)/.deps $(BUILD_INPUTS)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
 
 # Incremental in-place rebuild for development (REGNET_EXT_CUDA=0 skips the CUDA sources).
 dev-build: venv
