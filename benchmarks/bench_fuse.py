@@ -1,0 +1,236 @@
+"""fuse() on the CPU: fused RegNets against stock eager PyTorch and torch.compile, in one run.
+
+For RegNetY-400MF and RegNetX-400MF at batch 8 x 224 and batch 32 x 128 (channels_last, float32):
+  * inference images/s (eval, no grad): stock eager, fused, torch.compile (inductor, freezing=True);
+  * training-step images/s (forward, cross-entropy, backward, SGD step): stock eager, fused,
+    torch.compile (inductor).
+Every variant runs once per round, rounds interleave all variants (so machine load hits them
+alike), each round takes the median of --reps calls, and the report gives the median over rounds
+of images/s and of the per-round ratios fused/eager and fused/compile. The goals of the issue
+(fused inference >= 1.6x eager and >= 1.1x compile; fused training >= 1.3x eager) are reported as
+met or not, never asserted. Writes benchmarks/results/fuse_cpu.json and .png.
+
+    .venv/bin/python benchmarks/bench_fuse.py               # full run (about 10 minutes here)
+    .venv/bin/python benchmarks/bench_fuse.py --quick       # one small config, no compile: pipeline check
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("RegNetY-400MF", "RegNetX-400MF")
+SHAPES = ((8, 224), (32, 128))  # (batch, resolution)
+VARIANTS = ("eager", "fused", "compile")
+GOALS = {("inference", "eager"): 1.6, ("inference", "compile"): 1.1, ("training", "eager"): 1.3}
+
+
+class Case:
+    """One (model, shape, mode, variant): a callable that runs one inference batch or train step."""
+
+    def __init__(self, model_name, batch, resolution, mode, variant, model):
+        self.model_name, self.batch, self.resolution = model_name, batch, resolution
+        self.mode, self.variant = mode, variant
+        cl = torch.channels_last
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, 3, resolution, resolution, generator=gen).contiguous(memory_format=cl)
+        self.target = torch.randint(0, 1000, (batch,), generator=gen)
+        self.model = model
+        if mode == "training":
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        self.per_round = []
+
+    @property
+    def key(self):
+        return (self.model_name, self.batch, self.resolution, self.mode)
+
+    def run(self):
+        if self.mode == "inference":
+            with torch.no_grad():
+                self.model(self.x)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(self.x), self.target).backward()
+        self.optimizer.step()
+
+
+def build_cases(models, shapes, variants):
+    from regnet_ext.models import regnet
+    from regnet_ext.nn import fuse
+
+    cases = []
+    for name in models:
+        torch.manual_seed(0)
+        base = regnet(name).to(memory_format=torch.channels_last)
+        for mode in ("inference", "training"):
+            built = {}
+            for variant in variants:
+                model = copy.deepcopy(base).train(mode == "training")
+                if variant == "fused":
+                    model = fuse(model)
+                elif variant == "compile":
+                    model = _compiled(model, freezing=mode == "inference")
+                built[variant] = model
+            for batch, resolution in shapes:
+                cases += [Case(name, batch, resolution, mode, v, built[v]) for v in variants]
+    return cases
+
+
+def _compiled(model, freezing):
+    from torch._inductor import config as inductor_config
+
+    compiled = torch.compile(model, dynamic=False)
+
+    def call(x):
+        # freezing is read when a graph compiles: set it for this model's calls only.
+        with inductor_config.patch(freezing=freezing):
+            return compiled(x)
+
+    return _CallableModel(call, model)
+
+
+class _CallableModel:
+    """A compiled function with the parameters() of the module it compiles (for the optimizer)."""
+
+    def __init__(self, fn, module):
+        self.fn, self.module = fn, module
+
+    def __call__(self, x):
+        return self.fn(x)
+
+    def parameters(self):
+        return self.module.parameters()
+
+
+def measure(cases, rounds, reps, warmup, progress):
+    for i, case in enumerate(cases):
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            case.run()
+        progress(f"warm-up {i + 1}/{len(cases)}: {case.model_name} b{case.batch}x{case.resolution} "
+                 f"{case.mode} {case.variant} ({time.perf_counter() - t0:.1f} s)")
+    for r in range(rounds):
+        for case in cases:
+            case.per_round.append(case.batch / wall_clock_median(case.run, reps))
+        progress(f"round {r + 1}/{rounds} done")
+
+
+def summarise(cases):
+    rows, ratios = [], []
+    groups = {}
+    for case in cases:
+        groups.setdefault(case.key, {})[case.variant] = case
+        rows.append(dict(model=case.model_name, batch=case.batch, resolution=case.resolution,
+                         mode=case.mode, variant=case.variant,
+                         images_per_s=statistics.median(case.per_round), rounds=case.per_round))
+    for (model, batch, resolution, mode), by_variant in groups.items():
+        fused = by_variant.get("fused")
+        for other in ("eager", "compile"):
+            if fused is None or other not in by_variant:
+                continue
+            per_round = [f / o for f, o in zip(fused.per_round, by_variant[other].per_round)]
+            ratio = statistics.median(per_round)
+            goal = GOALS.get((mode, other))
+            ratios.append(dict(model=model, batch=batch, resolution=resolution, mode=mode,
+                               fused_vs=other, ratio=ratio, per_round=per_round, goal=goal,
+                               goal_met=None if goal is None else ratio >= goal))
+    return rows, ratios
+
+
+def print_table(rows, ratios):
+    ips = {(r["model"], r["batch"], r["resolution"], r["mode"], r["variant"]): r["images_per_s"] for r in rows}
+    rat = {(r["model"], r["batch"], r["resolution"], r["mode"], r["fused_vs"]): r["ratio"] for r in ratios}
+    header = f"{'model':<14} {'shape':<9} {'mode':<9} {'eager':>8} {'fused':>8} {'compile':>8} {'f/eager':>8} {'f/comp':>8}"
+    print(header)
+    print("-" * len(header))
+    for key in dict.fromkeys((r["model"], r["batch"], r["resolution"], r["mode"]) for r in rows):
+        cells = [f"{ips[key + (v,)]:8.1f}" if key + (v,) in ips else f"{'-':>8}" for v in VARIANTS]
+        ratio_cells = [f"{rat[key + (o,)]:7.2f}x" if key + (o,) in rat else f"{'-':>8}" for o in ("eager", "compile")]
+        print(f"{key[0]:<14} {f'{key[1]}x{key[2]}':<9} {key[3]:<9} {' '.join(cells)} {' '.join(ratio_cells)}")
+
+
+def plot(rows, ratios, path):
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise RuntimeError("bench_fuse: the PNG needs matplotlib (pip install matplotlib)") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = ("inference", "training")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    colors = {"eager": "tab:gray", "fused": "tab:blue", "compile": "tab:purple"}
+    for ax, mode in zip(axes, modes):
+        keys = list(dict.fromkeys((r["model"], r["batch"], r["resolution"]) for r in rows if r["mode"] == mode))
+        variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+        width = 0.8 / len(variants)
+        for j, variant in enumerate(variants):
+            values = [next((r["images_per_s"] for r in rows if (r["model"], r["batch"], r["resolution"]) == k
+                            and r["mode"] == mode and r["variant"] == variant), 0.0) for k in keys]
+            ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(keys))], values, width, label=variant,
+                   color=colors[variant])
+        for i, k in enumerate(keys):
+            text = " ".join(f"{r['ratio']:.2f}x {r['fused_vs']}" for r in ratios
+                            if (r["model"], r["batch"], r["resolution"]) == k and r["mode"] == mode)
+            ax.annotate(text, (i, 0), xytext=(0, -30), textcoords="offset points", ha="center", fontsize=7)
+        ax.set_xticks(range(len(keys)), [f"{m.removeprefix('RegNet')}\nb{b}x{s}" for m, b, s in keys], fontsize=8)
+        ax.set_ylabel("images/s")
+        ax.set_title(f"{mode} (fused ratio below bars)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"regnet_ext.fuse on {cpu_name()}, {torch.get_num_threads()} threads, float32 channels_last")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over rounds)")
+    parser.add_argument("--reps", type=int, default=3, help="calls per variant per round (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
+    parser.add_argument("--quick", action="store_true",
+                        help="RegNetX-400MF, batch 4 x 64, no torch.compile, 2 rounds: checks the pipeline")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fuse_cpu.json")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "reps", "warmup"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+
+    models, shapes, variants = MODELS, SHAPES, VARIANTS
+    if args.quick:
+        models, shapes, variants = ("RegNetX-400MF",), ((4, 64),), ("eager", "fused")
+        args.rounds, args.reps, args.warmup = 2, 1, 1
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    cases = build_cases(models, shapes, variants)
+    measure(cases, args.rounds, args.reps, args.warmup, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    rows, ratios = summarise(cases)
+    print_table(rows, ratios)
+    result = dict(
+        benchmark="bench_fuse", cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
+        python=platform.python_version(), dtype="float32", memory_format="channels_last",
+        rounds=args.rounds, reps=args.reps, warmup=args.warmup, quick=args.quick,
+        load_average_before=load_before, load_average_after=os.getloadavg(),
+        wall_s=time.perf_counter() - t0, goals={f"{m} fused vs {o}": g for (m, o), g in GOALS.items()},
+        results=rows, ratios=ratios)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    plot(rows, ratios, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

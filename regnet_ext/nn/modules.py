@@ -1,0 +1,250 @@
+"""Fused modules that run RegNet layers on the regnet_ext operators.
+
+Each fused module *holds the stock module's own children* (the nn.Conv2d and nn.BatchNorm2d
+objects, the SE convs) under the names the stock module used, so Parameters, buffers,
+state_dict keys and the optimizer's view of the model are unchanged by fusing. Only forward
+differs: it calls conv_bn_act / squeeze_excite with those parameters.
+
+BatchNorm semantics follow nn.BatchNorm2d exactly: batch statistics (and a running-stats update)
+while the BN module is in training mode, running statistics folded into the conv otherwise. The
+operator folds on every call, so the fold can never be stale after an optimizer step or a
+load_state_dict.
+
+Under autocast the operators run in autocast's dtype (the inputs and weights are cast, as
+autocast does for conv2d); running statistics stay in their own dtype and are updated there.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..ops import conv_bn_act, squeeze_excite
+
+_ops = torch.ops.regnet_ext
+
+# Attribute under which a fused module keeps the stock module it replaced (outside the module
+# tree, so it adds nothing to state_dict/parameters and unfuse() can put it back).
+_STOCK = "_stock_module"
+
+
+def compute_dtype(x):
+    """The dtype a fused operator runs in: autocast's for x's device when autocast is on (float32
+    inputs only, as autocast casts them), x's own otherwise."""
+    kind = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
+def _cast(t, dtype):
+    return None if t is None else t.to(dtype)
+
+
+def conv_geometry(conv):
+    """(stride, padding, groups) of a square, odd-kernel nn.Conv2d as the operator takes them."""
+    k = conv.kernel_size[0]
+    if isinstance(conv.padding, str):
+        padding = 0 if conv.padding == "valid" else k // 2
+    else:
+        padding = conv.padding[0]
+    return conv.stride[0], padding, conv.groups
+
+
+class _HoldsStock(nn.Module):
+    """Base of the fused modules: remembers the stock module for unfuse()."""
+
+    def _remember_stock(self, stock):
+        # Stored in __dict__, not as a child: invisible to state_dict, parameters() and .to().
+        self.__dict__[_STOCK] = stock
+        if stock is not None:
+            self.training = stock.training
+
+    def stock_module(self):
+        """The stock module this one replaced, with its parameter-holding children set to the ones
+        this module holds now (so replacements made after fusing, e.g. by
+        load_state_dict(assign=True) or SyncBatchNorm conversion, carry over) and its train/eval
+        mode set to this module's."""
+        stock = self.__dict__.get(_STOCK)
+        if stock is None:
+            raise RuntimeError(f"{type(self).__name__} was built without a stock module to restore")
+        for path, leaf in self.named_modules():
+            if path and not isinstance(leaf, _HoldsStock) and _has_own_state(leaf):
+                set_submodule(stock, path, leaf)
+        return stock.train(self.training)
+
+
+def _has_own_state(module):
+    return any(True for _ in module.parameters(recurse=False)) or \
+        any(True for _ in module.buffers(recurse=False))
+
+
+def set_submodule(root, path, module):
+    """Replaces the submodule at dotted `path` under `root` (creating nothing)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    if name not in parent._modules:
+        raise RuntimeError(f"set_submodule: {type(parent).__name__} has no child {name!r} (path {path!r})")
+    parent._modules[name] = module
+
+
+class FusedConvBNAct(_HoldsStock):
+    """conv2d -> BatchNorm2d [-> + residual] [-> ReLU] as one conv_bn_act call.
+
+    conv, bn: the stock nn.Conv2d and nn.BatchNorm2d, kept as children named conv_name/bn_name.
+    relu: whether ReLU follows (a block may override it per call, see forward).
+    """
+
+    def __init__(self, conv, bn, *, relu, conv_name="conv", bn_name="bn", stock=None):
+        super().__init__()
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"FusedConvBNAct: conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if not isinstance(bn, nn.BatchNorm2d | nn.SyncBatchNorm) or not bn.affine:
+            raise ValueError(f"FusedConvBNAct: bn must be an affine BatchNorm2d, got {bn!r}")
+        if bn.num_features != conv.out_channels:
+            raise ValueError(f"FusedConvBNAct: bn has {bn.num_features} features but conv has "
+                             f"{conv.out_channels} output channels")
+        self.add_module(conv_name, conv)
+        self.add_module(bn_name, bn)
+        self._conv_name, self._bn_name = conv_name, bn_name
+        self.relu = bool(relu)
+        self.stride, self.padding, self.groups = conv_geometry(conv)
+        self._remember_stock(stock)
+
+    @property
+    def conv_module(self):
+        return getattr(self, self._conv_name)
+
+    @property
+    def bn_module(self):
+        return getattr(self, self._bn_name)
+
+    def forward(self, x, residual=None, relu=None):
+        """y = act(BN(conv(x)) + residual); relu=None uses the module's own setting."""
+        conv, bn = self.conv_module, self.bn_module
+        relu = self.relu if relu is None else relu
+        if isinstance(bn, nn.SyncBatchNorm):
+            return self._stock_forward(conv, bn, x, residual, relu)
+        dtype = compute_dtype(x)
+        x, residual = x.to(dtype), _cast(residual, dtype)
+        weight, bias = conv.weight.to(dtype), _cast(conv.bias, dtype)
+        gamma, beta = bn.weight.to(dtype), bn.bias.to(dtype)
+        if bn.training or bn.running_mean is None:
+            return self._batch_stats_forward(bn, x, weight, bias, gamma, beta, residual, relu)
+        return conv_bn_act(x, weight, gamma, beta, bn.running_mean.to(dtype), bn.running_var.to(dtype),
+                           bias=bias, stride=self.stride, padding=self.padding, groups=self.groups,
+                           training=False, eps=bn.eps, relu=relu, residual=residual)
+
+    def _batch_stats_forward(self, bn, x, weight, bias, gamma, beta, residual, relu):
+        y, _conv_out, mean, var = _ops.conv_bn_act_train(x, weight, bias, gamma, beta, residual,
+                                                         self.stride, self.padding, self.groups,
+                                                         float(bn.eps), relu)
+        count = y.shape[0] * y.shape[2] * y.shape[3]
+        if count < 2:
+            raise ValueError(f"FusedConvBNAct: training-mode BatchNorm needs more than one value per "
+                             f"channel, got output shape {list(y.shape)}")
+        if bn.training and bn.track_running_stats and bn.running_mean is not None:
+            # The running statistics keep their own dtype (float32 under autocast), as in stock BN.
+            with torch.no_grad():
+                if bn.num_batches_tracked is not None:
+                    bn.num_batches_tracked.add_(1)
+                momentum = bn.momentum
+                _ops.conv_bn_act_update_running_stats(
+                    bn.running_mean, bn.running_var, mean, var, bn.num_batches_tracked, count,
+                    0.0 if momentum is None else float(momentum), momentum is None)
+        return y
+
+    @staticmethod
+    def _stock_forward(conv, bn, x, residual, relu):
+        # SyncBatchNorm needs statistics from every process: keep stock ops for it.
+        y = bn(conv(x))
+        if residual is not None:
+            y = y + residual
+        return F.relu(y) if relu else y
+
+    def extra_repr(self):
+        return f"stride={self.stride}, padding={self.padding}, groups={self.groups}, relu={self.relu}"
+
+
+class FusedSqueezeExcite(_HoldsStock):
+    """Squeeze-and-excitation as one squeeze_excite call.
+
+    reduce, expand: the stock SE's 1x1 convs (or Linear layers) with biases, kept as children
+    named reduce_name/expand_name.
+    """
+
+    def __init__(self, reduce, expand, *, reduce_name="reduce", expand_name="expand", stock=None):
+        super().__init__()
+        for name, layer in ((reduce_name, reduce), (expand_name, expand)):
+            if getattr(layer, "bias", None) is None:
+                raise ValueError(f"FusedSqueezeExcite: {name} needs a bias, got {layer!r}")
+        self.add_module(reduce_name, reduce)
+        self.add_module(expand_name, expand)
+        self._reduce_name, self._expand_name = reduce_name, expand_name
+        self._remember_stock(stock)
+
+    def forward(self, x):
+        reduce, expand = getattr(self, self._reduce_name), getattr(self, self._expand_name)
+        dtype = compute_dtype(x)
+        return squeeze_excite(x.to(dtype), reduce.weight.to(dtype), reduce.bias.to(dtype),
+                              expand.weight.to(dtype), expand.bias.to(dtype))
+
+
+class FusedBranch(nn.Module):
+    """Holds fused layers under a stock container's name (torchvision's block keeps a, b, se, c
+    under .f), so state_dict keys stay the same. The fused block calls the layers itself."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("FusedBranch only holds layers for a fused block; call the block instead")
+
+
+class FusedResBottleneck(_HoldsStock):
+    """Residual bottleneck block: a (1x1) -> b (3x3 grouped) -> [SE] -> c (1x1), shortcut added and
+    the final ReLU applied in c's epilogue.
+
+    parts: role -> (dotted path inside the block, fused module); roles a, b, c and optionally se
+    and proj. shortcut: "identity", "proj" or "none". final_relu: ReLU after the addition.
+    """
+
+    ROLES = ("a", "b", "se", "c", "proj")
+
+    def __init__(self, parts, *, shortcut, final_relu, stock=None):
+        super().__init__()
+        if shortcut not in ("identity", "proj", "none"):
+            raise ValueError(f"FusedResBottleneck: shortcut must be 'identity', 'proj' or 'none', got {shortcut!r}")
+        if (shortcut == "proj") != ("proj" in parts) or not {"a", "b", "c"} <= set(parts):
+            raise ValueError(f"FusedResBottleneck: parts {sorted(parts)} do not fit shortcut={shortcut!r} "
+                             "(need a, b, c, and proj exactly when shortcut='proj')")
+        self._paths = {}
+        for role, (path, module) in parts.items():
+            if role not in self.ROLES:
+                raise ValueError(f"FusedResBottleneck: unknown role {role!r} (expected one of {self.ROLES})")
+            *containers, name = path.split(".")
+            parent = self
+            for c in containers:
+                if c not in parent._modules:
+                    parent.add_module(c, FusedBranch())
+                    parent._modules[c].training = self.training if stock is None else stock.training
+                parent = parent._modules[c]
+            parent.add_module(name, module)
+            self._paths[role] = tuple(path.split("."))
+        self.shortcut, self.final_relu = shortcut, bool(final_relu)
+        self.has_se = "se" in parts
+        self._remember_stock(stock)
+
+    def part(self, role):
+        module = self
+        for name in self._paths[role]:
+            module = getattr(module, name)
+        return module
+
+    def forward(self, x):
+        if self.shortcut == "proj":
+            shortcut = self.part("proj")(x)
+        else:
+            shortcut = x if self.shortcut == "identity" else None
+        y = self.part("b")(self.part("a")(x))
+        if self.has_se:
+            y = self.part("se")(y)
+        return self.part("c")(y, residual=shortcut, relu=self.final_relu)
+
+    def extra_repr(self):
+        return f"shortcut={self.shortcut}, final_relu={self.final_relu}"

@@ -1,0 +1,135 @@
+"""A fused RegNet under torch.compile(fullgraph=True) (eval and a training step), torch.jit.trace,
+torch.export, channels_last training and CPU autocast (bfloat16), each against the eager fused
+model or the stock model. A small RegNetY keeps compile times short; it has every block kind
+(projection and identity shortcuts, SE, grouped 3x3 convs with stride 1 and 2).
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from regnet_ext.models import AnyNet, AnyNetSpec
+from regnet_ext.nn import FusedResBottleneck, fuse
+from test_fuse import randomize
+from tolerances import assert_close_to_reference
+
+SMALL_SPEC = AnyNetSpec(depths=(1, 2), widths=(16, 32), group_widths=(8, 8), se_ratio=0.25,
+                        stem_width=8, num_classes=10)
+
+
+def small_pair(dtype=torch.float32):
+    torch.manual_seed(0)
+    stock = randomize(AnyNet(SMALL_SPEC)).to(dtype)
+    fused = fuse(copy.deepcopy(stock))
+    assert sum(isinstance(m, FusedResBottleneck) for m in fused.modules()) == 3
+    return stock, fused
+
+
+def images(n=4, size=32, dtype=torch.float32, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def rel_close(actual, expected, rel):
+    torch.testing.assert_close(actual, expected, rtol=0, atol=rel * expected.abs().max().item())
+
+
+def _train_step(model, x, target):
+    loss = nn.functional.cross_entropy(model(x), target)
+    loss.backward()
+    return loss.detach()
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_eval_matches_eager():
+    torch._dynamo.reset()
+    _, fused = small_pair()
+    fused.eval()
+    compiled = torch.compile(fused, fullgraph=True)
+    x = images()
+    with torch.no_grad():
+        rel_close(compiled(x), fused(x), 1e-5)
+        rel_close(compiled(images(seed=2)), fused(images(seed=2)), 1e-5)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_training_step_matches_eager():
+    torch._dynamo.reset()
+    _, eager = small_pair()
+    model = copy.deepcopy(eager)
+    eager.train(), model.train()
+    compiled = torch.compile(model, fullgraph=True)
+    x, target = images(), torch.randint(0, 10, (4,))
+    rel_close(_train_step(compiled, x, target), _train_step(eager, x, target), 1e-5)
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        rel_close(p.grad, q.grad, 1e-4)
+    for (key, ours), ref in zip(model.state_dict().items(), eager.state_dict().values()):
+        if "running" in key:
+            rel_close(ours, ref, 1e-5)
+        elif "num_batches" in key:
+            assert int(ours) == int(ref) == 1
+
+
+def test_jit_trace_of_eval_model():
+    _, fused = small_pair()
+    fused.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(fused, images())
+        assert "regnet_ext::conv_bn_act_eval" in str(traced.inlined_graph)
+        rel_close(traced(images(seed=3)), fused(images(seed=3)), 1e-6)
+
+
+def test_torch_export_of_eval_model():
+    _, fused = small_pair()
+    fused.eval()
+    program = torch.export.export(fused, (images(),))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "regnet_ext.conv_bn_act_eval.default" in targets and "regnet_ext.squeeze_excite.default" in targets
+    with torch.no_grad():
+        rel_close(program.module()(images(seed=4)), fused(images(seed=4)), 1e-6)
+
+
+def test_channels_last_training_step_matches_stock():
+    stock, fused = small_pair(torch.float64)
+    cl = torch.channels_last
+    stock, fused = stock.to(memory_format=cl).train(), fused.to(memory_format=cl).train()
+    x, target = images(dtype=torch.float64).contiguous(memory_format=cl), torch.randint(0, 10, (4,))
+    out = fused(x)
+    rel_close(out, stock(x), 1e-10)
+    nn.functional.cross_entropy(out, target).backward()
+    nn.functional.cross_entropy(stock(x), target).backward()
+    for p, q in zip(fused.parameters(), stock.parameters()):
+        rel_close(p.grad, q.grad, 1e-9)
+    with torch.no_grad():
+        assert fused.s1(fused.stem(x)).is_contiguous(memory_format=cl)  # the layout is kept
+
+
+def test_cpu_autocast_bfloat16_is_as_accurate_as_stock():
+    stock, fused = small_pair()
+    reference = copy.deepcopy(stock).double()
+    x = images()
+    for mode in ("eval", "train"):
+        for m in (stock, fused, reference):
+            getattr(m, mode)()
+        with torch.no_grad():
+            expected = reference(x.double())
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                plain, ours = stock(x), fused(x)
+        assert ours.dtype == plain.dtype == torch.bfloat16
+        assert_close_to_reference(ours, expected, plain_torch=plain, name=f"autocast {mode}")
+    # Running statistics stay float32 and were updated like stock's.
+    for (key, ours), ref in zip(fused.state_dict().items(), stock.state_dict().values()):
+        if "running" in key:
+            assert ours.dtype == torch.float32
+            torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_cpu_autocast_bfloat16_backward_reaches_float32_parameters():
+    _, fused = small_pair()
+    fused.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(fused(images()), torch.randint(0, 10, (4,)))
+    loss.backward()
+    for name, p in fused.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+        assert torch.isfinite(p.grad).all(), name
