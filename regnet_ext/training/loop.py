@@ -223,11 +223,11 @@ def _prepare_model(model, device, fused, sync_batchnorm, memory_format):
     if fused:
         import regnet_ext
 
-        fuse = getattr(regnet_ext, "fuse", None)
-        if fuse is None:
-            raise RuntimeError("fused=True: the fused kernels are not available "
-                               "(regnet_ext.fuse is missing from this installation); "
-                               "train with fused=False")
+        try:
+            fuse = regnet_ext.fuse  # imports regnet_ext.nn, which needs the compiled extension
+        except (AttributeError, ImportError) as exc:
+            raise RuntimeError(f"fused=True: the fused kernels are not available ({exc}); "
+                               "train with fused=False") from exc
         model = fuse(model) or model
         model = model.to(device, memory_format=memory_format)
     if sync_batchnorm:
