@@ -62,6 +62,16 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
   return choice && std::string_view(choice) == "tiles";
 }
 
+// Eval-mode 1x1 convs: our blocked GEMM with the epilogue on cache-hot rows wins when there are
+// many pixels (2-4x eager at 56x56 and 112x112, batch 8); below about 16k rows oneDNN's 1x1 conv
+// is twice as fast as at::mm here, so those go through ATen like the KxK convs. "tiles" (our own
+// code everywhere) keeps the GEMM path so that the tests exercise it on every shape.
+constexpr int64_t kMinGemmRows = 16384;
+inline bool use_gemm_eval(const ConvGeometry& g) {
+  return is_plain_gemm(g) &&
+         (g.batch * g.out_h * g.out_w >= kMinGemmRows || use_own_conv_tiles(g));
+}
+
 // The KxK conv through ATen (oneDNN), NHWC in and out.
 inline at::Tensor aten_conv(const at::Tensor& x_nhwc, const at::Tensor& weight,
                             const at::Tensor& bias, const ConvGeometry& g) {

@@ -32,6 +32,16 @@ constexpr const char* kOp = "conv_bn_act";
 // Rows of the GEMM computed per ATen call: big enough for an efficient GEMM, small enough that
 // the block is still in L2 when the epilogue runs over it.
 constexpr int64_t kGemmRowBlock = 128;
+constexpr int64_t kGemmBlockBytes = int64_t(1) << 20;
+
+// Per-call overhead dominates small GEMMs, so use about four blocks per thread, as long as a
+// block's input and output rows still fit the L2 budget.
+int64_t gemm_row_block(int64_t rows, int64_t in_c, int64_t out_c, int64_t elem_size) {
+  const int64_t parts = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t even = (rows + parts - 1) / parts;
+  const int64_t fits = std::max(kGemmRowBlock, kGemmBlockBytes / ((in_c + out_c) * elem_size));
+  return std::clamp(even, kGemmRowBlock, fits);
+}
 
 template <typename T>
 std::vector<acc_t<T>> acc_vector(const at::Tensor& t, int64_t length) {
@@ -93,17 +103,19 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   T* yp = y.data_ptr<T>();
   const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
 
-  if (is_plain_gemm(g)) {
+  if (use_gemm_eval(g)) {
     const at::Tensor scale_t =
         at::from_blob(scale.data(), {g.out_c, 1}, weight.options().dtype(c10::CppTypeToScalarType<A>::value));
     const at::Tensor folded = (weight.reshape({g.out_c, g.in_c}).to(scale_t.scalar_type()) * scale_t)
                                   .to(x.scalar_type()).t();
     const at::Tensor rows = gemm_rows(xc, g);
     const at::Tensor y_rows = as_rows(y);
-    const int64_t m = rows.size(0), blocks = (m + kGemmRowBlock - 1) / kGemmRowBlock;
+    const int64_t m = rows.size(0);
+    const int64_t row_block = gemm_row_block(m, g.in_c, g.out_c, x.element_size());
+    const int64_t blocks = (m + row_block - 1) / row_block;
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r0 = b * kGemmRowBlock, r1 = std::min(m, r0 + kGemmRowBlock);
+        const int64_t r0 = b * row_block, r1 = std::min(m, r0 + row_block);
         at::Tensor out = y_rows.slice(0, r0, r1);
         at::mm_out(out, rows.slice(0, r0, r1), folded);
         T* block = yp + r0 * g.out_c;
@@ -182,13 +194,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     const at::Tensor w_t = gemm ? weight.reshape({g.out_c, g.in_c}).t() : at::Tensor();
     const at::Tensor rows = gemm ? gemm_rows(xc, g) : at::Tensor();
     const at::Tensor z_rows = as_rows(z);
-    chunks = chunk_count((pixels + kGemmRowBlock - 1) / kGemmRowBlock);
+    const int64_t row_block =
+        gemm ? gemm_row_block(pixels, g.in_c, g.out_c, x.element_size()) : kGemmRowBlock;
+    chunks = chunk_count((pixels + row_block - 1) / row_block);
     stats.assign(chunks * g.out_c, kernels::moment_stats_empty<A>());
     for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t r_begin, int64_t r_end) {
       MomentStats<A>* cs = stats.data() + chunk * g.out_c;
       std::vector<A> mean(g.out_c), m2(g.out_c);
-      for (int64_t r0 = r_begin; r0 < r_end; r0 += kGemmRowBlock) {
-        const int64_t r1 = std::min(r_end, r0 + kGemmRowBlock), nr = r1 - r0;
+      for (int64_t r0 = r_begin; r0 < r_end; r0 += row_block) {
+        const int64_t r1 = std::min(r_end, r0 + row_block), nr = r1 - r0;
         T* block = zp + r0 * g.out_c;
         if (gemm) {  // z's block computed here, so its statistics are taken while it is in cache
           at::Tensor out = z_rows.slice(0, r0, r1);
