@@ -6,6 +6,7 @@ constraints, and turns them into an ``AnyNetSpec`` (and so into a model). Varian
 
 Bottleneck ratios follow the paper: b = block width / inner width (pycls's multiplier is 1 / b).
 """
+import abc
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -19,25 +20,23 @@ class InvalidConfigError(ValueError):
     """A configuration that breaks one of its space's constraints."""
 
 
-class DesignSpace:
+class DesignSpace(abc.ABC):
     """Common interface: draw(rng) -> config, check(config), to_spec(config), build_model(config)."""
 
     name: str
     family: str
 
+    @abc.abstractmethod
     def draw(self, rng):
-        raise NotImplementedError
+        """A random configuration drawn with the space's distributions."""
 
+    @abc.abstractmethod
     def check(self, config):
-        raise NotImplementedError
+        """Raises InvalidConfigError if `config` breaks one of the space's constraints."""
 
-    def _spec(self, config, num_classes, in_channels):
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def to_spec(self, config, *, num_classes=1000, in_channels=3):
         """The AnyNetSpec of a configuration (InvalidConfigError if it is not in the space)."""
-        self.check(config)
-        return self._spec(config, num_classes, in_channels)
 
     def build_model(self, config, *, num_classes=1000, in_channels=3):
         """The nn.Module (regnet_ext.models.AnyNet) of a configuration."""
@@ -180,6 +179,10 @@ class AnyNetXSpace(DesignSpace):
                  lambda: f"widths: {self.name} needs non-decreasing widths, got {w}")
         _require(not self.increasing_depths or all(x <= y for x, y in zip(d, d[1:])),
                  lambda: f"depths: {self.name} needs non-decreasing depths, got {d}")
+
+    def to_spec(self, config, *, num_classes=1000, in_channels=3):
+        self.check(config)
+        return self._spec(config, num_classes, in_channels)
 
     def _spec(self, config, num_classes, in_channels):
         bms = [_bottleneck_multiplier(b) for b in config["bottleneck_ratios"]]
