@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from . import _extension
+from .tolerances import ERROR_MULTIPLE, FLOOR_ULPS, ULP_AT_ONE, max_error
 
-# How many times stock PyTorch's error ours may reach (same rule as tests/tolerances.py).
-ERROR_MULTIPLE = 3.0
-# Error floor relative to the result's magnitude: a few ulps at 1.0 for 16-bit types, the
-# project's fixed tolerance for float32, next to nothing for float64.
-_FLOOR = {torch.float64: 1e-9, torch.float32: 2e-4, torch.bfloat16: 4 * 2.0 ** -7, torch.float16: 4 * 2.0 ** -10}
+# Error floor relative to the result's magnitude: a few ulps at 1.0 for 16-bit types (the shared
+# rule), the project's fixed tolerance for float32, next to nothing for float64.
+_FLOOR = {torch.float64: 1e-9, torch.float32: 2e-4,
+          **{dtype: FLOOR_ULPS * ulp for dtype, ulp in ULP_AT_ONE.items()}}
 EPS = 1e-5
 MOMENTUM = 0.1
 
@@ -77,15 +77,9 @@ def default_dtypes(device):
         [torch.float32, torch.bfloat16]
 
 
-def _error(actual, reference):
-    if actual.numel() == 0:
-        return 0.0
-    return (actual.detach().double().cpu() - reference.detach().double().cpu()).abs().max().item()
-
-
 def _tolerance(reference, plain, dtype):
     scale = max(reference.detach().abs().max().item(), 1.0) if reference.numel() else 1.0
-    return ERROR_MULTIPLE * _error(plain, reference) + _FLOOR[dtype] * scale
+    return ERROR_MULTIPLE * max_error(plain, reference) + _FLOOR[dtype] * scale
 
 
 class _Worst:
@@ -97,7 +91,7 @@ class _Worst:
     def add(self, name, actual, reference, plain, dtype):
         if actual.shape != reference.shape:
             raise RuntimeError(f"{name}: shape {tuple(actual.shape)} != reference {tuple(reference.shape)}")
-        err, tol = _error(actual, reference), _tolerance(reference, plain, dtype)
+        err, tol = max_error(actual, reference), _tolerance(reference, plain, dtype)
         ratio = err / tol if tol > 0 else (0.0 if err == 0 else math.inf)
         if math.isnan(err):
             ratio = math.inf

@@ -1,19 +1,15 @@
 """benchmarks/bench_kernels.py --quick: the structure of its output (not its speed)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+import benchmark_scripts
+
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "benchmarks" / "bench_kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("bench_kernels")
 
 
 def test_shapes_come_from_the_generator():

@@ -1,22 +1,16 @@
 """benchmarks/bench_models.py --quick: the structure of its output (not its speed), and its
 hook-based complexity counts against the analytic complexity()."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+import benchmark_scripts
 from regnet_ext.models import complexity, regnet
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_models", ROOT / "benchmarks" / "bench_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("bench_models")
 
 
 @pytest.mark.parametrize("name, resolution", [("RegNetY-400MF", 96), ("RegNetX-200MF", 160)])

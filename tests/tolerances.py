@@ -6,6 +6,8 @@ the same float64 reference, so the tolerance means "no worse than stock PyTorch"
 """
 import torch
 
+from regnet_ext.tolerances import ERROR_MULTIPLE, FLOOR_ULPS, ULP_AT_ONE, max_error  # noqa: F401
+
 # atol/rtol for dtypes whose rounding error is far below the tests' signal.
 _FIXED = {
     torch.float64: dict(atol=1e-10, rtol=1e-9),
@@ -13,10 +15,6 @@ _FIXED = {
 }
 # Plain PyTorch's own result in these dtypes sets the scale of the tolerance.
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
-# How many times plain PyTorch's error ours may reach, plus a floor of a few ulps at 1.0
-# for results where PyTorch happens to be almost exact.
-ERROR_MULTIPLE = 3.0
-_ULP_AT_ONE = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
 
 
 def tolerances(dtype):
@@ -24,11 +22,6 @@ def tolerances(dtype):
     if dtype in REDUCED_PRECISION:
         raise ValueError(f"{dtype} is checked against plain PyTorch's error: use assert_close_to_reference")
     return dict(_FIXED[dtype])
-
-
-def max_error(actual, reference):
-    """Largest absolute difference, computed in float64."""
-    return (actual.double() - reference.double()).abs().max().item() if actual.numel() else 0.0
 
 
 def assert_close_to_reference(actual, reference, *, plain_torch=None, name="result"):
@@ -50,7 +43,7 @@ def assert_close_to_reference(actual, reference, *, plain_torch=None, name="resu
     if plain_torch is None:
         raise ValueError(f"{name}: a {actual.dtype} result needs plain PyTorch's result to set the tolerance")
     scale = max(reference.double().abs().max().item(), 1.0) if reference.numel() else 1.0
-    floor = 4 * _ULP_AT_ONE[actual.dtype] * scale
+    floor = FLOOR_ULPS * ULP_AT_ONE[actual.dtype] * scale
     allowed = ERROR_MULTIPLE * max_error(plain_torch, reference) + floor
     err = max_error(actual, reference)
     assert err <= allowed, (f"{name}: {actual.dtype} max error {err:.3g} exceeds {allowed:.3g} "
