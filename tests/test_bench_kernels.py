@@ -7,7 +7,6 @@ import torch
 import benchmark_scripts
 
 
-
 def _bench():
     return benchmark_scripts.load("bench_kernels")
 
