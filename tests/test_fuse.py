@@ -232,13 +232,19 @@ def test_unfuse_keeps_modules_replaced_while_fused():
 
 def test_train_mode_uses_batch_statistics_and_updates_running_stats():
     stock, fused = make_pair("ours_regnety_400mf")
+    exact = copy.deepcopy(stock).double()
     x = images(4, 48)
-    stock.train(), fused.train()
+    stock.train(), fused.train(), exact.train()
     with torch.no_grad():
         assert_rel_close(fused(x), stock(x), 1e-4, "train-mode forward")
-    for (key, ours), (_, ref) in zip(fused.state_dict().items(), stock.state_dict().items()):
+        exact(x.double())
+    # float32 running statistics after 20 layers differ from stock's by rounding (~1e-5 relative,
+    # about stock's own distance from float64), so each is held to stock's float32 error.
+    for (key, ours), (_, ref), (_, ref64) in zip(fused.state_dict().items(), stock.state_dict().items(),
+                                                 exact.state_dict().items()):
         if "running" in key:
-            assert_rel_close(ours, ref, 1e-5, key)
+            stock_err = (ref.double() - ref64).abs().max().item()
+            assert_rel_close(ours, ref64, 3 * stock_err / ref64.abs().max().item() + 2e-6, key)
     # Only BN layers in eval mode (a frozen-BN fine-tune) use running statistics again.
     stock.stem.bn.eval(), fused.stem.bn.eval()
     with torch.no_grad():

@@ -3,8 +3,9 @@
 // Pass 1 reads grad_y, y (and z in training) once: g = ReLU'(y) * grad_y, stored (it is also the
 // residual's gradient), with per-chunk sums of g and g * x-hat. Training makes a second pass for
 // dz (the batch-statistics backward); eval differentiates through the folded weights instead,
-// so g feeds the conv gradients directly. The conv gradients use GEMMs through ATen for 1x1
-// ungrouped convs and our register tiles (kernels/conv_bn_act_backward.h) otherwise.
+// so g feeds the conv gradients directly. The conv gradients come from oneDNN through ATen, or,
+// with REGNET_EXT_CPU_CONV=tiles, from GEMMs for 1x1 ungrouped convs and our register tiles
+// (kernels/conv_bn_act_backward.h) otherwise. The two passes are vectorised in channel_passes.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/channel_passes.h"
 #include "cpu/conv_bn_act_cpu.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act_backward.h"
@@ -132,25 +134,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t p0, int64_t p1) {
     A* sg = sum_g.data() + chunk * C;
     A* sgx = sum_gx.data() + chunk * C;
-    // Separate loops per mode keep the channel loop branch-free (vectorised).
-    if (training) {
-      for (int64_t p = p0; p < p1; ++p)
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t i = p * C + c;
-          const A gv = kernels::relu_grad(load_acc(dyp[i]), load_acc(yp[i]), relu);
-          gp[i] = store_as<T>(gv);
-          sg[c] += gv;
-          sgx[c] += gv * kernels::normalized(load_acc(zp[i]), mean[c], invstd[c]);
-        }
-    } else {
-      for (int64_t p = p0; p < p1; ++p)
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t i = p * C + c;
-          const A gv = kernels::relu_grad(load_acc(dyp[i]), load_acc(yp[i]), relu);
-          gp[i] = store_as<T>(gv);
-          sg[c] += gv;
-        }
-    }
+    passes::relu_grad_sums(gp + p0 * C, dyp + p0 * C, yp + p0 * C, zp ? zp + p0 * C : nullptr,
+                           mean.data(), invstd.data(), p1 - p0, C, relu, sg, sgx);
   });
   std::vector<kernels::BnGradSums<A>> sums(C);
   for (int64_t c = 0; c < C; ++c) {
@@ -170,13 +155,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       mean_gx[c] = sums[c].sum_g_xhat / static_cast<A>(pixels);
     }
     at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p)
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t i = p * C + c;
-          const A xhat = kernels::normalized(load_acc(zp[i]), mean[c], invstd[c]);
-          const A d = kernels::bn_train_input_grad(load_acc(gp[i]), xhat, scale[c], mean_g[c], mean_gx[c]);
-          dzp[i] = store_as<T>(d);
-        }
+      passes::bn_input_grad_rows(dzp + p0 * C, gp + p0 * C, zp + p0 * C, mean.data(), invstd.data(),
+                                 scale.data(), mean_g.data(), mean_gx.data(), p1 - p0, C);
     });
   }
   const T* dzp = dz.data_ptr<T>();
@@ -185,18 +165,22 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const at::Tensor scale_t = at::from_blob(scale.data(), {C}, x.options().dtype(acc_dtype)).clone();
 
   at::Tensor grad_x = at::empty({0}, x.options());
-  // oneDNN's conv backward for the shapes where it beats our tiles (see use_own_conv_tiles);
-  // eval differentiates through the folded weight W', whose gradient is the raw one.
-  const bool aten = !is_plain_gemm(g) && !use_own_conv_tiles(g);
+  // oneDNN's conv backward unless REGNET_EXT_CPU_CONV=tiles (see use_own_conv_tiles); eval
+  // differentiates through the folded weight W', whose gradient is the raw one.
+  const bool aten = !use_own_conv_tiles(g);
+  // oneDNN's weight gradient of a strided 1x1 conv in channels_last corrupts the heap for some
+  // shapes (torch 2.14.1, e.g. 3x8x14x14 input, 16 output channels, stride 2: a crash later in
+  // an unrelated allocation), so that gradient is always our GEMM.
+  const bool aten_weight_grad = aten && !(is_plain_gemm(g) && g.stride > 1);
   at::Tensor aten_raw;
-  if (aten && (input_grad || param_grads)) {
+  if (aten && (input_grad || (param_grads && aten_weight_grad))) {
     at::Tensor w = weight;
     if (!training) w = (w.to(acc_dtype) * scale_t.view({C, 1, 1, 1})).to(x.scalar_type());
     auto grads = at::convolution_backward(dz, xc, w.contiguous(at::MemoryFormat::ChannelsLast), std::nullopt,
                                           {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
-                                          {0, 0}, g.groups, {input_grad, param_grads, false});
+                                          {0, 0}, g.groups, {input_grad, param_grads && aten_weight_grad, false});
     if (input_grad) grad_x = std::get<0>(grads);
-    if (param_grads) aten_raw = std::get<1>(grads).to(acc_dtype).contiguous();
+    if (param_grads && aten_weight_grad) aten_raw = std::get<1>(grads).to(acc_dtype).contiguous();
   }
   if (input_grad && aten) {
     grad_x = in_memory_format(grad_x, format);
@@ -226,7 +210,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   if (param_grads) {
     // raw[co][ci][kh][kw] = sum over pixels of x * (dz or g), in the accumulation type.
     at::Tensor raw;
-    if (aten) {
+    if (aten_weight_grad) {
       raw = aten_raw;
     } else if (is_plain_gemm(g)) {
       raw = at::mm(as_rows(dz).t(), gemm_rows(xc, g)).to(acc_dtype).view(weight.sizes());

@@ -30,9 +30,12 @@ inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
 
 // t with exactly the strides of a fresh tensor in `format` (what the fake kernels promise),
 // copying only when they differ: .contiguous() keeps odd strides of size-1 dimensions.
+// (The strides are compared on the meta device: a real allocation just to read strides costs
+// an mmap of the activation's size.)
 inline at::Tensor in_memory_format(const at::Tensor& t, at::MemoryFormat format) {
+  const at::Tensor fresh = at::empty(t.sizes(), t.options().device(at::kMeta).memory_format(format));
+  if (fresh.strides() == t.strides()) return t;
   at::Tensor out = at::empty(t.sizes(), t.options().memory_format(format));
-  if (out.strides() == t.strides()) return t;
   out.copy_(t);
   return out;
 }
@@ -62,12 +65,12 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
   return choice && std::string_view(choice) == "tiles";
 }
 
-// Eval-mode 1x1 convs: our blocked GEMM (at::mm per row block, epilogue on cache-hot rows) or
-// oneDNN's 1x1 conv with the epilogue as a second pass. Inside a whole RegNetY-400MF forward
-// (batch 8, 224px, 2 threads) the GEMM path made the fused model 2x slower than stock, while
-// oneDNN's conv is as fast as stock's, so oneDNN is the default; "tiles" (our own code
-// everywhere) keeps the GEMM path so that the tests exercise it on every shape.
-inline bool use_gemm_eval(const ConvGeometry& g) {
+// 1x1 convs: our blocked GEMM (at::mm per row block, epilogue or statistics on cache-hot rows)
+// or oneDNN's 1x1 conv. Inside a whole RegNetY-400MF forward (batch 8, 224px, 2 threads) the
+// GEMM path made the fused model 2x slower than stock, while oneDNN's conv is as fast as
+// stock's, so oneDNN is the default; "tiles" (our own code everywhere) keeps the GEMM path so
+// that the tests exercise it on every shape.
+inline bool use_gemm(const ConvGeometry& g) {
   return is_plain_gemm(g) && use_own_conv_tiles(g);
 }
 

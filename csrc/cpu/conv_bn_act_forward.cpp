@@ -1,10 +1,12 @@
 // CPU forward of conv_bn_act (eval and training) and the running-statistics update.
 //
 // Schedules (all in channels_last; NCHW inputs are converted in and out):
-//  * eval, grouped/KxK conv: BN folded into packed weights; each register tile of the conv
-//    (kernels::conv_tile) gets shift, residual and ReLU in registers and is stored once.
-//  * eval, 1x1 ungrouped conv: a GEMM with the folded weights through ATen (oneDNN/MKL), one
-//    block of rows at a time, with the epilogue applied to the block while it is in cache.
+//  * eval: BN folded into the weights and bias; oneDNN's conv with the residual add and ReLU as
+//    fused post-ops writes y once (cpu/onednn_fused_conv.h). With REGNET_EXT_CPU_CONV=tiles,
+//    each register tile of our own conv (kernels::conv_tile) gets shift, residual and ReLU in
+//    registers and is stored once.
+//  * eval, 1x1 ungrouped conv with REGNET_EXT_CPU_CONV=tiles: a GEMM with the folded weights
+//    through ATen, one block of rows at a time, the epilogue applied while the block is in cache.
 //  * training: pass 1 computes z = conv(x) + b and, in the same epilogue, per-tile moments merged
 //    per chunk with Chan's formula; pass 2 normalises z (+ residual, ReLU) into y. z is kept for
 //    the backward, which needs it for x-hat.
@@ -16,7 +18,9 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/channel_passes.h"
 #include "cpu/conv_bn_act_cpu.h"
+#include "cpu/onednn_fused_conv.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act.h"
 
@@ -53,29 +57,6 @@ std::vector<acc_t<T>> acc_vector(const at::Tensor& t, int64_t length) {
   return out;
 }
 
-// y[r][c] = act(z[r][c] * scale[c] + shift[c] + residual[r][c]) over `rows` rows of `channels`.
-template <bool HasResidual, typename T, typename A>
-void epilogue_rows(T* y, const T* z, const T* residual, const A* scale, const A* shift,
-                   int64_t rows, int64_t channels, bool relu) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t base = r * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      const A res = HasResidual ? load_acc(residual[base + c]) : A(0);
-      y[base + c] = store_as<T>(kernels::conv_epilogue(
-          load_acc(z[base + c]), ChannelAffine<A>{scale[c], shift[c]}, res, relu));
-    }
-  }
-}
-
-template <typename T, typename A>
-void epilogue_rows(T* y, const T* z, const T* residual, const A* scale, const A* shift,
-                   int64_t rows, int64_t channels, bool relu) {
-  if (residual)
-    epilogue_rows<true>(y, z, residual, scale, shift, rows, channels, relu);
-  else
-    epilogue_rows<false>(y, z, residual, scale, shift, rows, channels, relu);
-}
-
 // The GEMM operand layout of an NHWC tensor [N, C, H, W]: [N*H*W, C] rows.
 inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
@@ -103,7 +84,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   T* yp = y.data_ptr<T>();
   const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
 
-  if (use_gemm_eval(g)) {
+  if (use_gemm(g)) {
     const at::Tensor scale_t =
         at::from_blob(scale.data(), {g.out_c, 1}, weight.options().dtype(c10::CppTypeToScalarType<A>::value));
     const at::Tensor folded = (weight.reshape({g.out_c, g.in_c}).to(scale_t.scalar_type()) * scale_t)
@@ -119,24 +100,27 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
         at::Tensor out = y_rows.slice(0, r0, r1);
         at::mm_out(out, rows.slice(0, r0, r1), folded);
         T* block = yp + r0 * g.out_c;
-        epilogue_rows(block, block, rp ? rp + r0 * g.out_c : nullptr, ones.data(), shift.data(),
+        passes::normalize_rows(block, block, rp ? rp + r0 * g.out_c : nullptr, ones.data(), shift.data(),
                       r1 - r0, g.out_c, relu);
       }
     });
   } else if (!use_own_conv_tiles(g)) {
-    // oneDNN computes conv(x, W') + b' straight into y; the epilogue pass adds the residual
-    // and applies ReLU in place.
+    // oneDNN computes act(conv(x, W') + b' [+ residual]) in one pass; where it cannot fuse the
+    // epilogue (float64), it computes conv(x, W') + b' and our epilogue pass runs in place.
     const at::Tensor scale_t = at::from_blob(scale.data(), {g.out_c, 1, 1, 1},
                                              weight.options().dtype(c10::CppTypeToScalarType<A>::value));
     const at::Tensor shift_t = at::from_blob(shift.data(), {g.out_c}, scale_t.options());
     const at::Tensor folded = (weight.to(scale_t.scalar_type()) * scale_t).to(x.scalar_type());
-    y = aten_conv(xc, folded, shift_t.to(x.scalar_type()), g);
+    const at::Tensor folded_bias = shift_t.to(x.scalar_type());
+    const at::Tensor fused = onednn_fused_conv(xc, folded, folded_bias, res, g, relu);
+    if (fused.defined()) return in_memory_format(fused, output_memory_format(x));
+    y = aten_conv(xc, folded, folded_bias, g);
     yp = y.data_ptr<T>();
     if (relu || rp) {
       std::vector<A> zeros(g.out_c, A(0));
       const int64_t pixels = g.batch * g.out_h * g.out_w;
       at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
-        epilogue_rows(yp + p0 * g.out_c, yp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
+        passes::normalize_rows(yp + p0 * g.out_c, yp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
                       ones.data(), zeros.data(), p1 - p0, g.out_c, relu);
       });
     }
@@ -187,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   // Pass 1: z and its per-channel moments, per chunk.
   int64_t chunks;
   std::vector<MomentStats<A>> stats;
-  const bool gemm = is_plain_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
+  const bool gemm = use_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
   if (!gemm && !tiles) z = aten_conv(xc, weight, bias, g);  // bias included by oneDNN
   zp = z.data_ptr<T>();
   if (!tiles) {
@@ -212,18 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
               for (int64_t c = 0; c < g.out_c; ++c)
                 block[r * g.out_c + c] = store_as<T>(load_acc(block[r * g.out_c + c]) + conv_bias[c]);
         }
-        // The block's moments as tile_moments computes them (mean, then squared deviations),
-        // row by row so that the channel loop is contiguous and vectorised.
-        std::fill(mean.begin(), mean.end(), A(0));
-        std::fill(m2.begin(), m2.end(), A(0));
-        for (int64_t r = 0; r < nr; ++r)
-          for (int64_t c = 0; c < g.out_c; ++c) mean[c] += load_acc(block[r * g.out_c + c]);
-        for (int64_t c = 0; c < g.out_c; ++c) mean[c] /= static_cast<A>(nr);
-        for (int64_t r = 0; r < nr; ++r)
-          for (int64_t c = 0; c < g.out_c; ++c) {
-            const A d = load_acc(block[r * g.out_c + c]) - mean[c];
-            m2[c] += d * d;
-          }
+        passes::block_moments(block, nr, g.out_c, mean.data(), m2.data());
         for (int64_t c = 0; c < g.out_c; ++c)
           kernels::chan_merge(cs[c], MomentStats<A>{static_cast<A>(nr), mean[c], m2[c]});
       }
@@ -281,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   at::Tensor y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
   T* yp = y.data_ptr<T>();
   at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
-    epilogue_rows(yp + p0 * g.out_c, zp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
+    passes::normalize_rows(yp + p0 * g.out_c, zp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
                   scale.data(), shift.data(), p1 - p0, g.out_c, relu);
   });
   return {in_memory_format(y, output_memory_format(x)), z, mean, var};

@@ -183,10 +183,11 @@ REGNET_HD void conv_tile(const ConvGeometry& g, const T* x, const A* packed, con
 }
 
 // Epilogue of one output value: BN affine (folded or batch), residual, ReLU.
+// A is a scalar or, on the CPU, a compiler vector of lanes (A{} is zero in every lane).
 template <typename A>
 REGNET_HD A conv_epilogue(A conv, ChannelAffine<A> affine, A residual, bool relu) {
   const A v = bn_apply(conv, affine) + residual;
-  return (relu && v < A(0)) ? A(0) : v;  // NaN passes through, as in torch.relu
+  return relu ? (v < A{} ? A{} : v) : v;  // NaN passes through, as in torch.relu
 }
 
 }  // namespace regnet_ext::kernels

@@ -23,7 +23,7 @@ namespace regnet_ext::kernels {
 // ReLU's gradient from its output: y > 0 exactly where the pre-activation was positive.
 template <typename A>
 REGNET_HD A relu_grad(A dy, A y, bool relu) {
-  return (relu && !(y > A(0))) ? A(0) : dy;
+  return relu ? (y > A{} ? dy : A{}) : dy;  // scalar or compiler vector of lanes
 }
 
 REGNET_HD int64_t conv_pack_transposed_index(const ConvGeometry& g, int64_t co, int64_t ci,

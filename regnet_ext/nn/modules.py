@@ -8,7 +8,8 @@ differs: it calls conv_bn_act / squeeze_excite with those parameters.
 BatchNorm semantics follow nn.BatchNorm2d exactly: batch statistics (and a running-stats update)
 while the BN module is in training mode, running statistics folded into the conv otherwise. The
 operator folds on every call, so the fold can never be stale after an optimizer step or a
-load_state_dict.
+load_state_dict; CPU inference without autograd keeps the fold cached instead, keyed on the
+parameters' storage and version counters (folded_inference.py).
 
 Under autocast the operators run in autocast's dtype (the inputs and weights are cast, as
 autocast does for conv2d); running statistics stay in their own dtype and are updated there.
@@ -18,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..ops import conv_bn_act, squeeze_excite
+from . import folded_inference
 
 _ops = torch.ops.regnet_ext
 
@@ -107,6 +109,7 @@ class FusedConvBNAct(_HoldsStock):
         self._conv_name, self._bn_name = conv_name, bn_name
         self.relu = bool(relu)
         self.stride, self.padding, self.groups = conv_geometry(conv)
+        self._folded = folded_inference.FoldedConv()
         self._remember_stock(stock)
 
     @property
@@ -129,6 +132,8 @@ class FusedConvBNAct(_HoldsStock):
         gamma, beta = bn.weight.to(dtype), bn.bias.to(dtype)
         if bn.training or bn.running_mean is None:
             return self._batch_stats_forward(bn, x, weight, bias, gamma, beta, residual, relu)
+        if folded_inference.applies(x, (conv.weight, conv.bias, bn.weight, bn.bias), residual, dtype):
+            return self._folded(conv, bn, x, residual, relu, self.stride, self.padding, self.groups, dtype)
         return conv_bn_act(x, weight, gamma, beta, bn.running_mean.to(dtype), bn.running_var.to(dtype),
                            bias=bias, stride=self.stride, padding=self.padding, groups=self.groups,
                            training=False, eps=bn.eps, relu=relu, residual=residual)

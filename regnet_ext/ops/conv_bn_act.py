@@ -211,6 +211,7 @@ def _setup_train(ctx, inputs, output):
     x, weight, bias, bn_weight, _bn_bias, residual, stride, padding, groups, eps, relu = inputs
     y, conv_out, mean, var = output
     ctx.mark_non_differentiable(conv_out, mean, var)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for conv_out (activation-sized)
     ctx.save_for_backward(x, weight, bias, bn_weight, y, conv_out, mean, var)
     ctx.conv = (stride, padding, groups, eps, relu)
     ctx.has_bias, ctx.has_residual = bias is not None, residual is not None

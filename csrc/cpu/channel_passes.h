@@ -1,0 +1,166 @@
+// The per-channel passes of conv_bn_act's CPU schedules over dense channels-last data, i.e. a
+// [rows, C] matrix with C contiguous: batch moments, normalise (+ residual, ReLU), and the two
+// passes of the batch-norm backward.
+//
+// Each pass runs the shared formulas of csrc/kernels (the ones the CUDA kernels use) on the
+// CPU's vector type: one 512-bit vector of channels at a time, the last C mod lanes channels as
+// scalars. Reductions walk a block of rows per channel vector with their accumulators in
+// registers. RegNet's widths (24, 32, 48, 104, ...) give short channel loops, which plain
+// auto-vectorised loops handled poorly (an alias check and a load-add-store of the sums on
+// every row).
+#pragma once
+
+#include <cstring>
+#include <type_traits>
+
+#include "kernels/bn_stats.h"
+#include "kernels/conv_bn_act.h"
+#include "kernels/conv_bn_act_backward.h"
+
+namespace regnet_ext::cpu::passes {
+
+using kernels::acc_t;
+
+// Vectors of 512 and 256 bits: RegNet's widths are multiples of 8, so a 256-bit vector covers
+// the channels left over after the 512-bit ones (104 = 6 x 16 + 8).
+template <typename A, int Bytes>
+struct VectorOf {  // (the attribute needs a typedef inside a template to apply to A)
+  typedef A type __attribute__((vector_size(Bytes)));
+};
+template <typename A>
+using vec_t = typename VectorOf<A, 64>::type;
+template <typename A>
+using half_vec_t = typename VectorOf<A, 32>::type;
+template <typename A>
+constexpr int kLanes = static_cast<int>(64 / sizeof(A));
+static_assert(sizeof(vec_t<float>) == 64 && sizeof(half_vec_t<float>) == 32);
+
+// Lanes (or a scalar, for V = A) of type V from values of type T.
+template <typename V, typename T>
+inline V load(const T* p) {
+  using A = acc_t<T>;
+  if constexpr (std::is_same_v<T, A>) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  } else {
+    return kernels::lane_load<V>(p);
+  }
+}
+
+template <typename T, typename V>
+inline void store(T* p, const V& v) {
+  using A = acc_t<T>;
+  if constexpr (std::is_same_v<T, A>) {
+    std::memcpy(p, &v, sizeof(V));
+  } else {
+    constexpr int n = static_cast<int>(sizeof(V) / sizeof(A));
+    A tmp[n];
+    std::memcpy(tmp, &v, sizeof(V));
+    for (int i = 0; i < n; ++i) p[i] = kernels::store_as<T>(tmp[i]);
+  }
+}
+
+// body.template operator()<V>(c) for every full 512-bit vector of channels from c, then at
+// most one 256-bit vector, then per channel with V = A for the remainder.
+template <typename A, typename F>
+inline void for_channel_lanes(int64_t channels, const F& body) {
+  int64_t c = 0;
+  for (; c + kLanes<A> <= channels; c += kLanes<A>) body.template operator()<vec_t<A>>(c);
+  if (c + kLanes<A> / 2 <= channels) {
+    body.template operator()<half_vec_t<A>>(c);
+    c += kLanes<A> / 2;
+  }
+  for (; c < channels; ++c) body.template operator()<A>(c);
+}
+
+// Rows per block of a reduction: the block's rows of one channel vector stay in L1/L2 for the
+// second read, and the per-block merge of partial sums stays cheap.
+constexpr int64_t kRowBlock = 64;
+
+// mean and m2 (sum of squared deviations from the mean) per channel of z's `rows` rows, as
+// kernels::tile_moments computes them: the mean first, then the squared deviations.
+template <typename T>
+void block_moments(const T* z, int64_t rows, int64_t channels, acc_t<T>* mean, acc_t<T>* m2) {
+  using A = acc_t<T>;
+  for_channel_lanes<A>(channels, [&]<typename V>(int64_t c) {
+    V s0{}, s1{};
+    int64_t r = 0;
+    for (; r + 1 < rows; r += 2) {
+      s0 += load<V>(z + r * channels + c);
+      s1 += load<V>(z + (r + 1) * channels + c);
+    }
+    if (r < rows) s0 += load<V>(z + r * channels + c);
+    const V m = (s0 + s1) / static_cast<A>(rows);
+    V q0{}, q1{};
+    for (r = 0; r + 1 < rows; r += 2) {
+      const V d0 = load<V>(z + r * channels + c) - m, d1 = load<V>(z + (r + 1) * channels + c) - m;
+      q0 += d0 * d0;
+      q1 += d1 * d1;
+    }
+    if (r < rows) {
+      const V d = load<V>(z + r * channels + c) - m;
+      q0 += d * d;
+    }
+    store(mean + c, m);
+    store(m2 + c, q0 + q1);
+  });
+}
+
+// y = act(z * scale + shift + residual) over `rows` rows (y may be z).
+template <typename T>
+void normalize_rows(T* y, const T* z, const T* residual, const acc_t<T>* scale,
+                    const acc_t<T>* shift, int64_t rows, int64_t channels, bool relu) {
+  using A = acc_t<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t base = r * channels;
+    for_channel_lanes<A>(channels, [&]<typename V>(int64_t c) {
+      const V res = residual ? load<V>(residual + base + c) : V{};
+      const kernels::ChannelAffine<V> affine{load<V>(scale + c), load<V>(shift + c)};
+      store(y + base + c, kernels::conv_epilogue(load<V>(z + base + c), affine, res, relu));
+    });
+  }
+}
+
+// Backward pass 1 over `rows` rows: g = ReLU'(y) * dy stored, and sum_g += sum of g,
+// sum_g_xhat += sum of g * x-hat (x-hat from z, mean, invstd; skipped when z is null).
+template <typename T>
+void relu_grad_sums(T* g, const T* dy, const T* y, const T* z, const acc_t<T>* mean,
+                    const acc_t<T>* invstd, int64_t rows, int64_t channels, bool relu,
+                    acc_t<T>* sum_g, acc_t<T>* sum_g_xhat) {
+  using A = acc_t<T>;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    const int64_t r1 = std::min(rows, r0 + kRowBlock);
+    for_channel_lanes<A>(channels, [&]<typename V>(int64_t c) {
+      V sg{}, sgx{};
+      const V mu = z ? load<V>(mean + c) : V{}, is = z ? load<V>(invstd + c) : V{};
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r * channels + c;
+        const V gv = kernels::relu_grad(load<V>(dy + i), load<V>(y + i), relu);
+        store(g + i, gv);
+        sg += gv;
+        if (z) sgx += gv * kernels::normalized(load<V>(z + i), mu, is);
+      }
+      store(sum_g + c, load<V>(sum_g + c) + sg);
+      if (z) store(sum_g_xhat + c, load<V>(sum_g_xhat + c) + sgx);
+    });
+  }
+}
+
+// Backward pass 2 (batch statistics): dz = scale * (g - mean_g - x-hat * mean_g_xhat).
+template <typename T>
+void bn_input_grad_rows(T* dz, const T* g, const T* z, const acc_t<T>* mean,
+                        const acc_t<T>* invstd, const acc_t<T>* scale, const acc_t<T>* mean_g,
+                        const acc_t<T>* mean_g_xhat, int64_t rows, int64_t channels) {
+  using A = acc_t<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t base = r * channels;
+    for_channel_lanes<A>(channels, [&]<typename V>(int64_t c) {
+      const V xhat = kernels::normalized(load<V>(z + base + c), load<V>(mean + c), load<V>(invstd + c));
+      store(dz + base + c, kernels::bn_train_input_grad(load<V>(g + base + c), xhat, load<V>(scale + c),
+                                                        load<V>(mean_g + c), load<V>(mean_g_xhat + c)));
+    });
+  }
+}
+
+}  // namespace regnet_ext::cpu::passes

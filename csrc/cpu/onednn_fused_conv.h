@@ -1,0 +1,57 @@
+// oneDNN's convolution with the epilogue fused as post-ops: act(conv(x, W) + b [+ residual])
+// written in one pass. This is the operator that inductor's CPU freezing calls
+// (mkldnn::_convolution_pointwise, registered by ATen when it is built with oneDNN); we
+// call it through the dispatcher so that a torch without it still loads our library.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/conv_bn_act.h"
+
+namespace regnet_ext::cpu {
+
+inline std::optional<c10::OperatorHandle> onednn_pointwise_op(const char* overload) {
+  return c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", overload});
+}
+
+// The result in x's (channels_last) layout, or an undefined tensor where oneDNN cannot run it
+// (no oneDNN in this torch, oneDNN disabled by the user, or a dtype it lacks: float64, and
+// 16-bit types with a residual);
+// callers then fall back to a conv and a separate epilogue pass.
+inline at::Tensor onednn_fused_conv(const at::Tensor& x_nhwc, const at::Tensor& weight,
+                                    const at::Tensor& bias, const at::Tensor& residual_nhwc,
+                                    const kernels::ConvGeometry& g, bool relu) {
+  const auto dtype = x_nhwc.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return {};
+  if (!at::globalContext().userEnabledMkldnn()) return {};
+  static const std::optional<c10::OperatorHandle> unary = onednn_pointwise_op("");
+  static const std::optional<c10::OperatorHandle> binary = onednn_pointwise_op("binary");
+  const bool with_residual = residual_nhwc.defined();
+  // ATen's fallback for the binary fusion (at::add_relu) refuses 16-bit types in torch 2.14.
+  if (with_residual && dtype != at::kFloat) return {};
+  const auto& op = with_residual ? binary : unary;
+  if (!op) return {};
+
+  const std::vector<int64_t> padding{g.padding, g.padding}, stride{g.stride, g.stride}, dilation{1, 1};
+  const std::string act = relu ? "relu" : "none";
+  const c10::IValue b = bias.defined() ? c10::IValue(bias) : c10::IValue();
+  const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
+  torch::jit::Stack stack;
+  if (with_residual)
+    stack = {x_nhwc, residual_nhwc, w, b, padding, stride, dilation, g.groups, std::string("add"),
+             c10::IValue(), relu ? c10::IValue(act) : c10::IValue(),  // "none" is refused here
+             c10::List<std::optional<at::Scalar>>(), std::string()};
+  else
+    stack = {x_nhwc, w, b, padding, stride, dilation, g.groups, act,
+             c10::List<std::optional<at::Scalar>>(), std::string()};
+  op->callBoxed(stack);
+  return stack.at(0).toTensor();
+}
+
+}  // namespace regnet_ext::cpu

@@ -1,0 +1,104 @@
+"""The cached-fold CPU inference path of FusedConvBNAct (regnet_ext/nn/folded_inference.py):
+taken for channels_last no-grad inference, equal to the stock model, never stale after the
+parameters or statistics change (optimizer step, load_state_dict, in-place edits, .to()), and
+left alone where it does not apply (autograd, NCHW input, float64)."""
+import copy
+import io
+
+import pytest
+import torch
+
+from regnet_ext.models import regnet
+from regnet_ext.nn import FusedConvBNAct, fuse
+from regnet_ext.nn import folded_inference
+from test_fuse import assert_rel_close, images, randomize
+
+pytestmark = pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and folded_inference._PACK is not None),
+    reason="needs ATen built with oneDNN")
+
+
+def _pair(name="RegNetY-400MF"):
+    torch.manual_seed(0)
+    stock = randomize(regnet(name)).eval().to(memory_format=torch.channels_last)
+    fused = fuse(copy.deepcopy(stock))
+    return stock, fused
+
+
+def _cl(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _cached_layers(model):
+    return sum(m._folded._key is not None for m in model.modules() if isinstance(m, FusedConvBNAct))
+
+
+@pytest.mark.parametrize("name", ["RegNetY-400MF", "RegNetX-400MF"])
+def test_channels_last_no_grad_inference_takes_the_cached_path_and_matches_stock(name):
+    stock, fused = _pair(name)
+    x = _cl(images(2, 64))
+    with torch.no_grad():
+        expected, actual = stock(x), fused(x)
+    assert_rel_close(actual, expected, 1e-5, "folded inference")
+    layers = sum(isinstance(m, FusedConvBNAct) for m in fused.modules())
+    assert _cached_layers(fused) == layers, "every conv+BN layer should have run the cached fold"
+    with torch.inference_mode():
+        assert_rel_close(fused(x), expected, 1e-5, "under inference_mode")
+
+
+def test_the_fold_follows_optimizer_steps_load_state_dict_and_in_place_edits():
+    stock, fused = _pair()
+    x = _cl(images(2, 64, seed=3))
+    with torch.no_grad():
+        fused(x)  # fills the caches
+    # An optimizer step on the fused model's parameters (in place, version counters move).
+    opt = torch.optim.SGD(fused.parameters(), lr=0.1)
+    fused.train()
+    fused(x).square().mean().backward()
+    opt.step()
+    fused.eval()
+    stock.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        assert_rel_close(fused(x), stock(x), 1e-5, "after an optimizer step and train-mode statistics")
+    # load_state_dict copies into the existing tensors.
+    other = randomize(regnet("RegNetY-400MF"), seed=7).eval().to(memory_format=torch.channels_last)
+    fused.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert_rel_close(fused(x), other(x), 1e-5, "after load_state_dict")
+    # An in-place edit of one running variance.
+    with torch.no_grad():
+        fused.stem.bn.running_var.mul_(3.0)
+        other.stem.bn.running_var.mul_(3.0)
+        assert_rel_close(fused(x), other(x), 1e-5, "after an in-place running_var edit")
+
+
+def test_not_taken_with_autograd_nchw_or_float64():
+    stock, fused = _pair()
+    x = images(2, 64)
+    with torch.no_grad():
+        fused(x)  # NCHW input: the stem keeps NCHW, so no layer sees channels_last
+    assert _cached_layers(fused) == 0
+    fused(_cl(x)).sum().backward()  # eval with autograd: gradients flow through the operator
+    assert _cached_layers(fused) == 0
+    assert fused.stem.conv.weight.grad is not None
+    stock64, fused64 = stock.double(), fused.double()
+    with torch.no_grad():
+        assert_rel_close(fused64(_cl(x.double())), stock64(_cl(x.double())), 1e-10, "float64")
+    assert _cached_layers(fused64) == 0
+
+
+def test_copies_and_pickles_of_a_model_with_filled_caches():
+    _, fused = _pair()
+    x = _cl(images(1, 64))
+    with torch.no_grad():
+        expected = fused(x)
+    clone = copy.deepcopy(fused)
+    assert _cached_layers(clone) == 0, "a copy starts with empty caches"
+    with torch.no_grad():
+        assert_rel_close(clone(x), expected, 1e-6, "deepcopy")
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert_rel_close(loaded(x), expected, 1e-6, "pickled")
