@@ -1,6 +1,7 @@
 // Every operator schema of the regnet_ext namespace, in one place.
 // Backends register implementations in their own files (csrc/cpu/*.cpp, csrc/cuda/*.cu) with
-// TORCH_LIBRARY_IMPL; fake kernels and autograd are registered from Python (regnet_ext/ops).
+// TORCH_LIBRARY_IMPL, autograd in csrc/autograd.cpp; fake kernels are registered from Python
+// (regnet_ext/ops).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -3,15 +3,16 @@
 // passes of the batch-norm backward.
 //
 // Each pass runs the shared formulas of csrc/kernels (the ones the CUDA kernels use) on the
-// CPU's vector type: one 512-bit vector of channels at a time, the last C mod lanes channels as
-// scalars. Reductions walk a block of rows per channel vector with their accumulators in
-// registers. RegNet's widths (24, 32, 48, 104, ...) give short channel loops, which plain
-// auto-vectorised loops handled poorly (an alias check and a load-add-store of the sums on
-// every row).
+// CPU's vector type: 512-bit vectors of channels, one 256-bit vector and single channels for the
+// rest. Reductions keep a group of up to 8 vectors of per-channel accumulators in registers while
+// they read that group's part of every row in order. RegNet's widths (24, 32, 48, 104, ...) give
+// short channel loops, which plain auto-vectorised loops handled poorly (an alias check and a
+// load-add-store of the sums on every row), and one-vector-per-row walks read memory strided.
 #pragma once
 
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act.h"
@@ -74,6 +75,27 @@ inline void for_channel_lanes(int64_t channels, const F& body) {
   for (; c < channels; ++c) body.template operator()<A>(c);
 }
 
+// body.template operator()<V, G>(c) over the channels in groups of G <= MaxGroup vectors of
+// type V starting at c: full 512-bit vectors first, then at most one 256-bit vector, then single
+// channels (V = A). A reduction keeps a group's G accumulators in registers while it reads the
+// group's contiguous G * lanes values of every row, so memory is read in order.
+template <typename A, int MaxGroup, typename F>
+inline void for_channel_groups(int64_t channels, const F& body) {
+  using V = vec_t<A>;
+  const int64_t full = channels / kLanes<A>;
+  int64_t v = 0;
+  for (; v + MaxGroup <= full; v += MaxGroup) body.template operator()<V, MaxGroup>(v * kLanes<A>);
+  [&]<int... G>(std::integer_sequence<int, G...>) {
+    ((full - v == G + 1 ? (body.template operator()<V, G + 1>(v * kLanes<A>), 0) : 0), ...);
+  }(std::make_integer_sequence<int, MaxGroup - 1>{});
+  int64_t c = full * kLanes<A>;
+  if (c + kLanes<A> / 2 <= channels) {
+    body.template operator()<half_vec_t<A>, 1>(c);
+    c += kLanes<A> / 2;
+  }
+  for (; c < channels; ++c) body.template operator()<A, 1>(c);
+}
+
 // Rows per block of a reduction: the block's rows of one channel vector stay in L1/L2 for the
 // second read, and the per-block merge of partial sums stays cheap.
 constexpr int64_t kRowBlock = 64;
@@ -83,27 +105,21 @@ constexpr int64_t kRowBlock = 64;
 template <typename T>
 void block_moments(const T* z, int64_t rows, int64_t channels, acc_t<T>* mean, acc_t<T>* m2) {
   using A = acc_t<T>;
-  for_channel_lanes<A>(channels, [&]<typename V>(int64_t c) {
-    V s0{}, s1{};
-    int64_t r = 0;
-    for (; r + 1 < rows; r += 2) {
-      s0 += load<V>(z + r * channels + c);
-      s1 += load<V>(z + (r + 1) * channels + c);
+  for_channel_groups<A, 8>(channels, [&]<typename V, int G>(int64_t c0) {
+    constexpr int64_t lanes = sizeof(V) / sizeof(A);
+    V s[G] = {}, q[G] = {};
+    for (int64_t r = 0; r < rows; ++r)
+      for (int j = 0; j < G; ++j) s[j] += load<V>(z + r * channels + c0 + j * lanes);
+    for (int j = 0; j < G; ++j) s[j] /= static_cast<A>(rows);  // the mean
+    for (int64_t r = 0; r < rows; ++r)
+      for (int j = 0; j < G; ++j) {
+        const V d = load<V>(z + r * channels + c0 + j * lanes) - s[j];
+        q[j] += d * d;
+      }
+    for (int j = 0; j < G; ++j) {
+      store(mean + c0 + j * lanes, s[j]);
+      store(m2 + c0 + j * lanes, q[j]);
     }
-    if (r < rows) s0 += load<V>(z + r * channels + c);
-    const V m = (s0 + s1) / static_cast<A>(rows);
-    V q0{}, q1{};
-    for (r = 0; r + 1 < rows; r += 2) {
-      const V d0 = load<V>(z + r * channels + c) - m, d1 = load<V>(z + (r + 1) * channels + c) - m;
-      q0 += d0 * d0;
-      q1 += d1 * d1;
-    }
-    if (r < rows) {
-      const V d = load<V>(z + r * channels + c) - m;
-      q0 += d * d;
-    }
-    store(mean + c, m);
-    store(m2 + c, q0 + q1);
   });
 }
 
@@ -131,18 +147,27 @@ void relu_grad_sums(T* g, const T* dy, const T* y, const T* z, const acc_t<T>* m
   using A = acc_t<T>;
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
     const int64_t r1 = std::min(rows, r0 + kRowBlock);
-    for_channel_lanes<A>(channels, [&]<typename V>(int64_t c) {
-      V sg{}, sgx{};
-      const V mu = z ? load<V>(mean + c) : V{}, is = z ? load<V>(invstd + c) : V{};
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = r * channels + c;
-        const V gv = kernels::relu_grad(load<V>(dy + i), load<V>(y + i), relu);
-        store(g + i, gv);
-        sg += gv;
-        if (z) sgx += gv * kernels::normalized(load<V>(z + i), mu, is);
+    for_channel_groups<A, 4>(channels, [&]<typename V, int G>(int64_t c0) {
+      constexpr int64_t lanes = sizeof(V) / sizeof(A);
+      V sg[G] = {}, sgx[G] = {}, mu[G] = {}, is[G] = {};
+      if (z)
+        for (int j = 0; j < G; ++j) {
+          mu[j] = load<V>(mean + c0 + j * lanes);
+          is[j] = load<V>(invstd + c0 + j * lanes);
+        }
+      for (int64_t r = r0; r < r1; ++r)
+        for (int j = 0; j < G; ++j) {
+          const int64_t i = r * channels + c0 + j * lanes;
+          const V gv = kernels::relu_grad(load<V>(dy + i), load<V>(y + i), relu);
+          store(g + i, gv);
+          sg[j] += gv;
+          if (z) sgx[j] += gv * kernels::normalized(load<V>(z + i), mu[j], is[j]);
+        }
+      for (int j = 0; j < G; ++j) {
+        const int64_t c = c0 + j * lanes;
+        store(sum_g + c, load<V>(sum_g + c) + sg[j]);
+        if (z) store(sum_g_xhat + c, load<V>(sum_g_xhat + c) + sgx[j]);
       }
-      store(sum_g + c, load<V>(sum_g + c) + sg);
-      if (z) store(sum_g_xhat + c, load<V>(sum_g_xhat + c) + sgx);
     });
   }
 }

@@ -103,24 +103,5 @@ def _squeeze_excite_backward_fake(grad_y, x, w1, b1, w2, b2):
 
 # ---- autograd ----------------------------------------------------------------------------
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad_y):
-    x, w1, b1, w2, b2 = ctx.saved_tensors
-    return tuple(_ops.squeeze_excite_backward(grad_y, x, w1, b1, w2, b2))
-
-
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError("squeeze_excite: double backward (a gradient of the gradient) is not "
-                       "supported; compute second-order terms with the plain-PyTorch SE module")
-
-
-def _setup_backward_context(ctx, inputs, output):
-    pass
-
-
-torch.library.register_autograd("regnet_ext::squeeze_excite", _backward, setup_context=_setup_context)
-torch.library.register_autograd("regnet_ext::squeeze_excite_backward", _refuse_double_backward,
-                                setup_context=_setup_backward_context)
+# Autograd is registered in C++ (csrc/autograd.cpp): the backward operator recomputes the pooled
+# means from x, and refuses to be differentiated again.

@@ -1,0 +1,278 @@
+// Autograd for the regnet_ext operators, registered for the Autograd dispatch key in C++.
+//
+// Each forward operator runs its backend kernel below autograd and differentiates through its
+// backward operator; the backward operators refuse to be differentiated again. (These lived in
+// Python through torch.library.register_autograd, whose per-call Python work, about 40 us per
+// call on this project's CPU, cost more than a small RegNet layer's epilogue.) torch.compile
+// traces these kernels like ATen's own autograd: forward and backward operators both have
+// fake kernels (regnet_ext/ops).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+namespace regnet_ext {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::Function;
+using torch::autograd::variable_list;
+using OptTensor = std::optional<at::Tensor>;
+
+// ---- the operators below autograd -------------------------------------------------------------
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using EvalSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&,
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                 int64_t, int64_t, int64_t, double, bool);
+using TrainSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&,
+    const OptTensor&, int64_t, int64_t, int64_t, double, bool);
+using ConvGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using ConvBackwardSignature = ConvGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const at::Tensor&, const OptTensor&, const at::Tensor&,
+                                        const OptTensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                        int64_t, int64_t, double, bool, bool, bool, bool);
+using SEGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using SESignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&);
+using SEBackwardSignature = SEGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+const auto& eval_op() {
+  static const auto op = find_op<EvalSignature>("regnet_ext::conv_bn_act_eval");
+  return op;
+}
+const auto& train_op() {
+  static const auto op = find_op<TrainSignature>("regnet_ext::conv_bn_act_train");
+  return op;
+}
+const auto& conv_backward_op() {
+  static const auto op = find_op<ConvBackwardSignature>("regnet_ext::conv_bn_act_backward");
+  return op;
+}
+const auto& se_op() {
+  static const auto op = find_op<SESignature>("regnet_ext::squeeze_excite");
+  return op;
+}
+const auto& se_backward_op() {
+  static const auto op = find_op<SEBackwardSignature>("regnet_ext::squeeze_excite_backward");
+  return op;
+}
+
+at::Tensor or_undefined(const OptTensor& t) { return t.value_or(at::Tensor()); }
+OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+// ---- conv_bn_act --------------------------------------------------------------------------------
+
+struct ConvSettings {
+  int64_t stride, padding, groups;
+  double eps;
+  bool relu, has_bias, has_residual;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["has_bias"] = has_bias;
+    ctx->saved_data["has_residual"] = has_residual;
+  }
+  static ConvSettings load(AutogradContext* ctx) {
+    auto& d = ctx->saved_data;
+    return {d["stride"].toInt(), d["padding"].toInt(), d["groups"].toInt(), d["eps"].toDouble(),
+            d["relu"].toBool(), d["has_bias"].toBool(), d["has_residual"].toBool()};
+  }
+};
+
+// Calls the backward operator and lays its gradients out per forward input: x, weight, bias,
+// bn_weight, bn_bias at 0..4, the residual at `residual_index`, none for the rest.
+variable_list conv_input_grads(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& y,
+                               const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& bn_weight, const at::Tensor& conv_out,
+                               const at::Tensor& mean, const at::Tensor& var, bool training,
+                               size_t n_inputs, size_t residual_index) {
+  const ConvSettings s = ConvSettings::load(ctx);
+  // needs_input_grad counts tensor inputs only: an absent bias or residual has no edge.
+  auto needs = [&](size_t arg) {
+    if ((arg == 2 && !s.has_bias) || (arg == residual_index && !s.has_residual)) return false;
+    return ctx->needs_input_grad(arg > 2 && !s.has_bias ? arg - 1 : arg);
+  };
+  const bool input_grad = needs(0);
+  const bool param_grads = needs(1) || needs(2) || needs(3) || needs(4);
+  auto [gx, gw, gb, ggamma, gbeta, gres] = conv_backward_op().call(
+      grad_y, y, x, weight, optional_of(bias), bn_weight, optional_of(conv_out), mean, var, s.stride,
+      s.padding, s.groups, s.eps, s.relu, training, input_grad, param_grads);
+  variable_list out(n_inputs);
+  if (input_grad) out[0] = gx;
+  if (needs(1)) out[1] = gw;
+  if (needs(2)) out[2] = gb;
+  if (needs(3)) out[3] = ggamma;
+  if (needs(4)) out[4] = gbeta;
+  if (needs(residual_index)) out[residual_index] = gres;
+  return out;
+}
+
+struct ConvBnActEval : Function<ConvBnActEval> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const OptTensor& bias, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+                            const at::Tensor& running_mean, const at::Tensor& running_var,
+                            const OptTensor& residual, int64_t stride, int64_t padding, int64_t groups,
+                            double eps, bool relu) {
+    at::Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      y = eval_op().call(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
+                         stride, padding, groups, eps, relu);
+    }
+    ctx->save_for_backward({x, weight, or_undefined(bias), bn_weight, running_mean, running_var, y});
+    ConvSettings{stride, padding, groups, eps, relu, bias.has_value(), residual.has_value()}.save(ctx);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    // x, weight, bias, bn_weight, running_mean, running_var, y
+    return conv_input_grads(ctx, grads[0], saved[6], saved[0], saved[1], saved[2], saved[3],
+                            at::Tensor(), saved[4], saved[5], /*training=*/false, 13, 7);
+  }
+};
+
+struct ConvBnActTrain : Function<ConvBnActTrain> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                               const OptTensor& bias, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+                               const OptTensor& residual, int64_t stride, int64_t padding, int64_t groups,
+                               double eps, bool relu) {
+    at::Tensor y, z, mean, var;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(y, z, mean, var) = train_op().call(x, weight, bias, bn_weight, bn_bias, residual, stride,
+                                                  padding, groups, eps, relu);
+    }
+    ctx->mark_non_differentiable({z, mean, var});
+    ctx->set_materialize_grads(false);  // no zero-filled gradient for z (activation-sized)
+    ctx->save_for_backward({x, weight, or_undefined(bias), bn_weight, y, z, mean, var});
+    ConvSettings{stride, padding, groups, eps, relu, bias.has_value(), residual.has_value()}.save(ctx);
+    return {y, z, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(11);
+    const auto saved = ctx->get_saved_variables();
+    // x, weight, bias, bn_weight, y, z, mean, var
+    return conv_input_grads(ctx, grads[0], saved[4], saved[0], saved[1], saved[2], saved[3],
+                            saved[5], saved[6], saved[7], /*training=*/true, 11, 5);
+  }
+};
+
+at::Tensor conv_bn_act_eval_autograd(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
+                                     const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+                                     const at::Tensor& running_mean, const at::Tensor& running_var,
+                                     const OptTensor& residual, int64_t stride, int64_t padding,
+                                     int64_t groups, double eps, bool relu) {
+  return ConvBnActEval::apply(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
+                              stride, padding, groups, eps, relu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_bn_act_train_autograd(
+    const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias, const at::Tensor& bn_weight,
+    const at::Tensor& bn_bias, const OptTensor& residual, int64_t stride, int64_t padding, int64_t groups,
+    double eps, bool relu) {
+  const auto out = ConvBnActTrain::apply(x, weight, bias, bn_weight, bn_bias, residual, stride, padding,
+                                         groups, eps, relu);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+// ---- squeeze_excite -----------------------------------------------------------------------------
+
+struct SqueezeExcite : Function<SqueezeExcite> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1,
+                            const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+    at::Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      y = se_op().call(x, w1, b1, w2, b2);
+    }
+    ctx->save_for_backward({x, w1, b1, w2, b2});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    auto [gx, gw1, gb1, gw2, gb2] = se_backward_op().call(grads[0], s[0], s[1], s[2], s[3], s[4]);
+    return {gx, gw1, gb1, gw2, gb2};
+  }
+};
+
+at::Tensor squeeze_excite_autograd(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                   const at::Tensor& w2, const at::Tensor& b2) {
+  return SqueezeExcite::apply(x, w1, b1, w2, b2);
+}
+
+// ---- the backward operators: not differentiable again --------------------------------------------
+
+[[noreturn]] void refuse(const char* op) {
+  TORCH_CHECK(false, op, ": double backward (differentiating the backward) is not supported; compute "
+              "second-order terms with the plain-PyTorch modules");
+}
+
+struct ConvBackwardOnce : Function<ConvBackwardOnce> {
+  static variable_list forward(AutogradContext*, const at::Tensor& grad_y, const at::Tensor& y,
+                               const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
+                               const at::Tensor& bn_weight, const OptTensor& conv_out, const at::Tensor& mean,
+                               const at::Tensor& var, int64_t stride, int64_t padding, int64_t groups,
+                               double eps, bool relu, bool training, bool input_grad, bool param_grads) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [a, b, c, d, e, f] = conv_backward_op().call(grad_y, y, x, weight, bias, bn_weight, conv_out, mean,
+                                                      var, stride, padding, groups, eps, relu, training,
+                                                      input_grad, param_grads);
+    return {a, b, c, d, e, f};
+  }
+  static variable_list backward(AutogradContext*, variable_list) { refuse("conv_bn_act"); }
+};
+
+ConvGrads conv_bn_act_backward_autograd(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& x,
+                                        const at::Tensor& weight, const OptTensor& bias,
+                                        const at::Tensor& bn_weight, const OptTensor& conv_out,
+                                        const at::Tensor& mean, const at::Tensor& var, int64_t stride,
+                                        int64_t padding, int64_t groups, double eps, bool relu,
+                                        bool training, bool input_grad, bool param_grads) {
+  const auto g = ConvBackwardOnce::apply(grad_y, y, x, weight, bias, bn_weight, conv_out, mean, var, stride,
+                                         padding, groups, eps, relu, training, input_grad, param_grads);
+  return {g[0], g[1], g[2], g[3], g[4], g[5]};
+}
+
+struct SEBackwardOnce : Function<SEBackwardOnce> {
+  static variable_list forward(AutogradContext*, const at::Tensor& grad_y, const at::Tensor& x,
+                               const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                               const at::Tensor& b2) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [a, b, c, d, e] = se_backward_op().call(grad_y, x, w1, b1, w2, b2);
+    return {a, b, c, d, e};
+  }
+  static variable_list backward(AutogradContext*, variable_list) { refuse("squeeze_excite"); }
+};
+
+SEGrads squeeze_excite_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1,
+                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+  const auto g = SEBackwardOnce::apply(grad_y, x, w1, b1, w2, b2);
+  return {g[0], g[1], g[2], g[3], g[4]};
+}
+
+}  // namespace
+}  // namespace regnet_ext
+
+TORCH_LIBRARY_IMPL(regnet_ext, Autograd, m) {
+  m.impl("conv_bn_act_eval", &regnet_ext::conv_bn_act_eval_autograd);
+  m.impl("conv_bn_act_train", &regnet_ext::conv_bn_act_train_autograd);
+  m.impl("conv_bn_act_backward", &regnet_ext::conv_bn_act_backward_autograd);
+  m.impl("squeeze_excite", &regnet_ext::squeeze_excite_autograd);
+  m.impl("squeeze_excite_backward", &regnet_ext::squeeze_excite_backward_autograd);
+}
