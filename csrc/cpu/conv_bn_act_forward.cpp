@@ -7,9 +7,11 @@
 //    registers and is stored once.
 //  * eval, 1x1 ungrouped conv with REGNET_EXT_CPU_CONV=tiles: a GEMM with the folded weights
 //    through ATen, one block of rows at a time, the epilogue applied while the block is in cache.
-//  * training: pass 1 computes z = conv(x) + b and, in the same epilogue, per-tile moments merged
-//    per chunk with Chan's formula; pass 2 normalises z (+ residual, ReLU) into y. z is kept for
-//    the backward, which needs it for x-hat.
+//  * training: oneDNN computes z = conv(x) + b; pass 1 takes z's moments per block of rows
+//    (mean, then squared deviations), merged per chunk with Chan's formula; pass 2 normalises z
+//    (+ residual, ReLU) into y. With REGNET_EXT_CPU_CONV=tiles our conv tiles (or the blocked
+//    GEMM for 1x1 convs) produce z and the moments come from the same cache-hot tiles. z is kept
+//    for the backward, which needs it for x-hat.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -80,11 +82,15 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   }
   const at::Tensor xc = to_nhwc(x);
   const at::Tensor res = residual.defined() ? to_nhwc(residual) : at::Tensor();
-  at::Tensor y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-  T* yp = y.data_ptr<T>();
   const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
+  // Each schedule allocates y itself (oneDNN returns its own output): an activation-sized
+  // allocation that nobody writes still costs an mmap.
+  at::Tensor y;
+  T* yp = nullptr;
 
   if (use_gemm(g)) {
+    y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+    yp = y.data_ptr<T>();
     const at::Tensor scale_t =
         at::from_blob(scale.data(), {g.out_c, 1}, weight.options().dtype(c10::CppTypeToScalarType<A>::value));
     const at::Tensor folded = (weight.reshape({g.out_c, g.in_c}).to(scale_t.scalar_type()) * scale_t)
@@ -100,8 +106,8 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
         at::Tensor out = y_rows.slice(0, r0, r1);
         at::mm_out(out, rows.slice(0, r0, r1), folded);
         T* block = yp + r0 * g.out_c;
-        passes::normalize_rows(block, block, rp ? rp + r0 * g.out_c : nullptr, ones.data(), shift.data(),
-                      r1 - r0, g.out_c, relu);
+        passes::normalize_rows(block, block, rp ? rp + r0 * g.out_c : nullptr, ones.data(),
+                               shift.data(), r1 - r0, g.out_c, relu);
       }
     });
   } else if (!use_own_conv_tiles(g)) {
@@ -120,11 +126,14 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       std::vector<A> zeros(g.out_c, A(0));
       const int64_t pixels = g.batch * g.out_h * g.out_w;
       at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
-        passes::normalize_rows(yp + p0 * g.out_c, yp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
-                      ones.data(), zeros.data(), p1 - p0, g.out_c, relu);
+        passes::normalize_rows(yp + p0 * g.out_c, yp + p0 * g.out_c,
+                               rp ? rp + p0 * g.out_c : nullptr, ones.data(), zeros.data(), p1 - p0,
+                               g.out_c, relu);
       });
     }
   } else {
+    y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+    yp = y.data_ptr<T>();
     const at::Tensor packed = pack_weight<T>(weight, g, scale.data(), /*transposed=*/false);
     const A* wp = packed.data_ptr<A>();
     const T* xp = xc.data_ptr<T>();
@@ -255,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   T* yp = y.data_ptr<T>();
   at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
     passes::normalize_rows(yp + p0 * g.out_c, zp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
-                  scale.data(), shift.data(), p1 - p0, g.out_c, relu);
+                           scale.data(), shift.data(), p1 - p0, g.out_c, relu);
   });
   return {in_memory_format(y, output_memory_format(x)), z, mean, var};
 }

@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "cuda/element_type_of.h"
 #include "cuda/bn_kernels.h"
 #include "cuda/grouped_conv3x3.h"
 
@@ -31,16 +32,7 @@ using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Ten
 
 constexpr const char* kOp = "conv_bn_act (CUDA)";
 
-ElementType element_type(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ElementType::kFloat32;
-    case at::kHalf: return ElementType::kFloat16;
-    case at::kBFloat16: return ElementType::kBFloat16;
-    default:
-      TORCH_CHECK(false, kOp, ": x must be float32, float16 or bfloat16 on CUDA (float64 runs on the CPU only), got ",
-                  t.scalar_type());
-  }
-}
+ElementType element_type(const at::Tensor& x) { return element_type_of(x, kOp); }
 
 // The output keeps x's memory format; the same rule as the CPU backend and the fake kernel.
 at::MemoryFormat output_memory_format(const at::Tensor& x) {

@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "cuda/element_type_of.h"
 #include "cuda/squeeze_excite_kernels.h"
 
 namespace regnet_ext::cuda {
@@ -21,15 +22,7 @@ namespace {
 
 constexpr const char* kOp = "squeeze_excite (CUDA)";
 
-ElementType element_type(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ElementType::kFloat32;
-    case at::kHalf: return ElementType::kFloat16;
-    case at::kBFloat16: return ElementType::kBFloat16;
-    default:
-      TORCH_CHECK(false, kOp, ": x must be float32, float16 or bfloat16 on CUDA, got ", t.scalar_type());
-  }
-}
+ElementType element_type(const at::Tensor& x) { return element_type_of(x, kOp); }
 
 void check_linear_weight(const at::Tensor& w, const char* name, int64_t rows, int64_t cols, const at::Tensor& x) {
   checks::check_like(kOp, x, "x", w, name);

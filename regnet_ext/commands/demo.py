@@ -108,7 +108,7 @@ def compare_efficientnet(model, fused, x, args, out):
 
     candidates = {"EfficientNet-B0 (stock)": runner(effnet), f"{args.model} (stock)": runner(model),
                   f"{args.model} (fused)": runner(fused)}
-    timed = time_interleaved(candidates, rounds=args.rounds, warmup=1, target_s=0,
+    timed = time_interleaved(candidates, rounds=args.rounds, warmup=3, target_s=0,
                              progress=lambda r: print(f"  round {r + 1}/{args.rounds}", end="\r", flush=True))
     print(" " * 20, end="\r")
     rates = {name: args.batch / t["median_s"] for name, t in timed.items()}
