@@ -10,7 +10,7 @@ of images/s and of the per-round ratios fused/eager and fused/compile. The goals
 (fused inference >= 1.6x eager and >= 1.1x compile; fused training >= 1.3x eager) are reported as
 met or not, never asserted. Writes benchmarks/results/fuse_cpu.json and .png.
 
-    .venv/bin/python benchmarks/bench_fuse.py               # full run (about 10 minutes here)
+    .venv/bin/python benchmarks/bench_fuse.py               # full run (81 s on the 2-core dev machine)
     .venv/bin/python benchmarks/bench_fuse.py --quick       # one small config, no compile: pipeline check
 """
 import argparse
@@ -202,7 +202,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--quick", action="store_true",
                         help="RegNetX-400MF, batch 4 x 64, no torch.compile, 2 rounds: checks the pipeline")
-    parser.add_argument("--out", type=Path, default=RESULTS / "fuse_cpu.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default results/fuse_cpu.json; --quick: results/fuse_cpu_quick.json)")
     args = parser.parse_args(argv)
     for name in ("rounds", "reps", "warmup"):
         if getattr(args, name) < 1:
@@ -212,6 +213,8 @@ def main(argv=None):
     if args.quick:
         models, shapes, variants = ("RegNetX-400MF",), ((4, 64),), ("eager", "fused")
         args.rounds, args.reps, args.warmup = 2, 1, 1
+    if args.out is None:  # a quick pipeline check must not overwrite the committed results
+        args.out = RESULTS / ("fuse_cpu_quick.json" if args.quick else "fuse_cpu.json")
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     cases = build_cases(models, shapes, variants)

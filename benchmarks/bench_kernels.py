@@ -6,15 +6,17 @@ for their squeeze-excite shapes, at each batch size, it times in one run, interl
 
   ours     regnet_ext.ops.conv_bn_act / squeeze_excite
   eager    the same layers as nn modules (conv2d + batch_norm + relu [+ residual]; the SE module),
-           channels_last
+           in each --stock-layouts layout: channels_last (nhwc, default) and/or NCHW (nchw)
   compile  torch.compile (inductor) of the eager module; eval with freezing (BN folded)
 
-in eval mode (no_grad forward) and training mode (forward + backward). It prints a table, and
-writes <out>.json and <out>.png (default benchmarks/results/kernels_cpu).
+in eval mode (no_grad forward) and training mode (forward + backward), on the CPU or a CUDA GPU
+(--device), in each of --dtypes. Ours always runs channels_last, its fast layout. It prints a
+table, and writes <out>.json and <out>.png (default benchmarks/results/kernels_<device>, see --out).
 
     .venv/bin/python benchmarks/bench_kernels.py               # full run (long: compiles each shape)
     .venv/bin/python benchmarks/bench_kernels.py --quick       # 4 shapes: ~1 minute (seconds with --no-compile)
     .venv/bin/python benchmarks/bench_kernels.py --ops squeeze_excite --batch 8 --no-compile
+    .venv/bin/python benchmarks/bench_kernels.py --device cuda --dtypes float32 bfloat16 --stock-layouts nhwc nchw
 """
 import argparse
 import statistics
@@ -31,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (format_table, machine_record, time_interleaved, write_json,  # noqa: E402
+from common import (DEVICES, DTYPES, check_dtypes, checked_device, device_record,  # noqa: E402
+                    format_table, hardware_name, machine_record, time_interleaved_on, write_json,
                     write_ratio_png)
 
 DEFAULT_MODELS = ("RegNetX-400MF", "RegNetY-400MF", "RegNetY-4.0GF")
@@ -39,6 +42,8 @@ OPS = ("conv_bn_act", "squeeze_excite")
 MODES = ("eval", "train")
 RESOLUTION = 224
 STEM_WIDTH, STEM_STRIDE = 32, 2
+STOCK_LAYOUTS = {"nhwc": torch.channels_last, "nchw": torch.contiguous_format}
+DEFAULT_DTYPE, DEFAULT_LAYOUT = "float32", "nhwc"
 
 
 # ---- shapes, from the generator ----------------------------------------------------------
@@ -115,6 +120,38 @@ def block_shapes(spec, batch, resolution=RESOLUTION):
         size = out_size
 
 
+@dataclass(frozen=True)
+class Case:
+    """Where and how a shape runs: device, dtype (names as in --dtypes), stock baseline layout."""
+    device: torch.device
+    dtype: str
+    stock_layout: str
+
+    @property
+    def torch_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def memory_format(self):
+        return STOCK_LAYOUTS[self.stock_layout]
+
+    @property
+    def tags(self):
+        return case_tags(self.dtype, self.stock_layout)
+
+
+def case_tags(dtype, stock_layout):
+    """The settings that differ from the default run: they suffix row labels and summary keys, so
+    a default float32 / nhwc run keeps the labels and keys of earlier results. The device is not a
+    tag: a run has one, recorded in its machine record."""
+    return [tag for tag, default in ((dtype, DEFAULT_DTYPE), (stock_layout, DEFAULT_LAYOUT)) if tag != default]
+
+
+def row_case(row):
+    """(dtype, stock layout) of a row; rows from before these options are float32 / nhwc."""
+    return row.get("dtype", DEFAULT_DTYPE), row.get("stock_layout", DEFAULT_LAYOUT)
+
+
 def distinct_shapes(model_names, batches, ops):
     seen, shapes = set(), []
     for batch in batches:
@@ -151,83 +188,108 @@ def _randomise_bn(bn):
         bn.running_var.uniform_(0.5, 2.0)
 
 
-def _channels_last(t, requires_grad=False):
-    return t.contiguous(memory_format=torch.channels_last).requires_grad_(requires_grad)
+def _random(shape, case, requires_grad=False):
+    """A stock-layout input on the case's device and dtype, drawn on the CPU in float32 so that
+    every device and dtype sees the same values."""
+    t = torch.randn(*shape).to(device=case.device, dtype=case.torch_dtype)
+    return t.contiguous(memory_format=case.memory_format).requires_grad_(requires_grad)
 
 
-def conv_candidates(s: ConvShape, mode, use_compile):
-    """name -> zero-argument callable for one conv shape and mode."""
+def _ours(t):
+    """Our operators run channels_last whatever the stock layout: t itself when it already is
+    (nhwc rows share every tensor with the baselines), else a channels_last copy."""
+    if t is None or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(t.requires_grad)
+
+
+def _stock_module(module, mode, case):
+    return module.to(device=case.device, dtype=case.torch_dtype,
+                     memory_format=case.memory_format).train(mode == "train")
+
+
+def conv_candidates(s: ConvShape, mode, case, use_compile):
+    """name -> zero-argument callable for one conv shape, mode and case."""
     from regnet_ext.ops import conv_bn_act
 
     train = mode == "train"
-    module = ConvBNAct(s).to(memory_format=torch.channels_last)
+    module = ConvBNAct(s)
     _randomise_bn(module.bn)
-    module.train(train)
+    module = _stock_module(module, mode, case)
     out_size = (s.size + s.stride - 1) // s.stride
-    x = _channels_last(torch.randn(s.batch, s.c_in, s.size, s.size), train and s.c_in != 3)
-    residual = _channels_last(torch.randn(s.batch, s.c_out, out_size, out_size), train) if s.residual else None
-    grad = _channels_last(torch.randn(s.batch, s.c_out, out_size, out_size))
+    x = _random((s.batch, s.c_in, s.size, s.size), case, train and s.c_in != 3)
+    residual = _random((s.batch, s.c_out, out_size, out_size), case, train) if s.residual else None
+    grad = _random((s.batch, s.c_out, out_size, out_size), case)
     bn = module.bn
     # Our operator gets its own copy of the running statistics (training updates them in place).
     stats = [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+    our_x, our_residual, our_weight = _ours(x), _ours(residual), _ours(module.conv.weight)
 
     def ours():
-        return conv_bn_act(x, module.conv.weight, bn.weight, bn.bias, stats[0], stats[1],
+        return conv_bn_act(our_x, our_weight, bn.weight, bn.bias, stats[0], stats[1],
                            stride=s.stride, groups=s.groups, training=train,
-                           num_batches_tracked=stats[2], relu=s.relu, residual=residual)
+                           num_batches_tracked=stats[2], relu=s.relu, residual=our_residual)
 
     candidates = {"ours": ours, "eager": lambda: module(x, residual)}
     if use_compile:
         compiled = torch.compile(module)
         candidates["compile"] = lambda: compiled(x, residual)
-    return _with_mode(candidates, train, grad)
+    return _with_mode(candidates, train, grad, _ours(grad))
 
 
-def se_candidates(s: SEShape, mode, use_compile):
+def se_candidates(s: SEShape, mode, case, use_compile):
     from regnet_ext.models.layers import SqueezeExcite
     from regnet_ext.ops import squeeze_excite
 
     train = mode == "train"
-    module = SqueezeExcite(s.channels, s.hidden).to(memory_format=torch.channels_last).train(train)
-    x = _channels_last(torch.randn(s.batch, s.channels, s.size, s.size), train)
-    grad = _channels_last(torch.randn(s.batch, s.channels, s.size, s.size))
+    module = _stock_module(SqueezeExcite(s.channels, s.hidden), mode, case)
+    x = _random((s.batch, s.channels, s.size, s.size), case, train)
+    grad = _random((s.batch, s.channels, s.size, s.size), case)
     r, e = module.reduce, module.expand
-    candidates = {"ours": lambda: squeeze_excite(x, r.weight, r.bias, e.weight, e.bias),
+    our_x = _ours(x)
+    candidates = {"ours": lambda: squeeze_excite(our_x, r.weight, r.bias, e.weight, e.bias),
                   "eager": lambda: module(x)}
     if use_compile:
         compiled = torch.compile(module)
         candidates["compile"] = lambda: compiled(x)
-    return _with_mode(candidates, train, grad)
+    return _with_mode(candidates, train, grad, _ours(grad))
 
 
-def _with_mode(candidates, train, grad):
-    """eval: no_grad forward; train: forward + backward with a fixed output gradient."""
-    def wrap(fn):
+def _with_mode(candidates, train, grad, our_grad):
+    """eval: no_grad forward; train: forward + backward with a fixed output gradient (ours gets
+    it in its own layout, as it gets its inputs)."""
+    def wrap(name, fn):
         if train:
-            return lambda: fn().backward(grad)
+            g = our_grad if name == "ours" else grad
+            return lambda: fn().backward(g)
 
         def infer():
             with torch.no_grad():
                 return fn()
         return infer
-    return {name: wrap(fn) for name, fn in candidates.items()}
+    return {name: wrap(name, fn) for name, fn in candidates.items()}
 
 
 # ---- running --------------------------------------------------------------------------------
 
-def run_case(shape, mode, args):
+def run_case(shape, mode, case, args):
     """One row: medians per candidate and the ratios, or the error that stopped it."""
     op = "conv_bn_act" if isinstance(shape, ConvShape) else "squeeze_excite"
-    row = {"op": op, "mode": mode, "label": shape.label, "shape": asdict(shape)}
+    row = {"op": op, "mode": mode, "label": " ".join([shape.label] + case.tags),
+           "device": case.device.type, "dtype": case.dtype, "stock_layout": case.stock_layout,
+           "shape": asdict(shape)}
     torch.manual_seed(0)
     try:
         build = conv_candidates if op == "conv_bn_act" else se_candidates
-        candidates = build(shape, mode, op in args.compile_ops)
+        candidates = build(shape, mode, case, op in args.compile_ops)
         start = time.perf_counter()
         for fn in candidates.values():  # first calls compile; keep them out of the timing
             fn()
+        if case.device.type == "cuda":
+            torch.cuda.synchronize(case.device)
         row["setup_s"] = round(time.perf_counter() - start, 2)
-        timings = time_interleaved(candidates, rounds=args.rounds, warmup=2, target_s=args.sample_s)
+        timings = time_interleaved_on(case.device, candidates, rounds=args.rounds, warmup=2,
+                                      target_s=args.sample_s)
     except Exception as exc:  # one op's failure must not stop the others' rows
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return row
@@ -238,28 +300,41 @@ def run_case(shape, mode, args):
     return row
 
 
-def summarise(rows):
-    """The issue's goals, as measured ratios (medians over the relevant rows)."""
-    ok = [r for r in rows if "speedup" in r]
+def _ratio_stats(rows, select, key):
+    values = [r["speedup"][key] for r in rows if select(r) and key in r["speedup"]]
+    if not values:
+        return None
+    return {"rows": len(values), "min": min(values), "median": statistics.median(values),
+            "max": max(values)}
 
-    def ratios(select, key):
-        values = [r["speedup"][key] for r in ok if select(r) and key in r["speedup"]]
-        if not values:
-            return None
-        return {"rows": len(values), "min": min(values), "median": statistics.median(values),
-                "max": max(values)}
 
-    def grouped_3x3(r):
-        sh = r["shape"]
-        return (r["op"] == "conv_bn_act" and r["mode"] == "eval" and sh["kernel"] == 3
-                and sh["c_in"] != 3 and sh["c_in"] // sh["groups"] <= 64)
+def _grouped_3x3_eval(r):
+    sh = r["shape"]
+    return (r["op"] == "conv_bn_act" and r["mode"] == "eval" and sh["kernel"] == 3
+            and sh["c_in"] != 3 and sh["c_in"] // sh["groups"] <= 64)
 
+
+def summarise_case(rows, suffix=""):
+    """The issue's goals for the rows of one (dtype, stock layout), as measured ratios (medians
+    over the relevant rows); `suffix` ends every key ("" for float32 against nhwc)."""
     summary = {}
     for key in ("vs_eager", "vs_compile"):
-        summary[f"grouped3x3_eval_gw<=64_{key}"] = ratios(grouped_3x3, key)
+        summary[f"grouped3x3_eval_gw<=64_{key}{suffix}"] = _ratio_stats(rows, _grouped_3x3_eval, key)
         for op in OPS:
             for mode in MODES:
-                summary[f"{op}_{mode}_{key}"] = ratios(lambda r: r["op"] == op and r["mode"] == mode, key)
+                summary[f"{op}_{mode}_{key}{suffix}"] = _ratio_stats(
+                    rows, lambda r: r["op"] == op and r["mode"] == mode, key)
+    return summary
+
+
+def summarise(rows):
+    """summarise_case for every (dtype, stock layout) in the run (rows from before these options
+    count as float32 / nhwc), then the rows slower than eager and the error count."""
+    ok = [r for r in rows if "speedup" in r]
+    summary = {}
+    for case in dict.fromkeys(row_case(r) for r in rows):
+        suffix = "".join(f"_{tag}" for tag in case_tags(*case))
+        summary.update(summarise_case([r for r in ok if row_case(r) == case], suffix))
     summary["slower_than_eager"] = [f"{r['op']} {r['mode']} {r['label']}" for r in ok
                                     if r["speedup"].get("vs_eager", 1.0) < 1.0]
     summary["errors"] = len(rows) - len(ok)
@@ -292,7 +367,8 @@ def plot(doc, path):
                 series["vs torch.compile"] = [r["speedup"].get("vs_compile") for r in rows]
             panels[f"{op}, {mode}"] = {"labels": [r["label"] for r in rows], "series": series}
     m = doc["machine"]
-    return write_ratio_png(path, panels, title=f"regnet_ext kernels on {m['cpu']} ({m['threads']} threads, "
+    setting = f"{m['threads']} threads" if m.get("device", "cpu") == "cpu" else "CUDA"
+    return write_ratio_png(path, panels, title=f"regnet_ext kernels on {hardware_name(m)} ({setting}, "
                                                f"torch {m['torch']}): time(baseline) / time(ours)")
 
 
@@ -305,6 +381,14 @@ def parse_args(argv):
     p.add_argument("--batch", nargs="+", type=int, default=None, help="batch sizes (default 1 8)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--models", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_MODELS)}")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where everything runs (default cpu; cuda needs a GPU)")
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=[DEFAULT_DTYPE],
+                   help="one row per shape, mode and dtype (default float32; float16 only with --device cuda)")
+    p.add_argument("--stock-layouts", nargs="+", choices=list(STOCK_LAYOUTS), default=[DEFAULT_LAYOUT],
+                   help="memory layouts of the eager / compile baselines, one row each: nhwc "
+                        "(channels_last, default) and/or nchw (PyTorch's default layout); ours "
+                        "always runs channels_last")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--compile-ops", nargs="+", choices=OPS, default=None,
                    help="ops that get the torch.compile baseline (default: all of --ops; compiling "
@@ -313,15 +397,33 @@ def parse_args(argv):
     p.add_argument("--sample-s", type=float, default=None,
                    help="seconds per timing sample (default 0.005, quick 0.001)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kernels_cpu"),
-                   help="output path without extension: writes .json and .png")
+    p.add_argument("--out", default=None,
+                   help="output path without extension: writes .json and .png (default "
+                        "benchmarks/results/kernels_<device>[_<dtypes>][_<layouts>][_quick])")
     args = p.parse_args(argv)
+    args.device = checked_device(p, args.device)
+    check_dtypes(p, "--dtypes", args.dtypes, args.device)
+    args.dtypes = list(dict.fromkeys(args.dtypes))
+    args.stock_layouts = list(dict.fromkeys(args.stock_layouts))
+    args.out = args.out or str(default_out(args.device, args.dtypes, args.stock_layouts, args.quick))
     args.batch = args.batch or ([1] if args.quick else [1, 8])
     args.compile_ops = [] if args.no_compile else (args.compile_ops or list(args.ops))
     args.models = args.models or (["RegNetY-400MF"] if args.quick else list(DEFAULT_MODELS))
     args.rounds = args.rounds or (3 if args.quick else 15)
     args.sample_s = args.sample_s or (0.001 if args.quick else 0.005)
     return args
+
+
+def default_out(device, dtypes, stock_layouts, quick):
+    """results/kernels_<device>, with the dtypes and layouts appended when they are not the
+    default and _quick for --quick, so that other settings never overwrite the committed full
+    float32 / nhwc results."""
+    name = f"kernels_{device.type}"
+    if dtypes != [DEFAULT_DTYPE]:
+        name += "_" + "_".join(dtypes)
+    if stock_layouts != [DEFAULT_LAYOUT]:
+        name += "_" + "_".join(stock_layouts)
+    return ROOT / "benchmarks" / "results" / (name + ("_quick" if quick else ""))
 
 
 def quick_subset(shapes):
@@ -349,18 +451,24 @@ def main(argv=None):
     shapes = distinct_shapes(args.models, args.batch, args.ops)
     if args.quick:
         shapes = quick_subset(shapes)
-    rows, total = [], len(shapes) * len(args.modes)
+    cases = [Case(args.device, dtype, layout) for dtype in args.dtypes for layout in args.stock_layouts]
+    rows, total = [], len(shapes) * len(cases) * len(args.modes)
     for shape in shapes:
-        for mode in args.modes:
-            row = run_case(shape, mode, args)
-            rows.append(row)
-            status = row.get("error") or "  ".join(f"{k} {v:.2f}x" for k, v in row["speedup"].items())
-            print(f"[{len(rows)}/{total}] {row['op']} {mode} {shape.label}: {status}", flush=True)
+        for case in cases:
+            for mode in args.modes:
+                row = run_case(shape, mode, case, args)
+                rows.append(row)
+                status = row.get("error") or "  ".join(f"{k} {v:.2f}x" for k, v in row["speedup"].items())
+                print(f"[{len(rows)}/{total}] {row['op']} {mode} {row['label']}: {status}", flush=True)
     doc = {"benchmark": "kernels", "quick": args.quick, "models": args.models, "batches": args.batch,
            "modes": args.modes, "ops": args.ops, "compile": args.compile_ops,
-           "resolution": RESOLUTION, "rounds": args.rounds,
-           "machine": machine_record(), "rows": rows, "summary": summarise(rows)}
+           "resolution": RESOLUTION, "rounds": args.rounds, "device": args.device.type,
+           "dtypes": args.dtypes, "stock_layouts": args.stock_layouts,
+           "machine": machine_record(**device_record(args.device)), "rows": rows,
+           "summary": summarise(rows)}
     print()
+    print(f"on {args.device.type} ({hardware_name(doc['machine'])}); ours runs channels_last, the "
+          f"baselines too unless the label says nchw")
     print_rows(rows)
     print()
     for key, value in doc["summary"].items():

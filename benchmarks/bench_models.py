@@ -10,8 +10,16 @@ when available) and torch.compile (inductor; freezing for inference). Rounds are
 per-round ratios to the group's EfficientNet. Writes JSON + PNG (images/s against activations and
 against flops) to benchmarks/results/.
 
+--device cuda runs everything on the GPU (each timed call ends with torch.cuda.synchronize; peak
+memory from torch.cuda.max_memory_allocated). --dtype bfloat16 (or float16, CUDA only) converts
+every model and input with .to(dtype) - parameters, buffers and optimizer state included - rather
+than running under autocast: every variant then gets the same tensors (autocast would cast only
+the ops on its list, so stock, fused and compiled models would see different dtypes), and the
+training step is a pure low-precision step, not a mixed-precision recipe with float32 weights.
+
     .venv/bin/python benchmarks/bench_models.py            # full run: models_cpu.json/.png
     .venv/bin/python benchmarks/bench_models.py --quick    # < 1 minute: RegNetY-400MF vs B0
+    .venv/bin/python benchmarks/bench_models.py --device cuda --dtype bfloat16
 """
 import argparse
 import os
@@ -27,7 +35,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import machine_record, time_interleaved, write_json  # noqa: E402
+from common import (DEVICES, DTYPES, check_dtypes, checked_device, device_record,  # noqa: E402
+                    hardware_name, machine_record, synchronised, time_interleaved, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EFFICIENTNET_RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456}
@@ -99,12 +108,13 @@ class Runner:
     """One model variant: its inference and (optionally) training steps on fixed random inputs."""
 
     def __init__(self, label, family, variant, infer_model, train_model, resolution, batch,
-                 num_classes=1000):
+                 device, dtype, num_classes=1000):
         self.label, self.family, self.variant = label, family, variant
         self.resolution, self.batch = resolution, batch
         cl = torch.channels_last
-        self.x = torch.randn(batch, 3, resolution, resolution).contiguous(memory_format=cl)
-        self.target = torch.randint(0, num_classes, (batch,))
+        x = torch.randn(batch, 3, resolution, resolution)  # drawn on the CPU: same on every device
+        self.x = x.to(device=device, dtype=dtype).contiguous(memory_format=cl)
+        self.target = torch.randint(0, num_classes, (batch,)).to(device)
         self.infer_model, self.train_model = infer_model, train_model
         # One module may serve both: its mode is then set on every call (cheap next to a pass).
         self.shared = infer_model is train_model
@@ -134,10 +144,13 @@ class Runner:
         return loss
 
 
-def peak_memory_bytes(fn):
-    """Peak of memory allocated during ``fn`` above what was allocated before it (CPU: running
-    sum of every operator's own allocations and frees from torch.profiler, in start order; an
-    allocation freed inside the same operator is not seen)."""
+def peak_memory_bytes(fn, device=torch.device("cpu")):
+    """Peak of memory allocated during ``fn`` above what was allocated before it. CPU: running
+    sum of every operator's own allocations and frees from torch.profiler, in start order (an
+    allocation freed inside the same operator is not seen). CUDA: the caching allocator's peak,
+    which sees every allocation, torch.compile's included."""
+    if device.type == "cuda":
+        return cuda_peak_memory_bytes(fn, device)
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
@@ -147,6 +160,15 @@ def peak_memory_bytes(fn):
         current += e.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
+
+
+def cuda_peak_memory_bytes(fn, device):
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -175,34 +197,33 @@ def plan(args):
 def build_runners(members, args, train, log):
     """Runners for every member and variant; ``train``: whether training is measured."""
     runners, info = [], {}
-    cl = torch.channels_last
+    dtype = DTYPES[args.dtype]
+    place = dict(device=args.device, dtype=dtype, memory_format=torch.channels_last)
     for label, family, arg, resolution in members:
+        inputs = dict(resolution=resolution, batch=args.batch, device=args.device, dtype=dtype)
         t0 = time.perf_counter()
         stock = build_regnet(arg) if family == "regnet" else build_efficientnet(arg)
         macs, acts = count_complexity(stock, resolution)
         params = sum(p.numel() for p in stock.parameters())
         info[label] = dict(family=family, resolution=resolution, macs=macs, acts=acts,
                            params=params, variants={})
-        stock = stock.to(memory_format=cl)
-        runners.append(Runner(label, family, "stock", stock, stock if train else None,
-                              resolution, args.batch))
+        stock = stock.to(**place)
+        runners.append(Runner(label, family, "stock", stock, stock if train else None, **inputs))
         info[label]["variants"]["stock"] = dict(available=True)
         if family == "regnet" and "fused" in args.variants:
             infer_fused, why = fuse_or_reason(build_regnet(arg).eval())
             info[label]["variants"]["fused"] = dict(available=why is None, reason=why)
             if why is None:
                 train_fused = fuse_or_reason(build_regnet(arg).train())[0] if train else None
-                runners.append(Runner(label, family, "fused", infer_fused.to(memory_format=cl),
-                                      train_fused.to(memory_format=cl) if train else None,
-                                      resolution, args.batch))
+                runners.append(Runner(label, family, "fused", infer_fused.to(**place),
+                                      train_fused.to(**place) if train else None, **inputs))
         if (family == "regnet" and "compile" in args.variants
                 and (args.compile_models is None or label in args.compile_models)):
             import torch._inductor.config as inductor_config
             inductor_config.freezing = True  # inference: fold BN and constants into the convs
-            infer_c = torch.compile(build_regnet(arg).eval().to(memory_format=cl))
-            train_c = torch.compile(build_regnet(arg).train().to(memory_format=cl)) if train else None
-            runners.append(Runner(label, family, "compile", infer_c, train_c, resolution,
-                                  args.batch))
+            infer_c = torch.compile(build_regnet(arg).eval().to(**place))
+            train_c = torch.compile(build_regnet(arg).train().to(**place)) if train else None
+            runners.append(Runner(label, family, "compile", infer_c, train_c, **inputs))
             info[label]["variants"]["compile"] = dict(available=True)
         log(f"  built {label} ({time.perf_counter() - t0:.1f}s)")
     return runners, info
@@ -211,25 +232,27 @@ def build_runners(members, args, train, log):
 def run_group(index, label, members, args, log):
     train = args.train_groups is None or index in args.train_groups
     runners, info = build_runners(members, args, train, log)
+    device = args.device
     for r in runners:  # warm-up: first calls compile, pick kernels and fill caches
         t0 = time.perf_counter()
-        r.infer()
+        synchronised(r.infer, device)()
         if r.trains:
-            r.train_step()
+            synchronised(r.train_step, device)()
         rec = info[r.label]["variants"][r.variant]
         if r.variant == "compile":
             rec["warmup_s"] = time.perf_counter() - t0
-        if r.variant == "compile":  # inductor's own allocations are invisible to the profiler
+        if r.variant == "compile" and device.type == "cpu":  # invisible to torch.profiler
             rec["peak_memory"] = "not measured: compiled code allocates outside torch.profiler"
             continue
-        rec["peak_infer_bytes"] = peak_memory_bytes(r.infer)
+        rec["peak_infer_bytes"] = peak_memory_bytes(r.infer, device)
         if r.trains:
-            rec["peak_train_bytes"] = peak_memory_bytes(r.train_step)
+            rec["peak_train_bytes"] = peak_memory_bytes(r.train_step, device)
     # Interleaved rounds (common.time_interleaved rotates the order), inference then training;
-    # target_s=0 makes each sample one call: a model step is long enough to time alone.
+    # target_s=0 makes each sample one call: a model step is long enough to time alone (on a GPU
+    # each call ends with a synchronize, so the sample holds the step's GPU work).
     for kind, attr in (("infer", "infer_times"), ("train", "train_times")):
-        fns = {i: (r.infer if kind == "infer" else r.train_step) for i, r in enumerate(runners)
-               if kind == "infer" or r.trains}
+        fns = {i: synchronised(r.infer if kind == "infer" else r.train_step, device)
+               for i, r in enumerate(runners) if kind == "infer" or r.trains}
         if not fns:
             continue
         timed = time_interleaved(fns, rounds=args.rounds, warmup=0, target_s=0)
@@ -304,14 +327,22 @@ def plot(doc, path):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"inference images/s (batch {doc['batch']})")
+        ax.set_ylabel(f"inference images/s (batch {doc['batch']}, {doc.get('dtype', 'float32')})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"RegNet vs EfficientNet on {doc['machine']['cpu']} "
-                 f"({doc['machine']['threads']} threads){' - quick' if doc['quick'] else ''}")
+    m = doc["machine"]
+    setting = f"{m['threads']} threads" if m.get("device", "cpu") == "cpu" else "CUDA"
+    fig.suptitle(f"RegNet vs EfficientNet on {hardware_name(m)} "
+                 f"({setting}){' - quick' if doc['quick'] else ''}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def default_out(device, dtype, quick):
+    """results/models_<device>[_<dtype>][_quick]: other settings never overwrite models_cpu."""
+    name = f"models_{device.type}" + ("" if dtype == "float32" else f"_{dtype}")
+    return RESULTS / (name + ("_quick" if quick else ""))
 
 
 def main(argv=None):
@@ -336,12 +367,19 @@ def main(argv=None):
     parser.add_argument("--compile-models", nargs="*", default=None,
                         help="RegNets to torch.compile (default: all in the run); compiling "
                              "takes minutes per model on a small CPU")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where the models run (default cpu; cuda needs a GPU)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                        help="models and inputs converted with .to(dtype) (default float32; "
+                             "float16 only with --device cuda)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: torch's); on a shared, loaded machine "
                              "1 thread avoids OpenMP oversubscription")
-    parser.add_argument("--out", default=None, help="output stem (default results/models_cpu"
-                                                    "[_quick]); writes .json and .png")
+    parser.add_argument("--out", default=None, help="output stem (default results/models_<device>"
+                                                    "[_<dtype>][_quick]); writes .json and .png")
     args = parser.parse_args(argv)
+    args.device = checked_device(parser, args.device)
+    check_dtypes(parser, "--dtype", [args.dtype], args.device)
     quick = args.quick
     args.batch = args.batch or (2 if quick else 8)
     args.rounds = args.rounds or (2 if quick else 3)
@@ -353,7 +391,7 @@ def main(argv=None):
             parser.error(f"--{name} must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else RESULTS / ("models_cpu_quick" if quick else "models_cpu")
+    out = Path(args.out) if args.out else default_out(args.device, args.dtype, quick)
     groups = plan(args)
     if args.groups is not None:
         bad = [i for i in args.groups if not 0 <= i < len(GROUPS)]
@@ -367,9 +405,12 @@ def main(argv=None):
     torch.manual_seed(0)
     t_start = time.perf_counter()
     doc = dict(benchmark="bench_models", quick=quick, batch=args.batch, rounds=args.rounds,
-               variants=args.variants, families=args.families,
-               compile_models=args.compile_models, train_groups=args.train_groups,
-               machine=machine_record(load_average_start=os.getloadavg()), groups=[])
+               device=args.device.type, dtype=args.dtype, variants=args.variants,
+               families=args.families, compile_models=args.compile_models,
+               train_groups=args.train_groups,
+               machine=machine_record(load_average_start=os.getloadavg(),
+                                      **device_record(args.device)), groups=[])
+    print(f"on {args.device.type} ({hardware_name(doc['machine'])}), {args.dtype}, batch {args.batch}")
     for index, label, members in groups:
         log(f"group {label}")
         group = run_group(index, label, members, args, log)

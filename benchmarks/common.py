@@ -1,5 +1,6 @@
-"""Pieces every benchmark script shares: interleaved A/B(/C) timing with medians, a record of the
-machine and versions, and the JSON / PNG / table writers.
+"""Pieces every benchmark script shares: interleaved A/B(/C) timing with medians (on the CPU or a
+CUDA GPU), the --device / dtype checks, a record of the machine and versions, and the JSON / PNG /
+table writers.
 
 Timing rule (DESIGN.md §6): candidates are timed in the same run, interleaved round by round (the
 order rotates every round so none always runs first), and each is summarised by the median of its
@@ -15,6 +16,68 @@ import torch
 
 from regnet_ext.profiling.timing import calls_per_sample, time_interleaved  # noqa: F401  (shared)
 
+DEVICES = ("cpu", "cuda")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---- device and dtype options ---------------------------------------------------------------
+
+def checked_device(parser, name):
+    """torch.device for --device; asking for CUDA without one is a usage error (exit 2, one line
+    on stderr), not a traceback from the first tensor moved to the GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False; "
+                     f"torch {torch.__version__}, built with CUDA {torch.version.cuda or 'none'})")
+    return torch.device(name)
+
+
+def check_dtypes(parser, option, names, device):
+    """float16 only on CUDA: oneDNN's CPU convolutions have no float16 path without AVX512-FP16."""
+    if "float16" in names and device.type != "cuda":
+        parser.error(f"{option} float16 needs --device cuda (the CPU convolutions have no float16 "
+                     f"path on most CPUs); use bfloat16 on the CPU")
+
+
+# ---- timing on a device ---------------------------------------------------------------------
+
+def synchronised(fn, device):
+    """fn itself on the CPU; on a GPU, fn followed by a synchronisation, so that a call's time
+    includes the kernels it queued and the next call starts on an idle device."""
+    if device.type != "cuda":
+        return fn
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return call
+
+
+def _repeated(fn, calls):
+    def sample():
+        for _ in range(calls):
+            fn()
+    return sample
+
+
+def time_interleaved_on(device, candidates, *, rounds, warmup, target_s):
+    """time_interleaved on `device`, same result format. CPU: time_interleaved itself. CUDA: one
+    sample is `calls` back-to-back calls then one synchronize (launches overlap the GPU's work as
+    in a real network, and the sample ends only when that work is done); per-call time = sample
+    time / calls."""
+    if device.type != "cuda":
+        return time_interleaved(candidates, rounds=rounds, warmup=warmup, target_s=target_s)
+    for _ in range(warmup):
+        for fn in candidates.values():
+            synchronised(fn, device)()
+    calls = {name: calls_per_sample(synchronised(fn, device), target_s) for name, fn in candidates.items()}
+    samples = {name: synchronised(_repeated(fn, calls[name]), device) for name, fn in candidates.items()}
+    # target_s=0: time_interleaved then times one call of each sample function per round.
+    timed = time_interleaved(samples, rounds=rounds, warmup=0, target_s=0)
+    return {name: {"median_s": t["median_s"] / calls[name], "min_s": t["min_s"] / calls[name],
+                   "rounds_s": [s / calls[name] for s in t["rounds_s"]], "calls": calls[name]}
+            for name, t in timed.items()}
+
 
 def cpu_model():
     try:
@@ -26,8 +89,24 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def device_record(device):
+    """What a result's device was: {"device": "cpu"}, or on CUDA also the GPU's name, compute
+    capability and the CUDA version torch was built with."""
+    if device.type != "cuda":
+        return {"device": "cpu"}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"device": "cuda", "gpu": torch.cuda.get_device_name(device),
+            "gpu_capability": f"{major}.{minor}", "cuda": torch.version.cuda}
+
+
+def hardware_name(machine):
+    """The GPU's name for a CUDA result, else the CPU's (plot titles)."""
+    return machine.get("gpu") or machine["cpu"]
+
+
 def machine_record(**extra):
-    """CPU, thread count, library versions and date: stored with every result."""
+    """CPU, thread count, library versions and date: stored with every result (pass
+    **device_record(device) to record the device too)."""
     record = {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),

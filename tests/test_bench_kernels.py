@@ -1,5 +1,6 @@
 """benchmarks/bench_kernels.py --quick: the structure of its output (not its speed)."""
 import json
+import time
 
 import pytest
 import torch
@@ -46,5 +47,120 @@ def test_quick_run_structure(tmp_path):
         assert len(row["rounds_ms"]["ours"]) == doc["rounds"]
     se_rows = [r for r in doc["rows"] if r["op"] == "squeeze_excite"]
     assert se_rows and all("error" not in r for r in se_rows)
-    assert "squeeze_excite_eval_vs_eager" in doc["summary"]
+    assert all((r["device"], r["dtype"], r["stock_layout"]) == ("cpu", "float32", "nhwc") for r in doc["rows"])
+    # The default run keeps the summary keys of the committed results (README quotes them).
+    assert list(doc["summary"]) == [
+        f"{what}_{baseline}" for baseline in ("vs_eager", "vs_compile")
+        for what in ("grouped3x3_eval_gw<=64", "conv_bn_act_eval", "conv_bn_act_train",
+                     "squeeze_excite_eval", "squeeze_excite_train")] + ["slower_than_eager", "errors"]
+    assert doc["summary"]["squeeze_excite_eval_vs_eager"]["rows"] == 1
     assert (tmp_path / "k.png").stat().st_size > 0
+
+
+def _run_main(bench, argv):
+    threads = torch.get_num_threads()
+    try:  # one thread and no compile: quick and steady on a shared machine
+        return bench.main(argv + ["--quick", "--no-compile", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cuda_without_a_gpu_is_a_usage_error_not_a_traceback(tmp_path):
+    done = benchmark_scripts.run("bench_kernels", "--device", "cuda", "--quick", "--no-compile",
+                                 "--out", tmp_path / "k", hide_gpus=True)
+    assert done.returncode == 2
+    assert "--device cuda: no CUDA GPU is available" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "k.json").exists()
+
+
+def test_float16_on_the_cpu_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _bench().parse_args(["--dtypes", "float32", "float16"])
+    assert exit_info.value.code == 2
+    assert "--dtypes float16 needs --device cuda" in capsys.readouterr().err
+
+
+def test_default_out_never_names_the_committed_results_for_other_settings():
+    bench = _bench()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert bench.default_out(cpu, ["float32"], ["nhwc"], quick=False).name == "kernels_cpu"
+    assert bench.default_out(cpu, ["float32"], ["nhwc"], quick=True).name == "kernels_cpu_quick"
+    assert bench.default_out(cuda, ["float32"], ["nhwc"], quick=False).name == "kernels_cuda"
+    assert bench.default_out(cpu, ["bfloat16"], ["nhwc", "nchw"], quick=False).name == \
+        "kernels_cpu_bfloat16_nhwc_nchw"
+
+
+@pytest.mark.slow
+def test_bfloat16_quick_run_records_the_dtype(tmp_path):
+    bench = _bench()
+    assert _run_main(bench, ["--dtypes", "bfloat16", "--out", str(tmp_path / "k")]) == 0
+    doc = json.loads((tmp_path / "k.json").read_text())
+    assert doc["dtypes"] == ["bfloat16"] and doc["device"] == "cpu" and doc["machine"]["device"] == "cpu"
+    assert doc["rows"] and all(r["dtype"] == "bfloat16" and r["stock_layout"] == "nhwc" for r in doc["rows"])
+    assert all(r["label"].endswith(" bfloat16") for r in doc["rows"])
+    assert all(r["median_ms"]["ours"] > 0 for r in doc["rows"] if "error" not in r)
+    # Summary keys carry the dtype; the float32 keys belong to float32 rows only.
+    assert doc["summary"]["conv_bn_act_eval_vs_eager_bfloat16"]["rows"] >= 1
+    assert "conv_bn_act_eval_vs_eager" not in doc["summary"]
+
+
+@pytest.mark.slow
+def test_nchw_stock_layout_adds_rows_and_keeps_the_default_keys(tmp_path):
+    bench = _bench()
+    assert _run_main(bench, ["--stock-layouts", "nhwc", "nchw", "--modes", "eval",
+                             "--out", str(tmp_path / "k")]) == 0
+    doc = json.loads((tmp_path / "k.json").read_text())
+    assert doc["stock_layouts"] == ["nhwc", "nchw"]
+    nhwc = [r for r in doc["rows"] if r["stock_layout"] == "nhwc"]
+    nchw = [r for r in doc["rows"] if r["stock_layout"] == "nchw"]
+    assert nhwc and len(nchw) == len(nhwc)
+    # nhwc rows keep the labels of earlier results; nchw rows say so in theirs.
+    assert [r["label"] + " nchw" for r in nhwc] == [r["label"] for r in nchw]
+    assert {"conv_bn_act_eval_vs_eager", "conv_bn_act_eval_vs_eager_nchw",
+            "grouped3x3_eval_gw<=64_vs_eager_nchw"} <= set(doc["summary"])
+    assert doc["summary"]["conv_bn_act_eval_vs_eager_nchw"]["rows"] == sum(r["op"] == "conv_bn_act" for r in nchw)
+
+
+def test_nchw_baseline_runs_nchw_and_computes_what_ours_computes():
+    bench = _bench()
+    shape = bench.ConvShape(16, 16, 3, 1, 2, 10, True, True, 2)
+    case = bench.Case(torch.device("cpu"), "float32", "nchw")
+    candidates = bench.conv_candidates(shape, "eval", case, use_compile=False)
+    eager, ours = candidates["eager"](), candidates["ours"]()
+    assert eager.is_contiguous() and not eager.is_contiguous(memory_format=torch.channels_last)
+    assert ours.is_contiguous(memory_format=torch.channels_last) and not ours.is_contiguous()
+    torch.testing.assert_close(ours, eager, atol=1e-4, rtol=1e-4)
+    for train_step in bench.conv_candidates(shape, "train", case, use_compile=False).values():
+        train_step()  # forward + backward, each in its own layout
+
+
+def test_bfloat16_candidates_compute_in_bfloat16():
+    bench = _bench()
+    case = bench.Case(torch.device("cpu"), "bfloat16", "nhwc")
+    conv = bench.conv_candidates(bench.ConvShape(8, 8, 1, 1, 1, 6, True, False, 1), "eval", case, False)
+    se = bench.se_candidates(bench.SEShape(8, 2, 6, 1), "eval", case, False)
+    assert {fn().dtype for fn in [*conv.values(), *se.values()]} == {torch.bfloat16}
+
+
+def test_cuda_timing_synchronises_after_every_sample(monkeypatch):
+    """The CUDA branch of time_interleaved_on, with torch.cuda.synchronize faked: a sample must
+    end with a synchronisation before another candidate's calls start, and the times are per call."""
+    common = benchmark_scripts.load("common")
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+
+    def slow():  # about 1 ms a call
+        events.append("slow")
+        time.sleep(0.001)
+
+    candidates = {"slow": slow, "fast": lambda: events.append("fast")}
+    timed = common.time_interleaved_on(torch.device("cuda"), candidates, rounds=4, warmup=1, target_s=0.02)
+    assert set(timed) == {"slow", "fast"}
+    assert all(len(t["rounds_s"]) == 4 for t in timed.values())
+    # ~20 calls a sample; their total time would be ~20 ms, the time per call ~1 ms.
+    assert timed["slow"]["calls"] >= 5 and 0.001 <= timed["slow"]["median_s"] < 0.005
+    assert timed["fast"]["calls"] > timed["slow"]["calls"]
+    unsynchronised_switches = [i for i in range(1, len(events))
+                               if events[i] != "sync" and events[i - 1] not in ("sync", events[i])]
+    assert events.count("sync") >= 2 * 4 and not unsynchronised_switches, events

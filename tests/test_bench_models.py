@@ -1,5 +1,6 @@
 """benchmarks/bench_models.py --quick: the structure of its output (not its speed), and its
 hook-based complexity counts against the analytic complexity()."""
+import argparse
 import json
 
 import pytest
@@ -55,3 +56,69 @@ def test_quick_run_structure(tmp_path):
     fused = models["RegNetY-400MF"]["variants"]["fused"]
     assert fused["available"] or fused["reason"]
     assert (tmp_path / "quick.png").stat().st_size > 0
+
+
+def test_cuda_without_a_gpu_is_a_usage_error_not_a_traceback(tmp_path):
+    done = benchmark_scripts.run("bench_models", "--device", "cuda", "--quick", "--out", tmp_path / "m",
+                                 hide_gpus=True)
+    assert done.returncode == 2
+    assert "--device cuda: no CUDA GPU is available" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_float16_on_the_cpu_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _bench().main(["--quick", "--dtype", "float16"])
+    assert exit_info.value.code == 2
+    assert "--dtype float16 needs --device cuda" in capsys.readouterr().err
+
+
+def test_default_out_keeps_other_settings_apart():
+    bench = _bench()
+    assert bench.default_out(torch.device("cpu"), "float32", False).name == "models_cpu"
+    assert bench.default_out(torch.device("cpu"), "bfloat16", True).name == "models_cpu_bfloat16_quick"
+    assert bench.default_out(torch.device("cuda"), "float32", False).name == "models_cuda"
+
+
+def test_bfloat16_converts_every_variant_and_input():
+    bench = _bench()
+    args = argparse.Namespace(device=torch.device("cpu"), dtype="bfloat16", batch=2,
+                              variants=["stock", "fused"], compile_models=None)
+    members = [("RegNetY-400MF", "regnet", "RegNetY-400MF", 64)]
+    runners, info = bench.build_runners(members, args, train=True, log=lambda msg: None)
+    fused_available = info["RegNetY-400MF"]["variants"]["fused"]["available"]
+    assert [r.variant for r in runners] == ["stock"] + (["fused"] if fused_available else [])
+    for r in runners:
+        assert r.x.dtype == torch.bfloat16
+        assert {p.dtype for p in r.train_model.parameters()} == {torch.bfloat16}
+        assert r.infer().dtype == torch.bfloat16
+        assert r.train_step().dtype == torch.bfloat16
+    assert info["RegNetY-400MF"]["macs"] > 0
+
+
+@pytest.mark.cuda
+def test_peak_memory_on_cuda_sees_live_tensors():
+    bench = _bench()
+    device = torch.device("cuda")
+    kept = []
+    peak = bench.peak_memory_bytes(lambda: kept.extend(torch.randn(1 << 20, device=device) for _ in range(3)),
+                                   device)
+    assert peak >= 3 * (1 << 20) * 4
+
+
+@pytest.mark.slow
+def test_bfloat16_quick_run_records_the_dtype(tmp_path):
+    bench = _bench()
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--quick", "--threads", "1", "--dtype", "bfloat16", "--variants", "stock",
+                           "--out", str(tmp_path / "quick")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads((tmp_path / "quick.json").read_text())
+    assert doc["dtype"] == "bfloat16" and doc["device"] == "cpu" and doc["machine"]["device"] == "cpu"
+    (group,) = doc["groups"]
+    for label, m in group["models"].items():
+        stock = m["variants"]["stock"]
+        assert stock["infer_images_per_s"] > 0 and stock["peak_infer_bytes"] > 0, label
