@@ -14,7 +14,7 @@ from regnet_ext.nn import folded_inference
 from test_fuse import assert_rel_close, images, randomize
 
 pytestmark = pytest.mark.skipif(
-    not (torch.backends.mkldnn.is_available() and folded_inference._PACK is not None),
+    not folded_inference._AVAILABLE,
     reason="needs ATen built with oneDNN")
 
 
@@ -30,7 +30,7 @@ def _cl(x):
 
 
 def _cached_layers(model):
-    return sum(m._folded._key is not None for m in model.modules() if isinstance(m, FusedConvBNAct))
+    return sum(m._folded.filled for m in model.modules() if isinstance(m, FusedConvBNAct))
 
 
 @pytest.mark.parametrize("name", ["RegNetY-400MF", "RegNetX-400MF"])

@@ -15,35 +15,33 @@ torch.jit trace the model (they see the conv_bn_act operator, whose fold is part
 import torch
 
 _PACK = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
+_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+# Whether this torch can run the path at all (ATen built with oneDNN, both operators present).
+_AVAILABLE = torch.backends.mkldnn.is_available() and _PACK is not None and _POINTWISE is not None
+_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _pointwise():
-    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
-
-
-def applies(x, tensors, residual, dtype):
-    """Whether the cached-fold path can run this call (see the module docstring)."""
+def applies(x, params, residual, dtype):
+    """Whether the cached-fold path can run this call (see the module docstring). It runs on
+    every layer call, so the cheap tests come first."""
     # First: under torch.compile nothing below may be traced (torch.backends is skipped).
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
-    if x.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+    if not _AVAILABLE or dtype not in _DTYPES or x.device.type != "cpu":
         return False
     if residual is not None and dtype != torch.float32:
         return False
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+    if not x.is_contiguous(memory_format=torch.channels_last) or not torch.backends.mkldnn.enabled:
         return False
-    if _PACK is None or _pointwise() is None:
-        return False
-    if not x.is_contiguous(memory_format=torch.channels_last):
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *tensors)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *params)):
         return False
     return True
 
 
-def _key(dtype, tensors):
-    return (dtype,) + tuple((t.data_ptr(), t._version, t.dtype) if t is not None else None
-                            for t in tensors)
+def _key(tensors):
+    # A new storage (.to(), load_state_dict(assign=True), a dtype change) moves data_ptr; an
+    # in-place write (optimizer step, copy_) bumps _version.
+    return tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
 
 
 def fold(conv_weight, conv_bias, gamma, beta, running_mean, running_var, eps):
@@ -58,32 +56,37 @@ def fold(conv_weight, conv_bias, gamma, beta, running_mean, running_var, eps):
 
 
 class FoldedConv:
-    """The cached folded and packed weights of one FusedConvBNAct."""
+    """The cached folded and packed weights of one FusedConvBNAct.
+
+    The cache is one (key, weight, bias) tuple, read and replaced whole, so threads serving the
+    same model concurrently never pair one fold's weight with another's bias."""
 
     def __init__(self):
-        self._key = None
-        self._weight = self._bias = None
+        self._entry = None
+
+    @property
+    def filled(self):
+        return self._entry is not None
 
     def __call__(self, conv, bn, x, residual, relu, stride, padding, groups, dtype):
         tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        key = _key(dtype, tensors) + (bn.eps, tuple(x.shape[1:]))
-        if key != self._key:
+        key = _key(tensors) + (dtype, bn.eps, tuple(x.shape[1:]))
+        pads, strides = [padding] * 2, [stride] * 2
+        entry = self._entry
+        if entry is None or entry[0] != key:
             with torch.no_grad():
                 weight, bias = fold(*tensors, bn.eps)
-                weight = weight.to(dtype)
-                self._weight = _PACK(weight, [padding] * 2, [stride] * 2, [1, 1], groups, list(x.shape))
-                self._bias = bias.to(dtype)
-                self._key = key
+                packed = _PACK(weight.to(dtype), pads, strides, [1, 1], groups, list(x.shape))
+                entry = self._entry = (key, packed, bias.to(dtype))
+        _, weight, bias = entry
         x = x.to(dtype)
-        pads, strides = [padding] * 2, [stride] * 2
         if residual is None:
-            return _pointwise()(x, self._weight, self._bias, pads, strides, [1, 1], groups,
-                                "relu" if relu else "none", [], "")
-        return _pointwise().binary(x, residual.to(dtype), self._weight, self._bias, pads, strides,
-                                   [1, 1], groups, "add", None, "relu" if relu else None, [], "")
+            return _POINTWISE(x, weight, bias, pads, strides, [1, 1], groups, "relu" if relu else "none", [], "")
+        return _POINTWISE.binary(x, residual.to(dtype), weight, bias, pads, strides, [1, 1], groups, "add",
+                                 None, "relu" if relu else None, [], "")
 
     def __deepcopy__(self, memo):
         return FoldedConv()  # a cache: copies start empty (oneDNN's packed tensors cannot be copied)
 
     def __getstate__(self):
-        return {"_key": None, "_weight": None, "_bias": None}
+        return {"_entry": None}

@@ -127,13 +127,15 @@ class FusedConvBNAct(_HoldsStock):
         if isinstance(bn, nn.SyncBatchNorm):
             return self._stock_forward(conv, bn, x, residual, relu)
         dtype = compute_dtype(x)
+        batch_stats = bn.training or bn.running_mean is None
+        if not batch_stats and folded_inference.applies(x, (conv.weight, conv.bias, bn.weight, bn.bias),
+                                                        residual, dtype):
+            return self._folded(conv, bn, x, residual, relu, self.stride, self.padding, self.groups, dtype)
         x, residual = x.to(dtype), _cast(residual, dtype)
         weight, bias = conv.weight.to(dtype), _cast(conv.bias, dtype)
         gamma, beta = bn.weight.to(dtype), bn.bias.to(dtype)
-        if bn.training or bn.running_mean is None:
+        if batch_stats:
             return self._batch_stats_forward(bn, x, weight, bias, gamma, beta, residual, relu)
-        if folded_inference.applies(x, (conv.weight, conv.bias, bn.weight, bn.bias), residual, dtype):
-            return self._folded(conv, bn, x, residual, relu, self.stride, self.padding, self.groups, dtype)
         return conv_bn_act(x, weight, gamma, beta, bn.running_mean.to(dtype), bn.running_var.to(dtype),
                            bias=bias, stride=self.stride, padding=self.padding, groups=self.groups,
                            training=False, eps=bn.eps, relu=relu, residual=residual)
