@@ -3,11 +3,12 @@
 The public function checks its arguments (ValueError naming the argument), picks the eval or
 training operator, and in training updates the running statistics in place exactly as
 nn.BatchNorm2d does. This module also registers the fake (meta) kernels, so torch.compile traces
-through the operators, and the autograd formulas, which call the separate backward operator.
+through the operators; their autograd is registered in C++ (csrc/autograd.cpp).
 """
 import torch
 
 from .._extension import require
+from ._tracing import quiet_shape_checks_under_trace
 
 require()
 
@@ -15,6 +16,7 @@ _ops = torch.ops.regnet_ext
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+@quiet_shape_checks_under_trace
 def conv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_var, *, bias=None,
                 stride=1, padding=None, groups=1, training=False, momentum=0.1, eps=1e-5,
                 num_batches_tracked=None, relu=True, residual=None):

@@ -2,13 +2,14 @@
 
 The public function checks its arguments (ValueError naming the argument) and calls the
 operator. This module also registers the fake (meta) kernels of the forward and backward
-operators, so torch.compile traces through them, and the autograd formula, which calls the
-separate backward operator; double backward is refused with a clear error.
+operators, so torch.compile traces through them. Autograd is registered in C++
+(csrc/autograd.cpp): the backward operator, which refuses to be differentiated again.
 """
 import torch
 from torch._prims_common import suggest_memory_format
 
 from .._extension import require
+from ._tracing import quiet_shape_checks_under_trace
 
 require()
 
@@ -16,6 +17,7 @@ _ops = torch.ops.regnet_ext
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+@quiet_shape_checks_under_trace
 def squeeze_excite(x, w1, b1, w2, b2):
     """Fused squeeze-and-excitation.
 
