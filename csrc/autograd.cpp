@@ -38,7 +38,7 @@ using ConvGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at:
 using ConvBackwardSignature = ConvGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                         const at::Tensor&, const OptTensor&, const at::Tensor&,
                                         const OptTensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                        int64_t, int64_t, double, bool, bool, bool, bool);
+                                        int64_t, int64_t, double, bool, bool, bool, bool, bool);
 using SEGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using SESignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                const at::Tensor&);
@@ -107,16 +107,17 @@ variable_list conv_input_grads(AutogradContext* ctx, const at::Tensor& grad_y, c
   };
   const bool input_grad = needs(0);
   const bool param_grads = needs(1) || needs(2) || needs(3) || needs(4);
+  const bool residual_grad = needs(residual_index);
   auto [gx, gw, gb, ggamma, gbeta, gres] = conv_backward_op().call(
       grad_y, y, x, weight, optional_of(bias), bn_weight, optional_of(conv_out), mean, var, s.stride,
-      s.padding, s.groups, s.eps, s.relu, training, input_grad, param_grads);
+      s.padding, s.groups, s.eps, s.relu, training, input_grad, param_grads, residual_grad);
   variable_list out(n_inputs);
   if (input_grad) out[0] = gx;
   if (needs(1)) out[1] = gw;
   if (needs(2)) out[2] = gb;
   if (needs(3)) out[3] = ggamma;
   if (needs(4)) out[4] = gbeta;
-  if (needs(residual_index)) out[residual_index] = gres;
+  if (residual_grad) out[residual_index] = gres;
   return out;
 }
 
@@ -228,11 +229,12 @@ struct ConvBackwardOnce : Function<ConvBackwardOnce> {
                                const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
                                const at::Tensor& bn_weight, const OptTensor& conv_out, const at::Tensor& mean,
                                const at::Tensor& var, int64_t stride, int64_t padding, int64_t groups,
-                               double eps, bool relu, bool training, bool input_grad, bool param_grads) {
+                               double eps, bool relu, bool training, bool input_grad, bool param_grads,
+                               bool residual_grad) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [a, b, c, d, e, f] = conv_backward_op().call(grad_y, y, x, weight, bias, bn_weight, conv_out, mean,
                                                       var, stride, padding, groups, eps, relu, training,
-                                                      input_grad, param_grads);
+                                                      input_grad, param_grads, residual_grad);
     return {a, b, c, d, e, f};
   }
   static variable_list backward(AutogradContext*, variable_list) { refuse("conv_bn_act"); }
@@ -243,9 +245,10 @@ ConvGrads conv_bn_act_backward_autograd(const at::Tensor& grad_y, const at::Tens
                                         const at::Tensor& bn_weight, const OptTensor& conv_out,
                                         const at::Tensor& mean, const at::Tensor& var, int64_t stride,
                                         int64_t padding, int64_t groups, double eps, bool relu,
-                                        bool training, bool input_grad, bool param_grads) {
+                                        bool training, bool input_grad, bool param_grads, bool residual_grad) {
   const auto g = ConvBackwardOnce::apply(grad_y, y, x, weight, bias, bn_weight, conv_out, mean, var, stride,
-                                         padding, groups, eps, relu, training, input_grad, param_grads);
+                                         padding, groups, eps, relu, training, input_grad, param_grads,
+                                         residual_grad);
   return {g[0], g[1], g[2], g[3], g[4], g[5]};
 }
 

@@ -24,7 +24,9 @@ TORCH_LIBRARY(regnet_ext, m) {
   //  * backward: gradients for x, weight, bias, bn_weight, bn_bias, residual. `mean`/`var` are
   //    the running statistics in eval and the batch statistics in training; `conv_out` is z
   //    (training only). Empty tensors stand for gradients not asked for (input_grad=False,
-  //    param_grads=False) and for bias's when there is no bias. Its own backward is refused.
+  //    param_grads=False, residual_grad=False) and for bias's when there is no bias; without a
+  //    residual gradient the training backward reuses ReLU's gradient buffer for dz (one
+  //    activation-sized allocation less per layer). Its own backward is refused.
   m.def(
       "conv_bn_act_eval(Tensor x, Tensor weight, Tensor? bias, Tensor bn_weight, Tensor bn_bias, "
       "Tensor running_mean, Tensor running_var, Tensor? residual, int stride, int padding, "
@@ -40,7 +42,8 @@ TORCH_LIBRARY(regnet_ext, m) {
   m.def(
       "conv_bn_act_backward(Tensor grad_y, Tensor y, Tensor x, Tensor weight, Tensor? bias, "
       "Tensor bn_weight, Tensor? conv_out, Tensor mean, Tensor var, int stride, int padding, "
-      "int groups, float eps, bool relu, bool training, bool input_grad, bool param_grads) -> "
+      "int groups, float eps, bool relu, bool training, bool input_grad, bool param_grads, "
+      "bool residual_grad=True) -> "
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_bn_weight, "
       "Tensor grad_bn_bias, Tensor grad_residual)");
 

@@ -85,10 +85,31 @@ def test_opcheck_backward_operator(training):
         y, z = ops.conv_bn_act_eval(*_op_args(case, 1, 2, False)), None
         mean, var = case["running_mean"], case["running_var"]
     grad_y = torch.randn_like(y)
-    for input_grad, param_grads in [(True, True), (False, True), (True, False)]:
+    for input_grad, param_grads, residual_grad in [(True, True, True), (False, True, True),
+                                                   (True, False, True), (True, True, False)]:
         torch.library.opcheck(ops.conv_bn_act_backward.default,
                               (grad_y, y, case["x"], case["weight"], case["bias"], case["bn_weight"], z,
-                               mean, var, 1, 1, 2, 1e-5, True, training, input_grad, param_grads))
+                               mean, var, 1, 1, 2, 1e-5, True, training, input_grad, param_grads,
+                               residual_grad))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_backward_without_residual_gradient_gives_the_same_other_gradients(training):
+    # residual_grad=False lets the training backward reuse ReLU's gradient buffer for dz.
+    case = make_case(3, 16, 16, 9, 3, 1, 2, channels_last=True)
+    if training:
+        y, z, mean, var = ops.conv_bn_act_train(*_op_args(case, 1, 2, True))
+    else:
+        y, z = ops.conv_bn_act_eval(*_op_args(case, 1, 2, False)), None
+        mean, var = case["running_mean"], case["running_var"]
+    grad_y = torch.randn_like(y)
+    args = (grad_y, y, case["x"], case["weight"], case["bias"], case["bn_weight"], z, mean, var,
+            1, 1, 2, 1e-5, True, training, True, True)
+    with_residual = ops.conv_bn_act_backward(*args, True)
+    without = ops.conv_bn_act_backward(*args, False)
+    for name, a, b in zip(("x", "weight", "bias", "bn_weight", "bn_bias"), with_residual[:5], without[:5]):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=f"grad of {name} changed")
+    assert with_residual[5].shape == y.shape and without[5].numel() == 0
 
 
 def test_opcheck_running_stats_update():

@@ -109,7 +109,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
                     const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& bn_weight,
                     const at::Tensor& conv_out, const at::Tensor& mean_t, const at::Tensor& var_t,
                     const ConvGeometry& g, double eps, bool relu, bool training, bool input_grad,
-                    bool param_grads) {
+                    bool param_grads, bool residual_grad) {
   using A = acc_t<T>;
   const at::MemoryFormat format = output_memory_format(x);
   const int64_t C = g.out_c, pixels = g.batch * g.out_h * g.out_w;
@@ -147,7 +147,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // Training: dz from the batch-statistics backward (pass 2); eval: the conv sees g itself.
   at::Tensor dz = grad_out;
   if (training) {
-    dz = empty_nhwc(x, g.batch, C, g.out_h, g.out_w);
+    // dz overwrites g in place (same element, read then written) when g is not returned.
+    dz = residual_grad ? empty_nhwc(x, g.batch, C, g.out_h, g.out_w) : grad_out;
     T* dzp = dz.data_ptr<T>();
     std::vector<A> mean_g(C), mean_gx(C);
     for (int64_t c = 0; c < C; ++c) {
@@ -259,7 +260,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
     grad_beta = to_param(dbeta);
     if (bias.defined()) grad_b = to_param(dbias);
   }
-  return {grad_x, grad_w, grad_b, grad_gamma, grad_beta, in_memory_format(grad_out, format)};
+  at::Tensor grad_residual = residual_grad ? in_memory_format(grad_out, format) : at::empty({0}, x.options());
+  return {grad_x, grad_w, grad_b, grad_gamma, grad_beta, grad_residual};
 }
 
 Grads conv_bn_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& x,
@@ -267,7 +269,7 @@ Grads conv_bn_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& y, co
                                const at::Tensor& bn_weight, const std::optional<at::Tensor>& conv_out,
                                const at::Tensor& mean, const at::Tensor& var, int64_t stride,
                                int64_t padding, int64_t groups, double eps, bool relu, bool training,
-                               bool input_grad, bool param_grads) {
+                               bool input_grad, bool param_grads, bool residual_grad) {
   const at::Tensor b = bias.value_or(at::Tensor()), z = conv_out.value_or(at::Tensor());
   const ConvGeometry g = checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_weight,
                                                    at::Tensor(), stride, padding, groups);
@@ -288,7 +290,7 @@ Grads conv_bn_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& y, co
   Grads out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), kOp, [&] {
     out = backward_impl<scalar_t>(grad_y, y, x, weight, b, bn_weight, z, mean, var, g, eps, relu,
-                                  training, input_grad, param_grads);
+                                  training, input_grad, param_grads, residual_grad);
   });
   return out;
 }

@@ -243,7 +243,7 @@ Grads conv_bn_act_backward_cuda(const at::Tensor& grad_y, const at::Tensor& y, c
                                 const at::Tensor& bn_weight, const std::optional<at::Tensor>& conv_out,
                                 const at::Tensor& mean, const at::Tensor& var, int64_t stride, int64_t padding,
                                 int64_t groups, double eps, bool relu, bool training, bool input_grad,
-                                bool param_grads) {
+                                bool param_grads, bool residual_grad) {
   constexpr const char* op = "conv_bn_act_backward (CUDA)";
   const at::Tensor b = bias.value_or(at::Tensor()), z_in = conv_out.value_or(at::Tensor());
   const ConvGeometry g = checks::check_conv_bn_act(op, x, weight, b, bn_weight, bn_weight, at::Tensor(), stride, padding,
@@ -321,7 +321,9 @@ Grads conv_bn_act_backward_cuda(const at::Tensor& grad_y, const at::Tensor& y, c
     grad_beta = dbeta.to(bn_weight.scalar_type());
     if (b.defined()) grad_b = dbias.to(b.scalar_type());
   }
-  return {grad_x, grad_w, grad_b, grad_gamma, grad_beta, grad_out.contiguous(format)};
+  // (The CPU backend also reuses g's buffer for dz when it is not returned; not done here yet.)
+  at::Tensor grad_residual = residual_grad ? grad_out.contiguous(format) : at::empty({0}, x.options());
+  return {grad_x, grad_w, grad_b, grad_gamma, grad_beta, grad_residual};
 }
 
 }  // namespace

@@ -170,7 +170,7 @@ def _update_running_stats_fake(running_mean, running_var, batch_mean, batch_var,
 
 @torch.library.register_fake("regnet_ext::conv_bn_act_backward")
 def _backward_fake(grad_y, y, x, weight, bias, bn_weight, conv_out, mean, var, stride, padding,
-                   groups, eps, relu, training, input_grad, param_grads):
+                   groups, eps, relu, training, input_grad, param_grads, residual_grad=True):
     fmt = _output_format(x)
     none = dict(dtype=x.dtype, device=x.device)
     grad_x = torch.empty(x.shape, memory_format=fmt, **none) if input_grad else torch.empty(0, **none)
@@ -179,7 +179,8 @@ def _backward_fake(grad_y, y, x, weight, bias, bn_weight, conv_out, mean, var, s
     grad_b = torch.empty(c_out, **none) if (param_grads and bias is not None) else torch.empty(0, **none)
     grad_gamma = torch.empty(c_out, **none) if param_grads else torch.empty(0, **none)
     grad_beta = torch.empty(c_out, **none) if param_grads else torch.empty(0, **none)
-    grad_residual = torch.empty(_out_shape(x, weight, stride, padding), memory_format=fmt, **none)
+    grad_residual = (torch.empty(_out_shape(x, weight, stride, padding), memory_format=fmt, **none)
+                     if residual_grad else torch.empty(0, **none))
     return grad_x, grad_w, grad_b, grad_gamma, grad_beta, grad_residual
 
 
