@@ -60,13 +60,16 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
     if resume and checkpoint is None:
         raise ValueError("resume: resume=True needs a checkpoint path")
     ctx = setup_distributed(device)
+    completed = False
     try:
-        return _fit(model, train_set, val_set, settings, ctx, progress=progress and ctx.is_main,
-                    fused=fused, checkpoint=checkpoint, resume=resume, num_workers=num_workers,
-                    sync_batchnorm=sync_batchnorm, channels_last=channels_last,
-                    on_epoch_end=on_epoch_end)
+        result = _fit(model, train_set, val_set, settings, ctx, progress=progress and ctx.is_main,
+                      fused=fused, checkpoint=checkpoint, resume=resume, num_workers=num_workers,
+                      sync_batchnorm=sync_batchnorm, channels_last=channels_last,
+                      on_epoch_end=on_epoch_end)
+        completed = True
+        return result
     finally:
-        ctx.close()
+        ctx.close(synchronize=completed)
 
 
 def _fit(model, train_set, val_set, settings, ctx, *, progress, fused, checkpoint, resume,
