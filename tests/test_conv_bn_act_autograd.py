@@ -76,14 +76,18 @@ def test_opcheck_gemm_path_and_no_bias():
                                                           1, 0, 1, 1e-5, False))
 
 
+def _forward_outputs(case, training):
+    """(y, z, mean, var) as the backward operator takes them (groups=2, stride 1): z is None and
+    mean/var are the running statistics in eval."""
+    if training:
+        return ops.conv_bn_act_train(*_op_args(case, 1, 2, True))
+    return ops.conv_bn_act_eval(*_op_args(case, 1, 2, False)), None, case["running_mean"], case["running_var"]
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_opcheck_backward_operator(training):
     case = make_case(2, 8, 8, 6, 3, 1, 2, channels_last=True)
-    if training:
-        y, z, mean, var = ops.conv_bn_act_train(*_op_args(case, 1, 2, True))
-    else:
-        y, z = ops.conv_bn_act_eval(*_op_args(case, 1, 2, False)), None
-        mean, var = case["running_mean"], case["running_var"]
+    y, z, mean, var = _forward_outputs(case, training)
     grad_y = torch.randn_like(y)
     for input_grad, param_grads, residual_grad in [(True, True, True), (False, True, True),
                                                    (True, False, True), (True, True, False)]:
@@ -97,11 +101,7 @@ def test_opcheck_backward_operator(training):
 def test_backward_without_residual_gradient_gives_the_same_other_gradients(training):
     # residual_grad=False lets the training backward reuse ReLU's gradient buffer for dz.
     case = make_case(3, 16, 16, 9, 3, 1, 2, channels_last=True)
-    if training:
-        y, z, mean, var = ops.conv_bn_act_train(*_op_args(case, 1, 2, True))
-    else:
-        y, z = ops.conv_bn_act_eval(*_op_args(case, 1, 2, False)), None
-        mean, var = case["running_mean"], case["running_var"]
+    y, z, mean, var = _forward_outputs(case, training)
     grad_y = torch.randn_like(y)
     args = (grad_y, y, case["x"], case["weight"], case["bias"], case["bn_weight"], z, mean, var,
             1, 1, 2, 1e-5, True, training, True, True)
