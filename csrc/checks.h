@@ -6,6 +6,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <vector>
+
 #include "kernels/conv_bn_act.h"
 
 namespace regnet_ext::checks {
@@ -84,6 +86,50 @@ inline kernels::ConvGeometry check_conv_bn_act(const char* op, const at::Tensor&
   }
   return kernels::make_conv_geometry(x.size(0), x.size(2), x.size(3), c_in, c_out, k, stride,
                                      padding, groups);
+}
+
+// conv_bn_act_backward's arguments (every backend): the conv geometry from x and weight, and
+// grad_y, y, conv_out (needed in training), mean and var matching it.
+inline kernels::ConvGeometry check_conv_bn_act_backward(
+    const char* op, const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& x,
+    const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& bn_weight,
+    const at::Tensor& conv_out, const at::Tensor& mean, const at::Tensor& var, int64_t stride,
+    int64_t padding, int64_t groups, bool training) {
+  const kernels::ConvGeometry g = check_conv_bn_act(op, x, weight, bias, bn_weight, bn_weight,
+                                                    at::Tensor(), stride, padding, groups);
+  const std::vector<int64_t> out_shape{g.batch, g.out_c, g.out_h, g.out_w};
+  check_like(op, x, "x", grad_y, "grad_y");
+  check_shape(op, grad_y, out_shape, "grad_y");
+  check_like(op, x, "x", y, "y");
+  check_shape(op, y, out_shape, "y");
+  TORCH_CHECK(!training || conv_out.defined(), op, ": training mode needs conv_out");
+  if (conv_out.defined()) {
+    check_like(op, x, "x", conv_out, "conv_out");
+    check_shape(op, conv_out, out_shape, "conv_out");
+  }
+  TORCH_CHECK(mean.device() == x.device() && var.device() == x.device(), op,
+              ": mean and var must be on x's device");
+  check_vector(op, mean, g.out_c, "mean");
+  check_vector(op, var, g.out_c, "var");
+  return g;
+}
+
+// conv_bn_act_update_running_stats's arguments (every backend): four vectors of one length,
+// the running ones contiguous (updated in place), and a positive count.
+inline void check_running_stats_update(const char* op, const at::Tensor& running_mean,
+                                       const at::Tensor& running_var, const at::Tensor& batch_mean,
+                                       const at::Tensor& batch_var, int64_t count) {
+  const int64_t c = running_mean.numel();
+  check_rank(op, running_mean, 1, "running_mean");
+  check_like(op, running_mean, "running_mean", running_var, "running_var");
+  check_vector(op, running_var, c, "running_var");
+  check_vector(op, batch_mean, c, "batch_mean");
+  check_vector(op, batch_var, c, "batch_var");
+  TORCH_CHECK(batch_mean.device() == running_mean.device() && batch_var.device() == running_mean.device(), op,
+              ": batch_mean and batch_var must be on running_mean's device (", running_mean.device(), ")");
+  TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(), op,
+              ": running_mean and running_var must be contiguous (they are updated in place)");
+  TORCH_CHECK(count >= 1, op, ": count must be >= 1, got ", count);
 }
 
 }  // namespace regnet_ext::checks

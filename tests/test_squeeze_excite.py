@@ -50,6 +50,14 @@ SHAPES = [  # (N, C, H, W, C_se): RegNetY-like, odd/even spatial sizes, tiny, 1x
 LAYOUTS = ["channels_last", "nchw", "strided"]
 
 
+def _assert_matches_reference(inputs, grad_y, y, got):
+    """y and the gradients (x, w1, b1, w2, b2) against the float64 plain-PyTorch reference."""
+    y_ref, want = grads(reference, [t.double() for t in inputs], grad_y.double())
+    assert_close_to_reference(y, y_ref, name="y")
+    for name, g, r in zip(("x", "w1", "b1", "w2", "b2"), got, want):
+        assert_close_to_reference(g, r, name=f"grad_{name}")
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -57,10 +65,7 @@ def test_forward_and_backward_match_float64_reference(shape, layout, dtype):
     inputs = make_inputs(*shape, dtype=dtype, layout=layout)
     grad_y = torch.randn(inputs[0].shape, dtype=dtype)
     y, got = grads(squeeze_excite, inputs, grad_y)
-    y_ref, want = grads(reference, [t.double() for t in inputs], grad_y.double())
-    assert_close_to_reference(y, y_ref, name="y")
-    for name, g, r in zip(("x", "w1", "b1", "w2", "b2"), got, want):
-        assert_close_to_reference(g, r, name=f"grad_{name}")
+    _assert_matches_reference(inputs, grad_y, y, got)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw", "strided"])
@@ -85,10 +90,7 @@ def test_small_batch_splits_pixels_across_threads(threads):
         y, got = grads(squeeze_excite, inputs, grad_y)
     finally:
         torch.set_num_threads(previous)
-    y_ref, want = grads(reference, [t.double() for t in inputs], grad_y.double())
-    assert_close_to_reference(y, y_ref, name="y")
-    for name, g, r in zip(("x", "w1", "b1", "w2", "b2"), got, want):
-        assert_close_to_reference(g, r, name=f"grad_{name}")
+    _assert_matches_reference(inputs, grad_y, y, got)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -104,10 +106,7 @@ def test_batch_wide_schedule(threads, shape):
         y, got = grads(squeeze_excite, inputs, grad_y)
     finally:
         torch.set_num_threads(previous)
-    y_ref, want = grads(reference, [t.double() for t in inputs], grad_y.double())
-    assert_close_to_reference(y, y_ref, name="y")
-    for name, g, r in zip(("x", "w1", "b1", "w2", "b2"), got, want):
-        assert_close_to_reference(g, r, name=f"grad_{name}")
+    _assert_matches_reference(inputs, grad_y, y, got)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -271,22 +271,8 @@ Grads conv_bn_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& y, co
                                int64_t padding, int64_t groups, double eps, bool relu, bool training,
                                bool input_grad, bool param_grads, bool residual_grad) {
   const at::Tensor b = bias.value_or(at::Tensor()), z = conv_out.value_or(at::Tensor());
-  const ConvGeometry g = checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_weight,
-                                                   at::Tensor(), stride, padding, groups);
-  const std::vector<int64_t> out_shape{g.batch, g.out_c, g.out_h, g.out_w};
-  checks::check_like(kOp, x, "x", grad_y, "grad_y");
-  checks::check_shape(kOp, grad_y, out_shape, "grad_y");
-  checks::check_like(kOp, x, "x", y, "y");
-  checks::check_shape(kOp, y, out_shape, "y");
-  TORCH_CHECK(!training || z.defined(), kOp, ": training mode needs conv_out");
-  if (z.defined()) {
-    checks::check_like(kOp, x, "x", z, "conv_out");
-    checks::check_shape(kOp, z, out_shape, "conv_out");
-  }
-  TORCH_CHECK(mean.device() == x.device() && var.device() == x.device(), kOp,
-              ": mean and var must be on x's device");
-  checks::check_vector(kOp, mean, g.out_c, "mean");
-  checks::check_vector(kOp, var, g.out_c, "var");
+  const ConvGeometry g = checks::check_conv_bn_act_backward(kOp, grad_y, y, x, weight, b, bn_weight, z, mean,
+                                                            var, stride, padding, groups, training);
   Grads out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), kOp, [&] {
     out = backward_impl<scalar_t>(grad_y, y, x, weight, b, bn_weight, z, mean, var, g, eps, relu,

@@ -17,15 +17,8 @@ void update_running_stats_cpu(at::Tensor& running_mean, at::Tensor& running_var,
                               const at::Tensor& batch_mean, const at::Tensor& batch_var,
                               const std::optional<at::Tensor>& num_batches_tracked, int64_t count,
                               double momentum, bool cumulative) {
+  checks::check_running_stats_update(kOp, running_mean, running_var, batch_mean, batch_var, count);
   const int64_t c = running_mean.numel();
-  checks::check_rank(kOp, running_mean, 1, "running_mean");
-  checks::check_like(kOp, running_mean, "running_mean", running_var, "running_var");
-  checks::check_vector(kOp, running_var, c, "running_var");
-  checks::check_vector(kOp, batch_mean, c, "batch_mean");
-  checks::check_vector(kOp, batch_var, c, "batch_var");
-  TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(), kOp,
-              ": running_mean and running_var must be contiguous (they are updated in place)");
-  TORCH_CHECK(count >= 1, kOp, ": count must be >= 1, got ", count);
   double factor = momentum;
   if (cumulative) {
     TORCH_CHECK(num_batches_tracked.has_value() && num_batches_tracked->numel() == 1, kOp,

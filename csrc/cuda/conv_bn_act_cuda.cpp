@@ -201,17 +201,8 @@ void update_running_stats_cuda(at::Tensor& running_mean, at::Tensor& running_var
                                const at::Tensor& batch_var, const std::optional<at::Tensor>& num_batches_tracked,
                                int64_t count, double momentum, bool cumulative) {
   constexpr const char* op = "conv_bn_act_update_running_stats (CUDA)";
+  checks::check_running_stats_update(op, running_mean, running_var, batch_mean, batch_var, count);
   const int64_t c = running_mean.numel();
-  checks::check_rank(op, running_mean, 1, "running_mean");
-  checks::check_like(op, running_mean, "running_mean", running_var, "running_var");
-  checks::check_vector(op, running_var, c, "running_var");
-  checks::check_vector(op, batch_mean, c, "batch_mean");
-  checks::check_vector(op, batch_var, c, "batch_var");
-  TORCH_CHECK(batch_mean.device() == running_mean.device() && batch_var.device() == running_mean.device(), op,
-              ": batch_mean and batch_var must be on running_mean's device (", running_mean.device(), ")");
-  TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(), op,
-              ": running_mean and running_var must be contiguous (they are updated in place)");
-  TORCH_CHECK(count >= 1, op, ": count must be >= 1, got ", count);
   int running_dtype = 0;
   switch (running_mean.scalar_type()) {
     case at::kFloat: running_dtype = 0; break;
@@ -246,21 +237,8 @@ Grads conv_bn_act_backward_cuda(const at::Tensor& grad_y, const at::Tensor& y, c
                                 bool param_grads, bool residual_grad) {
   constexpr const char* op = "conv_bn_act_backward (CUDA)";
   const at::Tensor b = bias.value_or(at::Tensor()), z_in = conv_out.value_or(at::Tensor());
-  const ConvGeometry g = checks::check_conv_bn_act(op, x, weight, b, bn_weight, bn_weight, at::Tensor(), stride, padding,
-                                                   groups);
-  const std::vector<int64_t> out_shape{g.batch, g.out_c, g.out_h, g.out_w};
-  checks::check_like(op, x, "x", grad_y, "grad_y");
-  checks::check_shape(op, grad_y, out_shape, "grad_y");
-  checks::check_like(op, x, "x", y, "y");
-  checks::check_shape(op, y, out_shape, "y");
-  TORCH_CHECK(!training || z_in.defined(), op, ": training mode needs conv_out");
-  if (z_in.defined()) {
-    checks::check_like(op, x, "x", z_in, "conv_out");
-    checks::check_shape(op, z_in, out_shape, "conv_out");
-  }
-  TORCH_CHECK(mean.device() == x.device() && var.device() == x.device(), op, ": mean and var must be on x's device");
-  checks::check_vector(op, mean, g.out_c, "mean");
-  checks::check_vector(op, var, g.out_c, "var");
+  const ConvGeometry g = checks::check_conv_bn_act_backward(op, grad_y, y, x, weight, b, bn_weight, z_in, mean, var,
+                                                            stride, padding, groups, training);
   const ElementType dtype = element_type(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
