@@ -135,7 +135,11 @@ def main():
 
     # The package is compiled on the machine that runs it, so tune for its CPU by default.
     cpu_flags = os.environ.get("REGNET_EXT_CPU_FLAGS", "-march=native").split()
-    cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unused-function", *cpu_flags]
+    # -fopenmp: ATen's at::parallel_for is a header template that only runs in parallel when the
+    # including translation unit is compiled with OpenMP (else it silently runs on one thread).
+    # The link resolves libgomp.so.1 to the copy torch has already loaded.
+    cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unused-function", "-fopenmp", *cpu_flags]
+    link_flags = ["-fopenmp"]
     define_macros = []
     srcs = [os.path.relpath(s, ROOT) for s in sources(CPU_SOURCE_PATTERNS)]
     include_dirs = [str(ROOT / "csrc")]
@@ -148,11 +152,11 @@ def main():
                       "-Xptxas=--warn-on-spills"]
         ext = cpp_extension.CUDAExtension(
             "regnet_ext._C", srcs, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags)
     else:
         ext = cpp_extension.CppExtension(
             "regnet_ext._C", srcs, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags})
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
     setup(ext_modules=[ext],
           cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)})

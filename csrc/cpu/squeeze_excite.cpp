@@ -143,49 +143,48 @@ void input_grad_run(const T* dy, A gate, A ds_mean, T* dx, int64_t n) {
 }
 
 // ---- channels_last blocks of rows (pixels), row stride C ------------------------------------
-// Rows go in tiles small enough to stay in L1; within a tile, channels go in blocks of
-// kBlockVectors SIMD vectors whose accumulators / gates stay in registers while the loop runs
-// down the tile's rows. The last channel block uses partial vectors.
+// Rows are walked in memory order, each row as full SIMD vectors plus one partial vector for the
+// channel tail, so the hardware prefetcher sees one linear stream per tensor. Per-channel
+// accumulators and gates (C values) stay in L1; the reductions add two rows per accumulator
+// update to halve the store-to-load chain through it.
 
-constexpr int kBlockVectors = 4;
-constexpr int64_t kTileBytes = 16 << 10;
-
-template <typename T>
-int64_t rows_per_tile(int64_t channels) {
-  return std::max<int64_t>(1, kTileBytes / (channels * static_cast<int64_t>(sizeof(T))));
-}
-
-template <typename Vec>
-int64_t lanes_in(int64_t channels, int64_t c) {
-  return std::min<int64_t>(Vec::size(), channels - c);
-}
+template <typename T, typename A = acc_t<T>>
+struct RowSplit {
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
+  static constexpr int64_t W = Vec::size();
+  int64_t full, tail;  // channels in full vectors, channels in the partial one
+  explicit RowSplit(int64_t channels) : full(channels - channels % W), tail(channels % W) {}
+};
 
 // out[c] = sum over rows of x[r, c].
 template <typename T, typename A = acc_t<T>>
 void pool_block(const T* x, int64_t rows, int64_t channels, A* out) {
-  using S = Simd<T>;
-  using Vec = typename S::Vec;
-  constexpr int64_t W = Vec::size();
+  using R = RowSplit<T>;
+  using S = typename R::S;
+  using Vec = typename R::Vec;
+  const R split(channels);
   std::fill(out, out + channels, A(0));
-  const int64_t tile = rows_per_tile<T>(channels);
-  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
-    const int64_t r1 = std::min(rows, r0 + tile);
-    for (int64_t c0 = 0; c0 < channels; c0 += kBlockVectors * W) {
-      Vec acc[kBlockVectors];
-      for (int v = 0; v < kBlockVectors; ++v) acc[v] = Vec(A(0));
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* row = x + r * channels;
-        for (int v = 0; v < kBlockVectors; ++v) {
-          const int64_t c = c0 + v * W;
-          if (c < channels) acc[v] = k::se_pool_step(acc[v], S::load_n(row + c, lanes_in<Vec>(channels, c)));
-        }
-      }
-      for (int v = 0; v < kBlockVectors; ++v) {
-        const int64_t c = c0 + v * W;
-        if (c >= channels) continue;
-        const int64_t lanes = lanes_in<Vec>(channels, c);
-        k::se_pool_step(Vec::loadu(out + c, lanes), acc[v]).store(out + c, lanes);
-      }
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    const T *a = x + r * channels, *b = a + channels;
+    for (int64_t c = 0; c < split.full; c += R::W) {
+      const Vec pair = k::se_pool_step(S::load(a + c), S::load(b + c));
+      k::se_pool_step(Vec::loadu(out + c), pair).store(out + c);
+    }
+    if (split.tail) {
+      const int64_t c = split.full, n = split.tail;
+      const Vec pair = k::se_pool_step(S::load_n(a + c, n), S::load_n(b + c, n));
+      k::se_pool_step(Vec::loadu(out + c, n), pair).store(out + c, n);
+    }
+  }
+  for (; r < rows; ++r) {
+    const T* a = x + r * channels;
+    for (int64_t c = 0; c < split.full; c += R::W)
+      k::se_pool_step(Vec::loadu(out + c), S::load(a + c)).store(out + c);
+    if (split.tail) {
+      const int64_t c = split.full, n = split.tail;
+      k::se_pool_step(Vec::loadu(out + c, n), S::load_n(a + c, n)).store(out + c, n);
     }
   }
 }
@@ -194,37 +193,23 @@ void pool_block(const T* x, int64_t rows, int64_t channels, A* out) {
 template <typename T, typename A = acc_t<T>>
 void pool_and_gate_grad_block(const T* x, const T* dy, int64_t rows, int64_t channels, A* pool,
                               A* dgate) {
-  using S = Simd<T>;
-  using Vec = typename S::Vec;
-  constexpr int64_t W = Vec::size();
+  using R = RowSplit<T>;
+  using S = typename R::S;
+  using Vec = typename R::Vec;
+  const R split(channels);
   std::fill(pool, pool + channels, A(0));
   std::fill(dgate, dgate + channels, A(0));
-  const int64_t tile = rows_per_tile<T>(2 * channels);  // two tensors share L1
-  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
-    const int64_t r1 = std::min(rows, r0 + tile);
-    for (int64_t c0 = 0; c0 < channels; c0 += kBlockVectors * W) {
-      Vec p_acc[kBlockVectors], g_acc[kBlockVectors];
-      for (int v = 0; v < kBlockVectors; ++v) p_acc[v] = g_acc[v] = Vec(A(0));
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t offset = r * channels;
-        for (int v = 0; v < kBlockVectors; ++v) {
-          const int64_t c = c0 + v * W;
-          if (c < channels) {
-            const int64_t lanes = lanes_in<Vec>(channels, c);
-            const Vec xv = S::load_n(x + offset + c, lanes);
-            p_acc[v] = k::se_pool_step(p_acc[v], xv);
-            g_acc[v] = k::se_gate_grad_step(g_acc[v], S::load_n(dy + offset + c, lanes), xv);
-          }
-        }
-      }
-      for (int v = 0; v < kBlockVectors; ++v) {
-        const int64_t c = c0 + v * W;
-        if (c >= channels) continue;
-        const int64_t lanes = lanes_in<Vec>(channels, c);
-        k::se_pool_step(Vec::loadu(pool + c, lanes), p_acc[v]).store(pool + c, lanes);
-        k::se_pool_step(Vec::loadu(dgate + c, lanes), g_acc[v]).store(dgate + c, lanes);
-      }
-    }
+  // One vector of channels [c, c + n) of row r.
+  auto step = [&](int64_t offset, int64_t c, int64_t n) {
+    const Vec xv = n == R::W ? S::load(x + offset + c) : S::load_n(x + offset + c, n);
+    const Vec dv = n == R::W ? S::load(dy + offset + c) : S::load_n(dy + offset + c, n);
+    k::se_pool_step(Vec::loadu(pool + c, n), xv).store(pool + c, n);
+    k::se_gate_grad_step(Vec::loadu(dgate + c, n), dv, xv).store(dgate + c, n);
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t offset = r * channels;
+    for (int64_t c = 0; c < split.full; c += R::W) step(offset, c, R::W);
+    if (split.tail) step(offset, split.full, split.tail);
   }
 }
 
@@ -232,35 +217,26 @@ void pool_and_gate_grad_block(const T* x, const T* dy, int64_t rows, int64_t cha
 template <bool kGrad, typename T, typename A = acc_t<T>>
 void elementwise_block(const T* in, int64_t rows, int64_t channels, const A* gate, const A* ds_mean,
                        T* out) {
-  using S = Simd<T>;
-  using Vec = typename S::Vec;
-  constexpr int64_t W = Vec::size();
-  const int64_t tile = rows_per_tile<T>(2 * channels);  // input and output tiles
-  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
-    const int64_t r1 = std::min(rows, r0 + tile);
-    for (int64_t c0 = 0; c0 < channels; c0 += kBlockVectors * W) {
-      Vec g[kBlockVectors], d[kBlockVectors];
-      for (int v = 0; v < kBlockVectors; ++v) {
-        const int64_t c = c0 + v * W;
-        const int64_t lanes = c < channels ? lanes_in<Vec>(channels, c) : 0;
-        g[v] = lanes ? Vec::loadu(gate + c, lanes) : Vec(A(0));
-        d[v] = (kGrad && lanes) ? Vec::loadu(ds_mean + c, lanes) : Vec(A(0));
-      }
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t offset = r * channels;
-        for (int v = 0; v < kBlockVectors; ++v) {
-          const int64_t c = c0 + v * W;
-          if (c >= channels) continue;
-          const int64_t lanes = lanes_in<Vec>(channels, c);
-          const Vec a = S::load_n(in + offset + c, lanes);
-          const Vec result = kGrad ? k::se_input_grad(a, g[v], d[v]) : k::se_scale(a, g[v]);
-          if (lanes == W) {
-            S::store(out + offset + c, result);
-          } else {
-            S::store_n(out + offset + c, result, lanes);
-          }
-        }
-      }
+  using R = RowSplit<T>;
+  using S = typename R::S;
+  using Vec = typename R::Vec;
+  const R split(channels);
+  auto apply = [&](const Vec& a, int64_t c, int64_t n) {
+    const Vec g = n == R::W ? Vec::loadu(gate + c) : Vec::loadu(gate + c, n);
+    if constexpr (kGrad) {
+      const Vec d = n == R::W ? Vec::loadu(ds_mean + c) : Vec::loadu(ds_mean + c, n);
+      return k::se_input_grad(a, g, d);
+    } else {
+      return k::se_scale(a, g);
+    }
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* src = in + r * channels;
+    T* dst = out + r * channels;
+    for (int64_t c = 0; c < split.full; c += R::W) S::store(dst + c, apply(S::load(src + c), c, R::W));
+    if (split.tail) {
+      const int64_t c = split.full, n = split.tail;
+      S::store_n(dst + c, apply(S::load_n(src + c, n), c, n), n);
     }
   }
 }
@@ -357,7 +333,7 @@ at::ScalarType acc_dtype(at::ScalarType t) {
 // not fit in cache, or the batch is too small to occupy every thread. Both passes of the batch
 // schedule split the work identically, so each thread re-reads the part it pooled.
 
-constexpr int64_t kSampleCacheBytes = 2 << 20;  // this machine's L2 per core
+constexpr int64_t kSampleCacheBytes = 1 << 20;  // this machine's L2 per core
 constexpr int64_t kWeightCacheBytes = 1 << 18;
 
 struct Schedule {
