@@ -56,13 +56,40 @@ inline bool is_plain_gemm(const ConvGeometry& g) {
 }
 
 // Which code computes a KxK or grouped conv on the CPU. Measured on this machine's CPU, oneDNN's
-// JIT kernels through ATen beat our register tiles (kernels::conv_tile) on every RegNet shape,
-// so by default the CPU runs them, with our BN fold, statistics and epilogues around them.
-// REGNET_EXT_CPU_CONV=tiles selects our tiles (the tests run them on every shape, since they are
-// the arithmetic the CUDA kernels share); =aten or unset selects ATen.
-inline bool use_own_conv_tiles(const ConvGeometry&) {
+// JIT kernels through ATen beat our register tiles (kernels::conv_tile) for the forward and the
+// input gradient on every RegNet shape, so by default the CPU runs them, with our BN fold,
+// statistics and epilogues around them; the weight gradient goes by use_own_weight_grad.
+// REGNET_EXT_CPU_CONV=tiles selects our tiles everywhere (the tests run them on every shape,
+// since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; unset
+// (or anything else) is the measured mix.
+enum class ConvBackend { kMixed, kAten, kTiles };
+
+inline ConvBackend conv_backend() {
   const char* choice = std::getenv("REGNET_EXT_CPU_CONV");
-  return choice && std::string_view(choice) == "tiles";
+  if (!choice) return ConvBackend::kMixed;
+  const std::string_view c(choice);
+  return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten : ConvBackend::kMixed;
+}
+
+inline bool use_own_conv_tiles(const ConvGeometry&) {
+  return conv_backend() == ConvBackend::kTiles;
+}
+
+// The weight gradient of a strided grouped KxK conv over a large activation: oneDNN's
+// channels_last kernel is slow there and our tiles win (batch 8, 2 threads, weight gradient
+// only: 48 channels in groups of 8 at 112px, stride 2: 6.1 ms against 1.9 ms; 128 in groups
+// of 64 at 112px: 33 vs 13 ms; 104 in groups of 8 at 56px: 0.87 vs 0.84 ms), while at stride 1
+// or on small activations oneDNN wins (1088 in groups of 64 at 7px: 1.7 vs 3.1 ms). oneDNN's
+// times varied up to 2-3x between runs on this VM; the rule is the boundary that held in every
+// run (conv_bn_act_backward asked for the weight gradient only, REGNET_EXT_CPU_CONV=aten
+// against =tiles, every grouped 3x3 shape of RegNetX/Y-400MF and RegNetY-4.0GF at batch 1, 8).
+inline bool use_own_weight_grad(const ConvGeometry& g) {
+  switch (conv_backend()) {
+    case ConvBackend::kTiles: return true;
+    case ConvBackend::kAten: return false;
+    case ConvBackend::kMixed: break;
+  }
+  return g.groups > 1 && g.stride > 1 && g.batch * g.in_h * g.in_w >= 8 * 56 * 56;
 }
 
 // 1x1 convs: our blocked GEMM (at::mm per row block, epilogue or statistics on cache-hot rows)
