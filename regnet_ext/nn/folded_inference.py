@@ -68,18 +68,19 @@ class FoldedConv:
     def filled(self):
         return self._entry is not None
 
-    def __call__(self, conv, bn, x, residual, relu, stride, padding, groups, dtype):
-        tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        key = _key(tensors) + (dtype, bn.eps, tuple(x.shape[1:]))
+    def __call__(self, tensors, eps, x, residual, relu, stride, padding, groups, dtype):
+        """tensors: (conv weight, conv bias, gamma, beta, running mean, running var)."""
+        key = _key(tensors) + (dtype, eps, tuple(x.shape[1:]))
         pads, strides = [padding] * 2, [stride] * 2
         entry = self._entry
         if entry is None or entry[0] != key:
             with torch.no_grad():
-                weight, bias = fold(*tensors, bn.eps)
+                weight, bias = fold(*tensors, eps)
                 packed = _PACK(weight.to(dtype), pads, strides, [1, 1], groups, list(x.shape))
                 entry = self._entry = (key, packed, bias.to(dtype))
         _, weight, bias = entry
-        x = x.to(dtype)
+        if x.dtype != dtype:
+            x = x.to(dtype)
         if residual is None:
             return _POINTWISE(x, weight, bias, pads, strides, [1, 1], groups, "relu" if relu else "none", [], "")
         return _POINTWISE.binary(x, residual.to(dtype), weight, bias, pads, strides, [1, 1], groups, "add",
