@@ -144,19 +144,15 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
         conv_rows<COB>(g, xp, wp, row0, row1,
                        [&](int64_t n, int64_t ho, int64_t wo0, int npix, int64_t co,
                            const auto& acc) {
-                         const A* sh = shift.data() + co;
+                         // One lane (COB channels, SIMD on the CPU) per pixel.
+                         using V = lane_t<A, COB>;
+                         const V sh = kernels::lane_load_acc<V>(shift.data() + co);
+                         const ChannelAffine<V> affine{sh * A(0) + A(1), sh};
                          for (int p = 0; p < npix; ++p) {
                            const int64_t at = kernels::nhwc_index(n, ho, wo0 + p, co, g.out_h, g.out_w, g.out_c);
-                           // Separate loops with and without a residual keep both branch-free.
-                           if (rp) {
-                             for (int c = 0; c < COB; ++c)
-                               yp[at + c] = store_as<T>(kernels::conv_epilogue(
-                                   acc[p][c], ChannelAffine<A>{A(1), sh[c]}, load_acc(rp[at + c]), relu));
-                           } else {
-                             for (int c = 0; c < COB; ++c)
-                               yp[at + c] = store_as<T>(kernels::conv_epilogue(
-                                   acc[p][c], ChannelAffine<A>{A(1), sh[c]}, A(0), relu));
-                           }
+                           const V r = rp ? kernels::lane_load<V>(rp + at) : V{};
+                           kernels::lane_store(yp + at, kernels::conv_epilogue(
+                               kernels::lane_load_acc<V>(acc[p]), affine, r, relu));
                          }
                        });
       });

@@ -11,13 +11,6 @@
 #include "kernels/conv_bn_act.h"
 #include "kernels/squeeze_excite.h"
 
-// Unrolling hints for nvcc; host compilers (the CPU replay, -Wall host code) see nothing.
-#if defined(__CUDACC__)
-#define REGNET_UNROLL _Pragma("unroll")
-#else
-#define REGNET_UNROLL
-#endif
-
 namespace regnet_ext::cuda {
 
 // Tile of one block: 8 x 8 output pixels x 32 output channels, 128 threads; each thread holds a

@@ -129,6 +129,15 @@ REGNET_HD void lane_store_acc(A* p, const V& v) {
   memcpy(p, &v, sizeof(V));
 }
 
+// Lanes stored as `width` consecutive values of type T (converted from A).
+template <typename T, typename V>
+REGNET_HD void lane_store(T* p, const V& v) {
+  using A = acc_t<T>;
+  A tmp[lane_width<V, A>];
+  memcpy(tmp, &v, sizeof(V));
+  for (int i = 0; i < lane_width<V, A>; ++i) p[i] = store_as<T>(tmp[i]);
+}
+
 // acc[p] += sum over j < depth of weights[j * weight_stride] (one lane) * src[p][j]: the inner
 // product of a tile. Eight weight lanes stay in registers while every pixel's eight inputs are
 // read through one pointer, so the loop is FMA-bound rather than bound by address reloads.
@@ -139,14 +148,18 @@ REGNET_HD void lane_tile_step(const T* const (&src)[PW], const A* weights, int64
   int64_t j0 = 0;
   for (; j0 + kUnroll <= depth; j0 += kUnroll) {
     V w[kUnroll];
+    REGNET_UNROLL
     for (int j = 0; j < kUnroll; ++j) w[j] = lane_load_acc<V>(weights + (j0 + j) * weight_stride);
+    REGNET_UNROLL
     for (int p = 0; p < PW; ++p) {
       const T* s = src[p] + j0;
+      REGNET_UNROLL
       for (int j = 0; j < kUnroll; ++j) acc[p] += w[j] * load_acc(s[j]);
     }
   }
   for (; j0 < depth; ++j0) {
     const V w = lane_load_acc<V>(weights + j0 * weight_stride);
+    REGNET_UNROLL
     for (int p = 0; p < PW; ++p) acc[p] += w * load_acc(src[p][j0]);
   }
 }
@@ -162,6 +175,7 @@ REGNET_HD void conv_tile(const ConvGeometry& g, const T* x, const A* packed, con
   // Accumulate in locals: `out` may alias the inputs as far as the compiler knows, which would
   // force a store per FMA when the call is not inlined.
   V acc[PW];
+  REGNET_UNROLL
   for (int p = 0; p < PW; ++p) acc[p] = V{};
   const int64_t cig = g.in_c_per_group;
   const int64_t cog = g.out_c_per_group;
@@ -171,6 +185,7 @@ REGNET_HD void conv_tile(const ConvGeometry& g, const T* x, const A* packed, con
     const T* row = x + nhwc_index(n, hi, 0, group * cig, g.in_h, g.in_w, g.in_c);
     for (int64_t kw = 0; kw < g.kernel; ++kw) {
       const T* src[PW];
+      REGNET_UNROLL
       for (int p = 0; p < PW; ++p) {
         const int64_t wi = (wo0 + p) * g.stride - g.padding + kw;
         src[p] = (p < npix && wi >= 0 && wi < g.in_w) ? row + wi * g.in_c : zeros;
@@ -179,6 +194,7 @@ REGNET_HD void conv_tile(const ConvGeometry& g, const T* x, const A* packed, con
       lane_tile_step<PW>(src, wk, cig, cog, acc);
     }
   }
+  REGNET_UNROLL
   for (int p = 0; p < PW; ++p) out[p] = acc[p];
 }
 
