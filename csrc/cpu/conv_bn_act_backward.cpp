@@ -47,7 +47,6 @@ void conv_input_grad(const ConvGeometry& g, const T* dz, const acc_t<T>* packed_
     std::vector<T> zeros(g.out_c_per_group, T(0));
     using V = lane_t<A, CIB>;
     V acc[PW];
-    A values[PW][CIB];
     for (int64_t row = row0; row < row1; ++row) {
       const int64_t n = row / g.in_h, hi = row % g.in_h;
       for (int64_t group = 0; group < g.groups; ++group)
@@ -58,10 +57,10 @@ void conv_input_grad(const ConvGeometry& g, const T* dz, const acc_t<T>* packed_
               kernels::conv_input_grad_tile<PW>(g, dz, packed_t, zeros.data(), n, hi, wi0, npix,
                                                      group, ci0, acc);
               for (int p = 0; p < npix; ++p) {
-                kernels::lane_store_acc(values[p], acc[p]);
-                T* out = dx + kernels::nhwc_index(n, hi, wi0 + p * g.stride,
-                                                  group * g.in_c_per_group + ci0, g.in_h, g.in_w, g.in_c);
-                for (int c = 0; c < CIB; ++c) out[c] = store_as<T>(values[p][c]);
+                kernels::lane_store(dx + kernels::nhwc_index(n, hi, wi0 + p * g.stride,
+                                                             group * g.in_c_per_group + ci0, g.in_h,
+                                                             g.in_w, g.in_c),
+                                    acc[p]);
               }
             }
     }

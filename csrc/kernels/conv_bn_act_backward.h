@@ -73,6 +73,7 @@ REGNET_HD void conv_input_grad_tile(const ConvGeometry& g, const T* dz, const A*
                                     const T* zeros, int64_t n, int64_t hi, int64_t wi0, int npix,
                                     int64_t group, int64_t ci0, V (&out)[PW]) {
   V acc[PW];  // locals, as in conv_tile
+  REGNET_UNROLL
   for (int p = 0; p < PW; ++p) acc[p] = V{};
   const int64_t cig = g.in_c_per_group;
   const int64_t cog = g.out_c_per_group;
@@ -86,6 +87,7 @@ REGNET_HD void conv_input_grad_tile(const ConvGeometry& g, const T* dz, const A*
       // tw0 + p*stride keeps tw0's residue, so divisibility is decided once for the tile.
       if (((tw0 % g.stride) + g.stride) % g.stride != 0) continue;
       const T* src[PW];
+      REGNET_UNROLL
       for (int p = 0; p < PW; ++p) {
         const int64_t tw = tw0 + p * g.stride;
         const int64_t wo = tw >= 0 ? tw / g.stride : -1;
@@ -110,6 +112,7 @@ REGNET_HD void conv_weight_grad_tile(const ConvGeometry& g, const T* x, const T*
   const int64_t hi = ho * g.stride - g.padding + kh;
   if (hi < 0 || hi >= g.in_h) return;
   V acc[CIB];  // locals, as in conv_tile
+  REGNET_UNROLL
   for (int i = 0; i < CIB; ++i) acc[i] = out[i];
   // Output pixels whose input column is inside the image: wo in [wo_lo, wo_hi).
   int64_t wo_lo = wo0, wo_hi = wo0 + npix;
@@ -121,8 +124,10 @@ REGNET_HD void conv_weight_grad_tile(const ConvGeometry& g, const T* x, const T*
   for (int64_t wo = wo_lo; wo < wo_hi; ++wo) {
     const T* xp = xrow + (wo * g.stride - g.padding + kw) * g.in_c;
     const V dv = lane_load<V>(dzrow + wo * g.out_c);
+    REGNET_UNROLL
     for (int i = 0; i < CIB; ++i) acc[i] += dv * load_acc(xp[i]);
   }
+  REGNET_UNROLL
   for (int i = 0; i < CIB; ++i) out[i] = acc[i];
 }
 
