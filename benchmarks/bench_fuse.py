@@ -202,6 +202,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--quick", action="store_true",
                         help="RegNetX-400MF, batch 4 x 64, no torch.compile, 2 rounds: checks the pipeline")
+    parser.add_argument("--tune-malloc", action="store_true",
+                        help="apply regnet_ext.allocator.tune_malloc() first (every variant runs in this "
+                             "process, so all of them get it)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default results/fuse_cpu.json; --quick: results/fuse_cpu_quick.json)")
     args = parser.parse_args(argv)
@@ -215,6 +218,10 @@ def main(argv=None):
         args.rounds, args.reps, args.warmup = 2, 1, 1
     if args.out is None:  # a quick pipeline check must not overwrite the committed results
         args.out = RESULTS / ("fuse_cpu_quick.json" if args.quick else "fuse_cpu.json")
+    malloc_tuned = False
+    if args.tune_malloc:
+        from regnet_ext.allocator import tune_malloc
+        malloc_tuned = tune_malloc()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     cases = build_cases(models, shapes, variants)
@@ -224,7 +231,7 @@ def main(argv=None):
     result = dict(
         benchmark="bench_fuse", cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
         python=platform.python_version(), dtype="float32", memory_format="channels_last",
-        rounds=args.rounds, reps=args.reps, warmup=args.warmup, quick=args.quick,
+        rounds=args.rounds, reps=args.reps, warmup=args.warmup, quick=args.quick, malloc_tuned=malloc_tuned,
         load_average_before=load_before, load_average_after=os.getloadavg(),
         wall_s=time.perf_counter() - t0, goals={f"{m} fused vs {o}": g for (m, o), g in GOALS.items()},
         results=rows, ratios=ratios)

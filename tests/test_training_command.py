@@ -45,7 +45,7 @@ def test_reported_accuracy_is_the_checkpointed_models_accuracy(tmp_path, capsys)
 
 def test_standard_model_by_name_and_table_output(capsys):
     assert main(["train", "--model", "regnetx_002", "--resolution", "8", "--epochs", "1",
-                 "--batch-size", "1024", "--no-progress"]) == 0
+                 "--batch-size", "1024", "--no-progress", "--tune-malloc"]) == 0
     out = capsys.readouterr().out
     assert "RegNetX-200MF" in out and "top-1" in out and "accuracy" in out
 
