@@ -41,6 +41,9 @@ using k::acc_t;
 
 // Work below about this many element-operations runs on the calling thread.
 constexpr int64_t kGrainElements = 1 << 14;
+// The MLP's multiply-adds per task: waking the other threads costs a few microseconds, as much
+// as about 64K multiply-adds here, so smaller MLPs (batch 1) run on the calling thread.
+constexpr int64_t kGrainMacs = 1 << 16;
 
 // Loads and stores one SIMD vector of acc_t<T> from/to memory holding T.
 // load_n/store_n move the first `count` (<= size()) lanes; the other lanes load as zero.
@@ -447,7 +450,7 @@ struct SeWeights {
 template <typename A>
 void excite_batch(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z, A* gate) {
   const int64_t batch = s.batch;
-  at::parallel_for(0, s.hidden * batch, std::max<int64_t>(1, kGrainElements / s.channels),
+  at::parallel_for(0, s.hidden * batch, std::max<int64_t>(1, kGrainMacs / s.channels),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t t = begin; t < end; ++t) {
                        const int64_t j = t / batch, n = t % batch;
@@ -455,7 +458,7 @@ void excite_batch(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z, 
                                                                mean + n * s.channels, s.channels, SimdDot{});
                      }
                    });
-  at::parallel_for(0, s.channels * batch, std::max<int64_t>(1, kGrainElements / s.hidden),
+  at::parallel_for(0, s.channels * batch, std::max<int64_t>(1, kGrainMacs / s.hidden),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t t = begin; t < end; ++t) {
                        const int64_t c = t / batch, n = t % batch;
