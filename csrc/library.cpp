@@ -5,10 +5,22 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// Importing regnet_ext._C runs the static registrations below; the module itself is empty.
+// Importing regnet_ext._C runs the static registrations below. The module holds one constant,
+// `openmp`: whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
+// CPU pass of ours silently runs on one thread).
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+#ifdef _OPENMP
+  constexpr long kOpenMP = 1;
+#else
+  constexpr long kOpenMP = 0;
+#endif
+  if (module && PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 
 TORCH_LIBRARY(regnet_ext, m) {

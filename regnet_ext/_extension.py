@@ -25,6 +25,16 @@ def require():
             "(or `make build` in a checkout) using the torch you run with.") from _state["error"]
 
 
+def compiled_with_openmp():
+    """Whether _C was compiled with OpenMP, so that its CPU passes run on several threads (None
+    when the extension is not loaded)."""
+    if not load():
+        return None
+    import regnet_ext._C as compiled
+
+    return bool(getattr(compiled, "openmp", 0))
+
+
 def build_config():
     """What setup.py recorded at build time (empty dict when the package was never built)."""
     try:

@@ -33,6 +33,8 @@ def collect():
         "extension_loaded": _extension.load(),
         "extension_error": None if _extension.load() else str(_extension._state["error"]),
         "cpu_kernels": {op: _has_kernel(op, "CPU") for op in ops},
+        # Our CPU passes run on several threads only when _C was compiled with OpenMP.
+        "cpu_kernels_parallel": _extension.compiled_with_openmp(),
         "cuda_compiled": bool(config.get("CUDA_COMPILED")),
         "cuda_build_note": config.get("CUDA_BUILD_REASON"),
         "cuda_archs": config.get("CUDA_ARCH_LIST"),
