@@ -136,10 +136,14 @@ def main():
     # The package is compiled on the machine that runs it, so tune for its CPU by default.
     cpu_flags = os.environ.get("REGNET_EXT_CPU_FLAGS", "-march=native").split()
     # -fopenmp: ATen's at::parallel_for is a header template that only runs in parallel when the
-    # including translation unit is compiled with OpenMP (else it silently runs on one thread).
-    # The link resolves libgomp.so.1 to the copy torch has already loaded.
-    cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unused-function", "-fopenmp", *cpu_flags]
-    link_flags = ["-fopenmp"]
+    # including translation unit is compiled with OpenMP (else it silently runs on one thread;
+    # `regnet-ext info` reports it as cpu_kernels_parallel). The link resolves libgomp.so.1 to the
+    # copy torch has already loaded. Only where torch itself uses OpenMP.
+    import torch
+
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform != "darwin" else []
+    cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unused-function", *openmp, *cpu_flags]
+    link_flags = openmp
     define_macros = []
     srcs = [os.path.relpath(s, ROOT) for s in sources(CPU_SOURCE_PATTERNS)]
     include_dirs = [str(ROOT / "csrc")]
