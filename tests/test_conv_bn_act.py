@@ -80,9 +80,9 @@ def test_relu_and_residual_on_every_kernel_path(relu, residual, training, backen
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_default_backend_mix_on_a_large_strided_grouped_conv(training, monkeypatch):
-    # Unset REGNET_EXT_CPU_CONV mixes backends: batch x 112 x 112 >= 8 x 56 x 56 with stride 2
-    # takes the weight gradient from our tiles and the input gradient from oneDNN
-    # (cpu/conv_bn_act_cpu.h: use_own_weight_grad).
+    # Unset REGNET_EXT_CPU_CONV mixes backends: a group width of 8 takes the weight gradient
+    # from our tiles and the input gradient from oneDNN (cpu/conv_bn_act_cpu.h:
+    # use_own_weight_grad).
     monkeypatch.delenv("REGNET_EXT_CPU_CONV", raising=False)
     case = make_case(2, 16, 16, 112, 3, 2, 2, channels_last=True, residual=True)
     _run_and_compare(case, stride=2, groups=2, training=training, relu=True)

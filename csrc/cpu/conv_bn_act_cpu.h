@@ -75,21 +75,26 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
   return conv_backend() == ConvBackend::kTiles;
 }
 
-// The weight gradient of a strided grouped KxK conv over a large activation: oneDNN's
-// channels_last kernel is slow there and our tiles win (batch 8, 2 threads, weight gradient
-// only: 48 channels in groups of 8 at 112px, stride 2: 6.1 ms against 1.9 ms; 128 in groups
-// of 64 at 112px: 33 vs 13 ms; 104 in groups of 8 at 56px: 0.87 vs 0.84 ms), while at stride 1
-// or on small activations oneDNN wins (1088 in groups of 64 at 7px: 1.7 vs 3.1 ms). oneDNN's
-// times varied up to 2-3x between runs on this VM; the rule is the boundary that held in every
-// run (conv_bn_act_backward asked for the weight gradient only, REGNET_EXT_CPU_CONV=aten
-// against =tiles, every grouped 3x3 shape of RegNetX/Y-400MF and RegNetY-4.0GF at batch 1, 8).
+// The weight gradient of a grouped KxK conv over a large activation comes from our tiles, the
+// input gradient still from oneDNN. Measured by benchmarks/bench_weight_grad.py (the whole
+// training backward; results/weight_grad_cpu.*, batch 8 unless said): oneDNN's channels_last
+// kernel is slow on large activations (48 channels in groups of 8 at 112px: 9.6 ms for the
+// backward in one oneDNN call, 6.8 ms with our weight gradient; 128 in groups of 64: 67 vs
+// 35 ms), while on small ones one oneDNN call for both gradients beats two calls however fast
+// our part is (440 in groups of 8 at 7px: 0.39 ms, ours alone 0.87). At batch 1 the split pays
+// from 56px on, except for wide groups at stride 1 (128 in groups of 64 at 56px, earlier run:
+// 2.6 vs 2.9 ms). oneDNN's times varied up to 2-3x between runs on this VM: rerun the benchmark
+// before retuning.
 inline bool use_own_weight_grad(const ConvGeometry& g) {
   switch (conv_backend()) {
     case ConvBackend::kTiles: return true;
     case ConvBackend::kAten: return false;
     case ConvBackend::kMixed: break;
   }
-  return g.groups > 1 && g.stride > 1 && g.batch * g.in_h * g.in_w >= 8 * 56 * 56;
+  const int64_t pixels = g.in_h * g.in_w;
+  const bool narrow_or_strided = g.in_c_per_group <= 16 || g.stride > 1;
+  return g.groups > 1 && (g.batch * pixels >= 8 * 56 * 56 ||
+                          (g.batch == 1 && pixels >= 56 * 56 && narrow_or_strided));
 }
 
 // 1x1 convs: our blocked GEMM (at::mm per row block, epilogue or statistics on cache-hot rows)
