@@ -83,8 +83,8 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
 // 35 ms), while on small ones one oneDNN call for both gradients beats two calls however fast
 // our part is (440 in groups of 8 at 7px, a run with the split there: 0.40 vs 0.58 ms). At
 // batch 1 the split pays from 56px on, except for wide groups at stride 1 (128 in groups of 64
-// at 56px, earlier run: 2.6 vs 2.9 ms). oneDNN's times varied up to 2-3x between runs on this VM: rerun the benchmark
-// before retuning.
+// at 56px, earlier run: 2.6 vs 2.9 ms). oneDNN's times varied up to 2-3x between runs on this
+// VM: rerun the benchmark before retuning.
 inline bool use_own_weight_grad(const ConvGeometry& g) {
   switch (conv_backend()) {
     case ConvBackend::kTiles: return true;

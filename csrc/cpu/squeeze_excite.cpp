@@ -151,68 +151,49 @@ void input_grad_run(const T* dy, A gate, A ds_mean, T* dx, int64_t n) {
 // accumulators and gates (C values) stay in L1; the reductions add two rows per accumulator
 // update to halve the store-to-load chain through it.
 
-template <typename T, typename A = acc_t<T>>
-struct RowSplit {
-  using S = Simd<T>;
-  using Vec = typename S::Vec;
-  static constexpr int64_t W = Vec::size();
-  int64_t full, tail;  // channels in full vectors, channels in the partial one
-  explicit RowSplit(int64_t channels) : full(channels - channels % W), tail(channels % W) {}
-};
+// Calls f(c, n) for the vectors of one row: n = W lanes from channel c, then the tail (n < W).
+// Inlined, the full-vector calls see n == W as a constant, so load_n / store_n take no branch.
+template <int64_t W, typename F>
+inline void for_each_vector(int64_t channels, const F& f) {
+  int64_t c = 0;
+  for (; c + W <= channels; c += W) f(c, W);
+  if (c < channels) f(c, channels - c);
+}
 
 // out[c] = sum over rows of x[r, c].
 template <typename T, typename A = acc_t<T>>
 void pool_block(const T* x, int64_t rows, int64_t channels, A* out) {
-  using R = RowSplit<T>;
-  using S = typename R::S;
-  using Vec = typename R::Vec;
-  const R split(channels);
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
   std::fill(out, out + channels, A(0));
+  // Rows a and b (b may be null) added into out.
+  auto add_rows = [&](const T* a, const T* b) {
+    for_each_vector<Vec::size()>(channels, [&](int64_t c, int64_t n) {
+      Vec v = S::load_n(a + c, n);
+      if (b) v = k::se_pool_step(v, S::load_n(b + c, n));
+      k::se_pool_step(Vec::loadu(out + c, n), v).store(out + c, n);
+    });
+  };
   int64_t r = 0;
-  for (; r + 2 <= rows; r += 2) {
-    const T *a = x + r * channels, *b = a + channels;
-    for (int64_t c = 0; c < split.full; c += R::W) {
-      const Vec pair = k::se_pool_step(S::load(a + c), S::load(b + c));
-      k::se_pool_step(Vec::loadu(out + c), pair).store(out + c);
-    }
-    if (split.tail) {
-      const int64_t c = split.full, n = split.tail;
-      const Vec pair = k::se_pool_step(S::load_n(a + c, n), S::load_n(b + c, n));
-      k::se_pool_step(Vec::loadu(out + c, n), pair).store(out + c, n);
-    }
-  }
-  for (; r < rows; ++r) {
-    const T* a = x + r * channels;
-    for (int64_t c = 0; c < split.full; c += R::W)
-      k::se_pool_step(Vec::loadu(out + c), S::load(a + c)).store(out + c);
-    if (split.tail) {
-      const int64_t c = split.full, n = split.tail;
-      k::se_pool_step(Vec::loadu(out + c, n), S::load_n(a + c, n)).store(out + c, n);
-    }
-  }
+  for (; r + 2 <= rows; r += 2) add_rows(x + r * channels, x + (r + 1) * channels);
+  if (r < rows) add_rows(x + r * channels, nullptr);
 }
 
 // pool[c] = sum_r x[r, c], dgate[c] = sum_r dy[r, c] * x[r, c].
 template <typename T, typename A = acc_t<T>>
 void pool_and_gate_grad_block(const T* x, const T* dy, int64_t rows, int64_t channels, A* pool,
                               A* dgate) {
-  using R = RowSplit<T>;
-  using S = typename R::S;
-  using Vec = typename R::Vec;
-  const R split(channels);
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
   std::fill(pool, pool + channels, A(0));
   std::fill(dgate, dgate + channels, A(0));
-  // One vector of channels [c, c + n) of row r.
-  auto step = [&](int64_t offset, int64_t c, int64_t n) {
-    const Vec xv = n == R::W ? S::load(x + offset + c) : S::load_n(x + offset + c, n);
-    const Vec dv = n == R::W ? S::load(dy + offset + c) : S::load_n(dy + offset + c, n);
-    k::se_pool_step(Vec::loadu(pool + c, n), xv).store(pool + c, n);
-    k::se_gate_grad_step(Vec::loadu(dgate + c, n), dv, xv).store(dgate + c, n);
-  };
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t offset = r * channels;
-    for (int64_t c = 0; c < split.full; c += R::W) step(offset, c, R::W);
-    if (split.tail) step(offset, split.full, split.tail);
+    const T *xr = x + r * channels, *dyr = dy + r * channels;
+    for_each_vector<Vec::size()>(channels, [&](int64_t c, int64_t n) {
+      const Vec xv = S::load_n(xr + c, n);
+      k::se_pool_step(Vec::loadu(pool + c, n), xv).store(pool + c, n);
+      k::se_gate_grad_step(Vec::loadu(dgate + c, n), S::load_n(dyr + c, n), xv).store(dgate + c, n);
+    });
   }
 }
 
@@ -220,27 +201,19 @@ void pool_and_gate_grad_block(const T* x, const T* dy, int64_t rows, int64_t cha
 template <bool kGrad, typename T, typename A = acc_t<T>>
 void elementwise_block(const T* in, int64_t rows, int64_t channels, const A* gate, const A* ds_mean,
                        T* out) {
-  using R = RowSplit<T>;
-  using S = typename R::S;
-  using Vec = typename R::Vec;
-  const R split(channels);
-  auto apply = [&](const Vec& a, int64_t c, int64_t n) {
-    const Vec g = n == R::W ? Vec::loadu(gate + c) : Vec::loadu(gate + c, n);
-    if constexpr (kGrad) {
-      const Vec d = n == R::W ? Vec::loadu(ds_mean + c) : Vec::loadu(ds_mean + c, n);
-      return k::se_input_grad(a, g, d);
-    } else {
-      return k::se_scale(a, g);
-    }
-  };
+  using S = Simd<T>;
+  using Vec = typename S::Vec;
   for (int64_t r = 0; r < rows; ++r) {
     const T* src = in + r * channels;
     T* dst = out + r * channels;
-    for (int64_t c = 0; c < split.full; c += R::W) S::store(dst + c, apply(S::load(src + c), c, R::W));
-    if (split.tail) {
-      const int64_t c = split.full, n = split.tail;
-      S::store_n(dst + c, apply(S::load_n(src + c, n), c, n), n);
-    }
+    for_each_vector<Vec::size()>(channels, [&](int64_t c, int64_t n) {
+      const Vec a = S::load_n(src + c, n), g = Vec::loadu(gate + c, n);
+      if constexpr (kGrad) {
+        S::store_n(dst + c, k::se_input_grad(a, g, Vec::loadu(ds_mean + c, n)), n);
+      } else {
+        S::store_n(dst + c, k::se_scale(a, g), n);
+      }
+    });
   }
 }
 
