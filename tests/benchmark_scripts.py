@@ -24,3 +24,11 @@ def run(name, *args, hide_gpus=False):
         env["CUDA_VISIBLE_DEVICES"] = ""
     return subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)
+
+
+def assert_usage_error(done, message, unwritten):
+    """A run refused as a user error: exit 2, `message` on stderr, no traceback, no output file."""
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not unwritten.exists()
