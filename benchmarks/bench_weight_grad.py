@@ -27,12 +27,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BACKENDS = {"onednn": "aten", "tiles": "tiles", "default": None}
 
 
+def _set_backend(value):
+    """REGNET_EXT_CPU_CONV=value (None: unset); the extension reads it on every call."""
+    if value is None:
+        os.environ.pop("REGNET_EXT_CPU_CONV", None)
+    else:
+        os.environ["REGNET_EXT_CPU_CONV"] = value
+
+
 def _with_backend(value, fn):
     def run():
-        if value is None:
-            os.environ.pop("REGNET_EXT_CPU_CONV", None)
-        else:
-            os.environ["REGNET_EXT_CPU_CONV"] = value
+        _set_backend(value)
         fn()
     return run
 
@@ -58,10 +63,7 @@ def measure(shape, rounds, warmup):
         timed = time_interleaved_on(torch.device("cpu"), candidates, rounds=rounds, warmup=warmup,
                                     target_s=0.02)
     finally:
-        if previous is None:
-            os.environ.pop("REGNET_EXT_CPU_CONV", None)
-        else:
-            os.environ["REGNET_EXT_CPU_CONV"] = previous
+        _set_backend(previous)
     ms = {name: t["median_s"] * 1e3 for name, t in timed.items()}
     best = min(ms["onednn"], ms["tiles"])
     return {"label": f"N{shape.batch} {shape.c_in} ch gw{shape.group_width} s{shape.stride} {shape.size}px",
