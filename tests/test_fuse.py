@@ -76,6 +76,7 @@ def test_fuse_swaps_whole_blocks_and_keeps_state_dict(name):
     assert model is stock
     assert report.count("FusedResBottleneck") == EXPECTED_BLOCKS[name]
     assert report.count("FusedConvBNAct") == 1  # the stem
+    assert report.count("FusedLinear") == 1  # the classifier
     assert report.left_stock == [] and report.notes == []
     # The same tensors under the same keys, in the same order.
     after = list(model.state_dict(keep_vars=True).items())
@@ -258,15 +259,15 @@ def test_non_regnet_model_swaps_only_what_matches_and_says_so():
     with torch.no_grad():
         expected = model(x)
     model, report = fuse(model, report=True)
-    # Only the downsample shortcuts (Sequential(Conv2d, BatchNorm2d)) are a known pattern;
-    # BasicBlock's forward is not, so its layers stay stock and are listed.
-    assert [path for path, _, _ in report.swapped] == [f"layer{i}.0.downsample" for i in (2, 3, 4)]
-    assert all(fused == "FusedConvBNAct" for _, _, fused in report.swapped)
+    # Only the downsample shortcuts (Sequential(Conv2d, BatchNorm2d)) and the classifier are
+    # known patterns; BasicBlock's forward is not, so its layers stay stock and are listed.
+    assert report.swapped == [(f"layer{i}.0.downsample", "Sequential", "FusedConvBNAct") for i in (2, 3, 4)] \
+        + [("fc", "Linear", "FusedLinear")]
     left = dict(report.left_stock)
     assert left["conv1"] == "Conv2d" and left["bn1"] == "BatchNorm2d" and "layer1.0.conv2" in left
     assert not any(path.startswith("layer2.0.downsample") for path in left)
     text = str(report)
-    assert "swapped 3 module(s)" in text and "layer1.0.conv1" in text
+    assert "swapped 4 module(s)" in text and "layer1.0.conv1" in text
     with torch.no_grad():
         assert_rel_close(model(x), expected, 1e-5, "resnet18")
 

@@ -9,7 +9,7 @@
 
 Patterns are recognised by structure (see patterns.py): whole bottleneck blocks first (residual
 add and final ReLU go into the last conv's epilogue), then conv-BN(-ReLU) layers and SE modules
-on their own. Anything not recognised stays as it is and is listed in the report.
+on their own, and Linear layers (the classifier). Anything not recognised stays as it is and is listed in the report.
 """
 import dataclasses
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import patterns
-from .modules import FusedConvBNAct, FusedResBottleneck, FusedSqueezeExcite, _HoldsStock
+from .modules import FusedConvBNAct, FusedLinear, FusedResBottleneck, FusedSqueezeExcite, _HoldsStock
 
 # (device type, device index, dtype) -> list of selfcheck.CheckResult, run once per process.
 _SELFCHECK_RESULTS = {}
@@ -58,6 +58,10 @@ def build_squeeze_excite(module, match):
                               reduce_name=match.reduce, expand_name=match.expand, stock=module)
 
 
+def build_linear(module, match):
+    return FusedLinear(module, stock=module)
+
+
 def build_bottleneck(module, match):
     parts = {}
     # Children keep the stock order, so parameters() (and optimizer/DDP ordering) is unchanged.
@@ -75,6 +79,7 @@ _BUILDERS = (
     (patterns.match_bottleneck, build_bottleneck),
     (patterns.match_conv_bn_act, build_conv_bn_act),
     (patterns.match_squeeze_excite, build_squeeze_excite),
+    (patterns.match_linear, build_linear),
 )
 _UNKNOWN_PREFIX = "not a known"
 
@@ -140,7 +145,8 @@ def fuse(model, *, verify=False, report=False):
     """Swaps fused modules into `model` in place and returns it.
 
     Recognises our RegNets (regnet_ext.models), torchvision's regnet_* and timm's regnet* models
-    (whole bottleneck blocks, stems, SE modules), and conv-BN(-ReLU) nn.Sequentials in any model;
+    (whole bottleneck blocks, stems, SE modules, the classifier), and conv-BN(-ReLU)
+    nn.Sequentials and plain nn.Linear layers in any model;
     leaves everything else untouched. Parameters, buffers and state_dict keys are unchanged, so an
     optimizer built before fusing keeps working and checkpoints load both ways.
 

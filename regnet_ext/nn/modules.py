@@ -9,7 +9,8 @@ BatchNorm semantics follow nn.BatchNorm2d exactly: batch statistics (and a runni
 while the BN module is in training mode, running statistics folded into the conv otherwise. The
 operator folds on every call, so the fold can never be stale after an optimizer step or a
 load_state_dict; CPU inference without autograd keeps the fold cached instead, keyed on the
-parameters' storage and version counters (folded_inference.py).
+parameters' storage and version counters (folded_inference.py). FusedLinear (the classifier)
+keeps its weight packed for oneDNN the same way.
 
 Under autocast the operators run in autocast's dtype (the inputs and weights are cast, as
 autocast does for conv2d); running statistics stay in their own dtype and are updated there.
@@ -198,6 +199,39 @@ class FusedSqueezeExcite(_HoldsStock):
         dtype = compute_dtype(x)
         return squeeze_excite(x.to(dtype), reduce.weight.to(dtype), reduce.bias.to(dtype),
                               expand.weight.to(dtype), expand.bias.to(dtype))
+
+
+class FusedLinear(_HoldsStock, nn.Linear):
+    """nn.Linear (a RegNet's classifier) whose CPU inference without autograd multiplies by a
+    weight kept packed for oneDNN (folded_inference.PackedLinear); F.linear everywhere else.
+
+    Holds the stock layer's own weight and bias Parameters under the same names. It is an
+    nn.Linear, so code that looks for the classifier by type still finds it.
+    """
+
+    def __init__(self, linear, *, stock=None):
+        nn.Module.__init__(self)
+        if type(linear).forward is not nn.Linear.forward:
+            raise ValueError(f"FusedLinear: linear must be a plain nn.Linear, got {type(linear).__name__}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.register_parameter("bias", linear.bias)
+        self._packed = folded_inference.PackedLinear()
+        self._remember_stock(stock)
+
+    def forward(self, x):
+        weight, bias = self.weight, self.bias
+        dtype = compute_dtype(x)
+        if folded_inference.linear_applies(x, weight, bias, dtype):
+            return self._packed(weight, bias, x, dtype)
+        return F.linear(x, weight, bias)
+
+    def stock_module(self):
+        stock = self.__dict__.get(_STOCK)
+        if stock is None:
+            raise RuntimeError("FusedLinear was built without a stock module to restore")
+        stock.weight, stock.bias = self.weight, self.bias  # replaced after fusing: carry over
+        return stock.train(self.training)
 
 
 class FusedBranch(nn.Module):

@@ -28,6 +28,11 @@ class SEMatch:
 
 
 @dataclasses.dataclass(frozen=True)
+class LinearMatch:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
 class BlockMatch:
     parts: dict  # role -> dotted path of the stock layer inside the block
     shortcut: str  # "identity" | "proj" | "none"
@@ -241,3 +246,10 @@ def match_bottleneck(module):
             paths["proj"] = "downsample"
         return _block(module, paths, shortcut, _is_relu(module.act3))
     return "not a known bottleneck block"
+
+
+def match_linear(module):
+    """A plain nn.Linear (the classifier): the same function, run through a packed weight."""
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+        return LinearMatch()
+    return "not a known linear layer"
