@@ -349,3 +349,27 @@ def test_a_batchnorm_with_its_own_activation_is_not_fused_outside_timm_layers():
     seq = nn.Sequential(nn.Conv2d(4, 8, 1, bias=False), timm_layers.BatchNormAct2d(8, act_layer=nn.ReLU))
     _, report = fuse(nn.Sequential(seq), report=True)
     assert report.swapped == [] and "activation of its own" in report.notes[0][1]
+
+
+def test_patterns_holding_hooked_modules_stay_stock_and_the_hooks_still_run():
+    torch.manual_seed(0)
+    model = randomize(regnet("RegNetY-400MF")).eval()
+    seen = []
+    model.s1.b1.b.conv.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model.s2.b1.register_forward_pre_hook(lambda m, i: seen.append("s2.b1"))
+    x = images(1, 64)
+    with torch.no_grad():
+        expected = model(x)
+    seen.clear()
+    model, report = fuse(model, report=True)
+    notes = dict(report.notes)
+    assert "s1.b1.b.conv has a forward/backward hook" in notes["s1.b1"]
+    assert "s1.b1.b.conv has a forward/backward hook" in notes["s1.b1.b"]
+    assert "s2.b1 has a forward/backward hook" in notes["s2.b1"]
+    swapped = {path for path, _, _ in report.swapped}
+    # The hooked block's other parts are fused one by one; the hooked layer is not.
+    assert {"s1.b1.a", "s1.b1.c", "s1.b1.se", "s2.b1.a", "s2.b1.b", "s2.b1.c", "s2.b2"} <= swapped
+    assert "s1.b1.b" not in swapped and dict(report.left_stock)["s1.b1.b.conv"] == "Conv2d"
+    with torch.no_grad():
+        assert_rel_close(model(x), expected, 1e-5, "fused around hooks")
+    assert seen == [torch.Size([1, 48, 16, 16]), "s2.b1"]

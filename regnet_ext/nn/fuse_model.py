@@ -84,11 +84,29 @@ _BUILDERS = (
 _UNKNOWN_PREFIX = "not a known"
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked_module(module):
+    """The dotted path ("" for `module` itself) of the first module under `module` that has a
+    forward or backward hook, or None. A fused replacement runs none of them."""
+    for path, m in module.named_modules():
+        if any(getattr(m, name, None) for name in _HOOK_DICTS):
+            return path
+    return None
+
+
 def _fuse_one(module, path, report):
     """The fused replacement of `module`, or None (with a note when a known pattern failed)."""
     for match_fn, build in _BUILDERS:
         match = match_fn(module)
         if not isinstance(match, str):
+            hooked = _hooked_module(module)
+            if hooked is not None:
+                where = f"{path}.{hooked}" if path and hooked else (hooked or path or "<model>")
+                report.notes.append((path or "<model>", f"{where} has a forward/backward hook, which "
+                                     "the fused module would not run"))
+                return None
             fused = build(module, match)
             report.swapped.append((path or "<model>", type(module).__name__, type(fused).__name__))
             return fused
@@ -146,9 +164,11 @@ def fuse(model, *, verify=False, report=False):
 
     Recognises our RegNets (regnet_ext.models), torchvision's regnet_* and timm's regnet* models
     (whole bottleneck blocks, stems, SE modules, the classifier), and conv-BN(-ReLU)
-    nn.Sequentials and plain nn.Linear layers in any model;
-    leaves everything else untouched. Parameters, buffers and state_dict keys are unchanged, so an
-    optimizer built before fusing keeps working and checkpoints load both ways.
+    nn.Sequentials and plain nn.Linear layers in any model; leaves everything else untouched. A
+    pattern holding a module with a forward or backward hook stays stock (the fused module would
+    not run the hook); its parts may still be fused on their own, and the report says which.
+    Parameters, buffers and state_dict keys are unchanged, so an optimizer built before fusing
+    keeps working and checkpoints load both ways.
 
     verify=True first runs the operator self-check for the model's device and dtype (once per
     process) and raises RuntimeError, swapping nothing, if it fails.
