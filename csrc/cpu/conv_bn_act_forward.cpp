@@ -2,7 +2,8 @@
 //
 // Schedules (all in channels_last; NCHW inputs are converted in and out):
 //  * eval: BN folded into the weights and bias; oneDNN's conv with the residual add and ReLU as
-//    fused post-ops writes y once (cpu/onednn_fused_conv.h). With REGNET_EXT_CPU_CONV=tiles,
+//    fused post-ops writes y once (cpu/onednn_fused_conv.h); the folded weight is packed for
+//    oneDNN once per change of the parameters (cpu/folded_weight_cache.h). With REGNET_EXT_CPU_CONV=tiles,
 //    each register tile of our own conv (kernels::conv_tile) gets shift, residual and ReLU in
 //    registers and is stored once.
 //  * eval, 1x1 ungrouped conv with REGNET_EXT_CPU_CONV=tiles: a GEMM with the folded weights
@@ -22,6 +23,7 @@
 #include "checks.h"
 #include "cpu/channel_passes.h"
 #include "cpu/conv_bn_act_cpu.h"
+#include "cpu/folded_weight_cache.h"
 #include "cpu/onednn_fused_conv.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act.h"
@@ -62,6 +64,26 @@ std::vector<acc_t<T>> acc_vector(const at::Tensor& t, int64_t length) {
 // The GEMM operand layout of an NHWC tensor [N, C, H, W]: [N*H*W, C] rows.
 inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
+}
+
+// The cache key of this call's folded weight, or nullopt where the cache does not apply: turned
+// off, float64/float16 or a dtype and residual oneDNN cannot fuse, or an inference tensor.
+std::optional<FoldKey> cacheable_fold(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                      const at::Tensor& gamma, const at::Tensor& beta,
+                                      const at::Tensor& mean, const at::Tensor& var,
+                                      const ConvGeometry& g, double eps, bool with_residual) {
+  const auto dtype = x.scalar_type();
+  if (!folded_weight_cache_enabled() || (dtype != at::kFloat && dtype != at::kBFloat16) ||
+      !onednn_fusable(dtype, with_residual))
+    return std::nullopt;
+  FoldKey key{{}, eps, {g.in_c, g.in_h, g.in_w, g.stride, g.padding, g.groups}, dtype};
+  const at::Tensor* tensors[] = {&weight, &bias, &gamma, &beta, &mean, &var};
+  for (size_t i = 0; i < key.tensors.size(); ++i) {
+    std::optional<TensorStamp> s = stamp_of(*tensors[i]);
+    if (!s) return std::nullopt;
+    key.tensors[i] = std::move(*s);
+  }
+  return key;
 }
 
 template <typename T>
@@ -111,13 +133,32 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       }
     });
   } else if (!use_own_conv_tiles(g)) {
-    // oneDNN computes act(conv(x, W') + b' [+ residual]) in one pass; where it cannot fuse the
-    // epilogue (float64), it computes conv(x, W') + b' and our epilogue pass runs in place.
-    const at::Tensor scale_t = at::from_blob(scale.data(), {g.out_c, 1, 1, 1},
-                                             weight.options().dtype(c10::CppTypeToScalarType<A>::value));
-    const at::Tensor shift_t = at::from_blob(shift.data(), {g.out_c}, scale_t.options());
-    const at::Tensor folded = (weight.to(scale_t.scalar_type()) * scale_t).to(x.scalar_type());
-    const at::Tensor folded_bias = shift_t.to(x.scalar_type());
+    // oneDNN computes act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per
+    // change of the parameters where the cache applies; where oneDNN cannot fuse the epilogue
+    // (float64), it computes conv(x, W') + b' and our epilogue pass runs in place.
+    auto fold = [&] {
+      const at::Tensor scale_t = at::from_blob(scale.data(), {g.out_c, 1, 1, 1},
+                                               weight.options().dtype(c10::CppTypeToScalarType<A>::value));
+      const at::Tensor shift_t = at::from_blob(shift.data(), {g.out_c}, scale_t.options());
+      // The bias is copied: shift_t views this call's stack, and the cache keeps the bias.
+      return std::make_pair((weight.to(scale_t.scalar_type()) * scale_t).to(x.scalar_type()),
+                            shift_t.to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true));
+    };
+    const std::optional<FoldKey> key =
+        cacheable_fold(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, res.defined());
+    if (key) {
+      const FoldedWeights cached = FoldedWeightCache::instance().get(*key, [&] {
+        const auto [folded, folded_bias] = fold();
+        return FoldedWeights{onednn_pack_conv_weight(folded.contiguous(at::MemoryFormat::ChannelsLast), g, xc),
+                             folded_bias};
+      });
+      if (cached.packed_weight.defined()) {
+        const at::Tensor fused = onednn_fused_conv(xc, cached.packed_weight, cached.bias, res, g, relu,
+                                                   /*weight_packed=*/true);
+        return in_memory_format(fused, output_memory_format(x));
+      }
+    }
+    const auto [folded, folded_bias] = fold();
     const at::Tensor fused = onednn_fused_conv(xc, folded, folded_bias, res, g, relu);
     if (fused.defined()) return in_memory_format(fused, output_memory_format(x));
     y = aten_conv(xc, folded, folded_bias, g);

@@ -20,28 +20,33 @@ inline std::optional<c10::OperatorHandle> onednn_pointwise_op(const char* overlo
   return c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", overload});
 }
 
+// Whether oneDNN can run act(conv + b [+ residual]) for this dtype: not where this torch lacks
+// oneDNN or the user disabled it, not for float64, and not for 16-bit types with a residual.
+inline bool onednn_fusable(at::ScalarType dtype, bool with_residual) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
+  if (!at::globalContext().userEnabledMkldnn()) return false;
+  // ATen's fallback for the binary fusion (at::add_relu) refuses 16-bit types in torch 2.14.
+  if (with_residual && dtype != at::kFloat) return false;
+  static const bool available = onednn_pointwise_op("").has_value() && onednn_pointwise_op("binary").has_value();
+  return available;
+}
+
 // The result in x's (channels_last) layout, or an undefined tensor where oneDNN cannot run it
-// (no oneDNN in this torch, oneDNN disabled by the user, or a dtype it lacks: float64, and
-// 16-bit types with a residual);
-// callers then fall back to a conv and a separate epilogue pass.
+// (!onednn_fusable); callers then fall back to a conv and a separate epilogue pass.
+// weight_packed: the weight is already in oneDNN's blocked layout (folded_weight_cache.h).
 inline at::Tensor onednn_fused_conv(const at::Tensor& x_nhwc, const at::Tensor& weight,
                                     const at::Tensor& bias, const at::Tensor& residual_nhwc,
-                                    const kernels::ConvGeometry& g, bool relu) {
-  const auto dtype = x_nhwc.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return {};
-  if (!at::globalContext().userEnabledMkldnn()) return {};
+                                    const kernels::ConvGeometry& g, bool relu, bool weight_packed = false) {
+  const bool with_residual = residual_nhwc.defined();
+  if (!onednn_fusable(x_nhwc.scalar_type(), with_residual)) return {};
   static const std::optional<c10::OperatorHandle> unary = onednn_pointwise_op("");
   static const std::optional<c10::OperatorHandle> binary = onednn_pointwise_op("binary");
-  const bool with_residual = residual_nhwc.defined();
-  // ATen's fallback for the binary fusion (at::add_relu) refuses 16-bit types in torch 2.14.
-  if (with_residual && dtype != at::kFloat) return {};
   const auto& op = with_residual ? binary : unary;
-  if (!op) return {};
 
   const std::vector<int64_t> padding{g.padding, g.padding}, stride{g.stride, g.stride}, dilation{1, 1};
   const std::string act = relu ? "relu" : "none";
   const c10::IValue b = bias.defined() ? c10::IValue(bias) : c10::IValue();
-  const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor w = weight_packed ? weight : weight.contiguous(at::MemoryFormat::ChannelsLast);
   torch::jit::Stack stack;
   if (with_residual)
     stack = {x_nhwc, residual_nhwc, w, b, padding, stride, dilation, g.groups, std::string("add"),

@@ -1,7 +1,7 @@
 """squeeze_excite: y = x * sigmoid(w2 . relu(w1 . mean_hw(x) + b1) + b2) as one fused operator.
 
-The public function checks its arguments (ValueError naming the argument) and calls the
-operator. This module also registers the fake (meta) kernels of the forward and backward
+The public function calls the operator, whose kernels check every argument, and turns a
+refusal into a ValueError naming the argument. This module also registers the fake (meta) kernels of the forward and backward
 operators, so torch.compile traces through them. Autograd is registered in C++
 (csrc/autograd.cpp): the backward operator, which refuses to be differentiated again.
 """
@@ -9,7 +9,6 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from .._extension import require
-from ._tracing import quiet_shape_checks_under_trace
 
 require()
 
@@ -17,7 +16,6 @@ _ops = torch.ops.regnet_ext
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-@quiet_shape_checks_under_trace
 def squeeze_excite(x, w1, b1, w2, b2):
     """Fused squeeze-and-excitation.
 
@@ -27,8 +25,15 @@ def squeeze_excite(x, w1, b1, w2, b2):
     All tensors share x's device and dtype (float32, float64, bfloat16 or float16; reduced
     precision accumulates in float32). Differentiable in x and all weights, once.
     """
+    try:
+        return _ops.squeeze_excite(x, w1, b1, w2, b2)
+    except (RuntimeError, TypeError) as exc:
+        error = exc
+    # Every kernel (and the fake kernel) checks all arguments; the Python checks, which name
+    # the argument in a ValueError, run only once the operator has refused them, since at
+    # batch 1 they cost 3.4 us of a 14 us call.
     _check_args(x, w1, b1, w2, b2)
-    return _ops.squeeze_excite(x, w1, b1, w2, b2)
+    raise error
 
 
 # ---- argument checks (shared by the public function and the fake kernels) ----------------

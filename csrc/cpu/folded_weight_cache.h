@@ -1,0 +1,159 @@
+// A process-wide cache of conv_bn_act's folded eval weights, packed in oneDNN's blocked layout.
+//
+// The eval operator folds BN into the conv weight on every call and hands oneDNN a plain weight,
+// which oneDNN reorders into its blocked layout on every call: 120 us for a 1088-channel grouped
+// 3x3 weight here, 10-25 us for small ones, often more than the convolution itself at batch 1.
+// Callers that do not go through the fused modules' own cache (torch.compile'd or exported fused
+// models, eval with autograd as in frozen-BN fine-tuning, direct operator calls) pay it each time.
+//
+// An entry is keyed on every tensor the fold reads: its TensorImpl, version counter and data
+// pointer (an optimizer step, load_state_dict or any in-place write bumps the version; .to() or
+// assign=True loads change the data pointer), plus eps, the input's shape past the batch and the
+// conv geometry. Entries hold weak references to those TensorImpls, so an address cannot be
+// reused by another tensor while its entry exists. Not cached (computed per call as before):
+// inference tensors (they have no version counter). Writes through `.data` or `.detach()` views
+// do not bump the version: REGNET_EXT_CPU_WEIGHT_CACHE=0 turns the cache off for such code.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <iterator>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "kernels/conv_bn_act.h"
+
+namespace regnet_ext::cpu {
+
+using WeakTensorImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+
+struct TensorStamp {
+  std::optional<WeakTensorImpl> impl;        // empty for an undefined (absent) tensor
+  const c10::TensorImpl* address = nullptr;
+  int64_t version = 0;
+  const void* data = nullptr;
+
+  bool same(const TensorStamp& o) const {
+    return address == o.address && version == o.version && data == o.data;
+  }
+  bool alive() const { return !impl || !impl->expired(); }
+};
+
+// The stamp of t, or nullopt where t has no version counter (an inference tensor).
+inline std::optional<TensorStamp> stamp_of(const at::Tensor& t) {
+  TensorStamp s;
+  if (!t.defined()) return s;
+  if (t.is_inference()) return std::nullopt;
+  s.impl.emplace(t.getIntrusivePtr());
+  s.address = t.unsafeGetTensorImpl();
+  s.version = t._version();
+  s.data = t.const_data_ptr();
+  return s;
+}
+
+struct FoldKey {
+  std::array<TensorStamp, 6> tensors;  // weight, conv bias, gamma, beta, running mean, running var
+  double eps;
+  std::array<int64_t, 6> shape;  // in_c, in_h, in_w, stride, padding, groups
+  at::ScalarType dtype;
+
+  bool same(const FoldKey& o) const {
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (!tensors[i].same(o.tensors[i])) return false;
+    return eps == o.eps && shape == o.shape && dtype == o.dtype;
+  }
+  bool alive() const {
+    for (const auto& t : tensors)
+      if (!t.alive()) return false;
+    return true;
+  }
+};
+
+struct FoldedWeights {
+  at::Tensor packed_weight;  // oneDNN's blocked layout: only for mkldnn::_convolution_pointwise
+  at::Tensor bias;           // folded shift, in x's dtype
+};
+
+inline bool folded_weight_cache_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("REGNET_EXT_CPU_WEIGHT_CACHE");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return enabled;
+}
+
+// oneDNN's weight reorder (mkldnn::_reorder_convolution_weight, the one torch.compile's freezing
+// uses), or an undefined tensor where this torch lacks it.
+inline at::Tensor onednn_pack_conv_weight(const at::Tensor& weight, const kernels::ConvGeometry& g,
+                                          const at::Tensor& x) {
+  static const std::optional<c10::OperatorHandle> op =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_convolution_weight", ""});
+  if (!op) return {};
+  torch::jit::Stack stack{weight, std::vector<int64_t>{g.padding, g.padding},
+                          std::vector<int64_t>{g.stride, g.stride}, std::vector<int64_t>{1, 1},
+                          g.groups, x.sizes().vec()};
+  op->callBoxed(stack);
+  return stack.at(0).toTensor();
+}
+
+class FoldedWeightCache {
+ public:
+  static FoldedWeightCache& instance() {
+    static FoldedWeightCache cache;
+    return cache;
+  }
+
+  // The cached entry for key, or make() stored under it. make() may return undefined tensors
+  // (nothing is stored then).
+  FoldedWeights get(const FoldKey& key, const std::function<FoldedWeights()>& make) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (const auto& e : entries_)
+        if (e.key.same(key) && e.key.alive()) return e.value;
+    }
+    FoldedWeights value = make();  // outside the lock: a reorder can take 100 us
+    if (!value.packed_weight.defined()) return value;
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      if (it->key.alive()) {
+        ++it;
+      } else {
+        bytes_ -= entry_bytes(it->value);
+        it = entries_.erase(it);
+      }
+    }
+    entries_.push_back({key, value});
+    bytes_ += entry_bytes(value);
+    while (entries_.size() > kMaxEntries || (bytes_ > kMaxBytes && entries_.size() > 1)) {
+      bytes_ -= entry_bytes(entries_.front().value);
+      entries_.pop_front();
+    }
+    return value;
+  }
+
+ private:
+  // Enough for every conv of the largest standard RegNet (RegNetY-32GF: 83), with room for a
+  // few models and input sizes; the byte bound keeps the copies of big weights in check.
+  static constexpr size_t kMaxEntries = 1024;
+  static constexpr int64_t kMaxBytes = int64_t(1) << 30;
+  struct Entry {
+    FoldKey key;
+    FoldedWeights value;
+  };
+  static int64_t entry_bytes(const FoldedWeights& v) {
+    return static_cast<int64_t>(v.packed_weight.nbytes() + v.bias.nbytes());
+  }
+  std::mutex mutex_;
+  std::deque<Entry> entries_;
+  int64_t bytes_ = 0;
+};
+
+}  // namespace regnet_ext::cpu
