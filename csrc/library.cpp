@@ -5,9 +5,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// Importing regnet_ext._C runs the static registrations below. The module holds one constant,
-// `openmp`: whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
-// CPU pass of ours silently runs on one thread).
+// Importing regnet_ext._C runs the static registrations below. The module holds two constants:
+// `openmp`, whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
+// CPU pass of ours silently runs on one thread), and `gw8_kernel`, whether it has the AVX-512
+// grouped conv for 8 channels per group (csrc/cpu/grouped_conv_gw8.h).
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
@@ -16,7 +17,13 @@ extern "C" PyObject* PyInit__C(void) {
 #else
   constexpr long kOpenMP = 0;
 #endif
-  if (module && PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0) {
+#if defined(__AVX512F__)
+  constexpr long kGw8Kernel = 1;
+#else
+  constexpr long kGw8Kernel = 0;
+#endif
+  if (module && (PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0 ||
+                 PyModule_AddIntConstant(module, "gw8_kernel", kGw8Kernel) != 0)) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -40,8 +40,9 @@ def test_channels_last_no_grad_inference_takes_the_cached_path_and_matches_stock
     with torch.no_grad():
         expected, actual = stock(x), fused(x)
     assert_rel_close(actual, expected, 1e-5, "folded inference")
-    layers = sum(isinstance(m, FusedConvBNAct) for m in fused.modules())
-    assert _cached_layers(fused) == layers, "every conv+BN layer should have run the cached fold"
+    # Layers with 8 channels per group call the operator (our kernel, its own weight cache).
+    layers = sum(isinstance(m, FusedConvBNAct) and not m._gw8 for m in fused.modules())
+    assert _cached_layers(fused) == layers, "every other conv+BN layer should have run the cached fold"
     with torch.inference_mode():
         assert_rel_close(fused(x), expected, 1e-5, "under inference_mode")
 

@@ -66,17 +66,16 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
-// The cache key of this call's folded weight, or nullopt where the cache does not apply: turned
-// off, float64/float16 or a dtype and residual oneDNN cannot fuse, or an inference tensor.
-std::optional<FoldKey> cacheable_fold(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                      const at::Tensor& gamma, const at::Tensor& beta,
-                                      const at::Tensor& mean, const at::Tensor& var,
-                                      const ConvGeometry& g, double eps, bool with_residual) {
-  const auto dtype = x.scalar_type();
-  if (!folded_weight_cache_enabled() || (dtype != at::kFloat && dtype != at::kBFloat16) ||
-      !onednn_fusable(dtype, with_residual))
-    return std::nullopt;
-  FoldKey key{{}, eps, {g.in_c, g.in_h, g.in_w, g.stride, g.padding, g.groups}, dtype};
+// Layouts of a cached folded weight (FoldKey::layout).
+enum FoldLayout : int { kOneDnnLayout = 0, kGw8Layout = 1 };
+
+// The cache key of this call's folded weight, or nullopt where the cache is turned off or a
+// tensor has no version counter (an inference tensor).
+std::optional<FoldKey> fold_key(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& mean,
+                                const at::Tensor& var, const ConvGeometry& g, double eps, FoldLayout layout) {
+  if (!folded_weight_cache_enabled()) return std::nullopt;
+  FoldKey key{{}, eps, {g.in_c, g.in_h, g.in_w, g.stride, g.padding, g.groups}, x.scalar_type(), layout};
   const at::Tensor* tensors[] = {&weight, &bias, &gamma, &beta, &mean, &var};
   for (size_t i = 0; i < key.tensors.size(); ++i) {
     std::optional<TensorStamp> s = stamp_of(*tensors[i]);
@@ -110,6 +109,16 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   at::Tensor y;
   T* yp = nullptr;
 
+  // (W', b'): the folded weight and bias in x's dtype. The bias is copied: shift views this
+  // call's stack, and the cache keeps the bias.
+  auto fold = [&] {
+    const at::Tensor scale_t = at::from_blob(scale.data(), {g.out_c, 1, 1, 1},
+                                             weight.options().dtype(c10::CppTypeToScalarType<A>::value));
+    const at::Tensor shift_t = at::from_blob(shift.data(), {g.out_c}, scale_t.options());
+    return std::make_pair((weight.to(scale_t.scalar_type()) * scale_t).to(x.scalar_type()),
+                          shift_t.to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true));
+  };
+
   if (use_gemm(g)) {
     y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     yp = y.data_ptr<T>();
@@ -132,20 +141,29 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                                shift.data(), r1 - r0, g.out_c, relu);
       }
     });
+  } else if (use_gw8_kernel(g, x.scalar_type())) {
+    if constexpr (std::is_same_v<T, float>) {
+      // Group width 8: our kernel, with the folded weight packed for it once per change.
+      auto make = [&] {
+        auto [folded, folded_bias] = fold();
+        return FoldedWeights{pack_gw8_weight(folded, g), folded_bias};
+      };
+      const std::optional<FoldKey> key =
+          fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kGw8Layout);
+      const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
+      y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+      grouped_conv_gw8(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(),
+                       w.bias.const_data_ptr<float>(), rp, y.data_ptr<float>(), relu);
+    }
   } else if (!use_own_conv_tiles(g)) {
     // oneDNN computes act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per
     // change of the parameters where the cache applies; where oneDNN cannot fuse the epilogue
     // (float64), it computes conv(x, W') + b' and our epilogue pass runs in place.
-    auto fold = [&] {
-      const at::Tensor scale_t = at::from_blob(scale.data(), {g.out_c, 1, 1, 1},
-                                               weight.options().dtype(c10::CppTypeToScalarType<A>::value));
-      const at::Tensor shift_t = at::from_blob(shift.data(), {g.out_c}, scale_t.options());
-      // The bias is copied: shift_t views this call's stack, and the cache keeps the bias.
-      return std::make_pair((weight.to(scale_t.scalar_type()) * scale_t).to(x.scalar_type()),
-                            shift_t.to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true));
-    };
+    const auto dtype = x.scalar_type();
+    const bool cacheable = (dtype == at::kFloat || dtype == at::kBFloat16) && onednn_fusable(dtype, res.defined());
     const std::optional<FoldKey> key =
-        cacheable_fold(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, res.defined());
+        cacheable ? fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kOneDnnLayout)
+                  : std::nullopt;
     if (key) {
       const FoldedWeights cached = FoldedWeightCache::instance().get(*key, [&] {
         const auto [folded, folded_bias] = fold();
@@ -210,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   using A = acc_t<T>;
   const auto conv_bias = acc_vector<T>(bias, g.out_c);
   const at::Tensor xc = to_nhwc(x);
-  at::Tensor z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+  at::Tensor z;
   T* zp = nullptr;
   const int64_t pixels = g.batch * g.out_h * g.out_w;
 
@@ -218,7 +236,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   int64_t chunks;
   std::vector<MomentStats<A>> stats;
   const bool gemm = use_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
-  if (!gemm && !tiles) z = aten_conv(xc, weight, bias, g);  // bias included by oneDNN
+  if (gemm || tiles) {
+    z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+  } else if (use_gw8_kernel(g, x.scalar_type())) {
+    z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+    if constexpr (std::is_same_v<T, float>) {
+      const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+      grouped_conv_gw8(g, xc.const_data_ptr<float>(), pack_gw8_weight(weight, g).const_data_ptr<float>(),
+                       b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
+    }
+  } else {
+    z = aten_conv(xc, weight, bias, g);  // bias included by oneDNN
+  }
   zp = z.data_ptr<T>();
   if (!tiles) {
     const at::Tensor w_t = gemm ? weight.reshape({g.out_c, g.in_c}).t() : at::Tensor();

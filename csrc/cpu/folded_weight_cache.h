@@ -1,4 +1,5 @@
-// A process-wide cache of conv_bn_act's folded eval weights, packed in oneDNN's blocked layout.
+// A process-wide cache of conv_bn_act's folded eval weights, packed for the kernel that runs
+// them: oneDNN's blocked layout, or our group-width-8 kernel's (grouped_conv_gw8.h).
 //
 // The eval operator folds BN into the conv weight on every call and hands oneDNN a plain weight,
 // which oneDNN reorders into its blocked layout on every call: 120 us for a 1088-channel grouped
@@ -64,11 +65,12 @@ struct FoldKey {
   double eps;
   std::array<int64_t, 6> shape;  // in_c, in_h, in_w, stride, padding, groups
   at::ScalarType dtype;
+  int layout;  // which kernel the packed weight is for (the caller's tag)
 
   bool same(const FoldKey& o) const {
     for (size_t i = 0; i < tensors.size(); ++i)
       if (!tensors[i].same(o.tensors[i])) return false;
-    return eps == o.eps && shape == o.shape && dtype == o.dtype;
+    return eps == o.eps && shape == o.shape && dtype == o.dtype && layout == o.layout;
   }
   bool alive() const {
     for (const auto& t : tensors)
@@ -78,8 +80,8 @@ struct FoldKey {
 };
 
 struct FoldedWeights {
-  at::Tensor packed_weight;  // oneDNN's blocked layout: only for mkldnn::_convolution_pointwise
-  at::Tensor bias;           // folded shift, in x's dtype
+  at::Tensor packed_weight;  // in the layout of the kernel that FoldKey::layout names
+  at::Tensor bias;           // folded shift
 };
 
 inline bool folded_weight_cache_enabled() {
