@@ -119,7 +119,8 @@ inline void grouped_conv_gw8(const kernels::ConvGeometry& g, const float* x, con
   const int64_t pairs = (g.groups + 1) / 2, taps = g.kernel * g.kernel;
   std::vector<float> bias_pad(pairs * 16, 0.f);
   if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
-  // Tile width: 14 pixels fits RegNet's 56, 28 and 14-pixel rows exactly, 7 the 7-pixel ones.
+  // Tile width: the one of 16, 14, 8 and 7 pixels that wastes the fewest lanes on the row
+  // (RegNet's rows at 224px: 56, 28, 14, 7; at 128px: 32, 16, 8, 4), the wider on a tie.
   auto run = [&](auto pixels) {
     constexpr int P = decltype(pixels)::value;
     const int64_t blocks = (g.out_w + P - 1) / P;
@@ -139,10 +140,15 @@ inline void grouped_conv_gw8(const kernels::ConvGeometry& g, const float* x, con
       }
     });
   };
-  if (g.out_w <= 7)
-    run(std::integral_constant<int, 7>{});
-  else
-    run(std::integral_constant<int, 14>{});
+  int best = 16;
+  for (int p : {16, 14, 8, 7})
+    if ((g.out_w + p - 1) / p * p < (g.out_w + best - 1) / best * best) best = p;
+  switch (best) {
+    case 16: run(std::integral_constant<int, 16>{}); break;
+    case 14: run(std::integral_constant<int, 14>{}); break;
+    case 8: run(std::integral_constant<int, 8>{}); break;
+    default: run(std::integral_constant<int, 7>{}); break;
+  }
 #else
   (void)g, (void)x, (void)packed, (void)bias, (void)residual, (void)y, (void)relu;
   TORCH_CHECK(false, "grouped_conv_gw8: this build has no AVX-512 kernel");
