@@ -177,7 +177,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   if (aten && (input_grad || (param_grads && aten_weight_grad))) {
     at::Tensor w = weight;
     if (!training) w = (w.to(acc_dtype) * scale_t.view({C, 1, 1, 1})).to(x.scalar_type());
-    auto grads = at::convolution_backward(dz, xc, w.contiguous(at::MemoryFormat::ChannelsLast), std::nullopt,
+    auto grads = at::convolution_backward(dz, xc, w, std::nullopt,
                                           {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
                                           {0, 0}, g.groups, {input_grad, param_grads && aten_weight_grad, false});
     if (input_grad) grad_x = std::get<0>(grads);
@@ -219,7 +219,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       // at half of oneDNN's rate on the AMD CPU this was tuned on.
       const at::Tensor sub = xc.slice(2, 0, g.in_h, g.stride).slice(3, 0, g.in_w, g.stride)
                                  .contiguous(at::MemoryFormat::ChannelsLast);
-      raw = std::get<1>(at::convolution_backward(dz, sub, weight.contiguous(at::MemoryFormat::ChannelsLast),
+      raw = std::get<1>(at::convolution_backward(dz, sub, weight,
                                                  std::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,
                                                  {false, true, false}))
                 .to(acc_dtype)

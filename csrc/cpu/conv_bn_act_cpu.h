@@ -122,7 +122,10 @@ inline bool use_gemm(const ConvGeometry& g) {
 // The KxK conv through ATen (oneDNN), NHWC in and out.
 inline at::Tensor aten_conv(const at::Tensor& x_nhwc, const at::Tensor& weight,
                             const at::Tensor& bias, const ConvGeometry& g) {
-  return to_nhwc(at::convolution(x_nhwc, weight.contiguous(at::MemoryFormat::ChannelsLast), bias,
+  // The weight goes as it is: a channels_last input alone makes oneDNN run channels_last, and
+  // oneDNN reorders any weight layout into its own (a channels_last copy of an NCHW weight
+  // first cost a 2.5 MB copy per call for 1088 channels in groups of 64).
+  return to_nhwc(at::convolution(x_nhwc, weight, bias,
                                  {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
                                  {0, 0}, g.groups));
 }
