@@ -4,6 +4,7 @@ statistics), state_dict round trips, optimizer continuity and unfuse, each again
 left stock. Also a non-RegNet model (ResNet-18), the report, verify=True and bad input.
 """
 import copy
+import io
 
 import pytest
 import torch
@@ -59,6 +60,14 @@ def make_pair(name, dtype=torch.float32):
 
 def images(n, size, dtype=torch.float32, seed=1):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def pickled_copy(module):
+    """module after a torch.save/torch.load round trip."""
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
 
 
 def assert_rel_close(actual, expected, rel, name):

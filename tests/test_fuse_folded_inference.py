@@ -3,7 +3,6 @@ taken for channels_last no-grad inference, equal to the stock model, never stale
 parameters or statistics change (optimizer step, load_state_dict, in-place edits, .to()), and
 left alone where it does not apply (autograd, NCHW input, float64)."""
 import copy
-import io
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 from regnet_ext.models import regnet
 from regnet_ext.nn import FusedConvBNAct, fuse
 from regnet_ext.nn import folded_inference
-from test_fuse import assert_rel_close, images, randomize
+from test_fuse import assert_rel_close, images, pickled_copy, randomize
 
 pytestmark = pytest.mark.skipif(
     not folded_inference._AVAILABLE,
@@ -97,9 +96,6 @@ def test_copies_and_pickles_of_a_model_with_filled_caches():
     assert _cached_layers(clone) == 0, "a copy starts with empty caches"
     with torch.no_grad():
         assert_rel_close(clone(x), expected, 1e-6, "deepcopy")
-    buffer = io.BytesIO()
-    torch.save(fused, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
+    loaded = pickled_copy(fused)
     with torch.no_grad():
         assert_rel_close(loaded(x), expected, 1e-6, "pickled")

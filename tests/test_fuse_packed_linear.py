@@ -2,7 +2,6 @@
 (regnet_ext/nn/folded_inference.py PackedLinear): swapped in by fuse(), equal to nn.Linear,
 never stale after the weight changes, and left alone where it does not apply."""
 import copy
-import io
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 from regnet_ext.models import regnet
 from regnet_ext.nn import FusedLinear, fuse, unfuse
 from regnet_ext.nn import folded_inference
-from test_fuse import assert_rel_close
+from test_fuse import assert_rel_close, pickled_copy
 
 pytestmark = pytest.mark.skipif(
     not folded_inference._LINEAR_AVAILABLE,
@@ -115,10 +114,7 @@ def test_copies_and_pickles_start_with_an_empty_cache():
         expected = fused(x)
     clone = copy.deepcopy(fused)
     assert not clone._packed.filled
-    buffer = io.BytesIO()
-    torch.save(fused, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
+    loaded = pickled_copy(fused)
     with torch.no_grad():
         assert_rel_close(clone(x), expected, 1e-6, "deepcopy")
         assert_rel_close(loaded(x), expected, 1e-6, "pickled")
