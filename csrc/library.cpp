@@ -8,7 +8,7 @@
 // Importing regnet_ext._C runs the static registrations below. The module holds two constants:
 // `openmp`, whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
 // CPU pass of ours silently runs on one thread), and `gw8_kernel`, whether it has the AVX-512
-// grouped conv for 8 channels per group (csrc/cpu/grouped_conv_gw8.h).
+// grouped conv for 8 channels per group (csrc/cpu/grouped_conv_narrow.h).
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
@@ -18,12 +18,12 @@ extern "C" PyObject* PyInit__C(void) {
   constexpr long kOpenMP = 0;
 #endif
 #if defined(__AVX512F__)
-  constexpr long kGw8Kernel = 1;
+  constexpr long kNarrowGroupKernel = 1;
 #else
-  constexpr long kGw8Kernel = 0;
+  constexpr long kNarrowGroupKernel = 0;
 #endif
   if (module && (PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0 ||
-                 PyModule_AddIntConstant(module, "gw8_kernel", kGw8Kernel) != 0)) {
+                 PyModule_AddIntConstant(module, "narrow_group_kernel", kNarrowGroupKernel) != 0)) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -35,14 +35,14 @@ def compiled_with_openmp():
     return bool(getattr(compiled, "openmp", 0))
 
 
-def compiled_with_gw8_kernel():
-    """Whether _C has the AVX-512 grouped conv for 8 channels per group (None when the extension
-    is not loaded)."""
+def compiled_with_narrow_group_kernel():
+    """Whether _C has the AVX-512 grouped conv for 8 and 16 channels per group (None when the
+    extension is not loaded)."""
     if not load():
         return None
     import regnet_ext._C as compiled
 
-    return bool(getattr(compiled, "gw8_kernel", 0))
+    return bool(getattr(compiled, "narrow_group_kernel", 0))
 
 
 def build_config():

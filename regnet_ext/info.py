@@ -35,8 +35,8 @@ def collect():
         "cpu_kernels": {op: _has_kernel(op, "CPU") for op in ops},
         # Our CPU passes run on several threads only when _C was compiled with OpenMP.
         "cpu_kernels_parallel": _extension.compiled_with_openmp(),
-        # RegNetY-400MF's grouped convs (8 channels per group) run our AVX-512 kernel, if built.
-        "cpu_gw8_kernel": _extension.compiled_with_gw8_kernel(),
+        # Grouped convs with 8 or 16 channels per group run our AVX-512 kernel, if built.
+        "cpu_narrow_group_kernel": _extension.compiled_with_narrow_group_kernel(),
         "cuda_compiled": bool(config.get("CUDA_COMPILED")),
         "cuda_build_note": config.get("CUDA_BUILD_REASON"),
         "cuda_archs": config.get("CUDA_ARCH_LIST"),

@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "cpu/grouped_conv_gw8.h"
+#include "cpu/grouped_conv_narrow.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act.h"
 #include "kernels/conv_bn_act_backward.h"
@@ -76,16 +76,20 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
   return conv_backend() == ConvBackend::kTiles;
 }
 
-// Grouped convs with 8 channels per group, float32: our AVX-512 kernel (grouped_conv_gw8.h)
-// instead of oneDNN, in the measured mix only (aten and tiles keep their meaning). Measured
-// against oneDNN (eval, 3x3, 2 threads): faster at batch 1 (1.17-2.1x) and at batch 8 with 104
-// or more channels (1.04x at 104 channels 56px stride 2 up to 1.58x at 440 channels 7px), not
-// at batch 8 with few channels over large images (24 channels at 112px: 0.73x, 48 at 56px:
-// 0.91x), where there are few groups to share the work and the input streams from memory.
-inline bool use_gw8_kernel(const ConvGeometry& g, at::ScalarType dtype) {
-  return kHaveGw8Kernel && conv_backend() == ConvBackend::kMixed && dtype == at::kFloat &&
-         g.groups > 1 && g.in_c_per_group == 8 && g.out_c_per_group == 8 &&
-         (g.batch == 1 || g.in_c >= 96);
+// Grouped convs with 8 or 16 channels per group, float32: our AVX-512 kernel
+// (grouped_conv_narrow.h) instead of oneDNN, in the measured mix only (aten and tiles keep their
+// meaning). Measured against oneDNN (eval, 3x3, 2 threads, one-off runs): 8 per group is faster
+// at batch 1 (1.17-2.1x) and at batch 8 with 104 or more channels (1.04x at 104 channels 56px
+// stride 2 up to 1.58x at 440 channels 7px), not at batch 8 with few channels over large images
+// (24 channels at 112px: 0.73x, 48 at 56px: 0.91x), where few groups share the work and the
+// input streams from memory. 16 per group is faster at batch 1 only (1.20-2.38x; batch 8 with
+// 160-384 channels: 0.80-0.97x).
+inline bool use_narrow_group_kernel(const ConvGeometry& g, at::ScalarType dtype) {
+  if (!kHaveNarrowGroupKernel || conv_backend() != ConvBackend::kMixed || dtype != at::kFloat ||
+      g.groups == 1 || g.in_c_per_group != g.out_c_per_group)
+    return false;
+  if (g.in_c_per_group == 8) return g.batch == 1 || g.in_c >= 96;
+  return g.in_c_per_group == 16 && g.batch == 1;
 }
 
 // The weight gradient of a grouped KxK conv over a large activation comes from our tiles, the

@@ -67,7 +67,7 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
 }
 
 // Layouts of a cached folded weight (FoldKey::layout).
-enum FoldLayout : int { kOneDnnLayout = 0, kGw8Layout = 1 };
+enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1 };
 
 // The cache key of this call's folded weight, or nullopt where the cache is turned off or a
 // tensor has no version counter (an inference tensor).
@@ -141,19 +141,19 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                                shift.data(), r1 - r0, g.out_c, relu);
       }
     });
-  } else if (use_gw8_kernel(g, x.scalar_type())) {
+  } else if (use_narrow_group_kernel(g, x.scalar_type())) {
     if constexpr (std::is_same_v<T, float>) {
-      // Group width 8: our kernel, with the folded weight packed for it once per change.
+      // 8 or 16 channels per group: our kernel, its folded weight packed once per change.
       auto make = [&] {
         auto [folded, folded_bias] = fold();
-        return FoldedWeights{pack_gw8_weight(folded, g), folded_bias};
+        return FoldedWeights{pack_narrow_group_weight(folded, g), folded_bias};
       };
       const std::optional<FoldKey> key =
-          fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kGw8Layout);
+          fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kNarrowGroupLayout);
       const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
       y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-      grouped_conv_gw8(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(),
-                       w.bias.const_data_ptr<float>(), rp, y.data_ptr<float>(), relu);
+      grouped_conv_narrow(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(),
+                          w.bias.const_data_ptr<float>(), rp, y.data_ptr<float>(), relu);
     }
   } else if (!use_own_conv_tiles(g)) {
     // oneDNN computes act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per
@@ -238,12 +238,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   const bool gemm = use_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
   if (gemm || tiles) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-  } else if (use_gw8_kernel(g, x.scalar_type())) {
+  } else if (use_narrow_group_kernel(g, x.scalar_type())) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     if constexpr (std::is_same_v<T, float>) {
       const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
-      grouped_conv_gw8(g, xc.const_data_ptr<float>(), pack_gw8_weight(weight, g).const_data_ptr<float>(),
-                       b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
+      const at::Tensor packed = pack_narrow_group_weight(weight, g);
+      grouped_conv_narrow(g, xc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
+                          b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
     }
   } else {
     z = aten_conv(xc, weight, bias, g);  // bias included by oneDNN

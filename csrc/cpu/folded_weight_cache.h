@@ -1,5 +1,5 @@
 // A process-wide cache of conv_bn_act's folded eval weights, packed for the kernel that runs
-// them: oneDNN's blocked layout, or our group-width-8 kernel's (grouped_conv_gw8.h).
+// them: oneDNN's blocked layout, or our narrow-group kernel's (grouped_conv_narrow.h).
 //
 // The eval operator folds BN into the conv weight on every call and hands oneDNN a plain weight,
 // which oneDNN reorders into its blocked layout on every call: 120 us for a 1088-channel grouped

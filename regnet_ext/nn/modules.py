@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._extension import compiled_with_gw8_kernel
+from .._extension import compiled_with_narrow_group_kernel
 from ..ops import conv_bn_act, squeeze_excite
 from . import folded_inference
 
@@ -112,10 +112,11 @@ class FusedConvBNAct(_HoldsStock):
         self.relu = bool(relu)
         self.stride, self.padding, self.groups = conv_geometry(conv)
         self._folded = folded_inference.FoldedConv()
-        # 8 channels per group: the operator runs our AVX-512 kernel where it beats oneDNN
-        # (csrc/cpu/grouped_conv_gw8.h) and caches the packed weight itself.
-        self._gw8 = (self.groups > 1 and conv.in_channels == 8 * self.groups == conv.out_channels
-                     and bool(compiled_with_gw8_kernel()))
+        # 8 or 16 channels per group: the operator runs our AVX-512 kernel where it beats oneDNN
+        # (csrc/cpu/grouped_conv_narrow.h) and caches the packed weight itself.
+        width = conv.in_channels // self.groups
+        self._narrow_groups = (self.groups > 1 and width in (8, 16) and conv.out_channels == conv.in_channels
+                               and bool(compiled_with_narrow_group_kernel()))
         self._remember_stock(stock)
 
     @property
@@ -140,7 +141,7 @@ class FusedConvBNAct(_HoldsStock):
         if not batch_stats:
             params = (conv.weight, conv.bias, bn.weight, bn.bias)
             if folded_inference.applies(x, params, residual, dtype):
-                if self._gw8 and dtype == torch.float32 and x.dtype == dtype:
+                if self._narrow_groups and dtype == torch.float32 and x.dtype == dtype:
                     return _ops.conv_bn_act_eval(x, conv.weight, conv.bias, bn.weight, bn.bias,
                                                  running_mean, bn.running_var, residual, self.stride,
                                                  self.padding, self.groups, float(bn.eps), relu)
