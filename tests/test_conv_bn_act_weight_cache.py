@@ -143,3 +143,23 @@ def test_the_cache_can_be_turned_off():
     env = dict(os.environ, REGNET_EXT_CPU_WEIGHT_CACHE="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def _resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux's /proc")
+def test_a_weight_keeps_one_entry_per_call_shape():
+    # Frozen-BN fine-tuning calls eval with a new weight version every step: the cache must not
+    # fill with dead versions. A 1 MB weight changed 300 times would otherwise keep 300 packed
+    # copies (the cache's own bound is 1 GiB).
+    p, x = _params(c_in=256, c_out=1024, groups=1, k=1), _x(c=256, size=4)
+    rss = _resident_bytes()
+    for step in range(300):
+        with torch.no_grad():
+            p["weight"].add_(1e-3)
+        _check(_ours(x, p, groups=1), _reference(x, p, groups=1), what=f"step {step}")
+    grown = _resident_bytes() - rss
+    assert grown < 100 * 2**20, f"resident memory grew by {grown / 2**20:.0f} MiB"

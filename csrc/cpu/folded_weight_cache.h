@@ -77,6 +77,12 @@ struct FoldKey {
       if (!t.alive()) return false;
     return true;
   }
+  // The same weight tensor in the same call shape: an older fold of this slot, which can never
+  // be looked up again once a newer one exists (versions only grow).
+  bool same_slot(const FoldKey& o) const {
+    return tensors[0].address == o.tensors[0].address && eps == o.eps && shape == o.shape &&
+           dtype == o.dtype && layout == o.layout;
+  }
 };
 
 struct FoldedWeights {
@@ -124,8 +130,10 @@ class FoldedWeightCache {
     FoldedWeights value = make();  // outside the lock: a reorder can take 100 us
     if (!value.packed_weight.defined()) return value;
     std::lock_guard<std::mutex> lock(mutex_);
+    // Dropped: entries whose tensors are gone, and older folds of this weight and call shape
+    // (training with frozen BN calls eval with a new weight version every step).
     for (auto it = entries_.begin(); it != entries_.end();) {
-      if (it->key.alive()) {
+      if (it->key.alive() && !it->key.same_slot(key)) {
         ++it;
       } else {
         bytes_ -= entry_bytes(it->value);
