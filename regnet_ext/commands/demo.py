@@ -108,9 +108,11 @@ def compare_efficientnet(model, fused, x, args, out):
 
     candidates = {"EfficientNet-B0 (stock)": runner(effnet), f"{args.model} (stock)": runner(model),
                   f"{args.model} (fused)": runner(fused)}
-    timed = time_interleaved(candidates, rounds=args.rounds, warmup=3, target_s=0,
-                             progress=lambda r: print(f"  round {r + 1}/{args.rounds}", end="\r", flush=True))
-    print(" " * 20, end="\r")
+    # Rounds count up in place on a terminal; in a log, one line once they are done.
+    tty = sys.stdout.isatty()
+    progress = (lambda r: print(f"  round {r + 1}/{args.rounds}", end="\r", flush=True)) if tty else None
+    timed = time_interleaved(candidates, rounds=args.rounds, warmup=3, target_s=0, progress=progress)
+    print(" " * 20 + "\r" if tty else f"  {args.rounds} interleaved rounds", end="" if tty else "\n")
     rates = {name: args.batch / t["median_s"] for name, t in timed.items()}
     base = rates["EfficientNet-B0 (stock)"]
     for name, rate in rates.items():
