@@ -84,63 +84,67 @@ inline void store_tile(const kernels::ConvGeometry& g, const __m512 (&acc)[kPixe
   }
 }
 
-// 8 per group: y[n, ho, wo0 .. wo0+npix) for one pair of groups: act(conv + bias [+ residual]). kPixels
-// accumulators plus the 8 permute indices stay in registers; the weights are memory operands.
-template <int kPixels>
-inline void tile8(const kernels::ConvGeometry& g, const float* x, const float* packed_pair,
-                 const float* bias16, const float* residual, float* y, int64_t n, int64_t ho,
-                 int64_t wo0, int npix, int64_t c0, __mmask16 lanes, bool relu, const __m512i (&idx)[8]) {
+// Calls body(tap, src) for every tap of the window whose input row lies inside the image; src[p]
+// is output pixel p's input at that tap (16 channels from c0), or a zero vector in the padding,
+// so the caller's inner loop has no branches.
+template <int kPixels, typename Body>
+inline void for_each_tap(const kernels::ConvGeometry& g, const float* x, int64_t n, int64_t ho,
+                         int64_t wo0, int npix, int64_t c0, const Body& body) {
   alignas(64) static const float zeros[16] = {};
-  __m512 acc[kPixels];
-  for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
   for (int64_t kh = 0; kh < g.kernel; ++kh) {
     const int64_t hi = ho * g.stride - g.padding + kh;
     if (hi < 0 || hi >= g.in_h) continue;
     const float* row = x + ((n * g.in_h + hi) * g.in_w) * g.in_c + c0;
     for (int64_t kw = 0; kw < g.kernel; ++kw) {
-      const float* w = packed_pair + (kh * g.kernel + kw) * 128;
-#pragma GCC unroll 16
-      for (int p = 0; p < kPixels; ++p) {
-        const int64_t wi = (wo0 + p) * g.stride - g.padding + kw;
-        const bool inside = p < npix && wi >= 0 && wi < g.in_w;
-        const __m512 v = _mm512_maskz_loadu_ps(lanes, inside ? row + wi * g.in_c : zeros);
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) acc[p] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx[c], v), _mm512_loadu_ps(w + 16 * c), acc[p]);
-      }
-    }
-  }
-  store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
-}
-
-// 16 per group, one group: each input value is broadcast from memory (no permute)
-// and multiplies the 16 weights of its input channel.
-template <int kPixels>
-inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* packed_group,
-                   const float* bias16, const float* residual, float* y, int64_t n, int64_t ho,
-                   int64_t wo0, int npix, int64_t c0, bool relu) {
-  alignas(64) static const float zeros[16] = {};
-  __m512 acc[kPixels];
-  for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
-  for (int64_t kh = 0; kh < g.kernel; ++kh) {
-    const int64_t hi = ho * g.stride - g.padding + kh;
-    if (hi < 0 || hi >= g.in_h) continue;
-    const float* row = x + ((n * g.in_h + hi) * g.in_w) * g.in_c + c0;
-    for (int64_t kw = 0; kw < g.kernel; ++kw) {
-      const float* w = packed_group + (kh * g.kernel + kw) * 256;
       const float* src[kPixels];
 #pragma GCC unroll 16
       for (int p = 0; p < kPixels; ++p) {
         const int64_t wi = (wo0 + p) * g.stride - g.padding + kw;
         src[p] = (p < npix && wi >= 0 && wi < g.in_w) ? row + wi * g.in_c : zeros;
       }
-#pragma GCC unroll 4
-      for (int c = 0; c < 16; ++c) {
-        const __m512 wv = _mm512_loadu_ps(w + 16 * c);
-#pragma GCC unroll 16
-        for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(src[p][c]), wv, acc[p]);
-      }
+      body(kh * g.kernel + kw, src);
     }
   }
+}
+
+// 8 per group: y[n, ho, wo0 .. wo0+npix) for one pair of groups, act(conv + bias [+ residual]).
+// kPixels accumulators and the 8 permute indices stay in registers; weights are memory operands.
+template <int kPixels>
+inline void tile8(const kernels::ConvGeometry& g, const float* x, const float* packed_pair,
+                  const float* bias16, const float* residual, float* y, int64_t n, int64_t ho,
+                  int64_t wo0, int npix, int64_t c0, __mmask16 lanes, bool relu, const __m512i (&idx)[8]) {
+  __m512 acc[kPixels];
+  for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
+  for_each_tap<kPixels>(g, x, n, ho, wo0, npix, c0, [&](int64_t tap, const float* const (&src)[kPixels]) {
+    const float* w = packed_pair + tap * 128;
+#pragma GCC unroll 16
+    for (int p = 0; p < kPixels; ++p) {
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, src[p]);
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c)
+        acc[p] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx[c], v), _mm512_loadu_ps(w + 16 * c), acc[p]);
+    }
+  });
+  store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
+}
+
+// 16 per group, one group: each input value is broadcast from memory (no permute) and
+// multiplies the 16 weights of its input channel.
+template <int kPixels>
+inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* packed_group,
+                   const float* bias16, const float* residual, float* y, int64_t n, int64_t ho,
+                   int64_t wo0, int npix, int64_t c0, bool relu) {
+  __m512 acc[kPixels];
+  for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
+  for_each_tap<kPixels>(g, x, n, ho, wo0, npix, c0, [&](int64_t tap, const float* const (&src)[kPixels]) {
+    const float* w = packed_group + tap * 256;
+#pragma GCC unroll 4
+    for (int c = 0; c < 16; ++c) {
+      const __m512 wv = _mm512_loadu_ps(w + 16 * c);
+#pragma GCC unroll 16
+      for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(src[p][c]), wv, acc[p]);
+    }
+  });
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
 }
 
@@ -149,10 +153,10 @@ inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* 
 #endif
 
 // y = act(conv(x, W) + bias [+ residual]) for a channels_last float x with 8 or 16 channels per
-// group; `packed` from pack_narrow_group_weight, bias and residual may be null (zero). y: channels_last, the
-// conv's output shape.
+// group; `packed` from pack_narrow_group_weight, bias and residual may be null (zero). y:
+// channels_last, the conv's output shape.
 inline void grouped_conv_narrow(const kernels::ConvGeometry& g, const float* x, const float* packed,
-                             const float* bias, const float* residual, float* y, bool relu) {
+                                const float* bias, const float* residual, float* y, bool relu) {
 #if defined(__AVX512F__)
   __m512i idx[8];
   for (int c = 0; c < 8; ++c) {
