@@ -25,24 +25,24 @@ def require():
             "(or `make build` in a checkout) using the torch you run with.") from _state["error"]
 
 
-def compiled_with_openmp():
-    """Whether _C was compiled with OpenMP, so that its CPU passes run on several threads (None
-    when the extension is not loaded)."""
+def _build_flag(name):
+    """A constant _C sets at import (csrc/library.cpp), as a bool; None when the extension is
+    not loaded."""
     if not load():
         return None
     import regnet_ext._C as compiled
 
-    return bool(getattr(compiled, "openmp", 0))
+    return bool(getattr(compiled, name, 0))
+
+
+def compiled_with_openmp():
+    """Whether _C was compiled with OpenMP, so that its CPU passes run on several threads."""
+    return _build_flag("openmp")
 
 
 def compiled_with_narrow_group_kernel():
-    """Whether _C has the AVX-512 grouped conv for 8 and 16 channels per group (None when the
-    extension is not loaded)."""
-    if not load():
-        return None
-    import regnet_ext._C as compiled
-
-    return bool(getattr(compiled, "narrow_group_kernel", 0))
+    """Whether _C has the AVX-512 grouped conv for 8 and 16 channels per group."""
+    return _build_flag("narrow_group_kernel")
 
 
 def build_config():

@@ -67,21 +67,22 @@ struct FoldKey {
   at::ScalarType dtype;
   int layout;  // which kernel the packed weight is for (the caller's tag)
 
+  // The same weight tensor in the same call shape, whatever its version: a newer fold of this
+  // slot makes an older one unreachable (versions only grow).
+  bool same_slot(const FoldKey& o) const {
+    return tensors[0].address == o.tensors[0].address && eps == o.eps && shape == o.shape &&
+           dtype == o.dtype && layout == o.layout;
+  }
   bool same(const FoldKey& o) const {
+    if (!same_slot(o)) return false;
     for (size_t i = 0; i < tensors.size(); ++i)
       if (!tensors[i].same(o.tensors[i])) return false;
-    return eps == o.eps && shape == o.shape && dtype == o.dtype && layout == o.layout;
+    return true;
   }
   bool alive() const {
     for (const auto& t : tensors)
       if (!t.alive()) return false;
     return true;
-  }
-  // The same weight tensor in the same call shape: an older fold of this slot, which can never
-  // be looked up again once a newer one exists (versions only grow).
-  bool same_slot(const FoldKey& o) const {
-    return tensors[0].address == o.tensors[0].address && eps == o.eps && shape == o.shape &&
-           dtype == o.dtype && layout == o.layout;
   }
 };
 

@@ -29,35 +29,33 @@ _LINEAR_AVAILABLE = torch.backends.mkldnn.is_available() and _PACK_LINEAR is not
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
+def _plain_cpu_inference(x, dtype, available, tensors):
+    """The tests both packed paths share: not being traced (under torch.compile nothing below
+    may be traced: torch.backends is skipped), oneDNN available and enabled, a CPU input of a
+    dtype oneDNN fuses, and no gradient needed by any of `tensors`."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    if not available or dtype not in _DTYPES or x.device.type != "cpu" or not torch.backends.mkldnn.enabled:
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
 def applies(x, params, residual, dtype):
     """Whether the cached-fold path can run this call (see the module docstring). It runs on
     every layer call, so the cheap tests come first."""
-    # First: under torch.compile nothing below may be traced (torch.backends is skipped).
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    if not _AVAILABLE or dtype not in _DTYPES or x.device.type != "cpu":
-        return False
     if residual is not None and dtype != torch.float32:
         return False
-    if not x.is_contiguous(memory_format=torch.channels_last) or not torch.backends.mkldnn.enabled:
+    if not x.is_contiguous(memory_format=torch.channels_last):
         return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *params)):
-        return False
-    return True
+    return _plain_cpu_inference(x, dtype, _AVAILABLE, (x, residual, *params))
 
 
 def linear_applies(x, weight, bias, dtype):
     """Whether the packed-weight path can run this nn.Linear call: as for applies(), with a
     contiguous 2-D input (a classifier's) in place of the channels_last one."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    if x.dim() != 2 or not x.is_contiguous():
         return False
-    if not _LINEAR_AVAILABLE or dtype not in _DTYPES or x.device.type != "cpu":
-        return False
-    if x.dim() != 2 or not x.is_contiguous() or not torch.backends.mkldnn.enabled:
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return False
-    return True
+    return _plain_cpu_inference(x, dtype, _LINEAR_AVAILABLE, (x, weight, bias))
 
 
 def _key(tensors):
@@ -77,11 +75,10 @@ def fold(conv_weight, conv_bias, gamma, beta, running_mean, running_var, eps):
     return weight, bias
 
 
-class FoldedConv:
-    """The cached folded and packed weights of one FusedConvBNAct.
-
-    The cache is one (key, weight, bias) tuple, read and replaced whole, so threads serving the
-    same model concurrently never pair one fold's weight with another's bias."""
+class _OneEntryCache:
+    """One (key, weight, bias) tuple, read and replaced whole, so threads serving the same model
+    concurrently never pair one entry's weight with another's bias. Copies and pickles start
+    empty (oneDNN's packed tensors cannot be copied)."""
 
     def __init__(self):
         self._entry = None
@@ -89,6 +86,16 @@ class FoldedConv:
     @property
     def filled(self):
         return self._entry is not None
+
+    def __deepcopy__(self, memo):
+        return type(self)()
+
+    def __getstate__(self):
+        return {"_entry": None}
+
+
+class FoldedConv(_OneEntryCache):
+    """The cached folded and packed weights of one FusedConvBNAct."""
 
     def __call__(self, tensors, eps, x, residual, relu, stride, padding, groups, dtype):
         """tensors: (conv weight, conv bias, gamma, beta, running mean, running var)."""
@@ -108,23 +115,9 @@ class FoldedConv:
         return _POINTWISE.binary(x, residual.to(dtype), weight, bias, pads, strides, [1, 1], groups, "add",
                                  None, "relu" if relu else None, [], "")
 
-    def __deepcopy__(self, memo):
-        return FoldedConv()  # a cache: copies start empty (oneDNN's packed tensors cannot be copied)
 
-    def __getstate__(self):
-        return {"_entry": None}
-
-
-class PackedLinear:
-    """The cached oneDNN-packed weight (and bias in the compute dtype) of one FusedLinear; one
-    (key, weight, bias) tuple, replaced whole, as in FoldedConv."""
-
-    def __init__(self):
-        self._entry = None
-
-    @property
-    def filled(self):
-        return self._entry is not None
+class PackedLinear(_OneEntryCache):
+    """The cached oneDNN-packed weight (and bias in the compute dtype) of one FusedLinear."""
 
     def __call__(self, weight, bias, x, dtype):
         key = _key((weight, bias)) + (dtype,)
@@ -135,9 +128,3 @@ class PackedLinear:
                 entry = self._entry = (key, packed, None if bias is None else bias.to(dtype))
         _, packed, bias = entry
         return _LINEAR(x.to(dtype), packed, bias, "none", [], "")
-
-    def __deepcopy__(self, memo):
-        return PackedLinear()
-
-    def __getstate__(self):
-        return {"_entry": None}

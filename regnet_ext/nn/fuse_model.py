@@ -9,7 +9,8 @@
 
 Patterns are recognised by structure (see patterns.py): whole bottleneck blocks first (residual
 add and final ReLU go into the last conv's epilogue), then conv-BN(-ReLU) layers and SE modules
-on their own, and Linear layers (the classifier). Anything not recognised stays as it is and is listed in the report.
+on their own, and Linear layers (the classifier). Anything not recognised stays as it is and
+is listed in the report.
 """
 import dataclasses
 

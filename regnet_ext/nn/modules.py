@@ -237,11 +237,9 @@ class FusedLinear(_HoldsStock, nn.Linear):
         return F.linear(x, weight, bias)
 
     def stock_module(self):
-        stock = self.__dict__.get(_STOCK)
-        if stock is None:
-            raise RuntimeError("FusedLinear was built without a stock module to restore")
+        stock = super().stock_module()
         stock.weight, stock.bias = self.weight, self.bias  # replaced after fusing: carry over
-        return stock.train(self.training)
+        return stock
 
 
 class FusedBranch(nn.Module):

@@ -1,8 +1,8 @@
 """squeeze_excite: y = x * sigmoid(w2 . relu(w1 . mean_hw(x) + b1) + b2) as one fused operator.
 
 The public function calls the operator, whose kernels check every argument, and turns a
-refusal into a ValueError naming the argument. This module also registers the fake (meta) kernels of the forward and backward
-operators, so torch.compile traces through them. Autograd is registered in C++
+refusal into a ValueError naming the argument. This module also registers the fake (meta)
+kernels of the forward and backward operators, so torch.compile traces through them. Autograd is registered in C++
 (csrc/autograd.cpp): the backward operator, which refuses to be differentiated again.
 """
 import torch
