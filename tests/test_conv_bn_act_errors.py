@@ -71,3 +71,22 @@ def test_operators_called_directly_check_their_inputs(case):
     with pytest.raises(RuntimeError, match="needs num_batches_tracked"):
         ops.conv_bn_act_update_running_stats(case["running_mean"], case["running_var"], mean, var,
                                              None, 10, 0.0, True)
+
+
+def test_a_refused_training_call_changes_no_statistics(case):
+    counter = torch.tensor(5)
+    mean_before = case["running_mean"].clone()
+    with pytest.raises(ValueError, match=r"running_var must have shape \[8\]"):
+        _call(case, training=True, running_var=torch.rand(7), num_batches_tracked=counter)
+    assert counter.item() == 5
+    torch.testing.assert_close(case["running_mean"], mean_before, rtol=0, atol=0)
+
+
+def test_training_keeps_running_statistics_in_their_own_dtype(case):
+    # As stock BN under autocast: float64 activations, float32 running statistics.
+    c = {k: (v.double() if isinstance(v, torch.Tensor) and k not in ("running_mean", "running_var") else v)
+         for k, v in case.items()}
+    before = c["running_mean"].clone()
+    _call(c, training=True)
+    assert c["running_mean"].dtype == torch.float32
+    assert not torch.equal(c["running_mean"], before)

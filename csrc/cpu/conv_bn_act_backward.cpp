@@ -16,6 +16,7 @@
 #include "checks.h"
 #include "cpu/channel_passes.h"
 #include "cpu/conv_bn_act_cpu.h"
+#include "tensor_layout.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act_backward.h"
 
@@ -128,7 +129,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const T* dyp = dy.data_ptr<T>();
   const T* yp = yc.data_ptr<T>();
   const T* zp = training ? zc.data_ptr<T>() : nullptr;
-  const int64_t chunks = chunk_count((pixels + 255) / 256);
+  const int64_t grain = pass_grain(C), chunks = chunk_count((pixels + grain - 1) / grain);
   std::vector<A> sum_g(chunks * C, A(0)), sum_gx(chunks * C, A(0));
   for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t p0, int64_t p1) {
     A* sg = sum_g.data() + chunk * C;
@@ -154,7 +155,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       mean_g[c] = sums[c].sum_g / static_cast<A>(pixels);
       mean_gx[c] = sums[c].sum_g_xhat / static_cast<A>(pixels);
     }
-    at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
+    at::parallel_for(0, pixels, grain, [&](int64_t p0, int64_t p1) {
       passes::bn_input_grad_rows(dzp + p0 * C, gp + p0 * C, zp + p0 * C, mean.data(), invstd.data(),
                                  scale.data(), mean_g.data(), mean_gx.data(), p1 - p0, C);
     });
@@ -181,7 +182,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
                                           {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
                                           {0, 0}, g.groups, {input_grad, param_grads && aten_weight_grad, false});
     if (input_grad) grad_x = std::get<0>(grads);
-    if (param_grads && aten_weight_grad) aten_raw = std::get<1>(grads).to(acc_dtype).contiguous();
+    // Kept in oneDNN's layout (normally the weight's): see in_layout_of below.
+    if (param_grads && aten_weight_grad) aten_raw = std::get<1>(grads).to(acc_dtype);
   }
   if (input_grad && aten) {
     grad_x = in_memory_format(grad_x, format);
@@ -222,8 +224,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       raw = std::get<1>(at::convolution_backward(dz, sub, weight,
                                                  std::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,
                                                  {false, true, false}))
-                .to(acc_dtype)
-                .contiguous();
+                .to(acc_dtype);
     } else if (is_plain_gemm(g)) {
       raw = at::mm(as_rows(dz).t(), gemm_rows(xc, g)).to(acc_dtype).view(weight.sizes());
     } else {
@@ -243,25 +244,27 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
         else
           packed_raw = conv_weight_grad<1, COB>(g, xc.data_ptr<T>(), dzp);
       });
-      raw = at::empty(weight.sizes(), weight.options().dtype(acc_dtype));
+      // In the weight's own layout (empty_like keeps it): see in_layout_of below.
+      raw = at::empty_like(weight, weight.options().dtype(acc_dtype));
       A* rp = raw.data_ptr<A>();
+      const auto st = raw.strides();
       for (int64_t co = 0; co < C; ++co)
         for (int64_t ci = 0; ci < g.in_c_per_group; ++ci)
           for (int64_t kh = 0; kh < g.kernel; ++kh)
             for (int64_t kw = 0; kw < g.kernel; ++kw)
-              rp[((co * g.in_c_per_group + ci) * g.kernel + kh) * g.kernel + kw] =
+              rp[co * st[0] + ci * st[1] + kh * st[2] + kw * st[3]] =
                   packed_raw[kernels::conv_pack_index(g, co, ci, kh, kw)];
     }
     std::vector<A> dgamma(C), dbeta(C), dbias(C);
     if (training) {
-      grad_w = raw.to(weight.scalar_type());
+      grad_w = in_layout_of(raw.to(weight.scalar_type()), weight);
       for (int64_t c = 0; c < C; ++c) {
         dgamma[c] = sums[c].sum_g_xhat;
         dbeta[c] = sums[c].sum_g;
         dbias[c] = kernels::bn_train_conv_bias_grad<A>();
       }
     } else {
-      grad_w = (raw * scale_t.view({C, 1, 1, 1})).to(weight.scalar_type());
+      grad_w = in_layout_of((raw * scale_t.view({C, 1, 1, 1})).to(weight.scalar_type()), weight);
       const at::Tensor dot = (raw * weight.to(acc_dtype)).sum({1, 2, 3});
       const std::vector<A> dots = vector_of<A>(dot);
       const std::vector<A> conv_bias = bias.defined() ? vector_of<A>(bias) : std::vector<A>(C, A(0));

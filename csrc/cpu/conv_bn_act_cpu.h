@@ -165,6 +165,13 @@ at::Tensor pack_weight(const at::Tensor& weight, const ConvGeometry& g, const ac
   return packed;
 }
 
+// Rows per task of a per-channel pass over a [rows, channels] activation: about 16k values, so
+// that a batch-1 layer of a late stage (49 or 196 pixels) still keeps both threads busy, where a
+// fixed 256 rows left it to one.
+inline int64_t pass_grain(int64_t channels) {
+  return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(channels, 1));
+}
+
 // Work is split into a fixed number of contiguous chunks (not per-thread state) so that
 // per-chunk partial sums merge in the same order on every run.
 inline int64_t chunk_count(int64_t items) {

@@ -184,7 +184,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
     if (relu || rp) {
       std::vector<A> zeros(g.out_c, A(0));
       const int64_t pixels = g.batch * g.out_h * g.out_w;
-      at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
+      at::parallel_for(0, pixels, pass_grain(g.out_c), [&](int64_t p0, int64_t p1) {
         passes::normalize_rows(yp + p0 * g.out_c, yp + p0 * g.out_c,
                                rp ? rp + p0 * g.out_c : nullptr, ones.data(), zeros.data(), p1 - p0,
                                g.out_c, relu);
@@ -254,8 +254,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     const at::Tensor w_t = gemm ? weight.reshape({g.out_c, g.in_c}).t() : at::Tensor();
     const at::Tensor rows = gemm ? gemm_rows(xc, g) : at::Tensor();
     const at::Tensor z_rows = as_rows(z);
-    const int64_t row_block =
-        gemm ? gemm_row_block(pixels, g.in_c, g.out_c, x.element_size()) : kGemmRowBlock;
+    const int64_t row_block = gemm ? gemm_row_block(pixels, g.in_c, g.out_c, x.element_size())
+                                   : std::min(kGemmRowBlock, pass_grain(g.out_c));
     chunks = chunk_count((pixels + row_block - 1) / row_block);
     stats.assign(chunks * g.out_c, kernels::moment_stats_empty<A>());
     for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t r_begin, int64_t r_end) {
@@ -329,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
   at::Tensor y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
   T* yp = y.data_ptr<T>();
-  at::parallel_for(0, pixels, 256, [&](int64_t p0, int64_t p1) {
+  at::parallel_for(0, pixels, pass_grain(g.out_c), [&](int64_t p0, int64_t p1) {
     passes::normalize_rows(yp + p0 * g.out_c, zp + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr,
                            scale.data(), shift.data(), p1 - p0, g.out_c, relu);
   });

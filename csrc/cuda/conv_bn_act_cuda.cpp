@@ -23,6 +23,7 @@
 #include "cuda/element_type_of.h"
 #include "cuda/bn_kernels.h"
 #include "cuda/grouped_conv3x3.h"
+#include "tensor_layout.h"
 
 namespace regnet_ext::cuda {
 namespace {
@@ -288,7 +289,7 @@ Grads conv_bn_act_backward_cuda(const at::Tensor& grad_y, const at::Tensor& y, c
   at::Tensor grad_gamma = at::empty({0}, weight.options()), grad_beta = at::empty({0}, weight.options());
   if (param_grads) {
     // cuDNN may return an NHWC-strided weight gradient; the operator returns weight's own layout.
-    grad_w = (training ? raw : raw * scale.view({C, 1, 1, 1})).to(weight.scalar_type()).contiguous();
+    grad_w = in_layout_of((training ? raw : raw * scale.view({C, 1, 1, 1})).to(weight.scalar_type()), weight);
     const at::Tensor dot = training ? at::zeros({C}, f32) : (raw * weight.to(at::kFloat)).sum({1, 2, 3}).contiguous();
     at::Tensor dgamma = at::empty({C}, f32), dbeta = at::empty({C}, f32), dbias = at::empty({C}, f32);
     const at::Tensor bc = b.defined() ? b.contiguous() : b;

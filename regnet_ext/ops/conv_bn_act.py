@@ -27,43 +27,89 @@ def conv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_var, *, bia
     training=False: BN with running_mean/running_var, folded into the conv.
     training=True: BN with batch statistics; running_mean/running_var (and num_batches_tracked)
     are updated in place as nn.BatchNorm2d does (momentum=None: cumulative average, which needs
-    num_batches_tracked). They may both be None (no running statistics tracked).
+    num_batches_tracked). They may both be None (no running statistics tracked), and may keep
+    their own dtype (float32 under autocast, as stock BN's do).
     relu: apply ReLU after the residual add; residual: [N, C_out, H_out, W_out] or None.
     """
-    kernel = _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups)
-    padding = kernel // 2 if padding is None else int(padding)
+    args = (x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride, padding,
+            groups, training, momentum, num_batches_tracked, residual)
+    if not _obviously_wrong(*args):
+        try:
+            return _run(*args, eps, relu)
+        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            error = exc
+    else:
+        error = None
+    # The kernels check every tensor argument; the Python checks, which name the argument in a
+    # ValueError, run only once the operator has refused them (at batch 1 they cost ~10 us of a
+    # training call that takes 0.3 ms).
+    _check_all(*args)
+    raise error or AssertionError("conv_bn_act: arguments refused without a reason")
+
+
+def _obviously_wrong(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
+                     padding, groups, training, momentum, num_batches_tracked, residual):
+    """What the operators cannot see, or would see only after a side effect: a missing pair of
+    running statistics, and momentum=None without a batch counter."""
+    if not training:
+        return running_mean is None or running_var is None
+    return ((running_mean is None) != (running_var is None)
+            or (momentum is None and num_batches_tracked is None and running_mean is not None))
+
+
+def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride, padding, groups,
+         training, momentum, num_batches_tracked, residual, eps, relu):
+    padding = weight.shape[2] // 2 if padding is None else int(padding)
     stride, groups, eps, relu = int(stride), int(groups), float(eps), bool(relu)
     if not training:
-        if running_mean is None or running_var is None:
-            raise ValueError("conv_bn_act: training=False needs running_mean and running_var "
-                             "(eval-mode BN normalises with the running statistics)")
-        _check_vector(running_mean, "running_mean", x, weight.shape[0])
-        _check_vector(running_var, "running_var", x, weight.shape[0])
         return _ops.conv_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                      residual, stride, padding, groups, eps, relu)
-
-    tracking = running_mean is not None or running_var is not None
-    if tracking:
-        if running_mean is None or running_var is None:
-            raise ValueError("conv_bn_act: running_mean and running_var must both be given or both be None")
-        _check_vector(running_mean, "running_mean", x, weight.shape[0])
-        _check_vector(running_var, "running_var", x, weight.shape[0])
-        if momentum is None and num_batches_tracked is None:
-            raise ValueError("conv_bn_act: momentum=None (cumulative average) needs num_batches_tracked")
     y, _conv_out, mean, var = _ops.conv_bn_act_train(x, weight, bias, bn_weight, bn_bias, residual,
                                                      stride, padding, groups, eps, relu)
-    if tracking:
+    if running_mean is not None:
         with torch.no_grad():
             if num_batches_tracked is not None:
                 num_batches_tracked.add_(1)
             count = y.shape[0] * y.shape[2] * y.shape[3]
-            _ops.conv_bn_act_update_running_stats(
-                running_mean, running_var, mean, var, num_batches_tracked, count,
-                0.0 if momentum is None else float(momentum), momentum is None)
+            try:
+                _ops.conv_bn_act_update_running_stats(
+                    running_mean, running_var, mean, var, num_batches_tracked, count,
+                    0.0 if momentum is None else float(momentum), momentum is None)
+            except (RuntimeError, TypeError):
+                if num_batches_tracked is not None:  # a refused call changes nothing
+                    num_batches_tracked.sub_(1)
+                raise
     return y
 
 
 # ---- argument checks (shared by the public function and the fake kernels) ----------------
+
+def _check_all(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride, padding,
+               groups, training, momentum, num_batches_tracked, residual):
+    """Raises a ValueError naming the first bad argument of a public conv_bn_act call."""
+    _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("conv_bn_act: training=False needs running_mean and running_var "
+                         "(eval-mode BN normalises with the running statistics)")
+    if running_mean is None and running_var is None:
+        return
+    if running_mean is None or running_var is None:
+        raise ValueError("conv_bn_act: running_mean and running_var must both be given or both be None")
+    stats_like = x if not training else None  # training keeps the statistics' own dtype
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+        _check_tensor(t, name)
+        if t.device != x.device:
+            raise ValueError(f"conv_bn_act: {name} must be on x's device ({x.device}), got {t.device}")
+        if stats_like is not None:
+            _check_tensor(t, name, stats_like)
+        if t.dim() != 1 or t.shape[0] != weight.shape[0]:
+            raise ValueError(f"conv_bn_act: {name} must have shape [{weight.shape[0]}], got {list(t.shape)}")
+    if training and momentum is None and num_batches_tracked is None:
+        raise ValueError("conv_bn_act: momentum=None (cumulative average) needs num_batches_tracked")
+    if training and (not running_mean.is_contiguous() or not running_var.is_contiguous()):
+        raise ValueError("conv_bn_act: running_mean and running_var must be contiguous (they are "
+                         "updated in place)")
+
 
 def _check_tensor(t, name, like=None):
     if not isinstance(t, torch.Tensor):
@@ -175,7 +221,8 @@ def _backward_fake(grad_y, y, x, weight, bias, bn_weight, conv_out, mean, var, s
     none = dict(dtype=x.dtype, device=x.device)
     grad_x = torch.empty(x.shape, memory_format=fmt, **none) if input_grad else torch.empty(0, **none)
     c_out = weight.shape[0]
-    grad_w = torch.empty(weight.shape, **none) if param_grads else torch.empty(0, **none)
+    # In the weight's layout, as the Parameter's .grad will be (csrc/tensor_layout.h).
+    grad_w = torch.empty_like(weight, **none) if param_grads else torch.empty(0, **none)
     grad_b = torch.empty(c_out, **none) if (param_grads and bias is not None) else torch.empty(0, **none)
     grad_gamma = torch.empty(c_out, **none) if param_grads else torch.empty(0, **none)
     grad_beta = torch.empty(c_out, **none) if param_grads else torch.empty(0, **none)
