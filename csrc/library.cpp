@@ -22,8 +22,10 @@ extern "C" PyObject* PyInit__C(void) {
 #else
   constexpr long kNarrowGroupKernel = 0;
 #endif
+  // The Winograd kernel (grouped_conv_winograd.h) is used on the same AVX-512 builds.
   if (module && (PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0 ||
-                 PyModule_AddIntConstant(module, "narrow_group_kernel", kNarrowGroupKernel) != 0)) {
+                 PyModule_AddIntConstant(module, "narrow_group_kernel", kNarrowGroupKernel) != 0 ||
+                 PyModule_AddIntConstant(module, "winograd_kernel", kNarrowGroupKernel) != 0)) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -45,6 +45,11 @@ def compiled_with_narrow_group_kernel():
     return _build_flag("narrow_group_kernel")
 
 
+def compiled_with_winograd_kernel():
+    """Whether _C has the AVX-512 Winograd grouped 3x3 conv (32, 48, 64 or 128 channels per group)."""
+    return _build_flag("winograd_kernel")
+
+
 def build_config():
     """What setup.py recorded at build time (empty dict when the package was never built)."""
     try:

@@ -37,6 +37,7 @@ def collect():
         "cpu_kernels_parallel": _extension.compiled_with_openmp(),
         # Grouped convs with 8 or 16 channels per group run our AVX-512 kernel, if built.
         "cpu_narrow_group_kernel": _extension.compiled_with_narrow_group_kernel(),
+        "cpu_winograd_kernel": _extension.compiled_with_winograd_kernel(),
         "cuda_compiled": bool(config.get("CUDA_COMPILED")),
         "cuda_build_note": config.get("CUDA_BUILD_REASON"),
         "cuda_archs": config.get("CUDA_ARCH_LIST"),

@@ -21,4 +21,5 @@ def test_info_json_reports_kernels_and_parallel_passes(capsys):
     assert info["cpu_kernels"]["regnet_ext::conv_bn_act_train"] is True
     assert info["cpu_kernels_parallel"] is _extension.compiled_with_openmp()
     assert info["cpu_narrow_group_kernel"] is _extension.compiled_with_narrow_group_kernel()
+    assert info["cpu_winograd_kernel"] is _extension.compiled_with_winograd_kernel()
     assert isinstance(info["cuda_gpu_verified"], bool)

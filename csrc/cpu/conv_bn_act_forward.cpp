@@ -67,7 +67,7 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
 }
 
 // Layouts of a cached folded weight (FoldKey::layout).
-enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1 };
+enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1, kWinogradLayout = 2 };
 
 // The cache key of this call's folded weight, or nullopt where the cache is turned off or a
 // tensor has no version counter (an inference tensor).
@@ -154,6 +154,20 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
       grouped_conv_narrow(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(),
                           w.bias.const_data_ptr<float>(), rp, y.data_ptr<float>(), relu);
+    }
+  } else if (use_winograd_kernel(g, x.scalar_type())) {
+    if constexpr (std::is_same_v<T, float>) {
+      // 32-64 channels per group, stride 1: Winograd, its transformed weight kept once per change.
+      auto make = [&] {
+        auto [folded, folded_bias] = fold();
+        return FoldedWeights{pack_winograd_weight(folded, g), folded_bias};
+      };
+      const std::optional<FoldKey> key =
+          fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kWinogradLayout);
+      const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
+      y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+      grouped_conv_winograd(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(),
+                            w.bias.const_data_ptr<float>(), rp, y.data_ptr<float>(), relu);
     }
   } else if (!use_own_conv_tiles(g)) {
     // oneDNN computes act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per

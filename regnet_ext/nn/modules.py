@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._extension import compiled_with_narrow_group_kernel
+from .._extension import compiled_with_narrow_group_kernel, compiled_with_winograd_kernel
 from ..ops import conv_bn_act, squeeze_excite
 from . import folded_inference
 
@@ -90,6 +90,20 @@ def set_submodule(root, path, module):
     parent._modules[name] = module
 
 
+def _has_own_cpu_kernel(conv, stride, padding, groups):
+    """Whether the operator may run one of our AVX-512 grouped convs for this layer (it decides
+    per call, and caches the weight packed for that kernel itself): 8 or 16 channels per group
+    (csrc/cpu/grouped_conv_narrow.h), or a 3x3 stride-1 conv with 32, 48, 64 or 128 channels
+    per group (Winograd, csrc/cpu/grouped_conv_winograd.h)."""
+    width = conv.in_channels // groups
+    if groups == 1 or conv.out_channels != conv.in_channels:
+        return False
+    if width in (8, 16):
+        return bool(compiled_with_narrow_group_kernel())
+    winograd = conv.kernel_size == (3, 3) and stride == 1 and padding == 1 and width in (32, 48, 64, 128)
+    return winograd and bool(compiled_with_winograd_kernel())
+
+
 class FusedConvBNAct(_HoldsStock):
     """conv2d -> BatchNorm2d [-> + residual] [-> ReLU] as one conv_bn_act call.
 
@@ -112,11 +126,7 @@ class FusedConvBNAct(_HoldsStock):
         self.relu = bool(relu)
         self.stride, self.padding, self.groups = conv_geometry(conv)
         self._folded = folded_inference.FoldedConv()
-        # 8 or 16 channels per group: the operator runs our AVX-512 kernel where it beats oneDNN
-        # (csrc/cpu/grouped_conv_narrow.h) and caches the packed weight itself.
-        width = conv.in_channels // self.groups
-        self._narrow_groups = (self.groups > 1 and width in (8, 16) and conv.out_channels == conv.in_channels
-                               and bool(compiled_with_narrow_group_kernel()))
+        self._own_cpu_kernel = _has_own_cpu_kernel(conv, self.stride, self.padding, self.groups)
         self._remember_stock(stock)
 
     @property
@@ -141,7 +151,7 @@ class FusedConvBNAct(_HoldsStock):
         if not batch_stats:
             params = (conv.weight, conv.bias, bn.weight, bn.bias)
             if folded_inference.applies(x, params, residual, dtype):
-                if self._narrow_groups and dtype == torch.float32 and x.dtype == dtype:
+                if self._own_cpu_kernel and dtype == torch.float32 and x.dtype == dtype:
                     return _ops.conv_bn_act_eval(x, conv.weight, conv.bias, bn.weight, bn.bias,
                                                  running_mean, bn.running_var, residual, self.stride,
                                                  self.padding, self.groups, float(bn.eps), relu)

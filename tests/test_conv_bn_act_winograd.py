@@ -1,0 +1,80 @@
+"""The AVX-512 Winograd F(2x2, 3x3) grouped conv (csrc/cpu/grouped_conv_winograd.h), which the
+CPU eval operator runs for float32 3x3 stride-1 convs with 32, 48, 64 or 128 channels per
+group: against the float64 reference (odd and even sizes, images smaller than a tile,
+batches whose tiles share a task, residual and ReLU), against oneDNN (REGNET_EXT_CPU_CONV=aten),
+its cached transformed weight after in-place changes, and the fused module that routes to it."""
+import pytest
+import torch
+from torch import nn
+
+import regnet_ext._C as compiled
+from conv_bn_act_reference import make_case, reference_conv_bn_act
+from test_conv_bn_act import _run_and_compare
+from regnet_ext.nn import FusedConvBNAct
+from regnet_ext.ops import conv_bn_act
+
+pytestmark = pytest.mark.skipif(not getattr(compiled, "winograd_kernel", 0), reason="built without AVX-512")
+
+# (batch, channels, channels per group, size): 49 tiles of 9x9 over 3 samples span task chunks.
+SHAPES = [(2, 64, 32, 9), (1, 128, 64, 7), (3, 96, 48, 8), (1, 64, 64, 1), (2, 128, 64, 2),
+          (3, 64, 32, 13), (1, 192, 64, 16), (2, 256, 128, 5)]
+
+
+def _args(case):
+    return (case["x"], case["weight"], case["bn_weight"], case["bn_bias"], case["running_mean"],
+            case["running_var"])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}" for s in SHAPES])
+def test_matches_float64_reference(shape):
+    batch, channels, width, size = shape
+    for relu, residual in ((True, False), (False, True), (True, True)):
+        case = make_case(batch, channels, channels, size, 3, 1, channels // width,
+                         channels_last=True, residual=residual, seed=size + width)
+        _run_and_compare(case, stride=1, groups=channels // width, training=False, relu=relu)
+
+
+@pytest.mark.parametrize("batch, channels, groups, size", [(2, 128, 2, 14), (1, 96, 3, 7)])
+def test_agrees_with_onednn(batch, channels, groups, size, monkeypatch):
+    case = make_case(batch, channels, channels, size, 3, 1, groups, channels_last=True, seed=5)
+    with torch.no_grad():
+        ours = conv_bn_act(*_args(case), bias=case["bias"], groups=groups, residual=case["residual"])
+        monkeypatch.setenv("REGNET_EXT_CPU_CONV", "aten")
+        onednn = conv_bn_act(*_args(case), bias=case["bias"], groups=groups, residual=case["residual"])
+    torch.testing.assert_close(ours, onednn, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_weight_follows_in_place_changes():
+    case = make_case(1, 64, 64, 6, 3, 1, 2, channels_last=True, residual=False, seed=1)
+    for step in range(3):
+        with torch.no_grad():
+            y = conv_bn_act(*_args(case), groups=2)
+            expected = reference_conv_bn_act(*(t.double() for t in _args(case)), groups=2)
+            torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+            case["weight"].mul_(1.5 - step)  # an optimizer step or load_state_dict, in place
+            case["running_var"].add_(0.25)
+
+
+def test_nan_passes_relu_as_in_torch():
+    case = make_case(1, 64, 64, 6, 3, 1, 2, channels_last=True, residual=False)
+    x = case["x"].clone()
+    x[0, 3, 2, 2] = float("nan")  # group 0; output tile rows/cols 1-2 and 2-3 hold its reach
+    with torch.no_grad():
+        y = conv_bn_act(x, *_args(case)[1:], groups=2)
+    assert torch.isnan(y[0, :32, 1:4, 1:4]).all() and not torch.isnan(y[0, 32:]).any()
+    assert not torch.isnan(y[0, :32, 5, :]).any() and not torch.isnan(y[0, :32, :, 5]).any()
+
+
+def test_fused_module_runs_it_in_inference():
+    conv = nn.Conv2d(128, 128, 3, padding=1, groups=2, bias=False)
+    bn = nn.BatchNorm2d(128)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    stock = nn.Sequential(conv, bn, nn.ReLU()).eval()
+    fused = FusedConvBNAct(conv, bn, relu=True).eval()
+    assert fused._own_cpu_kernel
+    x = torch.randn(2, 128, 10, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), stock(x), rtol=1e-5, atol=1e-5)
+    assert not fused._folded.filled  # the operator's own cache served it, not the Python fold
