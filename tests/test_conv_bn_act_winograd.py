@@ -1,8 +1,9 @@
 """The AVX-512 Winograd F(2x2, 3x3) grouped conv (csrc/cpu/grouped_conv_winograd.h), which the
-CPU eval operator runs for float32 3x3 stride-1 convs with 32, 48, 64 or 128 channels per
-group: against the float64 reference (odd and even sizes, images smaller than a tile,
-batches whose tiles share a task, residual and ReLU), against oneDNN (REGNET_EXT_CPU_CONV=aten),
-its cached transformed weight after in-place changes, and the fused module that routes to it."""
+CPU operator runs for float32 3x3 stride-1 convs with 32, 48, 64 or 128 channels per group
+(eval; the training forward and input gradients over 1024+ output pixels): against the float64
+reference (odd and even sizes, images smaller than a tile, batches whose tiles share a task,
+residual and ReLU), against oneDNN (REGNET_EXT_CPU_CONV=aten), its cached transformed weight
+after in-place changes, and the fused module that routes to it."""
 import pytest
 import torch
 from torch import nn
@@ -32,6 +33,21 @@ def test_matches_float64_reference(shape):
         case = make_case(batch, channels, channels, size, 3, 1, channels // width,
                          channels_last=True, residual=residual, seed=size + width)
         _run_and_compare(case, stride=1, groups=channels // width, training=False, relu=relu)
+
+
+# From 1024 output pixels on (use_winograd_in_training) it also computes the training forward's
+# conv output and, in both modes, the input gradient.
+GRAD_SHAPES = [(2, 64, 32, 24), (1, 128, 64, 33), (4, 96, 48, 16)]
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES, ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}" for s in GRAD_SHAPES])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_forward_and_gradients_over_1024_pixels(shape, training):
+    batch, channels, width, size = shape
+    for relu, residual in ((True, False), (False, True)):
+        case = make_case(batch, channels, channels, size, 3, 1, channels // width,
+                         channels_last=True, residual=residual, seed=size)
+        _run_and_compare(case, stride=1, groups=channels // width, training=training, relu=relu)
 
 
 @pytest.mark.parametrize("batch, channels, groups, size", [(2, 128, 2, 14), (1, 96, 3, 7)])

@@ -174,16 +174,32 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // shapes (torch 2.14.1, e.g. 3x8x14x14 input, 16 output channels, stride 2: a crash later in
   // an unrelated allocation), so that gradient never comes from its strided kernel (see below).
   const bool aten_weight_grad = aten && !use_own_weight_grad(g) && !(is_plain_gemm(g) && g.stride > 1);
+  // The input gradient of a stride-1 conv is a stride-1 conv of dz (kernels flipped, channels
+  // swapped), which the Winograd kernel runs where it runs the forward (same geometry: it needs
+  // as many input as output channels).
+  const bool winograd_dx = input_grad && aten && use_winograd_in_training(g, x.scalar_type());
+  const bool aten_dx = input_grad && !winograd_dx;
   at::Tensor aten_raw;
-  if (aten && (input_grad || (param_grads && aten_weight_grad))) {
+  if (aten && (aten_dx || (param_grads && aten_weight_grad))) {
     at::Tensor w = weight;
     if (!training) w = (w.to(acc_dtype) * scale_t.view({C, 1, 1, 1})).to(x.scalar_type());
     auto grads = at::convolution_backward(dz, xc, w, std::nullopt,
                                           {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
-                                          {0, 0}, g.groups, {input_grad, param_grads && aten_weight_grad, false});
-    if (input_grad) grad_x = std::get<0>(grads);
+                                          {0, 0}, g.groups, {aten_dx, param_grads && aten_weight_grad, false});
+    if (aten_dx) grad_x = std::get<0>(grads);
     // Kept in oneDNN's layout (normally the weight's): see in_layout_of below.
     if (param_grads && aten_weight_grad) aten_raw = std::get<1>(grads).to(acc_dtype);
+  }
+  if (winograd_dx) {
+    if constexpr (std::is_same_v<T, float>) {
+      at::Tensor w = weight;
+      if (!training) w = w.to(acc_dtype) * scale_t.view({C, 1, 1, 1});
+      const at::Tensor packed = pack_winograd_weight(w, g, /*transposed=*/true);
+      const at::Tensor zeros = at::zeros({g.in_c}, x.options());
+      grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
+      grouped_conv_winograd(g, dzp, packed.const_data_ptr<float>(), zeros.const_data_ptr<float>(), nullptr,
+                            grad_x.data_ptr<float>(), false);
+    }
   }
   if (input_grad && aten) {
     grad_x = in_memory_format(grad_x, format);

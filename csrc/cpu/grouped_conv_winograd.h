@@ -60,29 +60,48 @@ inline bool winograd_applies(const kernels::ConvGeometry& g) {
          (g.in_c_per_group <= 64 ? g.in_c_per_group % winograd::kLanes == 0 : g.in_c_per_group == 128);
 }
 
-// Weights [C_out, G, 3, 3] (float, BN already folded where wanted) -> U[group][16][G ci][G co],
-// U = G g G^T with G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]], in double.
-inline at::Tensor pack_winograd_weight(const at::Tensor& weight, const kernels::ConvGeometry& g) {
+// Weights [C_out, G, 3, 3] (BN already folded where wanted) -> U[group][16][G ci][G co] in float,
+// U = G g G^T with G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. transposed: the
+// weights of the input gradient instead (a stride-1 conv of the output gradient with each kernel
+// flipped and input and output channels swapped). Runs once per change of an eval weight and on
+// every training call, so the innermost loop runs over contiguous output channels.
+inline at::Tensor pack_winograd_weight(const at::Tensor& weight, const kernels::ConvGeometry& g,
+                                       bool transposed = false) {
   const int64_t gw = g.in_c_per_group;
-  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  // [group][co][ci][kh][kw] -> [group][ci][kh][kw][co] (or, transposed, the roles swapped and the
+  // taps flipped), so that a row of 16 output channels is contiguous.
+  at::Tensor w = weight.to(at::kFloat).reshape({g.groups, gw, gw, 3, 3});
+  w = transposed ? w.flip({3, 4}).permute({0, 1, 3, 4, 2}) : w.permute({0, 2, 3, 4, 1});
+  w = w.contiguous();
   at::Tensor packed = at::empty({g.groups, winograd::kPositions, gw, gw}, weight.options().dtype(at::kFloat));
-  const double* src = w.const_data_ptr<double>();
+  const float* src = w.const_data_ptr<float>();
   float* dst = packed.data_ptr<float>();
-  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-  for (int64_t co = 0; co < g.out_c; ++co) {
-    const int64_t group = co / gw, col = co % gw;
-    for (int64_t ci = 0; ci < gw; ++ci) {
-      const double* k = src + (co * gw + ci) * 9;
-      double t[4][3];  // G g
-      for (int a = 0; a < 4; ++a)
-        for (int c = 0; c < 3; ++c) t[a][c] = G[a][0] * k[c] + G[a][1] * k[3 + c] + G[a][2] * k[6 + c];
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) {
-          const double u = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
-          dst[((group * winograd::kPositions + a * 4 + b) * gw + ci) * gw + col] = static_cast<float>(u);
+  at::parallel_for(0, g.groups * gw, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<float> t(12 * gw);  // G g for one (group, ci): [4][3][co]
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t group = r / gw, ci = r % gw;
+      const float* k = src + r * 9 * gw;  // [kh][kw][co]
+      for (int c = 0; c < 3; ++c)
+        for (int64_t co = 0; co < gw; ++co) {
+          const float k0 = k[c * gw + co], k1 = k[(3 + c) * gw + co], k2 = k[(6 + c) * gw + co];
+          t[(0 * 3 + c) * gw + co] = k0;
+          t[(1 * 3 + c) * gw + co] = 0.5f * (k0 + k1 + k2);
+          t[(2 * 3 + c) * gw + co] = 0.5f * (k0 - k1 + k2);
+          t[(3 * 3 + c) * gw + co] = k2;
         }
+      for (int a = 0; a < 4; ++a) {
+        const float* ta = t.data() + a * 3 * gw;
+        float* out = dst + ((group * winograd::kPositions + a * 4) * gw + ci) * gw;
+        for (int64_t co = 0; co < gw; ++co) {
+          const float t0 = ta[co], t1 = ta[gw + co], t2 = ta[2 * gw + co];
+          out[co] = t0;
+          out[gw * gw + co] = 0.5f * (t0 + t1 + t2);
+          out[2 * gw * gw + co] = 0.5f * (t0 - t1 + t2);
+          out[3 * gw * gw + co] = t2;
+        }
+      }
     }
-  }
+  });
   return packed;
 }
 
