@@ -46,7 +46,7 @@ def compiled_with_narrow_group_kernel():
 
 
 def compiled_with_winograd_kernel():
-    """Whether _C has the AVX-512 Winograd grouped 3x3 conv (32, 48, 64 or 128 channels per group)."""
+    """Whether _C has the AVX-512 Winograd grouped 3x3 conv (32 to 128 channels per group)."""
     return _build_flag("winograd_kernel")
 
 

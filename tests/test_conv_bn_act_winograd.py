@@ -1,9 +1,10 @@
 """The AVX-512 Winograd F(2x2, 3x3) grouped conv (csrc/cpu/grouped_conv_winograd.h), which the
-CPU operator runs for float32 3x3 stride-1 convs with 32, 48, 64 or 128 channels per group
-(eval; the training forward and input gradients over 1024+ output pixels): against the float64
-reference (odd and even sizes, images smaller than a tile, batches whose tiles share a task,
-residual and ReLU), against oneDNN (REGNET_EXT_CPU_CONV=aten), its cached transformed weight
-after in-place changes, and the fused module that routes to it."""
+CPU operator runs for float32 3x3 stride-1 convs with 32-64 (multiples of 8), 120 or 128
+channels per group (eval; the training forward and input gradients over 1024+ output pixels):
+against the float64 reference (odd and even sizes, images smaller than a tile, batches whose
+tiles share a task, widths padded to whole vectors, residual and ReLU), against oneDNN
+(REGNET_EXT_CPU_CONV=aten), its cached transformed weight after in-place changes, and the fused
+module that routes to it."""
 import pytest
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.skipif(not getattr(compiled, "winograd_kernel", 0), rea
 
 # (batch, channels, channels per group, size): 49 tiles of 9x9 over 3 samples span task chunks.
 SHAPES = [(2, 64, 32, 9), (1, 128, 64, 7), (3, 96, 48, 8), (1, 64, 64, 1), (2, 128, 64, 2),
-          (3, 64, 32, 13), (1, 192, 64, 16), (2, 256, 128, 5)]
+          (3, 64, 32, 13), (1, 192, 64, 16), (2, 256, 128, 5), (3, 120, 40, 5), (1, 120, 40, 10),
+          (2, 112, 56, 5), (1, 240, 120, 6), (1, 80, 40, 9)]
 
 
 def _args(case):
@@ -37,7 +39,7 @@ def test_matches_float64_reference(shape):
 
 # From 1024 output pixels on (use_winograd_in_training) it also computes the training forward's
 # conv output and, in both modes, the input gradient.
-GRAD_SHAPES = [(2, 64, 32, 24), (1, 128, 64, 33), (4, 96, 48, 16)]
+GRAD_SHAPES = [(2, 64, 32, 24), (1, 128, 64, 33), (4, 96, 48, 16), (2, 80, 40, 23)]
 
 
 @pytest.mark.parametrize("shape", GRAD_SHAPES, ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}" for s in GRAD_SHAPES])

@@ -93,13 +93,15 @@ inline bool use_narrow_group_kernel(const ConvGeometry& g, at::ScalarType dtype)
   return g.in_c_per_group == 16 && g.batch == 1;
 }
 
-// Grouped 3x3 stride-1 convs with 32, 48, 64 or 128 channels per group, float32:
-// Winograd F(2x2, 3x3) (grouped_conv_winograd.h) instead of oneDNN, in the measured mix only.
-// Measured against oneDNN's conv with the same fused epilogue (eval, 2 threads, 2026-11-22):
-// 64 per group 1.37-1.68x at batch 8 over 56, 28 and 14px (three runs), 1.21-1.33x at 7px (49
-// outputs in 64 tile slots), 1.52-1.78x at batch 1 and 56px, 1.06-1.26x at batch 1 and 7px;
-// 48 per group 1.35-1.41x and 128 per group 1.50-1.62x (one run). 16 per group was 0.82-1.0x at
-// batch 8 (the transforms cost as much as the 16-deep GEMMs save): oneDNN or the narrow kernel.
+// Grouped 3x3 stride-1 convs with 32 or more channels per group (32-64 and 120-128, see
+// winograd_applies), float32: Winograd F(2x2, 3x3) (grouped_conv_winograd.h) instead of oneDNN,
+// in the measured mix only. Measured against oneDNN's conv with the same fused epilogue (eval,
+// 2 threads, 2026-11-22): 64 per group 1.37-1.68x at batch 8 over 56, 28 and 14px (three runs),
+// 1.21-1.33x at 7px (49 outputs in 64 tile slots), 1.52-1.79x at batch 1 and 56px, 1.06-1.26x
+// at batch 1 and 7px; one run each: 24 per group 1.09-1.29x, 40 1.44-1.46x, 48 1.35-1.41x, 56
+// 1.23-1.71x, 120 and 128 1.50-1.66x. 24 per group, 1.09-1.29x alone, made whole fused
+// RegNetX/Y-1.6GF forwards 3-6% slower, and 16 per group was 0.82-1.0x at batch 8 (the
+// transforms cost as much as the shallow GEMMs save): those keep oneDNN or the narrow kernel.
 inline bool use_winograd_kernel(const ConvGeometry& g, at::ScalarType dtype) {
   return kHaveWinogradKernel && conv_backend() == ConvBackend::kMixed && dtype == at::kFloat &&
          winograd_applies(g) && g.in_c_per_group >= 32;

@@ -1,6 +1,7 @@
-// Grouped 3x3 stride-1 convs with 16, 32, 48, 64 or 128 channels per group (RegNetY-4.0GF's 64,
-// RegNetX-3.2GF's 48, RegNetX-16GF's 128), channels_last float32, by Winograd F(2x2, 3x3): each
+// Grouped 3x3 stride-1 convs with a multiple of 8 channels per group up to 64, or 120 or 128
+// (RegNet's 24, 40, 48, 56, 64, 120, 128), channels_last float32, by Winograd F(2x2, 3x3): each
 // 2x2 output tile costs 16 multiplies per (input, output) channel pair instead of 36, 2.25x fewer.
+// Groups whose width is not a multiple of 16 are padded to one inside the kernel's buffers.
 //
 // Why: oneDNN's direct grouped conv already runs at about this CPU's FMA peak for 64 channels
 // per group (340-465 GFLOP/s on the 2-core AMD EPYC this was written on), so a direct kernel
@@ -26,6 +27,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "kernels/conv_bn_act.h"
 
 namespace regnet_ext::cpu {
@@ -50,30 +55,58 @@ inline v16 load(const float* p) {
   return v;
 }
 inline void store(float* p, const v16& v) { std::memcpy(p, &v, sizeof(v)); }
+// The first n <= 16 lanes (a group of 24, 40 or 56 channels ends in a half vector); the others
+// load as zero.
+// Masked loads and stores for partial vectors only (a variable-length memcpy made the compiler
+// spill every tile to the stack; masked stores of full vectors took 56px layers from 1.4x
+// oneDNN's speed to 1.0x on the AMD EPYC).
+inline v16 load_n(const float* p, int64_t n) {
+  if (n == kLanes) return load(p);
+#if defined(__AVX512F__)
+  return (v16)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+#else
+  v16 v = {};
+  std::memcpy(&v, p, n * sizeof(float));
+  return v;
+#endif
+}
+inline void store_n(float* p, const v16& v, int64_t n) {
+  if (n == kLanes) return store(p, v);
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), (__m512)v);
+#else
+  std::memcpy(p, &v, n * sizeof(float));
+#endif
+}
+
+// Channels per group rounded up to whole vectors: the row length of V, U and M.
+inline int64_t padded_width(int64_t group_width) { return (group_width + kLanes - 1) / kLanes * kLanes; }
 
 }  // namespace winograd
 
-// Whether the kernel can compute this conv (use_winograd_kernel decides whether it should).
+// Whether the kernel can compute this conv (use_winograd_kernel decides whether it should):
+// a multiple of 8 channels per group that pads to 16, 32, 48, 64 or 128 (the register blocks).
 inline bool winograd_applies(const kernels::ConvGeometry& g) {
+  const int64_t gw = g.in_c_per_group, padded = winograd::padded_width(gw);
   return g.kernel == 3 && g.stride == 1 && g.padding == 1 && g.groups > 1 &&
-         g.in_c_per_group == g.out_c_per_group &&
-         (g.in_c_per_group <= 64 ? g.in_c_per_group % winograd::kLanes == 0 : g.in_c_per_group == 128);
+         g.in_c_per_group == g.out_c_per_group && gw % 8 == 0 && (padded <= 64 || padded == 128);
 }
 
-// Weights [C_out, G, 3, 3] (BN already folded where wanted) -> U[group][16][G ci][G co] in float,
+// Weights [C_out, G, 3, 3] (BN already folded where wanted) -> U[group][16][G ci][P co] in float
+// (P = padded_width(G), the padding zero),
 // U = G g G^T with G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. transposed: the
 // weights of the input gradient instead (a stride-1 conv of the output gradient with each kernel
 // flipped and input and output channels swapped). Runs once per change of an eval weight and on
 // every training call, so the innermost loop runs over contiguous output channels.
 inline at::Tensor pack_winograd_weight(const at::Tensor& weight, const kernels::ConvGeometry& g,
                                        bool transposed = false) {
-  const int64_t gw = g.in_c_per_group;
+  const int64_t gw = g.in_c_per_group, gwp = winograd::padded_width(gw);
   // [group][co][ci][kh][kw] -> [group][ci][kh][kw][co] (or, transposed, the roles swapped and the
   // taps flipped), so that a row of 16 output channels is contiguous.
   at::Tensor w = weight.to(at::kFloat).reshape({g.groups, gw, gw, 3, 3});
   w = transposed ? w.flip({3, 4}).permute({0, 1, 3, 4, 2}) : w.permute({0, 2, 3, 4, 1});
   w = w.contiguous();
-  at::Tensor packed = at::empty({g.groups, winograd::kPositions, gw, gw}, weight.options().dtype(at::kFloat));
+  at::Tensor packed = at::zeros({g.groups, winograd::kPositions, gw, gwp}, weight.options().dtype(at::kFloat));
   const float* src = w.const_data_ptr<float>();
   float* dst = packed.data_ptr<float>();
   at::parallel_for(0, g.groups * gw, 16, [&](int64_t r0, int64_t r1) {
@@ -91,13 +124,13 @@ inline at::Tensor pack_winograd_weight(const at::Tensor& weight, const kernels::
         }
       for (int a = 0; a < 4; ++a) {
         const float* ta = t.data() + a * 3 * gw;
-        float* out = dst + ((group * winograd::kPositions + a * 4) * gw + ci) * gw;
+        float* out = dst + ((group * winograd::kPositions + a * 4) * gw + ci) * gwp;
         for (int64_t co = 0; co < gw; ++co) {
           const float t0 = ta[co], t1 = ta[gw + co], t2 = ta[2 * gw + co];
           out[co] = t0;
-          out[gw * gw + co] = 0.5f * (t0 + t1 + t2);
-          out[2 * gw * gw + co] = 0.5f * (t0 - t1 + t2);
-          out[3 * gw * gw + co] = t2;
+          out[gw * gwp + co] = 0.5f * (t0 + t1 + t2);
+          out[2 * gw * gwp + co] = 0.5f * (t0 - t1 + t2);
+          out[3 * gw * gwp + co] = t2;
         }
       }
     }
@@ -119,14 +152,16 @@ struct TileGrid {
   }
 };
 
-// V[xi][t][ci] for tiles first .. first + count of `grid`, channels of `group`.
+// V[xi][t][ci] (rows of padded_width) for tiles first .. first + count of `grid`, channels of
+// `group`.
 inline void input_transform(const kernels::ConvGeometry& g, const float* x, const TileGrid& grid,
                             int64_t first, int64_t count, int64_t group, float* V) {
-  const int64_t gw = g.in_c_per_group, stride_xi = count * gw;
+  const int64_t gw = g.in_c_per_group, gwp = padded_width(gw), stride_xi = count * gwp;
   const v16 zero = {};
   for (int64_t t = 0; t < count; ++t) {
     const auto [n, tile_row, tile_col] = grid.at(first + t);
     for (int64_t c = 0; c < gw; c += kLanes) {
+      const int64_t lanes = std::min<int64_t>(kLanes, gw - c);
       v16 d[4][4];
       for (int r = 0; r < 4; ++r) {
         const int64_t hi = 2 * tile_row - 1 + r;
@@ -134,7 +169,7 @@ inline void input_transform(const kernels::ConvGeometry& g, const float* x, cons
           const int64_t wi = 2 * tile_col - 1 + s;
           d[r][s] = (hi < 0 || hi >= g.in_h || wi < 0 || wi >= g.in_w)
                         ? zero
-                        : load(x + kernels::nhwc_index(n, hi, wi, group * gw + c, g.in_h, g.in_w, g.in_c));
+                        : load_n(x + kernels::nhwc_index(n, hi, wi, group * gw + c, g.in_h, g.in_w, g.in_c), lanes);
         }
       }
       v16 e[4][4];  // B^T d: rows
@@ -145,7 +180,7 @@ inline void input_transform(const kernels::ConvGeometry& g, const float* x, cons
         e[3][s] = d[1][s] - d[3][s];
       }
       for (int r = 0; r < 4; ++r) {  // (B^T d) B: columns
-        float* out = V + (r * 4) * stride_xi + t * gw + c;
+        float* out = V + (r * 4) * stride_xi + t * gwp + c;
         store(out, e[r][0] - e[r][2]);
         store(out + stride_xi, e[r][1] + e[r][2]);
         store(out + 2 * stride_xi, e[r][2] - e[r][1]);
@@ -159,15 +194,16 @@ inline void input_transform(const kernels::ConvGeometry& g, const float* x, cons
 template <int TB, int COV>
 inline void gemm_block(const float* V, const float* U, int64_t tiles, int64_t gw, int64_t t0,
                        int nt, int64_t co0, float* M) {
+  const int64_t gwp = padded_width(gw);
   for (int xi = 0; xi < kPositions; ++xi) {
-    const float* v = V + xi * tiles * gw + t0 * gw;
-    const float* u = U + xi * gw * gw + co0;
+    const float* v = V + xi * tiles * gwp + t0 * gwp;
+    const float* u = U + xi * gw * gwp + co0;
     v16 acc[TB][COV] = {};
     for (int64_t ci = 0; ci < gw; ++ci) {
       v16 w[COV];
-      for (int j = 0; j < COV; ++j) w[j] = load(u + ci * gw + j * kLanes);
+      for (int j = 0; j < COV; ++j) w[j] = load(u + ci * gwp + j * kLanes);
       for (int t = 0; t < TB; ++t) {
-        const float s = v[(t < nt ? t : 0) * gw + ci];
+        const float s = v[(t < nt ? t : 0) * gwp + ci];
         for (int j = 0; j < COV; ++j) acc[t][j] += w[j] * s;
       }
     }
@@ -180,7 +216,7 @@ inline void gemm_block(const float* V, const float* U, int64_t tiles, int64_t gw
 template <int TB, int COV>
 inline void output_transform_block(const kernels::ConvGeometry& g, const float* M, const float* bias,
                                    const float* residual, float* y, const TileGrid& grid, int64_t first,
-                                   int nt, int64_t c0, bool relu) {
+                                   int nt, int64_t c0, int64_t c_end, bool relu) {
   const v16 zero = {};
   for (int t = 0; t < nt; ++t)
     for (int j = 0; j < COV; ++j) {
@@ -192,8 +228,9 @@ inline void output_transform_block(const kernels::ConvGeometry& g, const float* 
         s[0][c] = m[0][c] + m[1][c] + m[2][c];
         s[1][c] = m[1][c] - m[2][c] - m[3][c];
       }
-      const int64_t c = c0 + j * kLanes;
-      const v16 b = load(bias + c);
+      const int64_t c = c0 + j * kLanes, lanes = std::min<int64_t>(kLanes, c_end - c);
+      if (lanes <= 0) break;  // the group's padding
+      const v16 b = load_n(bias + c, lanes);
       for (int r = 0; r < 2; ++r) {
         const int64_t ho = 2 * tile_row + r;
         if (ho >= g.out_h) break;
@@ -203,9 +240,9 @@ inline void output_transform_block(const kernels::ConvGeometry& g, const float* 
           if (wo >= g.out_w) break;
           const int64_t at = kernels::nhwc_index(n, ho, wo, c, g.out_h, g.out_w, g.out_c);
           v16 v = out[q];
-          if (residual) v += load(residual + at);
+          if (residual) v += load_n(residual + at, lanes);
           if (relu) v = v < zero ? zero : v;  // NaN stays NaN, as in torch.relu
-          store(y + at, v);
+          store_n(y + at, v, lanes);
         }
       }
     }
@@ -222,7 +259,8 @@ inline void tile_range(const kernels::ConvGeometry& g, const float* x, const flo
     const int nt = static_cast<int>(std::min<int64_t>(TB, count - t0));
     for (int64_t co0 = 0; co0 < gw; co0 += COV * kLanes) {
       gemm_block<TB, COV>(V, U, count, gw, t0, nt, co0, M);
-      output_transform_block<TB, COV>(g, M, bias, residual, y, grid, first + t0, nt, group * gw + co0, relu);
+      output_transform_block<TB, COV>(g, M, bias, residual, y, grid, first + t0, nt, group * gw + co0,
+                                      (group + 1) * gw, relu);
     }
   }
 }
@@ -234,11 +272,11 @@ inline void tile_range(const kernels::ConvGeometry& g, const float* x, const flo
 inline void grouped_conv_winograd(const kernels::ConvGeometry& g, const float* x, const float* packed,
                                   const float* bias, const float* residual, float* y, bool relu) {
   using namespace winograd;
-  const int64_t gw = g.in_c_per_group;
+  const int64_t gw = g.in_c_per_group, gwp = padded_width(gw);
   const TileGrid grid{(g.out_w + 1) / 2, (g.out_h + 1) / 2 * ((g.out_w + 1) / 2)};
   const int64_t tiles = g.batch * grid.per_sample;
   // Tasks: (group, chunk of at most kTaskTiles tiles, numbered across the batch so that small
-  // images fill whole blocks). A chunk's V (16 x tiles x G floats, 192 KB for G = 64) stays in
+  // images fill whole blocks). A chunk's V (16 x tiles x G floats, 96 KB for G = 64) stays in
   // L2 with the group's U (256 KB); tasks run group by group, so a thread's next task reuses U.
   constexpr int64_t kTaskTiles = 24;
   const int64_t chunks = (tiles + kTaskTiles - 1) / kTaskTiles, chunk_tiles = (tiles + chunks - 1) / chunks;
@@ -246,17 +284,17 @@ inline void grouped_conv_winograd(const kernels::ConvGeometry& g, const float* x
   auto run = [&](auto tb, auto cov) {
     constexpr int TB = decltype(tb)::value, COV = decltype(cov)::value;
     at::parallel_for(0, g.groups * chunks, 1, [&](int64_t task0, int64_t task1) {
-      std::vector<float> V(kPositions * chunk_tiles * gw), M(kPositions * TB * COV * kLanes);
+      std::vector<float> V(kPositions * chunk_tiles * gwp), M(kPositions * TB * COV * kLanes);
       for (int64_t task = task0; task < task1; ++task) {
         const int64_t group = task / chunks, first = (task % chunks) * chunk_tiles;
         const int64_t count = std::min(chunk_tiles, tiles - first);
         if (count > 0)
-          tile_range<TB, COV>(g, x, packed + group * kPositions * gw * gw, bias, residual, y, grid, first,
+          tile_range<TB, COV>(g, x, packed + group * kPositions * gw * gwp, bias, residual, y, grid, first,
                               count, group, V.data(), M.data(), relu);
       }
     });
   };
-  switch (gw) {
+  switch (gwp) {
     case 16: run(std::integral_constant<int, 12>{}, std::integral_constant<int, 1>{}); break;
     case 32: run(std::integral_constant<int, 12>{}, std::integral_constant<int, 2>{}); break;
     case 48: run(std::integral_constant<int, 8>{}, std::integral_constant<int, 3>{}); break;

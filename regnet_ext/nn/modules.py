@@ -93,14 +93,15 @@ def set_submodule(root, path, module):
 def _has_own_cpu_kernel(conv, stride, padding, groups):
     """Whether the operator may run one of our AVX-512 grouped convs for this layer (it decides
     per call, and caches the weight packed for that kernel itself): 8 or 16 channels per group
-    (csrc/cpu/grouped_conv_narrow.h), or a 3x3 stride-1 conv with 32, 48, 64 or 128 channels
-    per group (Winograd, csrc/cpu/grouped_conv_winograd.h)."""
+    (csrc/cpu/grouped_conv_narrow.h), or a 3x3 stride-1 conv with a multiple of 8 channels per
+    group from 32 to 64, or 120 or 128 (Winograd, csrc/cpu/grouped_conv_winograd.h)."""
     width = conv.in_channels // groups
     if groups == 1 or conv.out_channels != conv.in_channels:
         return False
     if width in (8, 16):
         return bool(compiled_with_narrow_group_kernel())
-    winograd = conv.kernel_size == (3, 3) and stride == 1 and padding == 1 and width in (32, 48, 64, 128)
+    winograd = (conv.kernel_size == (3, 3) and stride == 1 and padding == 1 and width % 8 == 0
+                and (32 <= width <= 64 or width in (120, 128)))
     return winograd and bool(compiled_with_winograd_kernel())
 
 
