@@ -141,33 +141,23 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                                shift.data(), r1 - r0, g.out_c, relu);
       }
     });
-  } else if (use_narrow_group_kernel(g, x.scalar_type())) {
+  } else if (use_narrow_group_kernel(g, x.scalar_type()) || use_winograd_kernel(g, x.scalar_type())) {
     if constexpr (std::is_same_v<T, float>) {
-      // 8 or 16 channels per group: our kernel, its folded weight packed once per change.
+      // Our AVX-512 kernels: 8 or 16 channels per group (narrow), or 32-128 at stride 1
+      // (Winograd), the folded weight packed for the kernel once per change.
+      const bool narrow = use_narrow_group_kernel(g, x.scalar_type());
       auto make = [&] {
         auto [folded, folded_bias] = fold();
-        return FoldedWeights{pack_narrow_group_weight(folded, g), folded_bias};
+        return FoldedWeights{narrow ? pack_narrow_group_weight(folded, g) : pack_winograd_weight(folded, g),
+                             folded_bias};
       };
-      const std::optional<FoldKey> key =
-          fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kNarrowGroupLayout);
+      const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                                  g, eps, narrow ? kNarrowGroupLayout : kWinogradLayout);
       const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
       y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-      grouped_conv_narrow(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(),
-                          w.bias.const_data_ptr<float>(), rp, y.data_ptr<float>(), relu);
-    }
-  } else if (use_winograd_kernel(g, x.scalar_type())) {
-    if constexpr (std::is_same_v<T, float>) {
-      // 32-64 channels per group, stride 1: Winograd, its transformed weight kept once per change.
-      auto make = [&] {
-        auto [folded, folded_bias] = fold();
-        return FoldedWeights{pack_winograd_weight(folded, g), folded_bias};
-      };
-      const std::optional<FoldKey> key =
-          fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kWinogradLayout);
-      const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
-      y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-      grouped_conv_winograd(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(),
-                            w.bias.const_data_ptr<float>(), rp, y.data_ptr<float>(), relu);
+      const auto conv = narrow ? grouped_conv_narrow : grouped_conv_winograd;
+      conv(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(), w.bias.const_data_ptr<float>(),
+           rp, y.data_ptr<float>(), relu);
     }
   } else if (!use_own_conv_tiles(g)) {
     // oneDNN computes act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per

@@ -7,7 +7,7 @@
 // per group (340-465 GFLOP/s on the 2-core AMD EPYC this was written on), so a direct kernel
 // cannot be much faster; fewer multiplies can.
 //
-// Schedule, per task (group, up to 48 output tiles of the batch):
+// Schedule, per task (group, up to 24 output tiles of the batch):
 //  1. input transform V = B^T d B of the task's 4x4 input tiles, 16 channels per vector,
 //     into V[16 positions][tiles][channels] (zero outside the image: padding 1);
 //  2. per block of tiles and 16-64 output channels: 16 small GEMMs M[xi] = V[xi] U[xi] with the
