@@ -18,14 +18,13 @@ extern "C" PyObject* PyInit__C(void) {
   constexpr long kOpenMP = 0;
 #endif
 #if defined(__AVX512F__)
-  constexpr long kNarrowGroupKernel = 1;
+  constexpr long kAvx512Kernels = 1;  // grouped_conv_narrow.h and grouped_conv_winograd.h
 #else
-  constexpr long kNarrowGroupKernel = 0;
+  constexpr long kAvx512Kernels = 0;
 #endif
-  // The Winograd kernel (grouped_conv_winograd.h) is used on the same AVX-512 builds.
   if (module && (PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0 ||
-                 PyModule_AddIntConstant(module, "narrow_group_kernel", kNarrowGroupKernel) != 0 ||
-                 PyModule_AddIntConstant(module, "winograd_kernel", kNarrowGroupKernel) != 0)) {
+                 PyModule_AddIntConstant(module, "narrow_group_kernel", kAvx512Kernels) != 0 ||
+                 PyModule_AddIntConstant(module, "winograd_kernel", kAvx512Kernels) != 0)) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -177,7 +177,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // The input gradient of a stride-1 conv is a stride-1 conv of dz (kernels flipped, channels
   // swapped), which the Winograd kernel runs where it runs the forward (same geometry: it needs
   // as many input as output channels).
-  const bool winograd_dx = input_grad && aten && use_winograd_in_training(g, x.scalar_type());
+  const bool winograd_dx = input_grad && aten && use_winograd_per_call(g, x.scalar_type());
   const bool aten_dx = input_grad && !winograd_dx;
   at::Tensor aten_raw;
   if (aten && (aten_dx || (param_grads && aten_weight_grad))) {
@@ -195,10 +195,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       at::Tensor w = weight;
       if (!training) w = w.to(acc_dtype) * scale_t.view({C, 1, 1, 1});
       const at::Tensor packed = pack_winograd_weight(w, g, /*transposed=*/true);
-      const at::Tensor zeros = at::zeros({g.in_c}, x.options());
       grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
-      grouped_conv_winograd(g, dzp, packed.const_data_ptr<float>(), zeros.const_data_ptr<float>(), nullptr,
-                            grad_x.data_ptr<float>(), false);
+      grouped_conv_winograd(g, dzp, packed.const_data_ptr<float>(), nullptr, nullptr, grad_x.data_ptr<float>(), false);
     }
   }
   if (input_grad && aten) {

@@ -107,11 +107,12 @@ inline bool use_winograd_kernel(const ConvGeometry& g, at::ScalarType dtype) {
          winograd_applies(g) && g.in_c_per_group >= 32;
 }
 
-// Training transforms the weight on every call (pack_winograd_weight: 0.04 ms for 128 channels
+// The training forward and every input gradient transform the weight on each call
+// (pack_winograd_weight: 0.04 ms for 128 channels
 // in groups of 64, 0.6 ms for 1088), which pays where the conv has enough pixels per weight: at
 // 392 output pixels (1088 channels, 7px, batch 8) the transform cost more than the 0.25 ms the
 // conv saved; 1568 pixels and more (14px at batch 8, 56px at batch 1) came out ahead.
-inline bool use_winograd_in_training(const ConvGeometry& g, at::ScalarType dtype) {
+inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
   return use_winograd_kernel(g, dtype) && g.batch * g.out_h * g.out_w >= 1024;
 }
 

@@ -250,13 +250,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
       grouped_conv_narrow(g, xc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
                           b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
     }
-  } else if (use_winograd_in_training(g, x.scalar_type())) {
+  } else if (use_winograd_per_call(g, x.scalar_type())) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     if constexpr (std::is_same_v<T, float>) {
-      const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::zeros({g.out_c}, x.options());
+      const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
       const at::Tensor packed = pack_winograd_weight(weight, g);
       grouped_conv_winograd(g, xc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
-                            b.const_data_ptr<float>(), nullptr, z.data_ptr<float>(), false);
+                            b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
     }
   } else {
     z = aten_conv(xc, weight, bias, g);  // bias included by oneDNN

@@ -55,11 +55,10 @@ inline v16 load(const float* p) {
   return v;
 }
 inline void store(float* p, const v16& v) { std::memcpy(p, &v, sizeof(v)); }
-// The first n <= 16 lanes (a group of 24, 40 or 56 channels ends in a half vector); the others
-// load as zero.
-// Masked loads and stores for partial vectors only (a variable-length memcpy made the compiler
-// spill every tile to the stack; masked stores of full vectors took 56px layers from 1.4x
-// oneDNN's speed to 1.0x on the AMD EPYC).
+// The first n <= 16 lanes (a group of 40 or 56 channels ends in a half vector; the other lanes
+// load as zero), masked only for partial vectors: a variable-length memcpy made the compiler
+// spill every tile to the stack, and masked stores of full vectors took 56px layers from 1.4x
+// oneDNN's speed to 1.0x on the AMD EPYC.
 inline v16 load_n(const float* p, int64_t n) {
   if (n == kLanes) return load(p);
 #if defined(__AVX512F__)
@@ -92,9 +91,8 @@ inline bool winograd_applies(const kernels::ConvGeometry& g) {
          g.in_c_per_group == g.out_c_per_group && gw % 8 == 0 && (padded <= 64 || padded == 128);
 }
 
-// Weights [C_out, G, 3, 3] (BN already folded where wanted) -> U[group][16][G ci][P co] in float
-// (P = padded_width(G), the padding zero),
-// U = G g G^T with G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. transposed: the
+// Weights [C_out, G, 3, 3] (BN already folded where wanted) -> U[group][16][G ci][P co] in float,
+// P = padded_width(G) with zeros past G, U = G g G^T with G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. transposed: the
 // weights of the input gradient instead (a stride-1 conv of the output gradient with each kernel
 // flipped and input and output channels swapped). Runs once per change of an eval weight and on
 // every training call, so the innermost loop runs over contiguous output channels.
@@ -220,17 +218,17 @@ inline void output_transform_block(const kernels::ConvGeometry& g, const float* 
   const v16 zero = {};
   for (int t = 0; t < nt; ++t)
     for (int j = 0; j < COV; ++j) {
+      const int64_t c = c0 + j * kLanes, lanes = std::min<int64_t>(kLanes, c_end - c);
+      if (lanes <= 0) break;  // the group's padding
       const auto [n, tile_row, tile_col] = grid.at(first + t);
       v16 m[4][4];
       for (int xi = 0; xi < kPositions; ++xi) m[xi / 4][xi % 4] = load(M + (xi * TB + t) * COV * kLanes + j * kLanes);
       v16 s[2][4];
-      for (int c = 0; c < 4; ++c) {
-        s[0][c] = m[0][c] + m[1][c] + m[2][c];
-        s[1][c] = m[1][c] - m[2][c] - m[3][c];
+      for (int k = 0; k < 4; ++k) {
+        s[0][k] = m[0][k] + m[1][k] + m[2][k];
+        s[1][k] = m[1][k] - m[2][k] - m[3][k];
       }
-      const int64_t c = c0 + j * kLanes, lanes = std::min<int64_t>(kLanes, c_end - c);
-      if (lanes <= 0) break;  // the group's padding
-      const v16 b = load_n(bias + c, lanes);
+      const v16 b = bias ? load_n(bias + c, lanes) : zero;
       for (int r = 0; r < 2; ++r) {
         const int64_t ho = 2 * tile_row + r;
         if (ho >= g.out_h) break;
@@ -268,7 +266,7 @@ inline void tile_range(const kernels::ConvGeometry& g, const float* x, const flo
 }  // namespace winograd
 
 // y = act(conv(x, W) + bias [+ residual]) for a channels_last float x where winograd_applies(g);
-// `packed` from pack_winograd_weight; bias has out_c values (not null); residual may be null.
+// `packed` from pack_winograd_weight; bias (out_c values) and residual may be null (zero).
 inline void grouped_conv_winograd(const kernels::ConvGeometry& g, const float* x, const float* packed,
                                   const float* bias, const float* residual, float* y, bool relu) {
   using namespace winograd;
