@@ -242,21 +242,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   const bool gemm = use_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
   if (gemm || tiles) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-  } else if (use_narrow_group_kernel(g, x.scalar_type())) {
+  } else if (use_narrow_group_kernel(g, x.scalar_type()) || use_winograd_per_call(g, x.scalar_type())) {
+    // Our AVX-512 kernels (see eval_forward), the weight packed for this call.
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     if constexpr (std::is_same_v<T, float>) {
+      const bool narrow = use_narrow_group_kernel(g, x.scalar_type());
       const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
-      const at::Tensor packed = pack_narrow_group_weight(weight, g);
-      grouped_conv_narrow(g, xc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
-                          b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
-    }
-  } else if (use_winograd_per_call(g, x.scalar_type())) {
-    z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-    if constexpr (std::is_same_v<T, float>) {
-      const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
-      const at::Tensor packed = pack_winograd_weight(weight, g);
-      grouped_conv_winograd(g, xc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
-                            b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
+      const at::Tensor packed = narrow ? pack_narrow_group_weight(weight, g) : pack_winograd_weight(weight, g);
+      const auto conv = narrow ? grouped_conv_narrow : grouped_conv_winograd;
+      conv(g, xc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
+           b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
     }
   } else {
     z = aten_conv(xc, weight, bias, g);  // bias included by oneDNN
