@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -51,6 +52,7 @@ class Case:
         if mode == "training":
             self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         self.per_round = []
+        self.faults_per_call = []  # minor page faults per call, one figure per round
 
     @property
     def key(self):
@@ -123,8 +125,16 @@ def measure(cases, rounds, reps, warmup, progress):
                  f"{case.mode} {case.variant} ({time.perf_counter() - t0:.1f} s)")
     for r in range(rounds):
         for case in cases:
+            faults = _minor_faults()
             case.per_round.append(case.batch / wall_clock_median(case.run, reps))
+            case.faults_per_call.append((_minor_faults() - faults) / reps)
         progress(f"round {r + 1}/{rounds} done")
+
+
+def _minor_faults():
+    # First touches of fresh pages: glibc serves large tensors from new mmaps unless freed
+    # memory is kept (regnet_ext.allocator), and on a VM each fault costs about a microsecond.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def summarise(cases):
@@ -134,7 +144,8 @@ def summarise(cases):
         groups.setdefault(case.key, {})[case.variant] = case
         rows.append(dict(model=case.model_name, batch=case.batch, resolution=case.resolution,
                          mode=case.mode, variant=case.variant,
-                         images_per_s=statistics.median(case.per_round), rounds=case.per_round))
+                         images_per_s=statistics.median(case.per_round), rounds=case.per_round,
+                         page_faults_per_call=statistics.median(case.faults_per_call)))
     for (model, batch, resolution, mode), by_variant in groups.items():
         fused = by_variant.get("fused")
         for other in ("eager", "compile"):
@@ -159,6 +170,11 @@ def print_table(rows, ratios):
         cells = [f"{ips[key + (v,)]:8.1f}" if key + (v,) in ips else f"{'-':>8}" for v in VARIANTS]
         ratio_cells = [f"{rat[key + (o,)]:7.2f}x" if key + (o,) in rat else f"{'-':>8}" for o in ("eager", "compile")]
         print(f"{key[0]:<14} {f'{key[1]}x{key[2]}':<9} {key[3]:<9} {' '.join(cells)} {' '.join(ratio_cells)}")
+    faulting = [r for r in rows if r["page_faults_per_call"] >= 100]
+    if faulting:  # fresh pages cost time outside any kernel: say where they were paid
+        print("page faults per call (median over rounds): " + ", ".join(
+            f"{r['model']} {r['batch']}x{r['resolution']} {r['mode']} {r['variant']} {r['page_faults_per_call']:.0f}"
+            for r in faulting))
 
 
 def plot(rows, ratios, path):

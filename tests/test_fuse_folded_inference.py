@@ -99,3 +99,31 @@ def test_copies_and_pickles_of_a_model_with_filled_caches():
     loaded = pickled_copy(fused)
     with torch.no_grad():
         assert_rel_close(loaded(x), expected, 1e-6, "pickled")
+
+
+def test_alternating_resolutions_pack_each_shape_once(monkeypatch):
+    stock, fused = _pair("RegNetX-400MF")
+    packs = []
+    pack = folded_inference._PACK
+    monkeypatch.setattr(folded_inference, "_PACK", lambda *args: packs.append(args[-1]) or pack(*args))
+    inputs = [_cl(images(2, size, seed=size)) for size in (64, 48, 32)]
+    with torch.no_grad():
+        for round in range(3):
+            for x in inputs:
+                assert_rel_close(fused(x), stock(x), 1e-5, f"{x.shape[-1]}px")
+            if round == 0:
+                packed_in_first_round = len(packs)
+    layers = [m for m in fused.modules() if isinstance(m, FusedConvBNAct) and m._folded.filled]
+    assert layers and len(packs) == packed_in_first_round, "switching back to a shape repacked"
+    # Once per layer and distinct input shape (late layers see 2x2 at both 64 and 48 px).
+    assert len(packs) == sum(len(m._folded.shapes) for m in layers)
+    assert all(len(m._folded.shapes) >= 2 for m in layers)
+    # Beyond MAX_SHAPES the oldest shape goes.
+    layer = layers[0]
+    extra = [_cl(images(1, size)) for size in (40, 56)]
+    with torch.no_grad():
+        for x in extra:
+            fused(x)
+    first_shapes = layer._folded.shapes
+    assert len(first_shapes) == folded_inference.FoldedConv.MAX_SHAPES
+    assert all(shape[1] != 64 for shape in first_shapes), first_shapes

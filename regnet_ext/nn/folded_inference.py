@@ -76,7 +76,7 @@ def fold(conv_weight, conv_bias, gamma, beta, running_mean, running_var, eps):
 
 
 class _OneEntryCache:
-    """One (key, weight, bias) tuple, read and replaced whole, so threads serving the same model
+    """One entry (a tuple, key first), read and replaced whole, so threads serving the same model
     concurrently never pair one entry's weight with another's bias. Copies and pickles start
     empty (oneDNN's packed tensors cannot be copied)."""
 
@@ -95,25 +95,42 @@ class _OneEntryCache:
 
 
 class FoldedConv(_OneEntryCache):
-    """The cached folded and packed weights of one FusedConvBNAct."""
+    """The cached folded weights of one FusedConvBNAct, packed for oneDNN once per input shape.
+
+    oneDNN picks the packed weight's blocked layout for the call's input size, so a model served
+    at several resolutions keeps one packing per shape (up to MAX_SHAPES, oldest dropped first)
+    instead of folding and packing again whenever the shape changes."""
+
+    MAX_SHAPES = 4
 
     def __call__(self, tensors, eps, x, residual, relu, stride, padding, groups, dtype):
         """tensors: (conv weight, conv bias, gamma, beta, running mean, running var)."""
-        key = _key(tensors) + (dtype, eps, tuple(x.shape[1:]))
+        key = _key(tensors) + (dtype, eps)
         pads, strides = [padding] * 2, [stride] * 2
         entry = self._entry
         if entry is None or entry[0] != key:
             with torch.no_grad():
                 weight, bias = fold(*tensors, eps)
-                packed = _PACK(weight.to(dtype), pads, strides, [1, 1], groups, list(x.shape))
-                entry = self._entry = (key, packed, bias.to(dtype))
-        _, weight, bias = entry
+            entry = self._entry = (key, weight.to(dtype), bias.to(dtype), {})
+        _, folded, bias, packed_by_shape = entry
+        shape = tuple(x.shape[1:])
+        weight = packed_by_shape.get(shape)
+        if weight is None:
+            weight = _PACK(folded, pads, strides, [1, 1], groups, list(x.shape))
+            # A new dict, published whole: threads reading the old one never see it change.
+            kept = list(packed_by_shape.items())[-(self.MAX_SHAPES - 1):]
+            self._entry = (key, folded, bias, dict(kept + [(shape, weight)]))
         if x.dtype != dtype:
             x = x.to(dtype)
         if residual is None:
             return _POINTWISE(x, weight, bias, pads, strides, [1, 1], groups, "relu" if relu else "none", [], "")
         return _POINTWISE.binary(x, residual.to(dtype), weight, bias, pads, strides, [1, 1], groups, "add",
                                  None, "relu" if relu else None, [], "")
+
+    @property
+    def shapes(self):
+        """The input shapes (C, H, W) with a packed weight now."""
+        return () if self._entry is None else tuple(self._entry[3])
 
 
 class PackedLinear(_OneEntryCache):

@@ -1,0 +1,26 @@
+"""benchmarks/bench_fuse.py --quick: the pipeline and the structure of its JSON (not its speed)."""
+import json
+
+import pytest
+
+import benchmark_scripts
+
+
+@pytest.mark.slow
+def test_quick_run_structure(tmp_path, capsys):
+    bench = benchmark_scripts.load("bench_fuse")
+    out = tmp_path / "fuse.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "bench_fuse" and doc["quick"] and doc["rounds"] == 2
+    rows = doc["results"]
+    assert {(r["mode"], r["variant"]) for r in rows} == {
+        (mode, variant) for mode in ("inference", "training") for variant in ("eager", "fused")}
+    for row in rows:
+        assert row["images_per_s"] > 0 and len(row["rounds"]) == 2
+        assert row["page_faults_per_call"] >= 0
+    ratios = {(r["mode"], r["fused_vs"]): r for r in doc["ratios"]}
+    assert set(ratios) == {("inference", "eager"), ("training", "eager")}
+    assert ratios[("inference", "eager")]["goal"] == 1.6 and ratios[("training", "eager")]["goal"] == 1.3
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "f/eager" in capsys.readouterr().out
