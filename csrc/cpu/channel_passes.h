@@ -138,38 +138,55 @@ void normalize_rows(T* y, const T* z, const T* residual, const acc_t<T>* scale,
   }
 }
 
-// Backward pass 1 over `rows` rows: g = ReLU'(y) * dy stored, and sum_g += sum of g,
-// sum_g_xhat += sum of g * x-hat (x-hat from z, mean, invstd; skipped when z is null).
+// Backward pass 1 over `rows` rows: g = ReLU'(y) * dy, sum_g += sum of g, sum_g_xhat += sum of
+// g * x-hat (x-hat from z, mean, invstd; skipped when z is null). Without ReLU, g is dy and a
+// caller that needs no copy of it passes g = null; y is read only with ReLU.
 template <typename T>
 void relu_grad_sums(T* g, const T* dy, const T* y, const T* z, const acc_t<T>* mean,
                     const acc_t<T>* invstd, int64_t rows, int64_t channels, bool relu,
                     acc_t<T>* sum_g, acc_t<T>* sum_g_xhat) {
   using A = acc_t<T>;
-  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-    const int64_t r1 = std::min(rows, r0 + kRowBlock);
-    for_channel_groups<A, 4>(channels, [&]<typename V, int G>(int64_t c0) {
-      constexpr int64_t lanes = sizeof(V) / sizeof(A);
-      V sg[G] = {}, sgx[G] = {}, mu[G] = {}, is[G] = {};
-      if (z)
+  // One instantiation per case, so the inner loop has no branches and no dead streams.
+  const auto pass = [&]<bool Relu, bool Store, bool Xhat>() {
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+      const int64_t r1 = std::min(rows, r0 + kRowBlock);
+      for_channel_groups<A, 4>(channels, [&]<typename V, int G>(int64_t c0) {
+        constexpr int64_t lanes = sizeof(V) / sizeof(A);
+        V sg[G] = {}, sgx[G] = {}, mu[G] = {}, is[G] = {};
+        if constexpr (Xhat)
+          for (int j = 0; j < G; ++j) {
+            mu[j] = load<V>(mean + c0 + j * lanes);
+            is[j] = load<V>(invstd + c0 + j * lanes);
+          }
+        for (int64_t r = r0; r < r1; ++r)
+          for (int j = 0; j < G; ++j) {
+            const int64_t i = r * channels + c0 + j * lanes;
+            V gv = load<V>(dy + i);
+            if constexpr (Relu) gv = kernels::relu_grad(gv, load<V>(y + i), true);
+            if constexpr (Store) store(g + i, gv);
+            sg[j] += gv;
+            if constexpr (Xhat) sgx[j] += gv * kernels::normalized(load<V>(z + i), mu[j], is[j]);
+          }
         for (int j = 0; j < G; ++j) {
-          mu[j] = load<V>(mean + c0 + j * lanes);
-          is[j] = load<V>(invstd + c0 + j * lanes);
+          const int64_t c = c0 + j * lanes;
+          store(sum_g + c, load<V>(sum_g + c) + sg[j]);
+          if constexpr (Xhat) store(sum_g_xhat + c, load<V>(sum_g_xhat + c) + sgx[j]);
         }
-      for (int64_t r = r0; r < r1; ++r)
-        for (int j = 0; j < G; ++j) {
-          const int64_t i = r * channels + c0 + j * lanes;
-          const V gv = kernels::relu_grad(load<V>(dy + i), load<V>(y + i), relu);
-          store(g + i, gv);
-          sg[j] += gv;
-          if (z) sgx[j] += gv * kernels::normalized(load<V>(z + i), mu[j], is[j]);
-        }
-      for (int j = 0; j < G; ++j) {
-        const int64_t c = c0 + j * lanes;
-        store(sum_g + c, load<V>(sum_g + c) + sg[j]);
-        if (z) store(sum_g_xhat + c, load<V>(sum_g_xhat + c) + sgx[j]);
-      }
-    });
-  }
+      });
+    }
+  };
+  const auto with_xhat = [&]<bool Relu, bool Store>() {
+    if (z)
+      pass.template operator()<Relu, Store, true>();
+    else
+      pass.template operator()<Relu, Store, false>();
+  };
+  if (relu)
+    with_xhat.template operator()<true, true>();
+  else if (g)
+    with_xhat.template operator()<false, true>();
+  else
+    with_xhat.template operator()<false, false>();
 }
 
 // Backward pass 2 (batch statistics): dz = scale * (g - mean_g - x-hat * mean_g_xhat).

@@ -113,7 +113,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   using A = acc_t<T>;
   const at::MemoryFormat format = output_memory_format(x);
   const int64_t C = g.out_c, pixels = g.batch * g.out_h * g.out_w;
-  const at::Tensor dy = to_nhwc(grad_y), yc = to_nhwc(y);
+  // y only gives ReLU's mask: without ReLU it is not read (nor copied to NHWC).
+  const at::Tensor dy = to_nhwc(grad_y), yc = relu ? to_nhwc(y) : at::Tensor();
   const at::Tensor zc = training ? to_nhwc(conv_out) : at::Tensor();
   const std::vector<A> mean = vector_of<A>(mean_t), var = vector_of<A>(var_t);
   const std::vector<A> gamma = vector_of<A>(bn_weight);
@@ -123,18 +124,20 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
     scale[c] = gamma[c] * invstd[c];
   }
 
-  // Pass 1: g and its per-channel sums.
-  at::Tensor grad_out = empty_nhwc(x, g.batch, C, g.out_h, g.out_w);
-  T* gp = grad_out.data_ptr<T>();
+  // Pass 1: g and its per-channel sums. Without ReLU g is dy, stored only as the residual's
+  // gradient (an output may not alias grad_y); otherwise the passes read dy in its place.
+  const bool g_is_dy = !relu && !residual_grad;
+  at::Tensor grad_out = g_is_dy ? dy : empty_nhwc(x, g.batch, C, g.out_h, g.out_w);
+  T* gp = g_is_dy ? nullptr : grad_out.data_ptr<T>();
   const T* dyp = dy.data_ptr<T>();
-  const T* yp = yc.data_ptr<T>();
+  const T* yp = relu ? yc.const_data_ptr<T>() : nullptr;
   const T* zp = training ? zc.data_ptr<T>() : nullptr;
   const int64_t grain = pass_grain(C), chunks = chunk_count((pixels + grain - 1) / grain);
   std::vector<A> sum_g(chunks * C, A(0)), sum_gx(chunks * C, A(0));
   for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t p0, int64_t p1) {
     A* sg = sum_g.data() + chunk * C;
     A* sgx = sum_gx.data() + chunk * C;
-    passes::relu_grad_sums(gp + p0 * C, dyp + p0 * C, yp + p0 * C, zp ? zp + p0 * C : nullptr,
+    passes::relu_grad_sums(gp ? gp + p0 * C : nullptr, dyp + p0 * C, yp ? yp + p0 * C : nullptr, zp ? zp + p0 * C : nullptr,
                            mean.data(), invstd.data(), p1 - p0, C, relu, sg, sgx);
   });
   std::vector<kernels::BnGradSums<A>> sums(C);
@@ -147,16 +150,17 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // Training: dz from the batch-statistics backward (pass 2); eval: the conv sees g itself.
   at::Tensor dz = grad_out;
   if (training) {
-    // dz overwrites g in place (same element, read then written) when g is not returned.
-    dz = residual_grad ? empty_nhwc(x, g.batch, C, g.out_h, g.out_w) : grad_out;
+    // dz overwrites g in place (same element, read then written) when g is ours and not returned.
+    dz = residual_grad || g_is_dy ? empty_nhwc(x, g.batch, C, g.out_h, g.out_w) : grad_out;
     T* dzp = dz.data_ptr<T>();
+    const T* gp_in = grad_out.const_data_ptr<T>();
     std::vector<A> mean_g(C), mean_gx(C);
     for (int64_t c = 0; c < C; ++c) {
       mean_g[c] = sums[c].sum_g / static_cast<A>(pixels);
       mean_gx[c] = sums[c].sum_g_xhat / static_cast<A>(pixels);
     }
     at::parallel_for(0, pixels, grain, [&](int64_t p0, int64_t p1) {
-      passes::bn_input_grad_rows(dzp + p0 * C, gp + p0 * C, zp + p0 * C, mean.data(), invstd.data(),
+      passes::bn_input_grad_rows(dzp + p0 * C, gp_in + p0 * C, zp + p0 * C, mean.data(), invstd.data(),
                                  scale.data(), mean_g.data(), mean_gx.data(), p1 - p0, C);
     });
   }
@@ -170,10 +174,14 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // the weight gradients where our tiles are faster (use_own_weight_grad); eval differentiates
   // through the folded weight W', whose gradient is the raw one.
   const bool aten = !use_own_conv_tiles(g);
-  // oneDNN's weight gradient of a strided 1x1 conv in channels_last corrupts the heap for some
-  // shapes (torch 2.14.1, e.g. 3x8x14x14 input, 16 output channels, stride 2: a crash later in
-  // an unrelated allocation), so that gradient never comes from its strided kernel (see below).
-  const bool aten_weight_grad = aten && !use_own_weight_grad(g) && !(is_plain_gemm(g) && g.stride > 1);
+  // oneDNN's weight gradient of a strided 1x1 conv in channels_last writes past its
+  // reduce-to-unit-stride workspace when the input has fewer channels than its channel block
+  // (uxlfoundation/oneDNN#6035; here, torch 2.14.1: 8 or 12 input channels crashed later in an
+  // unrelated allocation, 16 to 104 ran clean and exact, f32 and bf16). Below 32 input channels
+  // (a margin over the 16-wide AVX-512 block) that gradient comes from the stride-1 kernel over
+  // the subsampled input instead (see below); RegNets' strided 1x1 convs have 32 or more.
+  const bool strided_gemm_unsafe = is_plain_gemm(g) && g.stride > 1 && g.in_c < 32;
+  const bool aten_weight_grad = aten && !use_own_weight_grad(g) && !strided_gemm_unsafe;
   // The input gradient of a stride-1 conv is a stride-1 conv of dz (kernels flipped, channels
   // swapped), which the Winograd kernel runs where it runs the forward (same geometry: it needs
   // as many input as output channels).
@@ -230,9 +238,9 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
     if (aten_weight_grad) {
       raw = aten_raw;
     } else if (is_plain_gemm(g) && aten) {
-      // Strided: the weight gradient of the stride-1 conv over every stride-th pixel, so that
-      // oneDNN's stride-1 kernel runs (not the strided one above); at::mm would be MKL's sgemm,
-      // at half of oneDNN's rate on the AMD CPU this was tuned on.
+      // Strided, few input channels: the weight gradient of the stride-1 conv over every
+      // stride-th pixel, so that oneDNN's stride-1 kernel runs (not the strided one above);
+      // at::mm would be MKL's sgemm, at half of oneDNN's rate on the AMD CPU this was tuned on.
       const at::Tensor sub = xc.slice(2, 0, g.in_h, g.stride).slice(3, 0, g.in_w, g.stride)
                                  .contiguous(at::MemoryFormat::ChannelsLast);
       raw = std::get<1>(at::convolution_backward(dz, sub, weight,
