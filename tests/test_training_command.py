@@ -68,3 +68,15 @@ def test_fused_without_kernels_fails_with_a_message(monkeypatch, capsys):
     monkeypatch.delitem(regnet_ext._LAZY, "fuse")  # as if the extension were missing
     assert main(["train", *TINY, "--epochs", "1", "--fused"]) == 2
     assert "--fused" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, applied, warned", [
+    ([], True, False), (["--tune-malloc"], True, True), (["--no-tune-malloc"], False, False)])
+def test_malloc_tuning_is_on_by_default_and_warns_only_when_asked_for(flag, applied, warned, capsys, monkeypatch):
+    import regnet_ext.allocator as allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "tune_malloc", lambda: calls.append(1) or False)  # as on a non-glibc libc
+    assert main(["train", *TINY, "--epochs", "1", *flag]) == 0
+    assert bool(calls) == applied
+    assert ("malloc is not glibc's" in capsys.readouterr().err) == warned

@@ -3,6 +3,7 @@
 Scale out with torchrun, e.g. ``torchrun --nproc_per_node=2 -m regnet_ext train ...`` (gloo on
 CPU, nccl on CUDA); ``--batch-size`` is the global batch, split over the processes.
 """
+import argparse
 import json
 import os
 import sys
@@ -69,9 +70,10 @@ def add_arguments(parser):
                            help="checkpoint file, written after every epoch")
     run_group.add_argument("--resume", action="store_true",
                            help="continue from --checkpoint when it exists")
-    run_group.add_argument("--tune-malloc", action="store_true",
+    run_group.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=None,
                            help="keep freed memory for reuse instead of returning it to the OS "
-                                "(glibc; fewer page faults on the CPU, see regnet_ext.allocator)")
+                                "(glibc; fewer page faults on the CPU, see regnet_ext.allocator). "
+                                "On by default; --no-tune-malloc keeps glibc's own settings")
     run_group.add_argument("--no-progress", action="store_true",
                            help="no progress bar and no per-epoch lines")
     run_group.add_argument("--json", action="store_true",
@@ -130,9 +132,9 @@ def run(args):
     from ..models import complexity
     from ..training import fit
 
-    if args.tune_malloc:
+    if args.tune_malloc is not False:
         from ..allocator import tune_malloc
-        if not tune_malloc():
+        if not tune_malloc() and args.tune_malloc:  # the default says nothing where it cannot apply
             print("regnet-ext train: --tune-malloc: malloc is not glibc's here; left as it is",
                   file=sys.stderr)
     try:
