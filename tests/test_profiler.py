@@ -200,3 +200,14 @@ def _has_timm():
         return True
     except ImportError:
         return False
+
+
+def test_kernel_counting_keeps_kinetos_start_stop_lines_off_stderr(capfd):
+    import sys
+
+    result = profile(_tiny(), (1, 3, 32, 32), iters=1, warmup=0, ceiling=FAKE)
+    assert all(s["kernels"] > 0 for s in result.stages)
+    print("still ours", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "profiler_stop" not in err
+    assert "still ours" in err, "stderr must be restored"

@@ -6,8 +6,11 @@ its own detached input). Times are medians over iterations of per-iteration sums
 come from the traffic model for the schedule actually running (eager for a stock model, "ours"
 for a fused one), kernel counts from torch.profiler, and the roofline from a measured ceiling.
 """
+import contextlib
 import copy
+import os
 import platform
+import sys
 import statistics
 import time
 
@@ -119,6 +122,23 @@ def _run_iteration(units, x, train, clock):
     return {name: (fwd[name](), bwd[name]() if name in bwd else 0.0) for name in fwd}
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Sends file descriptor 2 to /dev/null: kineto (torch.profiler's C++ side) writes a few
+    lines there on every start and stop ("USDT: ... profiler_start"), one set per stage here.
+    Used only around those two calls, so nothing of ours is hidden."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _count_kernels(units, x, train, device):
     """Kernels launched per unit (CUDA: device kernels; CPU: outermost non-view operators)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -127,10 +147,16 @@ def _count_kernels(units, x, train, device):
     counts = {}
 
     def count(fn):
-        with torch_profile(activities=activities) as prof:
+        prof = torch_profile(activities=activities)
+        with _quiet_stderr():
+            prof.__enter__()
+        try:
             out = fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
+        finally:
+            with _quiet_stderr():
+                prof.__exit__(None, None, None)
         events = prof.events()
         if device.type == "cuda":
             n = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
