@@ -137,8 +137,9 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t p0, int64_t p1) {
     A* sg = sum_g.data() + chunk * C;
     A* sgx = sum_gx.data() + chunk * C;
-    passes::relu_grad_sums(gp ? gp + p0 * C : nullptr, dyp + p0 * C, yp ? yp + p0 * C : nullptr, zp ? zp + p0 * C : nullptr,
-                           mean.data(), invstd.data(), p1 - p0, C, relu, sg, sgx);
+    const auto rows_of = [&](auto* base) { return base ? base + p0 * C : nullptr; };
+    passes::relu_grad_sums(rows_of(gp), dyp + p0 * C, rows_of(yp), rows_of(zp), mean.data(), invstd.data(),
+                           p1 - p0, C, relu, sg, sgx);
   });
   std::vector<kernels::BnGradSums<A>> sums(C);
   for (int64_t c = 0; c < C; ++c) {

@@ -118,8 +118,9 @@ class FoldedConv(_OneEntryCache):
         if weight is None:
             weight = _PACK(folded, pads, strides, [1, 1], groups, list(x.shape))
             # A new dict, published whole: threads reading the old one never see it change.
-            kept = list(packed_by_shape.items())[-(self.MAX_SHAPES - 1):]
-            self._entry = (key, folded, bias, dict(kept + [(shape, weight)]))
+            kept = list(packed_by_shape.items())
+            kept = kept[max(0, len(kept) - self.MAX_SHAPES + 1):] + [(shape, weight)]
+            self._entry = (key, folded, bias, dict(kept))
         if x.dtype != dtype:
             x = x.to(dtype)
         if residual is None:

@@ -10,8 +10,8 @@ import contextlib
 import copy
 import os
 import platform
-import sys
 import statistics
+import sys
 import time
 
 import torch
