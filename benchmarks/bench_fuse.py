@@ -18,7 +18,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -28,7 +27,9 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
+from common import minor_faults  # noqa: E402
 from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -125,16 +126,10 @@ def measure(cases, rounds, reps, warmup, progress):
                  f"{case.mode} {case.variant} ({time.perf_counter() - t0:.1f} s)")
     for r in range(rounds):
         for case in cases:
-            faults = _minor_faults()
+            faults = minor_faults()
             case.per_round.append(case.batch / wall_clock_median(case.run, reps))
-            case.faults_per_call.append((_minor_faults() - faults) / reps)
+            case.faults_per_call.append((minor_faults() - faults) / reps)
         progress(f"round {r + 1}/{rounds} done")
-
-
-def _minor_faults():
-    # First touches of fresh pages: glibc serves large tensors from new mmaps unless freed
-    # memory is kept (regnet_ext.allocator), and on a VM each fault costs about a microsecond.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def summarise(cases):

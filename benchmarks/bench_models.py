@@ -35,8 +35,9 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import (DEVICES, DTYPES, check_dtypes, checked_device, device_record,  # noqa: E402
-                    hardware_name, machine_record, synchronised, time_interleaved, write_json)
+from common import (DEVICES, DTYPES, check_dtypes, checked_device, counting_faults,  # noqa: E402
+                    device_record, hardware_name, machine_record, synchronised, time_interleaved,
+                    write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EFFICIENTNET_RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456}
@@ -151,8 +152,10 @@ def peak_memory_bytes(fn, device=torch.device("cpu")):
     which sees every allocation, torch.compile's included."""
     if device.type == "cuda":
         return cuda_peak_memory_bytes(fn, device)
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    from torch.profiler import ProfilerActivity
+
+    from regnet_ext.profiling.quiet_profiler import quiet_profile
+    with quiet_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     current = peak = 0
@@ -250,8 +253,10 @@ def run_group(index, label, members, args, log):
     # Interleaved rounds (common.time_interleaved rotates the order), inference then training;
     # target_s=0 makes each sample one call: a model step is long enough to time alone (on a GPU
     # each call ends with a synchronize, so the sample holds the step's GPU work).
+    faults = {}  # (kind, runner index) -> minor page faults per call
     for kind, attr in (("infer", "infer_times"), ("train", "train_times")):
-        fns = {i: synchronised(r.infer if kind == "infer" else r.train_step, device)
+        fns = {i: counting_faults(synchronised(r.infer if kind == "infer" else r.train_step, device),
+                                  faults.setdefault((kind, i), []))
                for i, r in enumerate(runners) if kind == "infer" or r.trains}
         if not fns:
             continue
@@ -261,8 +266,10 @@ def run_group(index, label, members, args, log):
         log(f"  {kind}: {args.rounds} interleaved rounds done")
     # Per-round ratios against the group's first EfficientNet, then medians.
     reference = next(r for r in runners if r.family == "efficientnet")
-    for r in runners:
+    for i, r in enumerate(runners):
         rec = info[r.label]["variants"][r.variant]
+        rec.update({f"{kind}_page_faults_per_call": statistics.median(counts)
+                    for (kind, j), counts in faults.items() if j == i and counts})
         rec.update(infer_images_per_s=args.batch / statistics.median(r.infer_times),
                    infer_round_s=r.infer_times, speedup_reference=reference.label,
                    infer_speedup=statistics.median(

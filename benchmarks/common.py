@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 from pathlib import Path
 
 import torch
@@ -77,6 +78,22 @@ def time_interleaved_on(device, candidates, *, rounds, warmup, target_s):
     return {name: {"median_s": t["median_s"] / calls[name], "min_s": t["min_s"] / calls[name],
                    "rounds_s": [s / calls[name] for s in t["rounds_s"]], "calls": calls[name]}
             for name, t in timed.items()}
+
+
+def minor_faults():
+    """This process's minor page faults so far. First touches of fresh pages: glibc serves large
+    tensors from new mmaps unless freed memory is kept (regnet_ext.allocator), and on a VM each
+    fault costs about a microsecond, outside any kernel."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def counting_faults(fn, counts):
+    """fn, appending the minor page faults of each call to the list `counts`."""
+    def call():
+        before = minor_faults()
+        fn()
+        counts.append(minor_faults() - before)
+    return call
 
 
 def cpu_model():

@@ -6,16 +6,14 @@ its own detached input). Times are medians over iterations of per-iteration sums
 come from the traffic model for the schedule actually running (eager for a stock model, "ours"
 for a fused one), kernel counts from torch.profiler, and the roofline from a measured ceiling.
 """
-import contextlib
 import copy
-import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 
+from .quiet_profiler import quiet_profile
 from .report import ProfileResult, stage_record
 from .roofline import device_ceiling
 from .schedules import FUSED_SCHEDULE, get_schedule
@@ -122,41 +120,18 @@ def _run_iteration(units, x, train, clock):
     return {name: (fwd[name](), bwd[name]() if name in bwd else 0.0) for name in fwd}
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Sends file descriptor 2 to /dev/null: kineto (torch.profiler's C++ side) writes a few
-    lines there on every start and stop ("USDT: ... profiler_start"), one set per stage here.
-    Used only around those two calls, so nothing of ours is hidden."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _count_kernels(units, x, train, device):
     """Kernels launched per unit (CUDA: device kernels; CPU: outermost non-view operators)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     counts = {}
 
     def count(fn):
-        prof = torch_profile(activities=activities)
-        with _quiet_stderr():
-            prof.__enter__()
-        try:
+        with quiet_profile(activities=activities) as prof:
             out = fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-        finally:
-            with _quiet_stderr():
-                prof.__exit__(None, None, None)
         events = prof.events()
         if device.type == "cuda":
             n = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
