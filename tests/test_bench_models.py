@@ -11,6 +11,7 @@ from regnet_ext.models import complexity, regnet
 
 
 def _bench():
+    pytest.importorskip("torchvision")  # the benchmark's EfficientNets
     return benchmark_scripts.load("bench_models")
 
 

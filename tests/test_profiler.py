@@ -23,7 +23,7 @@ def _tiny():
 
 def _third_party(name):
     if name == "torchvision":
-        import torchvision
+        torchvision = pytest.importorskip("torchvision")
         return torchvision.models.regnet_y_400mf(), regnet_spec("RegNetY-400MF",
                                                                  rounding="torchvision")
     timm = pytest.importorskip("timm")

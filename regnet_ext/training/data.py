@@ -111,14 +111,14 @@ def _upsample(images, resolution):
 
 
 def _image_folder(root, resolution, split, augment):
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):  # the argument's own error first, with or without torchvision
+        raise ValueError(f"name_or_path: {root!r} has no {split}/ subfolder; expected the "
+                         f"ImageFolder layout {root}/{{train,val}}/<class>/<image>")
     try:
         from torchvision import datasets, transforms
     except ImportError as e:
         raise RuntimeError("an ImageFolder dataset needs torchvision: pip install torchvision") from e
-    folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
-        raise ValueError(f"name_or_path: {root!r} has no {split}/ subfolder; expected the "
-                         f"ImageFolder layout {root}/{{train,val}}/<class>/<image>")
     normalise = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if augment:
         steps = [transforms.RandomResizedCrop(resolution), transforms.RandomHorizontalFlip()]
