@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# What the CUDA issue asks of a machine with a GPU, as one command for a lent GPU machine (it
+# fits the device tool's 10-minute call): build the extension for the visible GPU against that
+# machine's own torch, run the CUDA test suite, `regnet-ext selfcheck --device cuda --json`, and
+# the kernel benchmark. Logs and results go to $OUT (the device tool's output folder) or
+# ./gpu_check_out; at most 8 files, as the device tool brings back.
+#
+#   bash tools/gpu_check.sh                                   # build, test, selfcheck, quick benchmark
+#   STEPS="build bench" BENCH_ARGS="--no-compile" bash tools/gpu_check.sh   # the full kernel benchmark
+#
+# Steps run in order; a failed build stops the run, other failures are reported and the exit
+# status is 1 at the end. DEVICE=cpu runs the same steps on the CPU (a check of this script).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-$PWD/gpu_check_out}
+STEPS=${STEPS:-build test selfcheck bench}
+DEVICE=${DEVICE:-cuda}
+BENCH_ARGS=${BENCH_ARGS:---quick --no-compile}
+mkdir -p "$OUT"
+status=0
+say() { echo "[gpu_check] $(date +%T) $*"; }
+failed() { say "FAILED: $*"; status=1; }
+
+for step in $STEPS; do
+  case "$step" in
+    build)
+      if [ "$DEVICE" = cuda ]; then
+        "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || { say "torch sees no GPU"; exit 1; }
+        export REGNET_EXT_CUDA=1   # fail loudly rather than build without the CUDA kernels
+      fi
+      say "build ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
+      if ! MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip install --no-build-isolation --no-deps -e . \
+          > "$OUT/build.log" 2>&1; then
+        tail -40 "$OUT/build.log"
+        say "build failed (log: $OUT/build.log)"
+        exit 1
+      fi
+      "$PY" -m regnet_ext info > "$OUT/info.txt" 2>&1 || failed "regnet-ext info"
+      cat "$OUT/info.txt" ;;
+    test)
+      say "tests (-m $DEVICE)"
+      marker=$([ "$DEVICE" = cuda ] && echo cuda || echo "not cuda and not slow")
+      "$PY" -m pytest -q -m "$marker" tests -p no:cacheprovider > "$OUT/tests.log" 2>&1
+      rc=$?
+      tail -15 "$OUT/tests.log"
+      [ "$rc" -eq 0 ] || failed "tests (exit $rc; log: $OUT/tests.log)" ;;
+    selfcheck)
+      say "selfcheck --device $DEVICE"
+      "$PY" -m regnet_ext selfcheck --device "$DEVICE" --json > "$OUT/selfcheck.json" 2> "$OUT/selfcheck.err"
+      rc=$?
+      "$PY" -c "
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print(json.dumps(doc, indent=1)[:3000])" "$OUT/selfcheck.json" || cat "$OUT/selfcheck.err"
+      [ "$rc" -eq 0 ] || failed "selfcheck (exit $rc)" ;;
+    bench)
+      say "bench_kernels.py --device $DEVICE $BENCH_ARGS"
+      # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
+      if "$PY" benchmarks/bench_kernels.py --device "$DEVICE" $BENCH_ARGS --out "$OUT/kernels_$DEVICE" \
+          > "$OUT/bench.log" 2>&1; then
+        tail -15 "$OUT/bench.log"
+      else
+        tail -30 "$OUT/bench.log"
+        failed "kernel benchmark (log: $OUT/bench.log)"
+      fi ;;
+    *)
+      say "unknown step $step (known: build test selfcheck bench)"
+      exit 2 ;;
+  esac
+done
+say "done, status $status; results in $OUT"
+exit "$status"
