@@ -108,10 +108,10 @@ def test_alternating_resolutions_pack_each_shape_once(monkeypatch):
     monkeypatch.setattr(folded_inference, "_PACK", lambda *args: packs.append(args[-1]) or pack(*args))
     inputs = [_cl(images(2, size, seed=size)) for size in (64, 48, 32)]
     with torch.no_grad():
-        for round in range(3):
+        for rep in range(3):
             for x in inputs:
                 assert_rel_close(fused(x), stock(x), 1e-5, f"{x.shape[-1]}px")
-            if round == 0:
+            if rep == 0:
                 packed_in_first_round = len(packs)
     layers = [m for m in fused.modules() if isinstance(m, FusedConvBNAct) and m._folded.filled]
     assert layers and len(packs) == packed_in_first_round, "switching back to a shape repacked"
@@ -124,6 +124,7 @@ def test_alternating_resolutions_pack_each_shape_once(monkeypatch):
     with torch.no_grad():
         for x in extra:
             fused(x)
-    first_shapes = layer._folded.shapes
-    assert len(first_shapes) == folded_inference.FoldedConv.MAX_SHAPES
-    assert all(shape[1] != 64 for shape in first_shapes), first_shapes
+    stem_shapes = layer._folded.shapes
+    assert {shape[0] for shape in stem_shapes} == {3}, "layers[0] should be the stem"
+    assert len(stem_shapes) == folded_inference.FoldedConv.MAX_SHAPES
+    assert all(shape[1] != 64 for shape in stem_shapes), stem_shapes
