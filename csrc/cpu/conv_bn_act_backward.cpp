@@ -177,8 +177,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const bool aten = !use_own_conv_tiles(g);
   // oneDNN's weight gradient of a strided 1x1 conv in channels_last writes past its
   // reduce-to-unit-stride workspace when the input has fewer channels than its channel block
-  // (uxlfoundation/oneDNN#6035; here, torch 2.14.1: 8 or 12 input channels crashed later in an
-  // unrelated allocation, 16 to 104 ran clean and exact, f32 and bf16). Below 32 input channels
+  // (uxlfoundation/oneDNN#6035; here, torch 2.14.1, 2 threads: 8 or 12 input channels crashed
+  // later in an unrelated allocation, 16 to 104 ran clean and exact). Below 32 input channels
   // (a margin over the 16-wide AVX-512 block) that gradient comes from the stride-1 kernel over
   // the subsampled input instead (see below); RegNets' strided 1x1 convs have 32 or more.
   const bool strided_gemm_unsafe = is_plain_gemm(g) && g.stride > 1 && g.in_c < 32;
