@@ -268,8 +268,8 @@ def run_group(index, label, members, args, log):
     reference = next(r for r in runners if r.family == "efficientnet")
     for i, r in enumerate(runners):
         rec = info[r.label]["variants"][r.variant]
-        rec.update({f"{kind}_page_faults_per_call": statistics.median(counts)
-                    for (kind, j), counts in faults.items() if j == i and counts})
+        rec.update({f"{kind}_page_faults_per_call": statistics.median(faults[kind, i])
+                    for kind in ("infer", "train") if faults.get((kind, i))})
         rec.update(infer_images_per_s=args.batch / statistics.median(r.infer_times),
                    infer_round_s=r.infer_times, speedup_reference=reference.label,
                    infer_speedup=statistics.median(
