@@ -172,9 +172,9 @@ template <typename T>
 at::Tensor pack_weight(const at::Tensor& weight, const ConvGeometry& g, const acc_t<T>* scale,
                        bool transposed) {
   using A = acc_t<T>;
-  const at::Tensor w = weight.contiguous();
-  const T* src = w.data_ptr<T>();
-  at::Tensor packed = at::empty({w.numel()}, w.options().dtype(c10::CppTypeToScalarType<A>::value));
+  const T* src = weight.const_data_ptr<T>();  // read through its strides: no contiguous copy
+  const auto st = weight.strides();
+  at::Tensor packed = at::empty({weight.numel()}, weight.options().dtype(c10::CppTypeToScalarType<A>::value));
   A* dst = packed.data_ptr<A>();
   for (int64_t co = 0; co < g.out_c; ++co) {
     const A s = scale ? scale[co] : A(1);
@@ -183,7 +183,7 @@ at::Tensor pack_weight(const at::Tensor& weight, const ConvGeometry& g, const ac
         for (int64_t kw = 0; kw < g.kernel; ++kw) {
           const int64_t at = transposed ? kernels::conv_pack_transposed_index(g, co, ci, kh, kw)
                                         : kernels::conv_pack_index(g, co, ci, kh, kw);
-          dst[at] = static_cast<A>(src[((co * g.in_c_per_group + ci) * g.kernel + kh) * g.kernel + kw]) * s;
+          dst[at] = static_cast<A>(src[co * st[0] + ci * st[1] + kh * st[2] + kw * st[3]]) * s;
         }
   }
   return packed;

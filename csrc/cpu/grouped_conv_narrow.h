@@ -44,16 +44,22 @@ inline constexpr bool kHaveNarrowGroupKernel =
 // (for G = 8, two groups: group 2b in lanes 0-7, group 2b+1 in lanes 8-15; the missing second
 // group of an odd group count is zero).
 inline at::Tensor pack_narrow_group_weight(const at::Tensor& weight, const kernels::ConvGeometry& g) {
-  const int64_t taps = g.kernel * g.kernel, cig = g.in_c_per_group, blocks = (g.out_c + 15) / 16;
-  const at::Tensor w = weight.to(at::kFloat).contiguous();
-  at::Tensor packed = at::zeros({blocks, taps, cig, 16}, w.options());
+  const int64_t k = g.kernel, taps = k * k, cig = g.in_c_per_group, blocks = (g.out_c + 15) / 16;
+  // Read through the weight's strides: a channels_last weight made contiguous first cost more
+  // than the packing (26 us of a training call's 0.2 ms at 384 channels, 3x3, 16 per group).
+  const at::Tensor w = weight.to(at::kFloat);
+  const auto st = w.strides();
+  at::Tensor packed = g.out_c % 16 == 0 ? at::empty({blocks, taps, cig, 16}, w.options())
+                                        : at::zeros({blocks, taps, cig, 16}, w.options());
   const float* src = w.const_data_ptr<float>();
   float* dst = packed.data_ptr<float>();
   for (int64_t co = 0; co < g.out_c; ++co) {
     const int64_t block = co / 16, lane = co % 16;
-    for (int64_t ci = 0; ci < cig; ++ci)
-      for (int64_t t = 0; t < taps; ++t)
-        dst[((block * taps + t) * cig + ci) * 16 + lane] = src[(co * cig + ci) * taps + t];
+    for (int64_t kh = 0; kh < k; ++kh)
+      for (int64_t kw = 0; kw < k; ++kw)
+        for (int64_t ci = 0; ci < cig; ++ci)
+          dst[((block * taps + kh * k + kw) * cig + ci) * 16 + lane] =
+              src[co * st[0] + ci * st[1] + kh * st[2] + kw * st[3]];
   }
   return packed;
 }

@@ -101,20 +101,27 @@ inline at::Tensor pack_winograd_weight(const at::Tensor& weight, const kernels::
   const int64_t gw = g.in_c_per_group, gwp = winograd::padded_width(gw);
   // [group][co][ci][kh][kw] -> [group][ci][kh][kw][co] (or, transposed, the roles swapped and the
   // taps flipped), so that a row of 16 output channels is contiguous.
-  at::Tensor w = weight.to(at::kFloat).reshape({g.groups, gw, gw, 3, 3});
-  w = transposed ? w.flip({3, 4}).permute({0, 1, 3, 4, 2}) : w.permute({0, 2, 3, 4, 1});
-  w = w.contiguous();
-  at::Tensor packed = at::zeros({g.groups, winograd::kPositions, gw, gwp}, weight.options().dtype(at::kFloat));
+  // Read through the weight's strides (a channels_last weight made contiguous and permuted
+  // first cost two copies); tap(kh, kw, co) is that kernel of row (group, ci).
+  const at::Tensor w = weight.to(at::kFloat);
+  const int64_t s0 = w.stride(0), s1 = w.stride(1), s2 = w.stride(2), s3 = w.stride(3);
+  at::Tensor packed = gw == gwp ? at::empty({g.groups, winograd::kPositions, gw, gwp}, w.options())
+                                : at::zeros({g.groups, winograd::kPositions, gw, gwp}, w.options());
   const float* src = w.const_data_ptr<float>();
   float* dst = packed.data_ptr<float>();
   at::parallel_for(0, g.groups * gw, 16, [&](int64_t r0, int64_t r1) {
     std::vector<float> t(12 * gw);  // G g for one (group, ci): [4][3][co]
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t group = r / gw, ci = r % gw;
-      const float* k = src + r * 9 * gw;  // [kh][kw][co]
+      // Forward: W[group*gw + co][ci][kh][kw]; transposed: W[group*gw + ci][co], taps flipped.
+      const float* row = src + (group * gw) * s0;
+      auto tap = [&](int kh, int kw, int64_t co) {
+        return transposed ? row[ci * s0 + co * s1 + (2 - kh) * s2 + (2 - kw) * s3]
+                          : row[co * s0 + ci * s1 + kh * s2 + kw * s3];
+      };
       for (int c = 0; c < 3; ++c)
         for (int64_t co = 0; co < gw; ++co) {
-          const float k0 = k[c * gw + co], k1 = k[(3 + c) * gw + co], k2 = k[(6 + c) * gw + co];
+          const float k0 = tap(0, c, co), k1 = tap(1, c, co), k2 = tap(2, c, co);
           t[(0 * 3 + c) * gw + co] = k0;
           t[(1 * 3 + c) * gw + co] = 0.5f * (k0 + k1 + k2);
           t[(2 * 3 + c) * gw + co] = 0.5f * (k0 - k1 + k2);
