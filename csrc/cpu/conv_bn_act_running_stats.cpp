@@ -27,17 +27,24 @@ void update_running_stats_cpu(at::Tensor& running_mean, at::Tensor& running_var,
     TORCH_CHECK(batches >= 1, kOp, ": num_batches_tracked must be >= 1 after counting this batch");
     factor = 1.0 / static_cast<double>(batches);
   }
-  const at::Tensor bm = batch_mean.to(at::kDouble).contiguous(), bv = batch_var.to(at::kDouble).contiguous();
+  // The batch statistics are read in their own (accumulation) type: converting them to double
+  // first cost two tensor copies per training call.
+  const at::Tensor bm = batch_mean.contiguous(), bv = batch_var.to(batch_mean.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean.scalar_type(), kOp, [&] {
-    scalar_t* rm = running_mean.data_ptr<scalar_t>();
-    scalar_t* rv = running_var.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < c; ++i) {
-      double m = static_cast<double>(rm[i]), v = static_cast<double>(rv[i]);
-      kernels::running_stat_update(m, v, bm.data_ptr<double>()[i], bv.data_ptr<double>()[i],
-                                   static_cast<double>(count), factor);
-      rm[i] = static_cast<scalar_t>(m);
-      rv[i] = static_cast<scalar_t>(v);
-    }
+    using R = scalar_t;
+    R* rm = running_mean.data_ptr<R>();
+    R* rv = running_var.data_ptr<R>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, bm.scalar_type(), kOp, [&] {
+      const scalar_t* bmp = bm.const_data_ptr<scalar_t>();
+      const scalar_t* bvp = bv.const_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < c; ++i) {
+        double m = static_cast<double>(rm[i]), v = static_cast<double>(rv[i]);
+        kernels::running_stat_update(m, v, static_cast<double>(bmp[i]), static_cast<double>(bvp[i]),
+                                     static_cast<double>(count), factor);
+        rm[i] = static_cast<R>(m);
+        rv[i] = static_cast<R>(v);
+      }
+    });
   });
 }
 
