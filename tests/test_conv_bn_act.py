@@ -117,11 +117,16 @@ def test_non_contiguous_inputs():
 @pytest.mark.parametrize("shape", [(16, 16, 3, 1, 2), (16, 32, 1, 1, 1), (16, 32, 1, 2, 1)],
                          ids=["grouped3x3", "gemm", "gemm_stride2"])
 @pytest.mark.parametrize("backend", ["tiles", "aten"])
-def test_bfloat16_within_plain_pytorch_error(training, shape, backend, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no_residual"])
+def test_16bit_within_plain_pytorch_error(residual, dtype, training, shape, backend, monkeypatch):
+    """A residual goes into oneDNN's fused add where the conv is ungrouped, our epilogue where it
+    is grouped. float16 runs also on CPUs whose oneDNN has no float16 convs (no AVX512-FP16, as
+    on the AMD EPYC this was written on), where ATen's conv runs instead."""
     monkeypatch.setenv("REGNET_EXT_CPU_CONV", backend)
     c_in, c_out, kernel, stride, groups = shape
-    case = make_case(3, c_in, c_out, 14, kernel, stride, groups, dtype=torch.bfloat16,
-                     channels_last=True)
+    case = make_case(3, c_in, c_out, 14, kernel, stride, groups, dtype=dtype, channels_last=True,
+                     residual=residual)
     args = lambda c: (c["x"], c["weight"], c["bn_weight"], c["bn_bias"], c["running_mean"].clone(),
                       c["running_var"].clone())
     kw = dict(bias=case["bias"], stride=stride, groups=groups, training=training, residual=case["residual"])
@@ -129,8 +134,8 @@ def test_bfloat16_within_plain_pytorch_error(training, shape, backend, monkeypat
     plain = reference_conv_bn_act(*args(case), **kw)
     case64 = {k: (v.double() if v is not None else None) for k, v in case.items()}
     ref = reference_conv_bn_act(*args(case64), **{**kw, "bias": case64["bias"], "residual": case64["residual"]})
-    assert y.dtype == torch.bfloat16
-    assert_close_to_reference(y, ref, plain_torch=plain, name="bf16 y")
+    assert y.dtype == dtype
+    assert_close_to_reference(y, ref, plain_torch=plain, name=f"{dtype} y")
 
 
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])

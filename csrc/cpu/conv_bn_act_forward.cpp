@@ -164,7 +164,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
     // change of the parameters where the cache applies; where oneDNN cannot fuse the epilogue
     // (float64), it computes conv(x, W') + b' and our epilogue pass runs in place.
     const auto dtype = x.scalar_type();
-    const bool cacheable = (dtype == at::kFloat || dtype == at::kBFloat16) && onednn_fusable(dtype, res.defined());
+    const bool cacheable = (dtype == at::kFloat || dtype == at::kBFloat16) && onednn_fusable(dtype, res.defined(), g.groups);
     const std::optional<FoldKey> key =
         cacheable ? fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kOneDnnLayout)
                   : std::nullopt;

@@ -20,13 +20,30 @@ inline std::optional<c10::OperatorHandle> onednn_pointwise_op(const char* overlo
   return c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", overload});
 }
 
-// Whether oneDNN can run act(conv + b [+ residual]) for this dtype: not where this torch lacks
-// oneDNN or the user disabled it, not for float64, and not for 16-bit types with a residual.
-inline bool onednn_fusable(at::ScalarType dtype, bool with_residual) {
+inline bool onednn_float16_supported() {
+  static const bool supported = [] {
+    const auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_fp16_supported", ""});
+    if (!op) return false;
+    torch::jit::Stack stack;
+    op->callBoxed(stack);
+    return stack.at(0).toBool();
+  }();
+  return supported;
+}
+
+// Whether oneDNN can run act(conv + b [+ residual]) for this dtype and group count: not where
+// this torch lacks oneDNN or the user disabled it, not for float64, and not for grouped 16-bit
+// convs with a residual.
+inline bool onednn_fusable(at::ScalarType dtype, bool with_residual, int64_t groups) {
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) return false;
   if (!at::globalContext().userEnabledMkldnn()) return false;
-  // ATen's fallback for the binary fusion (at::add_relu) refuses 16-bit types in torch 2.14.
-  if (with_residual && dtype != at::kFloat) return false;
+  // ATen fuses the residual only for ungrouped convs (groups == 1, channels_last); otherwise it
+  // falls back to conv + at::add_relu_, which refuses 16-bit types (torch 2.14.1: an internal
+  // assert). RegNet's residual goes into an ungrouped 1x1 conv, so its 16-bit blocks fuse.
+  if (with_residual && dtype != at::kFloat && groups != 1) return false;
+  // oneDNN's float16 convs need AVX512-FP16 or AVX-NE-CONVERT; elsewhere at::convolution takes
+  // another path, as stock PyTorch's float16 conv does.
+  if (dtype == at::kHalf && !onednn_float16_supported()) return false;
   static const bool available = onednn_pointwise_op("").has_value() && onednn_pointwise_op("binary").has_value();
   return available;
 }
@@ -38,7 +55,7 @@ inline at::Tensor onednn_fused_conv(const at::Tensor& x_nhwc, const at::Tensor& 
                                     const at::Tensor& bias, const at::Tensor& residual_nhwc,
                                     const kernels::ConvGeometry& g, bool relu, bool weight_packed = false) {
   const bool with_residual = residual_nhwc.defined();
-  if (!onednn_fusable(x_nhwc.scalar_type(), with_residual)) return {};
+  if (!onednn_fusable(x_nhwc.scalar_type(), with_residual, g.groups)) return {};
   static const std::optional<c10::OperatorHandle> unary = onednn_pointwise_op("");
   static const std::optional<c10::OperatorHandle> binary = onednn_pointwise_op("binary");
   const auto& op = with_residual ? binary : unary;
