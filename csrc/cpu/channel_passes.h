@@ -10,6 +10,9 @@
 // load-add-store of the sums on every row), and one-vector-per-row walks read memory strided.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -36,6 +39,42 @@ template <typename A>
 constexpr int kLanes = static_cast<int>(64 / sizeof(A));
 static_assert(sizeof(vec_t<float>) == 64 && sizeof(half_vec_t<float>) == 32);
 
+// bfloat16 <-> float lanes as integer vector operations. Element by element through
+// c10::BFloat16 the compiler kept a scalar loop: a bfloat16 training forward's two passes ran at
+// a quarter of their float32 speed (2-core AMD EPYC, 104 channels, batch 8, 28px).
+template <typename V>
+constexpr bool kIsFloatVector = !std::is_same_v<V, float> && sizeof(V) % sizeof(float) == 0;
+
+template <int N>
+struct BFloat16Lanes {
+  typedef uint16_t bits16 __attribute__((vector_size(N * 2)));
+  typedef uint32_t bits32 __attribute__((vector_size(N * 4)));
+};
+
+// float from the bfloat16's bits: the upper half of the float's.
+template <typename V>
+inline V load_bfloat16(const c10::BFloat16* p) {
+  using L = BFloat16Lanes<static_cast<int>(sizeof(V) / sizeof(float))>;
+  typename L::bits16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const typename L::bits32 w = __builtin_convertvector(h, typename L::bits32) << 16;
+  V v;
+  std::memcpy(&v, &w, sizeof(V));
+  return v;
+}
+
+// Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, lane by lane.
+template <typename V>
+inline void store_bfloat16(c10::BFloat16* p, const V& v) {
+  using L = BFloat16Lanes<static_cast<int>(sizeof(V) / sizeof(float))>;
+  typename L::bits32 u;
+  std::memcpy(&u, &v, sizeof(V));
+  typename L::bits32 rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+  rounded = v != v ? typename L::bits32{} + 0x7FC0u : rounded;
+  const typename L::bits16 h = __builtin_convertvector(rounded, typename L::bits16);
+  std::memcpy(p, &h, sizeof(h));
+}
+
 // Lanes (or a scalar, for V = A) of type V from values of type T.
 template <typename V, typename T>
 inline V load(const T* p) {
@@ -44,6 +83,8 @@ inline V load(const T* p) {
     V v;
     std::memcpy(&v, p, sizeof(V));
     return v;
+  } else if constexpr (std::is_same_v<T, c10::BFloat16> && kIsFloatVector<V>) {
+    return load_bfloat16<V>(p);
   } else {
     return kernels::lane_load<V>(p);
   }
@@ -54,6 +95,8 @@ inline void store(T* p, const V& v) {
   using A = acc_t<T>;
   if constexpr (std::is_same_v<T, A>) {
     std::memcpy(p, &v, sizeof(V));
+  } else if constexpr (std::is_same_v<T, c10::BFloat16> && kIsFloatVector<V>) {
+    store_bfloat16(p, v);
   } else {
     constexpr int n = static_cast<int>(sizeof(V) / sizeof(A));
     A tmp[n];
