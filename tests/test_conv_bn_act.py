@@ -138,6 +138,29 @@ def test_16bit_within_plain_pytorch_error(residual, dtype, training, shape, back
     assert_close_to_reference(y, ref, plain_torch=plain, name=f"{dtype} y")
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("shape", [(16, 16, 3, 1, 2), (48, 48, 1, 1, 1)], ids=["grouped3x3", "gemm"])
+def test_bfloat16_gradients_within_plain_pytorch_error(training, shape):
+    """bfloat16 gradients at batch 8 x 56px, where float32 takes our tiles' weight gradient for
+    grouped convs and bfloat16 keeps oneDNN's; ATen's weight gradient stays in bfloat16."""
+    c_in, c_out, kernel, stride, groups = shape
+    case = make_case(8, c_in, c_out, 56, kernel, stride, groups, dtype=torch.bfloat16, channels_last=True)
+    case64 = {k: (v.double() if v is not None else None) for k, v in case.items()}
+    grad_y = torch.randn(8, c_out, 56, 56, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+
+    def grads(fn, c):
+        leaves = [c[k].detach().requires_grad_() for k in ("x", "weight", "bn_weight", "bn_bias", "residual")]
+        x, weight, gamma, beta, residual = leaves
+        y = fn(x, weight, gamma, beta, c["running_mean"].clone(), c["running_var"].clone(), bias=c["bias"],
+               stride=stride, groups=groups, training=training, residual=residual)
+        return torch.autograd.grad(y, leaves, grad_y.to(y.dtype))
+
+    ours, plain, ref = grads(conv_bn_act, case), grads(reference_conv_bn_act, case), grads(reference_conv_bn_act, case64)
+    for name, got, p, r in zip(("x", "weight", "bn_weight", "bn_bias", "residual"), ours, plain, ref):
+        assert got.dtype == torch.bfloat16
+        assert_close_to_reference(got, r, plain_torch=p, name=f"grad {name}")
+
+
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])
 def test_running_stats_follow_batchnorm_over_steps(momentum):
     bn = torch.nn.BatchNorm2d(16, momentum=momentum).double()

@@ -125,13 +125,17 @@ inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
 // our part is (440 in groups of 8 at 7px, a run with the split there: 0.40 vs 0.58 ms). At
 // batch 1 the split pays from 56px on, except for wide groups at stride 1 (128 in groups of 64
 // at 56px, earlier run: 2.6 vs 2.9 ms). oneDNN's times varied up to 2-3x between runs on this
-// VM: rerun the benchmark before retuning.
-inline bool use_own_weight_grad(const ConvGeometry& g) {
+// VM: rerun the benchmark before retuning. All of this is float32: in bfloat16 our tiles convert
+// element by element and oneDNN's bfloat16 kernels won (128 channels in groups of 64, batch 8,
+// 56px: a 48 ms backward with our weight gradient, 24 ms with oneDNN's, 2026-12-03), so 16-bit
+// types keep oneDNN's.
+inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
   switch (conv_backend()) {
     case ConvBackend::kTiles: return true;
     case ConvBackend::kAten: return false;
     case ConvBackend::kMixed: break;
   }
+  if (dtype == at::kBFloat16 || dtype == at::kHalf) return false;
   const int64_t pixels = g.in_h * g.in_w;
   const bool narrow_or_strided = g.in_c_per_group <= 16 || g.stride > 1;
   return g.groups > 1 && (g.batch * pixels >= 8 * 56 * 56 ||
