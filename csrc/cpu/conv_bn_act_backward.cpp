@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "checks.h"
@@ -33,6 +34,15 @@ template <typename A>
 std::vector<A> vector_of(const at::Tensor& t) {
   const at::Tensor c = t.to(c10::CppTypeToScalarType<A>::value).contiguous();
   return std::vector<A>(c.data_ptr<A>(), c.data_ptr<A>() + c.numel());
+}
+
+// A fresh tensor holding v (one allocation, no from_blob + copy: at batch 1 such small ops add up
+// to a tenth of a training call).
+template <typename A>
+at::Tensor tensor_of(const std::vector<A>& v, const at::TensorOptions& options) {
+  at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, options.dtype(c10::CppTypeToScalarType<A>::value));
+  std::copy(v.begin(), v.end(), t.data_ptr<A>());
+  return t;
 }
 
 inline at::Tensor as_rows(const at::Tensor& nhwc) {
@@ -168,7 +178,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const T* dzp = dz.data_ptr<T>();
   const at::Tensor xc = to_nhwc(x);
   const auto acc_dtype = c10::CppTypeToScalarType<A>::value;
-  const at::Tensor scale_t = at::from_blob(scale.data(), {C}, x.options().dtype(acc_dtype)).clone();
+  const at::Tensor scale_t = tensor_of(scale, x.options());
 
   at::Tensor grad_x = at::empty({0}, x.options());
   // oneDNN's conv backward unless REGNET_EXT_CPU_CONV=tiles (see use_own_conv_tiles), except for
@@ -299,9 +309,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
         dbias[c] = sums[c].sum_g * scale[c];
       }
     }
-    auto to_param = [&](std::vector<A>& v) {
-      return at::from_blob(v.data(), {C}, x.options().dtype(acc_dtype)).to(bn_weight.scalar_type(), false, true);
-    };
+    auto to_param = [&](const std::vector<A>& v) { return tensor_of(v, x.options()).to(bn_weight.scalar_type()); };
     grad_gamma = to_param(dgamma);
     grad_beta = to_param(dbeta);
     if (bias.defined()) grad_b = to_param(dbias);
