@@ -140,11 +140,12 @@ def test_16bit_within_plain_pytorch_error(residual, dtype, training, shape, back
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("shape", [(16, 16, 3, 1, 2), (48, 48, 1, 1, 1)], ids=["grouped3x3", "gemm"])
-def test_bfloat16_gradients_within_plain_pytorch_error(training, shape):
-    """bfloat16 gradients at batch 8 x 56px, where float32 takes our tiles' weight gradient for
-    grouped convs and bfloat16 keeps oneDNN's; ATen's weight gradient stays in bfloat16."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_16bit_gradients_within_plain_pytorch_error(dtype, training, shape):
+    """16-bit gradients at batch 8 x 56px, where float32 takes our tiles' weight gradient for
+    grouped convs and 16-bit types keep oneDNN's; ATen's weight gradient stays in x's dtype."""
     c_in, c_out, kernel, stride, groups = shape
-    case = make_case(8, c_in, c_out, 56, kernel, stride, groups, dtype=torch.bfloat16, channels_last=True)
+    case = make_case(8, c_in, c_out, 56, kernel, stride, groups, dtype=dtype, channels_last=True)
     case64 = {k: (v.double() if v is not None else None) for k, v in case.items()}
     grad_y = torch.randn(8, c_out, 56, 56, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
 
@@ -157,7 +158,7 @@ def test_bfloat16_gradients_within_plain_pytorch_error(training, shape):
 
     ours, plain, ref = grads(conv_bn_act, case), grads(reference_conv_bn_act, case), grads(reference_conv_bn_act, case64)
     for name, got, p, r in zip(("x", "weight", "bn_weight", "bn_bias", "residual"), ours, plain, ref):
-        assert got.dtype == torch.bfloat16
+        assert got.dtype == dtype
         assert_close_to_reference(got, r, plain_torch=p, name=f"grad {name}")
 
 
