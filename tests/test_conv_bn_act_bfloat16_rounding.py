@@ -4,6 +4,8 @@
 A tolerance test would pass truncation too; this one compares the bits."""
 import torch
 
+import regnet_ext.ops  # noqa: F401  (registers the operators)
+
 # 43 channels: two 512-bit vectors of 16 floats, one 256-bit vector of 8, three single channels.
 CHANNELS = 43
 
@@ -30,7 +32,6 @@ def _inputs(seed):
 
 def test_bfloat16_outputs_round_to_nearest_even():
     x, weight, gamma, beta = _inputs(0)
-    import regnet_ext.ops  # noqa: F401  (loads the operators)
     y, z, mean, var = _train_forward(x, weight, gamma, beta)
     want = _expected(z, mean, var, gamma, beta)
     got_bits = y.contiguous().view(torch.int16).int()
@@ -44,7 +45,6 @@ def test_bfloat16_outputs_round_to_nearest_even():
 
 def test_bfloat16_nan_stays_nan():
     x, weight, gamma, beta = _inputs(1)
-    import regnet_ext.ops  # noqa: F401
     x[1, 3, 4, 5] = float("nan")  # one pixel: NaN in every channel's conv output and statistics
     y, z, mean, var = _train_forward(x, weight, gamma, beta)
     assert torch.isnan(y.float()).all()

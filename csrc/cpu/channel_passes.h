@@ -41,7 +41,9 @@ static_assert(sizeof(vec_t<float>) == 64 && sizeof(half_vec_t<float>) == 32);
 
 // bfloat16 <-> float lanes as integer vector operations. Element by element through
 // c10::BFloat16 the compiler kept a scalar loop: a bfloat16 training forward's two passes ran at
-// a quarter of their float32 speed (2-core AMD EPYC, 104 channels, batch 8, 28px).
+// a quarter of their float32 speed (2-core AMD EPYC, 104 channels, batch 8, 28px). (ATen's
+// at::vec conversions, which squeeze_excite.cpp uses, fall back to their generic element-wise
+// code in translation units that do not select an ATen CPU capability first, as these do not.)
 template <typename V>
 constexpr bool kIsFloatVector = !std::is_same_v<V, float> && sizeof(V) % sizeof(float) == 0;
 

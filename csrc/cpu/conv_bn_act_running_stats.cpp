@@ -34,7 +34,7 @@ void update_running_stats_cpu(at::Tensor& running_mean, at::Tensor& running_var,
     using R = scalar_t;
     R* rm = running_mean.data_ptr<R>();
     R* rv = running_var.data_ptr<R>();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, bm.scalar_type(), kOp, [&] {
+    AT_DISPATCH_FLOATING_TYPES(bm.scalar_type(), kOp, [&] {  // accumulation types: float, double
       const scalar_t* bmp = bm.const_data_ptr<scalar_t>();
       const scalar_t* bvp = bv.const_data_ptr<scalar_t>();
       for (int64_t i = 0; i < c; ++i) {
