@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (DEVICES, DTYPES, check_dtypes, checked_device, device_record,  # noqa: E402
-                    format_table, hardware_name, machine_record, time_interleaved_on, write_json,
-                    write_ratio_png)
+from common import (DEVICES, DTYPES, check_dtypes, checked_device, cpu_conv_autotune_choices,  # noqa: E402
+                    device_record, format_table, hardware_name, machine_record, print_autotune_summary,
+                    time_interleaved_on, write_json, write_ratio_png)
 
 DEFAULT_MODELS = ("RegNetX-400MF", "RegNetY-400MF", "RegNetY-4.0GF")
 OPS = ("conv_bn_act", "squeeze_excite")
@@ -465,7 +465,7 @@ def main(argv=None):
            "resolution": RESOLUTION, "rounds": args.rounds, "device": args.device.type,
            "dtypes": args.dtypes, "stock_layouts": args.stock_layouts,
            "machine": machine_record(**device_record(args.device)), "rows": rows,
-           "summary": summarise(rows)}
+           "summary": summarise(rows), "cpu_conv_autotune": cpu_conv_autotune_choices()}
     print()
     print(f"on {args.device.type} ({hardware_name(doc['machine'])}); ours runs channels_last, the "
           f"baselines too unless the label says nchw")
@@ -479,6 +479,7 @@ def main(argv=None):
                                          for k, v in value.items()))
         elif value is not None:
             print(f"{key}: {value}")
+    print_autotune_summary(doc["cpu_conv_autotune"])
     json_path = write_json(Path(args.out).with_suffix(".json"), doc)
     png_path = plot(doc, Path(args.out).with_suffix(".png"))
     print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 from common import (DEVICES, DTYPES, check_dtypes, checked_device, counting_faults,  # noqa: E402
-                    device_record, hardware_name, machine_record, synchronised, time_interleaved,
-                    write_json)
+                    cpu_conv_autotune_choices, device_record, hardware_name, machine_record,
+                    print_autotune_summary, synchronised, time_interleaved, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EFFICIENTNET_RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456}
@@ -425,6 +425,8 @@ def main(argv=None):
         print_group(group)
     doc["machine"]["load_average_end"] = os.getloadavg()
     doc["elapsed_s"] = time.perf_counter() - t_start
+    doc["cpu_conv_autotune"] = cpu_conv_autotune_choices()
+    print_autotune_summary(doc["cpu_conv_autotune"])
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
     write_json(json_path, doc)

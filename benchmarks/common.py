@@ -145,8 +145,38 @@ def machine_record(**extra):
         record["regnet_ext_build"] = build_config()
     except ImportError:
         pass
+    record["regnet_ext_cpu_conv_autotune"] = cpu_conv_autotune_enabled()
     record.update(extra)
     return record
+
+
+def cpu_conv_autotune_enabled():
+    """Whether our CPU conv autotuner is on in this process (None without the extension)."""
+    try:
+        from regnet_ext.ops import cpu_conv_autotune_enabled as enabled
+    except ImportError:
+        return None
+    return enabled()
+
+
+def cpu_conv_autotune_choices():
+    """The autotuner's decisions so far, JSON-ready (dtype as a string); [] without the extension."""
+    try:
+        from regnet_ext.ops import cpu_conv_autotune_records
+    except ImportError:
+        return []
+    return [{**r, "dtype": str(r["dtype"]).replace("torch.", "")} for r in cpu_conv_autotune_records()]
+
+
+def print_autotune_summary(choices):
+    """One line: how many conv shapes the CPU autotuner timed and what it kept."""
+    if not choices:
+        return
+    kept = {}
+    for c in choices:
+        kept[c["chosen"]] = kept.get(c["chosen"], 0) + 1
+    print(f"cpu conv autotuner: {len(choices)} shapes timed, kept " +
+          ", ".join(f"{k} {n}" for k, n in sorted(kept.items())))
 
 
 def write_json(path, doc):

@@ -5,12 +5,24 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// Importing regnet_ext._C runs the static registrations below. The module holds two constants:
+// Importing regnet_ext._C runs the static registrations below. The module holds constants:
 // `openmp`, whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
-// CPU pass of ours silently runs on one thread), and `gw8_kernel`, whether it has the AVX-512
-// grouped conv for 8 channels per group (csrc/cpu/grouped_conv_narrow.h).
+// CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel`,
+// whether it has the AVX-512 grouped convs (csrc/cpu/grouped_conv_*.h); and two functions of the
+// CPU conv autotuner (csrc/cpu/conv_autotune.cpp).
+namespace regnet_ext::cpu {
+PyObject* conv_autotune_records_py(PyObject*, PyObject*);
+PyObject* clear_conv_autotune_py(PyObject*, PyObject*);
+}  // namespace regnet_ext::cpu
+
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"cpu_conv_autotune_records", regnet_ext::cpu::conv_autotune_records_py, METH_NOARGS,
+       "The CPU conv autotuner's decisions so far: a list of dicts."},
+      {"clear_cpu_conv_autotune", regnet_ext::cpu::clear_conv_autotune_py, METH_NOARGS,
+       "Forgets the CPU conv autotuner's decisions (the next call of each shape times again)."},
+      {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* module = PyModule_Create(&module_def);
 #ifdef _OPENMP
   constexpr long kOpenMP = 1;

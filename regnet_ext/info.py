@@ -19,6 +19,14 @@ def _has_kernel(op, dispatch_key):
     return torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
 
 
+def _cpu_conv_autotune():
+    if not _extension.load():
+        return None
+    from .ops import cpu_conv_autotune_enabled
+
+    return cpu_conv_autotune_enabled()
+
+
 def collect():
     config = _extension.build_config()
     ops = registered_operators()
@@ -38,6 +46,8 @@ def collect():
         # Grouped convs with 8 or 16 channels per group run our AVX-512 kernel, if built.
         "cpu_narrow_group_kernel": _extension.compiled_with_narrow_group_kernel(),
         "cpu_winograd_kernel": _extension.compiled_with_winograd_kernel(),
+        # Whether those kernels are timed against oneDNN per shape (regnet_ext/ops/cpu_autotune.py).
+        "cpu_conv_autotune": _cpu_conv_autotune(),
         "cuda_compiled": bool(config.get("CUDA_COMPILED")),
         "cuda_build_note": config.get("CUDA_BUILD_REASON"),
         "cuda_archs": config.get("CUDA_ARCH_LIST"),

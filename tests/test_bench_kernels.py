@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import benchmark_scripts
+import regnet_ext._C as compiled
+from regnet_ext.ops import clear_cpu_conv_autotune
 
 
 def _bench():
@@ -26,8 +28,10 @@ def test_shapes_come_from_the_generator():
 
 
 @pytest.mark.slow
-def test_quick_run_structure(tmp_path):
+def test_quick_run_structure(tmp_path, monkeypatch):
     bench = _bench()
+    monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "1")  # as users run it (the tests' default is off)
+    clear_cpu_conv_autotune()
     threads = torch.get_num_threads()
     try:  # one thread and no compile: quick and steady on a shared machine
         assert bench.main(["--quick", "--no-compile", "--threads", "1", "--out", str(tmp_path / "k")]) == 0
@@ -55,6 +59,14 @@ def test_quick_run_structure(tmp_path):
                      "squeeze_excite_eval", "squeeze_excite_train")] + ["slower_than_eager", "errors"]
     assert doc["summary"]["squeeze_excite_eval_vs_eager"]["rows"] == 1
     assert (tmp_path / "k.png").stat().st_size > 0
+    # The conv autotuner's decisions: the quick set has RegNetY-400MF's first grouped conv (8 per group).
+    assert doc["machine"]["regnet_ext_cpu_conv_autotune"] is True
+    choices = doc["cpu_conv_autotune"]
+    expected = {"eval", "train_forward", "backward"} if compiled.narrow_group_kernel else set()
+    assert {c["pass"] for c in choices} == expected and len(choices) == len(expected)
+    for c in choices:
+        assert c["dtype"] == "float32" and c["groups"] == 6 and c["chosen"] in c["median_us"]
+    clear_cpu_conv_autotune()
 
 
 def _run_main(bench, argv):

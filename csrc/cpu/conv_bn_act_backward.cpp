@@ -3,7 +3,9 @@
 // Pass 1 reads grad_y, y (and z in training) once: g = ReLU'(y) * grad_y, stored (it is also the
 // residual's gradient), with per-chunk sums of g and g * x-hat. Training makes a second pass for
 // dz (the batch-statistics backward); eval differentiates through the folded weights instead,
-// so g feeds the conv gradients directly. The conv gradients come from oneDNN through ATen, or,
+// so g feeds the conv gradients directly. The conv gradients come from oneDNN through ATen,
+// with, for grouped convs, the weight gradient from our register tiles and the input gradient
+// from Winograd where the autotuner (conv_autotune.h) or the rules (conv_bn_act_cpu.h) say so;
 // with REGNET_EXT_CPU_CONV=tiles, from GEMMs for 1x1 ungrouped convs and our register tiles
 // (kernels/conv_bn_act_backward.h) otherwise. The two passes are vectorised in channel_passes.h.
 #include <ATen/ATen.h>
@@ -180,10 +182,12 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const auto acc_dtype = c10::CppTypeToScalarType<A>::value;
   const at::Tensor scale_t = tensor_of(scale, x.options());
 
-  at::Tensor grad_x = at::empty({0}, x.options());
-  // oneDNN's conv backward unless REGNET_EXT_CPU_CONV=tiles (see use_own_conv_tiles), except for
-  // the weight gradients where our tiles are faster (use_own_weight_grad); eval differentiates
-  // through the folded weight W', whose gradient is the raw one.
+  // The conv's gradients: grad_x (input_grad) and raw (param_grads), raw[co][ci][kh][kw] = sum
+  // over pixels of x * (dz or g), from ATen in x's dtype, from our tiles in the accumulation type.
+  // oneDNN's conv backward unless REGNET_EXT_CPU_CONV=tiles (see use_own_conv_tiles), except
+  // where the plan takes the weight gradient from our tiles or the input gradient from Winograd
+  // (the rules: use_own_weight_grad, use_winograd_per_call; or the autotuner's timing); eval
+  // differentiates through the folded weight W', whose gradient is the raw one.
   const bool aten = !use_own_conv_tiles(g);
   // oneDNN's weight gradient of a strided 1x1 conv in channels_last writes past its
   // reduce-to-unit-stride workspace when the input has fewer channels than its channel block
@@ -192,66 +196,63 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // (a margin over the 16-wide AVX-512 block) that gradient comes from the stride-1 kernel over
   // the subsampled input instead (see below); RegNets' strided 1x1 convs have 32 or more.
   const bool strided_gemm_unsafe = is_plain_gemm(g) && g.stride > 1 && g.in_c < 32;
-  const bool aten_weight_grad = aten && !use_own_weight_grad(g, x.scalar_type()) && !strided_gemm_unsafe;
-  // The input gradient of a stride-1 conv is a stride-1 conv of dz (kernels flipped, channels
-  // swapped), which the Winograd kernel runs where it runs the forward (same geometry: it needs
-  // as many input as output channels).
-  const bool winograd_dx = input_grad && aten && use_winograd_per_call(g, x.scalar_type());
-  const bool aten_dx = input_grad && !winograd_dx;
-  at::Tensor aten_raw;
-  if (aten && (aten_dx || (param_grads && aten_weight_grad))) {
-    at::Tensor w = weight;
-    if (!training) w = (w.to(acc_dtype) * scale_t.view({C, 1, 1, 1})).to(x.scalar_type());
-    auto grads = at::convolution_backward(dz, xc, w, std::nullopt,
-                                          {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
-                                          {0, 0}, g.groups, {aten_dx, param_grads && aten_weight_grad, false});
-    if (aten_dx) grad_x = std::get<0>(grads);
-    // Kept in oneDNN's layout (normally the weight's): see in_layout_of below. And in its dtype:
-    // a 16-bit gradient gains nothing from a float copy (two conversions of the whole weight
-    // gradient cost 0.6 ms of a 3.4 ms bfloat16 backward at 1088 channels, batch 1, 7px).
-    if (param_grads && aten_weight_grad) aten_raw = std::get<1>(grads);
-  }
-  if (winograd_dx) {
-    if constexpr (std::is_same_v<T, float>) {
+  auto conv_grads = [&](ConvKernel plan) -> std::pair<at::Tensor, at::Tensor> {
+    const bool own_weight_grad = plan == ConvKernel::kOwnWeightGrad || plan == ConvKernel::kWinogradDxOwnWeightGrad;
+    // The input gradient of a stride-1 conv is a stride-1 conv of dz (kernels flipped, channels
+    // swapped), which the Winograd kernel runs where it runs the forward (same geometry: it
+    // needs as many input as output channels).
+    const bool winograd_dx =
+        input_grad && (plan == ConvKernel::kWinogradDx || plan == ConvKernel::kWinogradDxOwnWeightGrad);
+    const bool aten_weight_grad = aten && !own_weight_grad && !strided_gemm_unsafe;
+    const bool aten_dx = input_grad && !winograd_dx;
+    at::Tensor grad_x = at::empty({0}, x.options()), raw;
+    if (aten && (aten_dx || (param_grads && aten_weight_grad))) {
       at::Tensor w = weight;
-      if (!training) w = w.to(acc_dtype) * scale_t.view({C, 1, 1, 1});
-      const at::Tensor packed = pack_winograd_weight(w, g, /*transposed=*/true);
-      grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
-      grouped_conv_winograd(g, dzp, packed.const_data_ptr<float>(), nullptr, nullptr, grad_x.data_ptr<float>(), false);
+      if (!training) w = (w.to(acc_dtype) * scale_t.view({C, 1, 1, 1})).to(x.scalar_type());
+      auto grads = at::convolution_backward(dz, xc, w, std::nullopt,
+                                            {g.stride, g.stride}, {g.padding, g.padding}, {1, 1}, false,
+                                            {0, 0}, g.groups, {aten_dx, param_grads && aten_weight_grad, false});
+      if (aten_dx) grad_x = std::get<0>(grads);
+      // Kept in oneDNN's layout (normally the weight's): see in_layout_of below. And in its
+      // dtype: a 16-bit gradient gains nothing from a float copy (two conversions of the whole
+      // weight gradient cost 0.6 ms of a 3.4 ms bfloat16 backward at 1088 channels, batch 1, 7px).
+      if (param_grads && aten_weight_grad) raw = std::get<1>(grads);
     }
-  }
-  if (input_grad && aten) {
-    grad_x = in_memory_format(grad_x, format);
-  } else if (input_grad) {
-    if (is_plain_gemm(g)) {
-      at::Tensor w = weight.reshape({C, g.in_c});
-      if (!training) w = (w.to(acc_dtype) * scale_t.unsqueeze(1)).to(x.scalar_type());
-      const at::Tensor rows = at::mm(as_rows(dz), w).view({g.batch, g.out_h, g.out_w, g.in_c}).permute({0, 3, 1, 2});
-      if (g.stride == 1) {
-        grad_x = rows;
-      } else {
-        grad_x = at::zeros({g.batch, g.in_c, g.in_h, g.in_w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-        grad_x.slice(2, 0, g.in_h, g.stride).slice(3, 0, g.in_w, g.stride).copy_(rows);
+    if (winograd_dx) {
+      if constexpr (std::is_same_v<T, float>) {
+        at::Tensor w = weight;
+        if (!training) w = w.to(acc_dtype) * scale_t.view({C, 1, 1, 1});
+        const at::Tensor packed = pack_winograd_weight(w, g, /*transposed=*/true);
+        grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
+        grouped_conv_winograd(g, dzp, packed.const_data_ptr<float>(), nullptr, nullptr, grad_x.data_ptr<float>(),
+                              false);
       }
-    } else {
-      const at::Tensor packed_t = pack_weight<T>(weight, g, training ? nullptr : scale.data(), /*transposed=*/true);
-      grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
-      dispatch_block(channel_block(g.in_c_per_group), [&](auto block) {
-        conv_input_grad<decltype(block)::value>(g, dzp, packed_t.data_ptr<A>(), grad_x.data_ptr<T>());
-      });
     }
-    grad_x = in_memory_format(grad_x, format);
-  }
-
-  at::Tensor grad_w = at::empty({0}, weight.options()), grad_b = at::empty({0}, weight.options());
-  at::Tensor grad_gamma = at::empty({0}, weight.options()), grad_beta = at::empty({0}, weight.options());
-  if (param_grads) {
-    // raw[co][ci][kh][kw] = sum over pixels of x * (dz or g): from ATen in x's dtype, from our
-    // tiles in the accumulation type.
-    at::Tensor raw;
-    if (aten_weight_grad) {
-      raw = aten_raw;
-    } else if (is_plain_gemm(g) && aten) {
+    if (input_grad && aten) {
+      grad_x = in_memory_format(grad_x, format);
+    } else if (input_grad) {
+      if (is_plain_gemm(g)) {
+        at::Tensor w = weight.reshape({C, g.in_c});
+        if (!training) w = (w.to(acc_dtype) * scale_t.unsqueeze(1)).to(x.scalar_type());
+        const at::Tensor rows = at::mm(as_rows(dz), w).view({g.batch, g.out_h, g.out_w, g.in_c}).permute({0, 3, 1, 2});
+        if (g.stride == 1) {
+          grad_x = rows;
+        } else {
+          grad_x = at::zeros({g.batch, g.in_c, g.in_h, g.in_w},
+                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
+          grad_x.slice(2, 0, g.in_h, g.stride).slice(3, 0, g.in_w, g.stride).copy_(rows);
+        }
+      } else {
+        const at::Tensor packed_t = pack_weight<T>(weight, g, training ? nullptr : scale.data(), /*transposed=*/true);
+        grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
+        dispatch_block(channel_block(g.in_c_per_group), [&](auto block) {
+          conv_input_grad<decltype(block)::value>(g, dzp, packed_t.data_ptr<A>(), grad_x.data_ptr<T>());
+        });
+      }
+      grad_x = in_memory_format(grad_x, format);
+    }
+    if (!param_grads || aten_weight_grad) return {grad_x, raw};
+    if (is_plain_gemm(g) && aten) {
       // Strided, few input channels: the weight gradient of the stride-1 conv over every
       // stride-th pixel, so that oneDNN's stride-1 kernel runs (not the strided one above);
       // at::mm would be MKL's sgemm, at half of oneDNN's rate on the AMD CPU this was tuned on.
@@ -290,6 +291,23 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
               rp[co * st[0] + ci * st[1] + kh * st[2] + kw * st[3]] =
                   packed_raw[kernels::conv_pack_index(g, co, ci, kh, kw)];
     }
+    return {grad_x, raw};
+  };
+  const bool rule_own_weight_grad = use_own_weight_grad(g, x.scalar_type());
+  const bool rule_winograd_dx = input_grad && aten && use_winograd_per_call(g, x.scalar_type());
+  const ConvKernel rule =
+      rule_winograd_dx ? (rule_own_weight_grad ? ConvKernel::kWinogradDxOwnWeightGrad : ConvKernel::kWinogradDx)
+      : rule_own_weight_grad ? ConvKernel::kOwnWeightGrad : ConvKernel::kOneDnn;
+  const ConvPass pass = !param_grads ? ConvPass::kBackwardInput
+                        : !input_grad ? ConvPass::kBackwardWeight : ConvPass::kBackward;
+  const ConvKernel plan = choose_conv_kernel(pass, x.scalar_type(), g, false, false,
+                                             backward_conv_plans(g, x.scalar_type(), input_grad, param_grads), rule,
+                                             [&](ConvKernel k) { conv_grads(k); });
+  auto [grad_x, raw] = conv_grads(plan);
+
+  at::Tensor grad_w = at::empty({0}, weight.options()), grad_b = at::empty({0}, weight.options());
+  at::Tensor grad_gamma = at::empty({0}, weight.options()), grad_beta = at::empty({0}, weight.options());
+  if (param_grads) {
     std::vector<A> dgamma(C), dbeta(C), dbias(C);
     if (training) {
       grad_w = in_layout_of(raw.to(weight.scalar_type()), weight);

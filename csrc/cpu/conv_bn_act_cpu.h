@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <string_view>
 #include <vector>
 
+#include "cpu/conv_autotune.h"
 #include "cpu/grouped_conv_narrow.h"
 #include "cpu/grouped_conv_winograd.h"
 #include "kernels/bn_stats.h"
@@ -77,6 +79,9 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
   return conv_backend() == ConvBackend::kTiles;
 }
 
+// The fixed rules below choose between our AVX-512 kernels and oneDNN for the eval and training
+// forward where the autotuner (conv_autotune.h) is off, and always for the backward.
+//
 // Grouped convs with 8 or 16 channels per group, float32: our AVX-512 kernel
 // (grouped_conv_narrow.h) instead of oneDNN, in the measured mix only (aten and tiles keep their
 // meaning). Measured against oneDNN (eval, 3x3, 2 threads, one-off runs): 8 per group is faster
@@ -116,6 +121,27 @@ inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
   return use_winograd_kernel(g, dtype) && g.batch * g.out_h * g.out_w >= 1024;
 }
 
+// The kernel of ours that can run this conv's forward in place of oneDNN, in the measured mix
+// only: the narrow-group kernel for 8 or 16 channels per group, Winograd for 32 and more at
+// stride 1. Autotuning (conv_autotune.h) times it against oneDNN; the rules above decide
+// without timing. (Winograd at 24 per group is left out: faster alone, it made whole
+// RegNetX/Y-1.6GF forwards slower, which timing one layer would not see.)
+inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::ScalarType dtype) {
+  if (conv_backend() != ConvBackend::kMixed || dtype != at::kFloat || g.groups == 1 ||
+      g.in_c_per_group != g.out_c_per_group)
+    return std::nullopt;
+  if (kHaveNarrowGroupKernel && (g.in_c_per_group == 8 || g.in_c_per_group == 16)) return ConvKernel::kNarrow;
+  if (kHaveWinogradKernel && winograd_applies(g) && g.in_c_per_group >= 32) return ConvKernel::kWinograd;
+  return std::nullopt;
+}
+
+// What the autotuner compares for the forward: oneDNN and our kernel, or nothing.
+inline std::vector<ConvKernel> forward_conv_kernels(const ConvGeometry& g, at::ScalarType dtype) {
+  const std::optional<ConvKernel> own = own_conv_kernel(g, dtype);
+  if (!own) return {};
+  return {ConvKernel::kOneDnn, *own};
+}
+
 // The weight gradient of a grouped KxK conv over a large activation comes from our tiles, the
 // input gradient still from oneDNN. Measured by benchmarks/bench_weight_grad.py (the whole
 // training backward; results/weight_grad_cpu.*, batch 8 unless said): oneDNN's channels_last
@@ -140,6 +166,20 @@ inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
   const bool narrow_or_strided = g.in_c_per_group <= 16 || g.stride > 1;
   return g.groups > 1 && (g.batch * pixels >= 8 * 56 * 56 ||
                           (g.batch == 1 && pixels >= 56 * 56 && narrow_or_strided));
+}
+
+// The backward plans the autotuner compares for a float32 grouped conv in the measured mix:
+// oneDNN for both gradients; our tiles for the weight gradient (any grouped conv); Winograd for
+// the input gradient where it runs the forward; both of ours.
+inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
+                                                   bool param_grads) {
+  if (conv_backend() != ConvBackend::kMixed || dtype != at::kFloat || g.groups == 1) return {};
+  const bool winograd = input_grad && own_conv_kernel(g, dtype) == ConvKernel::kWinograd;
+  std::vector<ConvKernel> plans{ConvKernel::kOneDnn};
+  if (param_grads) plans.push_back(ConvKernel::kOwnWeightGrad);
+  if (winograd) plans.push_back(ConvKernel::kWinogradDx);
+  if (winograd && param_grads) plans.push_back(ConvKernel::kWinogradDxOwnWeightGrad);
+  return plans;
 }
 
 // 1x1 convs: our blocked GEMM (at::mm per row block, epilogue or statistics on cache-hot rows)

@@ -3,14 +3,17 @@
 // Schedules (all in channels_last; NCHW inputs are converted in and out):
 //  * eval: BN folded into the weights and bias; oneDNN's conv with the residual add and ReLU as
 //    fused post-ops writes y once (cpu/onednn_fused_conv.h); the folded weight is packed for
-//    oneDNN once per change of the parameters (cpu/folded_weight_cache.h). With REGNET_EXT_CPU_CONV=tiles,
+//    oneDNN once per change of the parameters (cpu/folded_weight_cache.h). Float32 grouped
+//    convs that our AVX-512 kernels can compute (grouped_conv_narrow.h, grouped_conv_winograd.h)
+//    run whichever of theirs and oneDNN's the autotuner found faster (conv_autotune.h), with
+//    the same epilogue. With REGNET_EXT_CPU_CONV=tiles,
 //    each register tile of our own conv (kernels::conv_tile) gets shift, residual and ReLU in
 //    registers and is stored once.
 //  * eval, 1x1 ungrouped conv with REGNET_EXT_CPU_CONV=tiles: a GEMM with the folded weights
 //    through ATen, one block of rows at a time, the epilogue applied while the block is in cache.
-//  * training: oneDNN computes z = conv(x) + b; pass 1 takes z's moments per block of rows
-//    (mean, then squared deviations), merged per chunk with Chan's formula; pass 2 normalises z
-//    (+ residual, ReLU) into y. With REGNET_EXT_CPU_CONV=tiles our conv tiles (or the blocked
+//  * training: oneDNN (or, as in eval, one of our kernels) computes z = conv(x) + b; pass 1
+//    takes z's moments per block of rows (mean, then squared deviations), merged per chunk with
+//    Chan's formula; pass 2 normalises z (+ residual, ReLU) into y. With REGNET_EXT_CPU_CONV=tiles our conv tiles (or the blocked
 //    GEMM for 1x1 convs) produce z and the moments come from the same cache-hot tiles. z is kept
 //    for the backward, which needs it for x-hat.
 #include <ATen/ATen.h>
@@ -22,6 +25,7 @@
 
 #include "checks.h"
 #include "cpu/channel_passes.h"
+#include "cpu/conv_autotune.h"
 #include "cpu/conv_bn_act_cpu.h"
 #include "cpu/folded_weight_cache.h"
 #include "cpu/onednn_fused_conv.h"
@@ -119,6 +123,62 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                           shift_t.to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true));
   };
 
+  // The whole call with one kernel (conv_autotune.h), y in NHWC:
+  //  * ours (AVX-512): 8 or 16 channels per group (narrow), or 32-128 at stride 1 (Winograd),
+  //    the folded weight packed for the kernel once per change;
+  //  * oneDNN: act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per change of
+  //    the parameters where the cache applies; where oneDNN cannot fuse the epilogue (float64),
+  //    conv(x, W') + b' and our epilogue pass in place.
+  auto run_eval = [&](ConvKernel kernel) -> at::Tensor {
+    if (kernel != ConvKernel::kOneDnn) {
+      at::Tensor out;
+      if constexpr (std::is_same_v<T, float>) {
+        const bool narrow = kernel == ConvKernel::kNarrow;
+        auto make = [&] {
+          auto [folded, folded_bias] = fold();
+          return FoldedWeights{narrow ? pack_narrow_group_weight(folded, g) : pack_winograd_weight(folded, g),
+                               folded_bias};
+        };
+        const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                                    g, eps, narrow ? kNarrowGroupLayout : kWinogradLayout);
+        const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
+        out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+        const auto conv = narrow ? grouped_conv_narrow : grouped_conv_winograd;
+        conv(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(), w.bias.const_data_ptr<float>(),
+             rp, out.data_ptr<float>(), relu);
+      }
+      return out;
+    }
+    const auto dtype = x.scalar_type();
+    const bool cacheable = (dtype == at::kFloat || dtype == at::kBFloat16) && onednn_fusable(dtype, res.defined(), g.groups);
+    const std::optional<FoldKey> key =
+        cacheable ? fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kOneDnnLayout)
+                  : std::nullopt;
+    if (key) {
+      const FoldedWeights cached = FoldedWeightCache::instance().get(*key, [&] {
+        const auto [folded, folded_bias] = fold();
+        return FoldedWeights{onednn_pack_conv_weight(folded.contiguous(at::MemoryFormat::ChannelsLast), g, xc),
+                             folded_bias};
+      });
+      if (cached.packed_weight.defined())
+        return onednn_fused_conv(xc, cached.packed_weight, cached.bias, res, g, relu, /*weight_packed=*/true);
+    }
+    const auto [folded, folded_bias] = fold();
+    const at::Tensor fused = onednn_fused_conv(xc, folded, folded_bias, res, g, relu);
+    if (fused.defined()) return fused;
+    at::Tensor out = aten_conv(xc, folded, folded_bias, g);
+    T* op = out.data_ptr<T>();
+    if (relu || rp) {
+      std::vector<A> zeros(g.out_c, A(0));
+      const int64_t pixels = g.batch * g.out_h * g.out_w;
+      at::parallel_for(0, pixels, pass_grain(g.out_c), [&](int64_t p0, int64_t p1) {
+        passes::normalize_rows(op + p0 * g.out_c, op + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr, ones.data(),
+                               zeros.data(), p1 - p0, g.out_c, relu);
+      });
+    }
+    return out;
+  };
+
   if (use_gemm(g)) {
     y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     yp = y.data_ptr<T>();
@@ -141,60 +201,15 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                                shift.data(), r1 - r0, g.out_c, relu);
       }
     });
-  } else if (use_narrow_group_kernel(g, x.scalar_type()) || use_winograd_kernel(g, x.scalar_type())) {
-    if constexpr (std::is_same_v<T, float>) {
-      // Our AVX-512 kernels: 8 or 16 channels per group (narrow), or 32-128 at stride 1
-      // (Winograd), the folded weight packed for the kernel once per change.
-      const bool narrow = use_narrow_group_kernel(g, x.scalar_type());
-      auto make = [&] {
-        auto [folded, folded_bias] = fold();
-        return FoldedWeights{narrow ? pack_narrow_group_weight(folded, g) : pack_winograd_weight(folded, g),
-                             folded_bias};
-      };
-      const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-                                                  g, eps, narrow ? kNarrowGroupLayout : kWinogradLayout);
-      const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
-      y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-      const auto conv = narrow ? grouped_conv_narrow : grouped_conv_winograd;
-      conv(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(), w.bias.const_data_ptr<float>(),
-           rp, y.data_ptr<float>(), relu);
-    }
-  } else if (!use_own_conv_tiles(g)) {
-    // oneDNN computes act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per
-    // change of the parameters where the cache applies; where oneDNN cannot fuse the epilogue
-    // (float64), it computes conv(x, W') + b' and our epilogue pass runs in place.
-    const auto dtype = x.scalar_type();
-    const bool cacheable = (dtype == at::kFloat || dtype == at::kBFloat16) && onednn_fusable(dtype, res.defined(), g.groups);
-    const std::optional<FoldKey> key =
-        cacheable ? fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kOneDnnLayout)
-                  : std::nullopt;
-    if (key) {
-      const FoldedWeights cached = FoldedWeightCache::instance().get(*key, [&] {
-        const auto [folded, folded_bias] = fold();
-        return FoldedWeights{onednn_pack_conv_weight(folded.contiguous(at::MemoryFormat::ChannelsLast), g, xc),
-                             folded_bias};
-      });
-      if (cached.packed_weight.defined()) {
-        const at::Tensor fused = onednn_fused_conv(xc, cached.packed_weight, cached.bias, res, g, relu,
-                                                   /*weight_packed=*/true);
-        return in_memory_format(fused, output_memory_format(x));
-      }
-    }
-    const auto [folded, folded_bias] = fold();
-    const at::Tensor fused = onednn_fused_conv(xc, folded, folded_bias, res, g, relu);
-    if (fused.defined()) return in_memory_format(fused, output_memory_format(x));
-    y = aten_conv(xc, folded, folded_bias, g);
-    yp = y.data_ptr<T>();
-    if (relu || rp) {
-      std::vector<A> zeros(g.out_c, A(0));
-      const int64_t pixels = g.batch * g.out_h * g.out_w;
-      at::parallel_for(0, pixels, pass_grain(g.out_c), [&](int64_t p0, int64_t p1) {
-        passes::normalize_rows(yp + p0 * g.out_c, yp + p0 * g.out_c,
-                               rp ? rp + p0 * g.out_c : nullptr, ones.data(), zeros.data(), p1 - p0,
-                               g.out_c, relu);
-      });
-    }
   } else {
+    const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type()) ? ConvKernel::kNarrow
+                            : use_winograd_kernel(g, x.scalar_type())  ? ConvKernel::kWinograd
+                                                                        : ConvKernel::kOneDnn;
+    const ConvKernel kernel = choose_conv_kernel(ConvPass::kEval, x.scalar_type(), g, relu, res.defined(),
+                                                 forward_conv_kernels(g, x.scalar_type()), rule,
+                                                 [&](ConvKernel k) { run_eval(k); });
+    if (kernel != ConvKernel::kOneDnn || !use_own_conv_tiles(g))
+      return in_memory_format(run_eval(kernel), output_memory_format(x));
     y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     yp = y.data_ptr<T>();
     const at::Tensor packed = pack_weight<T>(weight, g, scale.data(), /*transposed=*/false);
@@ -242,19 +257,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   const bool gemm = use_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
   if (gemm || tiles) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-  } else if (use_narrow_group_kernel(g, x.scalar_type()) || use_winograd_per_call(g, x.scalar_type())) {
-    // Our AVX-512 kernels (see eval_forward), the weight packed for this call.
-    z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-    if constexpr (std::is_same_v<T, float>) {
-      const bool narrow = use_narrow_group_kernel(g, x.scalar_type());
-      const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
-      const at::Tensor packed = narrow ? pack_narrow_group_weight(weight, g) : pack_winograd_weight(weight, g);
-      const auto conv = narrow ? grouped_conv_narrow : grouped_conv_winograd;
-      conv(g, xc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
-           b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, z.data_ptr<float>(), false);
-    }
   } else {
-    z = aten_conv(xc, weight, bias, g);  // bias included by oneDNN
+    // z = conv(x) + b from oneDNN or our AVX-512 kernels (see eval_forward), which pack the
+    // weight on every call; the timing (conv_autotune.h) includes that.
+    auto conv = [&](ConvKernel kernel) -> at::Tensor {
+      if (kernel == ConvKernel::kOneDnn) return aten_conv(xc, weight, bias, g);
+      at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+      if constexpr (std::is_same_v<T, float>) {
+        const bool narrow = kernel == ConvKernel::kNarrow;
+        const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+        const at::Tensor packed = narrow ? pack_narrow_group_weight(weight, g) : pack_winograd_weight(weight, g);
+        (narrow ? grouped_conv_narrow : grouped_conv_winograd)(
+            g, xc.const_data_ptr<float>(), packed.const_data_ptr<float>(),
+            b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr, out.data_ptr<float>(), false);
+      }
+      return out;
+    };
+    const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type())  ? ConvKernel::kNarrow
+                            : use_winograd_per_call(g, x.scalar_type()) ? ConvKernel::kWinograd
+                                                                         : ConvKernel::kOneDnn;
+    z = conv(choose_conv_kernel(ConvPass::kTrainForward, x.scalar_type(), g, /*relu=*/false, /*residual=*/false,
+                                forward_conv_kernels(g, x.scalar_type()), rule, [&](ConvKernel k) { conv(k); }));
   }
   zp = z.data_ptr<T>();
   if (!tiles) {

@@ -1,0 +1,66 @@
+// regnet_ext._C.cpu_conv_autotune_records() and .clear_cpu_conv_autotune(): the autotuner's
+// decisions (conv_autotune.h), for regnet_ext.ops.cpu_conv_autotune_records and the benchmarks.
+#include <Python.h>
+
+#include "cpu/conv_autotune.h"
+
+namespace regnet_ext::cpu {
+namespace {
+
+// Steals the reference to value; false (a Python error set) on failure.
+bool set_item(PyObject* dict, const char* key, PyObject* value) {
+  if (value == nullptr) return false;
+  const int rc = PyDict_SetItemString(dict, key, value);
+  Py_DECREF(value);
+  return rc == 0;
+}
+
+PyObject* record_dict(const ConvAutotuneRecord& r) {
+  PyObject* d = PyDict_New();
+  if (d == nullptr) return nullptr;
+  const kernels::ConvGeometry& g = r.geometry;
+  PyObject* times = PyDict_New();
+  bool ok = times != nullptr;
+  for (const auto& [kernel, us] : r.median_us)
+    ok = ok && set_item(times, conv_kernel_name(kernel), PyFloat_FromDouble(us));
+  ok = ok && set_item(d, "pass", PyUnicode_FromString(conv_pass_name(r.pass))) &&
+       set_item(d, "dtype", PyUnicode_FromString(c10::toString(r.dtype))) &&
+       set_item(d, "x_shape", Py_BuildValue("(LLLL)", (long long)g.batch, (long long)g.in_c, (long long)g.in_h,
+                                            (long long)g.in_w)) &&
+       set_item(d, "out_channels", PyLong_FromLongLong(g.out_c)) &&
+       set_item(d, "kernel", PyLong_FromLongLong(g.kernel)) && set_item(d, "stride", PyLong_FromLongLong(g.stride)) &&
+       set_item(d, "padding", PyLong_FromLongLong(g.padding)) && set_item(d, "groups", PyLong_FromLongLong(g.groups)) &&
+       set_item(d, "relu", PyBool_FromLong(r.relu)) && set_item(d, "residual", PyBool_FromLong(r.residual)) &&
+       set_item(d, "chosen", PyUnicode_FromString(conv_kernel_name(r.chosen))) && set_item(d, "median_us", times);
+  if (!ok) {
+    Py_XDECREF(times);
+    Py_DECREF(d);
+    return nullptr;
+  }
+  return d;
+}
+
+}  // namespace
+
+PyObject* conv_autotune_records_py(PyObject*, PyObject*) {
+  const std::vector<ConvAutotuneRecord> records = ConvAutotuneTable::instance().records();
+  PyObject* list = PyList_New(0);
+  if (list == nullptr) return nullptr;
+  for (const ConvAutotuneRecord& r : records) {
+    PyObject* d = record_dict(r);
+    if (d == nullptr || PyList_Append(list, d) != 0) {
+      Py_XDECREF(d);
+      Py_DECREF(list);
+      return nullptr;
+    }
+    Py_DECREF(d);
+  }
+  return list;
+}
+
+PyObject* clear_conv_autotune_py(PyObject*, PyObject*) {
+  ConvAutotuneTable::instance().clear();
+  Py_RETURN_NONE;
+}
+
+}  // namespace regnet_ext::cpu

@@ -1,0 +1,181 @@
+// Which kernel runs a grouped conv on the CPU where both oneDNN and one of ours can: chosen by
+// timing each on the first call of each shape (autotuning, like torch.backends.cudnn.benchmark),
+// or by the fixed rules of conv_bn_act_cpu.h. Forward: oneDNN or our narrow-group or Winograd
+// kernel; backward: which of oneDNN, our weight-gradient tiles and Winograd compute the two
+// gradients.
+//
+// Why: the rules were measured on one VM, and another VM of the same kind disagreed. On
+// 2026-12-03 the narrow-group kernel ran at 0.59-0.92x of oneDNN's speed on RegNetY-400MF's
+// batch-8 shapes with 104 and 208 channels, where on 2026-11-22 it had been 1.04-1.36x; a user's
+// CPU differs more. Timing on the user's machine, with the user's shapes, keeps whichever is
+// faster there.
+//
+// The choice is made once per (pass, dtype, geometry, epilogue) and process, by interleaved
+// rounds of each candidate after a warm-up call (which also packs and caches the weights, so
+// the rounds time what later calls cost), comparing medians; later calls look it up. Off (the
+// rules decide) with REGNET_EXT_CPU_AUTOTUNE=0, under torch.use_deterministic_algorithms(True)
+// (another process could choose the other kernel, whose results differ by rounding), and when
+// REGNET_EXT_CPU_CONV forces a backend.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "kernels/conv_bn_act.h"
+
+namespace regnet_ext::cpu {
+
+// What computes a conv pass. Forward: oneDNN or one of our kernels. Backward (a plan for both
+// gradients): oneDNN for both in one call, our tiles for the weight gradient, Winograd for the
+// input gradient, or both of ours.
+enum class ConvKernel : int {
+  kOneDnn = 0,
+  kNarrow = 1,
+  kWinograd = 2,
+  kOwnWeightGrad = 3,
+  kWinogradDx = 4,
+  kWinogradDxOwnWeightGrad = 5,
+};
+// The backward passes differ in what they compute: both gradients, or only one of them.
+enum class ConvPass : int { kEval = 0, kTrainForward = 1, kBackward = 2, kBackwardInput = 3, kBackwardWeight = 4 };
+
+inline const char* conv_kernel_name(ConvKernel k) {
+  switch (k) {
+    case ConvKernel::kNarrow: return "narrow";
+    case ConvKernel::kWinograd: return "winograd";
+    case ConvKernel::kOwnWeightGrad: return "onednn_input_grad+own_weight_grad";
+    case ConvKernel::kWinogradDx: return "winograd_input_grad+onednn_weight_grad";
+    case ConvKernel::kWinogradDxOwnWeightGrad: return "winograd_input_grad+own_weight_grad";
+    case ConvKernel::kOneDnn: break;
+  }
+  return "onednn";
+}
+
+inline const char* conv_pass_name(ConvPass p) {
+  switch (p) {
+    case ConvPass::kTrainForward: return "train_forward";
+    case ConvPass::kBackward: return "backward";
+    case ConvPass::kBackwardInput: return "backward_input";
+    case ConvPass::kBackwardWeight: return "backward_weight";
+    case ConvPass::kEval: break;
+  }
+  return "eval";
+}
+
+inline bool conv_autotune_enabled() {
+  const char* v = std::getenv("REGNET_EXT_CPU_AUTOTUNE");
+  if (v != nullptr && std::strcmp(v, "0") == 0) return false;
+  return !at::globalContext().deterministicAlgorithms();
+}
+
+// One decision: the call shape it is for, what each candidate took (median, microseconds) and
+// the winner.
+struct ConvAutotuneRecord {
+  ConvPass pass;
+  at::ScalarType dtype;
+  kernels::ConvGeometry geometry;
+  bool relu, residual;
+  ConvKernel chosen;
+  std::vector<std::pair<ConvKernel, double>> median_us;
+};
+
+class ConvAutotuneTable {
+ public:
+  using Key = std::tuple<int, int, std::array<int64_t, 9>, bool, bool>;
+
+  static ConvAutotuneTable& instance() {
+    static ConvAutotuneTable table;
+    return table;
+  }
+
+  static Key key_of(ConvPass pass, at::ScalarType dtype, const kernels::ConvGeometry& g, bool relu,
+                    bool residual) {
+    return {static_cast<int>(pass), static_cast<int>(dtype),
+            {g.batch, g.in_c, g.in_h, g.in_w, g.out_c, g.kernel, g.stride, g.padding, g.groups}, relu, residual};
+  }
+
+  std::optional<ConvKernel> find(const Key& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = records_.find(key);
+    if (it == records_.end()) return std::nullopt;
+    return it->second.chosen;
+  }
+
+  void insert(const Key& key, ConvAutotuneRecord record) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    records_.emplace(key, std::move(record));  // a concurrent tuning of the same shape keeps the first
+  }
+
+  std::vector<ConvAutotuneRecord> records() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<ConvAutotuneRecord> out;
+    for (const auto& [key, record] : records_) out.push_back(record);
+    return out;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    records_.clear();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<Key, ConvAutotuneRecord> records_;
+};
+
+// The kernel for this call: `rule` where there is nothing to choose from (fewer than two
+// candidates) or autotuning is off; else the recorded choice, or the fastest candidate timed now
+// with run(kernel), which must compute the whole pass with that kernel (its result is dropped;
+// the caller runs the winner).
+inline ConvKernel choose_conv_kernel(ConvPass pass, at::ScalarType dtype, const kernels::ConvGeometry& g, bool relu,
+                                     bool residual, const std::vector<ConvKernel>& candidates, ConvKernel rule,
+                                     const std::function<void(ConvKernel)>& run) {
+  if (candidates.size() < 2 || !conv_autotune_enabled()) return rule;
+  ConvAutotuneTable& table = ConvAutotuneTable::instance();
+  const ConvAutotuneTable::Key key = ConvAutotuneTable::key_of(pass, dtype, g, relu, residual);
+  if (const std::optional<ConvKernel> known = table.find(key)) return *known;
+
+  using Clock = std::chrono::steady_clock;
+  auto seconds_of = [&](ConvKernel k) {
+    const auto t0 = Clock::now();
+    run(k);
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  // Warm-up (weights packed, oneDNN's kernel generated), then about 20 ms of interleaved rounds
+  // per candidate: 3 for the slowest layers, up to 15 for the small ones, whose times are the
+  // noisiest.
+  double slowest = 0;
+  for (ConvKernel k : candidates) slowest = std::max(slowest, seconds_of(k));
+  const int rounds = std::clamp(static_cast<int>(0.02 / std::max(slowest, 1e-6)), 3, 15);
+  std::vector<std::vector<double>> samples(candidates.size());
+  for (int r = 0; r < rounds; ++r)
+    for (size_t i = 0; i < candidates.size(); ++i) samples[i].push_back(seconds_of(candidates[i]));
+  ConvAutotuneRecord record{pass, dtype, g, relu, residual, candidates[0], {}};
+  double best = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    std::vector<double>& s = samples[i];
+    std::nth_element(s.begin(), s.begin() + s.size() / 2, s.end());
+    const double median = s[s.size() / 2];
+    record.median_us.emplace_back(candidates[i], median * 1e6);
+    if (i == 0 || median < best) {
+      best = median;
+      record.chosen = candidates[i];
+    }
+  }
+  const ConvKernel chosen = record.chosen;
+  table.insert(key, std::move(record));
+  return chosen;
+}
+
+}  // namespace regnet_ext::cpu

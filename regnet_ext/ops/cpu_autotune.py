@@ -1,0 +1,42 @@
+"""What the CPU conv autotuner chose (csrc/cpu/conv_autotune.h).
+
+Where oneDNN and our AVX-512 kernels can both compute a float32 grouped conv (8 or 16 channels
+per group, or 32 to 128 at stride 1 for Winograd), the first call of each shape times the
+candidates and the process keeps the fastest, as torch.backends.cudnn.benchmark does on GPUs:
+for the eval and training forward (oneDNN or ours), and for the backward (which of oneDNN, our
+weight-gradient tiles and Winograd compute the two gradients). It is on unless
+REGNET_EXT_CPU_AUTOTUNE=0, torch.use_deterministic_algorithms(True) or REGNET_EXT_CPU_CONV says
+otherwise; then fixed rules measured on the development machine decide.
+"""
+import os
+
+import torch
+
+from .. import _C
+
+_DTYPES = {"Float": torch.float32, "Double": torch.float64, "BFloat16": torch.bfloat16, "Half": torch.float16}
+
+
+def cpu_conv_autotune_enabled():
+    """Whether a call of a shape not seen before is timed now (the settings above)."""
+    return (os.environ.get("REGNET_EXT_CPU_AUTOTUNE") != "0"
+            and os.environ.get("REGNET_EXT_CPU_CONV") not in ("aten", "tiles")
+            and not torch.are_deterministic_algorithms_enabled())
+
+
+def cpu_conv_autotune_records():
+    """One dict per tuned call shape: pass ("eval", "train_forward", "backward", or
+    "backward_input" / "backward_weight" where only one gradient was asked for), dtype (a
+    torch.dtype), x_shape, out_channels, kernel, stride, padding, groups, relu and residual (the
+    eval epilogue's; False for the other passes, whose timing covers the conv alone), chosen and
+    median_us (each candidate's median time in microseconds, by name: "onednn", "narrow",
+    "winograd", or for the backward "onednn_input_grad+own_weight_grad" and the like)."""
+    records = _C.cpu_conv_autotune_records()
+    for r in records:
+        r["dtype"] = _DTYPES.get(r["dtype"], r["dtype"])
+    return records
+
+
+def clear_cpu_conv_autotune():
+    """Forgets every choice: the next call of each shape times the candidates again."""
+    _C.clear_cpu_conv_autotune()

@@ -1,0 +1,116 @@
+"""The CPU conv autotuner (csrc/cpu/conv_autotune.h): where oneDNN and our AVX-512 kernels can
+both run a grouped conv pass (eval, training forward, backward), the first call of a shape times
+the candidates and later calls run the recorded winner. Checked: one decision per shape and pass, results still match the float64
+reference, the winner is what runs (Winograd's results differ from oneDNN's by rounding, so the
+output tells them apart), and the switches that turn it off."""
+import pytest
+import torch
+
+import regnet_ext._C as compiled
+from conv_bn_act_reference import make_case
+from regnet_ext.ops import (clear_cpu_conv_autotune, conv_bn_act, cpu_conv_autotune_enabled,
+                            cpu_conv_autotune_records)
+from test_conv_bn_act import _run_and_compare
+
+HAVE_KERNELS = bool(getattr(compiled, "narrow_group_kernel", 0))
+
+
+@pytest.fixture
+def autotune(monkeypatch):
+    monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "1")  # conftest turns it off for the other tests
+    clear_cpu_conv_autotune()
+    yield
+    clear_cpu_conv_autotune()
+
+
+def _eval_call(case, groups, **kw):
+    with torch.no_grad():
+        return conv_bn_act(case["x"], case["weight"], case["bn_weight"], case["bn_bias"], case["running_mean"],
+                           case["running_var"], bias=case["bias"], groups=groups, residual=case["residual"], **kw)
+
+
+@pytest.mark.skipif(not HAVE_KERNELS, reason="built without AVX-512: oneDNN is the only candidate")
+@pytest.mark.parametrize("width, own", [(8, "narrow"), (32, "winograd")])
+def test_one_decision_per_shape_and_pass(autotune, width, own):
+    channels, groups = 4 * width, 4
+    case = make_case(2, channels, channels, 9, 3, 1, groups, channels_last=True, residual=True, seed=width)
+    _run_and_compare(case, stride=1, groups=groups, training=False, relu=True)
+    _run_and_compare(case, stride=1, groups=groups, training=True, relu=False)
+    _run_and_compare(case, stride=1, groups=groups, training=False, relu=True)  # looked up, not timed again
+    records = cpu_conv_autotune_records()
+    # Eval and training share the backward's record: the conv gradients cost the same in both.
+    assert sorted(r["pass"] for r in records) == ["backward", "eval", "train_forward"]
+    backward_plans = {"onednn", "onednn_input_grad+own_weight_grad"}
+    if own == "winograd":
+        backward_plans |= {"winograd_input_grad+onednn_weight_grad", "winograd_input_grad+own_weight_grad"}
+    for r in records:
+        assert r["dtype"] == torch.float32 and r["x_shape"] == (2, channels, 9, 9) and r["groups"] == groups
+        expected = backward_plans if r["pass"] == "backward" else {"onednn", own}
+        assert set(r["median_us"]) == expected and all(t > 0 for t in r["median_us"].values())
+        assert r["chosen"] == min(r["median_us"], key=r["median_us"].get)
+    eval_record = next(r for r in records if r["pass"] == "eval")
+    assert eval_record["relu"] and eval_record["residual"] and eval_record["kernel"] == 3
+
+
+@pytest.mark.skipif(not HAVE_KERNELS, reason="built without AVX-512: oneDNN is the only candidate")
+def test_the_recorded_winner_is_what_runs(autotune, monkeypatch):
+    channels, groups = 128, 2  # 64 per group, stride 1: Winograd or oneDNN
+    case = make_case(1, channels, channels, 14, 3, 1, groups, channels_last=True, residual=False, seed=5)
+    tuned = _eval_call(case, groups)
+    (record,) = cpu_conv_autotune_records()
+    again = _eval_call(case, groups)
+    # Each kernel alone: oneDNN with REGNET_EXT_CPU_CONV=aten, Winograd by the fixed rules.
+    monkeypatch.setenv("REGNET_EXT_CPU_CONV", "aten")
+    onednn = _eval_call(case, groups)
+    monkeypatch.delenv("REGNET_EXT_CPU_CONV")
+    monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "0")
+    winograd = _eval_call(case, groups)
+    assert not torch.equal(onednn, winograd), "the two kernels must be told apart by their rounding"
+    expected = winograd if record["chosen"] == "winograd" else onednn
+    assert torch.equal(tuned, expected) and torch.equal(again, expected)
+
+
+@pytest.mark.skipif(not HAVE_KERNELS, reason="built without AVX-512: oneDNN is the only candidate")
+def test_backward_with_one_gradient_is_its_own_pass(autotune):
+    case = make_case(1, 64, 64, 14, 3, 1, 2, channels_last=True, residual=False, bias=False, seed=2)
+    weight = case["weight"].clone().requires_grad_()
+    y = conv_bn_act(case["x"], weight, case["bn_weight"], case["bn_bias"], case["running_mean"],
+                    case["running_var"], groups=2, training=True)
+    y.backward(torch.randn_like(y))  # x needs no gradient: the weight's alone
+    passes = {r["pass"]: r for r in cpu_conv_autotune_records()}
+    assert set(passes) == {"train_forward", "backward_weight"}
+    assert set(passes["backward_weight"]["median_us"]) == {"onednn", "onednn_input_grad+own_weight_grad"}
+
+
+@pytest.mark.parametrize("switch", ["env", "deterministic", "forced_backend"])
+def test_switched_off(autotune, monkeypatch, switch):
+    case = make_case(1, 32, 32, 7, 3, 1, 4, channels_last=True, residual=False)
+    if switch == "env":
+        monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "0")
+    elif switch == "forced_backend":
+        monkeypatch.setenv("REGNET_EXT_CPU_CONV", "aten")
+    assert cpu_conv_autotune_enabled() is (switch == "deterministic")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(switch == "deterministic")
+    try:
+        assert cpu_conv_autotune_enabled() is False
+        _eval_call(case, 4)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    assert cpu_conv_autotune_records() == []
+
+
+@pytest.mark.parametrize("dtype, groups", [(torch.bfloat16, 4), (torch.float32, 1)],
+                         ids=["bfloat16", "ungrouped"])
+def test_only_where_both_kernels_can_run(autotune, dtype, groups):
+    case = make_case(1, 32, 32, 7, 3, 1, groups, dtype=dtype, channels_last=True, residual=False)
+    _eval_call(case, groups)
+    assert cpu_conv_autotune_records() == []
+
+
+def test_clear_forgets(autotune):
+    case = make_case(1, 32, 32, 7, 3, 1, 4, channels_last=True, residual=False)
+    _eval_call(case, 4)
+    assert len(cpu_conv_autotune_records()) == (1 if HAVE_KERNELS else 0)
+    clear_cpu_conv_autotune()
+    assert cpu_conv_autotune_records() == []
