@@ -7,8 +7,8 @@
 
 // Importing regnet_ext._C runs the static registrations below. The module holds constants:
 // `openmp`, whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
-// CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel`,
-// whether it has the AVX-512 grouped convs (csrc/cpu/grouped_conv_*.h); and two functions of the
+// CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel` /
+// `narrow_group_bf16_kernel`, whether it has the AVX-512 grouped convs (csrc/cpu/grouped_conv_*.h); and two functions of the
 // CPU conv autotuner (csrc/cpu/conv_autotune.cpp).
 namespace regnet_ext::cpu {
 PyObject* conv_autotune_records_py(PyObject*, PyObject*);
@@ -34,8 +34,14 @@ extern "C" PyObject* PyInit__C(void) {
 #else
   constexpr long kAvx512Kernels = 0;
 #endif
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  constexpr long kBf16Kernel = 1;  // grouped_conv_narrow_bf16.h
+#else
+  constexpr long kBf16Kernel = 0;
+#endif
   if (module && (PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0 ||
                  PyModule_AddIntConstant(module, "narrow_group_kernel", kAvx512Kernels) != 0 ||
+                 PyModule_AddIntConstant(module, "narrow_group_bf16_kernel", kBf16Kernel) != 0 ||
                  PyModule_AddIntConstant(module, "winograd_kernel", kAvx512Kernels) != 0)) {
     Py_DECREF(module);
     return nullptr;

@@ -45,6 +45,11 @@ def compiled_with_narrow_group_kernel():
     return _build_flag("narrow_group_kernel")
 
 
+def compiled_with_narrow_group_bf16_kernel():
+    """Whether _C has the AVX512-BF16 grouped conv for 8 and 16 channels per group in bfloat16."""
+    return _build_flag("narrow_group_bf16_kernel")
+
+
 def compiled_with_winograd_kernel():
     """Whether _C has the AVX-512 Winograd grouped 3x3 conv (32 to 128 channels per group)."""
     return _build_flag("winograd_kernel")

@@ -45,6 +45,7 @@ def collect():
         "cpu_kernels_parallel": _extension.compiled_with_openmp(),
         # Grouped convs with 8 or 16 channels per group run our AVX-512 kernel, if built.
         "cpu_narrow_group_kernel": _extension.compiled_with_narrow_group_kernel(),
+        "cpu_narrow_group_bf16_kernel": _extension.compiled_with_narrow_group_bf16_kernel(),
         "cpu_winograd_kernel": _extension.compiled_with_winograd_kernel(),
         # Whether those kernels are timed against oneDNN per shape (regnet_ext/ops/cpu_autotune.py).
         "cpu_conv_autotune": _cpu_conv_autotune(),

@@ -100,12 +100,23 @@ def test_switched_off(autotune, monkeypatch, switch):
     assert cpu_conv_autotune_records() == []
 
 
-@pytest.mark.parametrize("dtype, groups", [(torch.bfloat16, 4), (torch.float32, 1)],
-                         ids=["bfloat16", "ungrouped"])
+@pytest.mark.parametrize("dtype, groups", [(torch.float64, 4), (torch.float32, 1), (torch.float32, 8)],
+                         ids=["float64", "ungrouped", "4_per_group"])
 def test_only_where_both_kernels_can_run(autotune, dtype, groups):
     case = make_case(1, 32, 32, 7, 3, 1, groups, dtype=dtype, channels_last=True, residual=False)
     _eval_call(case, groups)
     assert cpu_conv_autotune_records() == []
+
+
+def test_bfloat16_narrow_groups_where_the_cpu_has_avx512_bf16(autotune):
+    case = make_case(1, 32, 32, 7, 3, 1, 4, dtype=torch.bfloat16, channels_last=True, residual=False)
+    _eval_call(case, 4)
+    records = cpu_conv_autotune_records()
+    if not getattr(compiled, "narrow_group_bf16_kernel", 0):
+        assert records == []
+        return
+    (record,) = records
+    assert record["dtype"] == torch.bfloat16 and set(record["median_us"]) == {"onednn", "narrow"}
 
 
 def test_clear_forgets(autotune):

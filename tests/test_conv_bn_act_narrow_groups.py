@@ -2,16 +2,18 @@
 CPU operator runs for float32 at batch 1 or with 96+ channels: eval and training forward and
 backward against the float64 reference, with odd group counts (a half-used last register),
 both strides, kernels 1, 3 and 5, image edges narrower and wider than one 14-pixel tile, and
-the same calls with the kernel switched off (REGNET_EXT_CPU_CONV=aten) agreeing."""
+the same calls with the kernel switched off (REGNET_EXT_CPU_CONV=aten) agreeing; and its bfloat16
+twin (grouped_conv_narrow_bf16.h) on the same shapes within plain PyTorch's bfloat16 error."""
 import os
 
 import pytest
 import torch
 
 import regnet_ext._C as compiled
-from conv_bn_act_reference import make_case
+from conv_bn_act_reference import make_case, reference_conv_bn_act
 from test_conv_bn_act import _run_and_compare
 from regnet_ext.ops import conv_bn_act
+from tolerances import assert_close_to_reference
 
 pytestmark = pytest.mark.skipif(not getattr(compiled, "narrow_group_kernel", 0), reason="built without AVX-512")
 
@@ -51,3 +53,57 @@ def test_nan_passes_relu_as_in_torch():
         y = conv_bn_act(x, case["weight"], case["bn_weight"], case["bn_bias"], case["running_mean"],
                         case["running_var"], groups=2)
     assert torch.isnan(y[0, :8, 1:4, 1:4]).all() and not torch.isnan(y[0, 8:]).any()
+
+
+# ---- bfloat16 (csrc/cpu/grouped_conv_narrow_bf16.h, CPUs with AVX512-BF16) -------------------
+# REGNET_EXT_CPU_CONV=own runs it on every shape it can compute; the rules alone would pick it
+# only for 8 per group at batch 1.
+needs_bf16_kernel = pytest.mark.skipif(not getattr(compiled, "narrow_group_bf16_kernel", 0),
+                                       reason="built without AVX512-BF16")
+
+
+@needs_bf16_kernel
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}k{s[4]}st{s[5]}" for s in SHAPES])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_bfloat16_within_plain_pytorch_error(shape, training, monkeypatch):
+    monkeypatch.setenv("REGNET_EXT_CPU_CONV", "own")
+    batch, channels, width, size, kernel, stride = shape
+    groups = channels // width
+    for relu, residual in ((True, False), (False, True)):
+        case = make_case(batch, channels, channels, size, kernel, stride, groups, dtype=torch.bfloat16,
+                         channels_last=True, residual=residual, seed=size + kernel)
+        case64 = {k: (v.double() if v is not None else None) for k, v in case.items()}
+        grad_y = None
+
+        def run(fn, c):
+            nonlocal grad_y
+            leaves = [c[k].detach().requires_grad_() for k in ("x", "weight", "bn_weight", "bn_bias")]
+            y = fn(*leaves, c["running_mean"].clone(), c["running_var"].clone(), bias=c["bias"], stride=stride,
+                   groups=groups, training=training, relu=relu, residual=c["residual"])
+            if grad_y is None:
+                grad_y = torch.randn(y.shape, dtype=torch.float64)
+            return (y, *torch.autograd.grad(y, leaves, grad_y.to(y.dtype)))
+
+        ours, plain, ref = run(conv_bn_act, case), run(reference_conv_bn_act, case), run(reference_conv_bn_act, case64)
+        for name, got, p, r in zip(("y", "grad x", "grad weight", "grad bn_weight", "grad bn_bias"), ours, plain, ref):
+            assert got.dtype == torch.bfloat16
+            assert_close_to_reference(got, r, plain_torch=p, name=f"bfloat16 {name}")
+
+
+@needs_bf16_kernel
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_bfloat16_agrees_with_onednn(training, monkeypatch):
+    """Both sum exact bfloat16 products in float32 (vdpbf16ps), in different orders: the results
+    differ by one bfloat16 rounding step of the float32 sums, plus, in eval, the rounding of the
+    folded bias, which oneDNN receives in bfloat16 and ours keeps in float32 (up to 2^-5 for
+    biases below 8). No residual: oneDNN does not fuse it into a grouped bfloat16 conv, so its
+    output would be rounded twice."""
+    case = make_case(1, 104, 104, 14, 3, 1, 13, dtype=torch.bfloat16, channels_last=True, residual=False, seed=4)
+    args = (case["x"], case["weight"], case["bn_weight"], case["bn_bias"], case["running_mean"].clone(),
+            case["running_var"].clone())
+    with torch.no_grad():
+        ours = conv_bn_act(*args, bias=case["bias"], groups=13, residual=case["residual"], training=training)
+        monkeypatch.setenv("REGNET_EXT_CPU_CONV", "aten")
+        onednn = conv_bn_act(*args, bias=case["bias"], groups=13, residual=case["residual"], training=training)
+    torch.testing.assert_close(ours.float(), onednn.float(), rtol=2 ** -7, atol=2 ** -5)
+    assert (ours == onednn).float().mean() > 0.5

@@ -91,7 +91,7 @@ def test_fused_module_runs_it_in_inference():
         bn.running_var.uniform_(0.5, 2.0)
     stock = nn.Sequential(conv, bn, nn.ReLU()).eval()
     fused = FusedConvBNAct(conv, bn, relu=True).eval()
-    assert fused._own_cpu_kernel
+    assert fused._own_cpu_kernel_dtypes == {torch.float32}
     x = torch.randn(2, 128, 10, 10).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), stock(x), rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@
 
 #include "cpu/conv_autotune.h"
 #include "cpu/grouped_conv_narrow.h"
+#include "cpu/grouped_conv_narrow_bf16.h"
 #include "cpu/grouped_conv_winograd.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act.h"
@@ -64,15 +65,18 @@ inline bool is_plain_gemm(const ConvGeometry& g) {
 // input gradient on every RegNet shape, so by default the CPU runs them, with our BN fold,
 // statistics and epilogues around them; the weight gradient goes by use_own_weight_grad.
 // REGNET_EXT_CPU_CONV=tiles selects our tiles everywhere (the tests run them on every shape,
-// since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; unset
-// (or anything else) is the measured mix.
-enum class ConvBackend { kMixed, kAten, kTiles };
+// since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; =own
+// selects our AVX-512 kernels wherever they apply and our weight-gradient tiles for every
+// grouped conv, oneDNN elsewhere (so the tests cover them on any shape); unset (or anything
+// else) is the measured mix: the autotuner's choice, or the rules below.
+enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
 
 inline ConvBackend conv_backend() {
   const char* choice = std::getenv("REGNET_EXT_CPU_CONV");
   if (!choice) return ConvBackend::kMixed;
   const std::string_view c(choice);
-  return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten : ConvBackend::kMixed;
+  return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten
+         : c == "own" ? ConvBackend::kOwn : ConvBackend::kMixed;
 }
 
 inline bool use_own_conv_tiles(const ConvGeometry&) {
@@ -89,11 +93,22 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
 // stride 2 up to 1.58x at 440 channels 7px), not at batch 8 with few channels over large images
 // (24 channels at 112px: 0.73x, 48 at 56px: 0.91x), where few groups share the work and the
 // input streams from memory. 16 per group is faster at batch 1 only (1.20-2.38x; batch 8 with
-// 160-384 channels: 0.80-0.97x).
+// 160-384 channels: 0.80-0.97x). bfloat16 (grouped_conv_narrow_bf16.h; against oneDNN's bfloat16
+// conv, times from the autotuner, one run, 2026-12-03): 8 per group at batch 1 from 48 channels
+// on 1.02-2.47x in eval and 1.06-1.31x in the training forward; at batch 8 0.74-1.35x; 16 per
+// group 0.61-1.90x, slower in the training forward (which packs the weight per call) at 384
+// channels. The rule keeps 8 per group at batch 1; the autotuner may take the others.
+inline bool narrow_group_kernel_for(at::ScalarType dtype) {
+  return (dtype == at::kFloat && kHaveNarrowGroupKernel) || (dtype == at::kBFloat16 && kHaveNarrowGroupBf16Kernel);
+}
+
 inline bool use_narrow_group_kernel(const ConvGeometry& g, at::ScalarType dtype) {
-  if (!kHaveNarrowGroupKernel || conv_backend() != ConvBackend::kMixed || dtype != at::kFloat ||
+  const ConvBackend backend = conv_backend();
+  if (!narrow_group_kernel_for(dtype) || (backend != ConvBackend::kMixed && backend != ConvBackend::kOwn) ||
       g.groups == 1 || g.in_c_per_group != g.out_c_per_group)
     return false;
+  if (backend == ConvBackend::kOwn) return g.in_c_per_group == 8 || g.in_c_per_group == 16;
+  if (dtype == at::kBFloat16) return g.in_c_per_group == 8 && g.batch == 1 && g.in_c >= 48;
   if (g.in_c_per_group == 8) return g.batch == 1 || g.in_c >= 96;
   return g.in_c_per_group == 16 && g.batch == 1;
 }
@@ -108,8 +123,9 @@ inline bool use_narrow_group_kernel(const ConvGeometry& g, at::ScalarType dtype)
 // RegNetX/Y-1.6GF forwards 3-6% slower, and 16 per group was 0.82-1.0x at batch 8 (the
 // transforms cost as much as the shallow GEMMs save): those keep oneDNN or the narrow kernel.
 inline bool use_winograd_kernel(const ConvGeometry& g, at::ScalarType dtype) {
-  return kHaveWinogradKernel && conv_backend() == ConvBackend::kMixed && dtype == at::kFloat &&
-         winograd_applies(g) && g.in_c_per_group >= 32;
+  const ConvBackend backend = conv_backend();
+  return kHaveWinogradKernel && (backend == ConvBackend::kMixed || backend == ConvBackend::kOwn) &&
+         dtype == at::kFloat && winograd_applies(g) && g.in_c_per_group >= 32;
 }
 
 // The training forward and every input gradient transform the weight on each call
@@ -118,20 +134,21 @@ inline bool use_winograd_kernel(const ConvGeometry& g, at::ScalarType dtype) {
 // 392 output pixels (1088 channels, 7px, batch 8) the transform cost more than the 0.25 ms the
 // conv saved; 1568 pixels and more (14px at batch 8, 56px at batch 1) came out ahead.
 inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
-  return use_winograd_kernel(g, dtype) && g.batch * g.out_h * g.out_w >= 1024;
+  return use_winograd_kernel(g, dtype) &&
+         (conv_backend() == ConvBackend::kOwn || g.batch * g.out_h * g.out_w >= 1024);
 }
 
 // The kernel of ours that can run this conv's forward in place of oneDNN, in the measured mix
-// only: the narrow-group kernel for 8 or 16 channels per group, Winograd for 32 and more at
-// stride 1. Autotuning (conv_autotune.h) times it against oneDNN; the rules above decide
+// only: the narrow-group kernel for 8 or 16 channels per group (float32, or bfloat16 on CPUs
+// with AVX512-BF16), Winograd for 32 and more at stride 1 (float32). Autotuning (conv_autotune.h) times it against oneDNN; the rules above decide
 // without timing. (Winograd at 24 per group is left out: faster alone, it made whole
 // RegNetX/Y-1.6GF forwards slower, which timing one layer would not see.)
 inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::ScalarType dtype) {
-  if (conv_backend() != ConvBackend::kMixed || dtype != at::kFloat || g.groups == 1 ||
-      g.in_c_per_group != g.out_c_per_group)
+  if (conv_backend() != ConvBackend::kMixed || g.groups == 1 || g.in_c_per_group != g.out_c_per_group)
     return std::nullopt;
-  if (kHaveNarrowGroupKernel && (g.in_c_per_group == 8 || g.in_c_per_group == 16)) return ConvKernel::kNarrow;
-  if (kHaveWinogradKernel && winograd_applies(g) && g.in_c_per_group >= 32) return ConvKernel::kWinograd;
+  if (narrow_group_kernel_for(dtype) && (g.in_c_per_group == 8 || g.in_c_per_group == 16)) return ConvKernel::kNarrow;
+  if (dtype == at::kFloat && kHaveWinogradKernel && winograd_applies(g) && g.in_c_per_group >= 32)
+    return ConvKernel::kWinograd;
   return std::nullopt;
 }
 
@@ -159,6 +176,7 @@ inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
   switch (conv_backend()) {
     case ConvBackend::kTiles: return true;
     case ConvBackend::kAten: return false;
+    case ConvBackend::kOwn: return g.groups > 1;
     case ConvBackend::kMixed: break;
   }
   if (dtype == at::kBFloat16 || dtype == at::kHalf) return false;

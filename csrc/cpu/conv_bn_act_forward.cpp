@@ -130,6 +130,22 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   //    the parameters where the cache applies; where oneDNN cannot fuse the epilogue (float64),
   //    conv(x, W') + b' and our epilogue pass in place.
   auto run_eval = [&](ConvKernel kernel) -> at::Tensor {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (kernel == ConvKernel::kNarrow) {  // the bfloat16 narrow kernel, its bias in float
+        auto make = [&] {
+          at::Tensor shift_f = at::empty({g.out_c}, weight.options().dtype(at::kFloat));
+          std::copy(shift.begin(), shift.end(), shift_f.data_ptr<float>());
+          return FoldedWeights{pack_narrow_group_weight_bf16(fold().first, g), shift_f};
+        };
+        const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                                    g, eps, kNarrowGroupLayout);
+        const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
+        at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+        grouped_conv_narrow_bf16(g, xc.const_data_ptr<c10::BFloat16>(), w.packed_weight.const_data_ptr<c10::BFloat16>(),
+                                 w.bias.const_data_ptr<float>(), rp, out.data_ptr<c10::BFloat16>(), relu);
+        return out;
+      }
+    }
     if (kernel != ConvKernel::kOneDnn) {
       at::Tensor out;
       if constexpr (std::is_same_v<T, float>) {
@@ -263,6 +279,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     auto conv = [&](ConvKernel kernel) -> at::Tensor {
       if (kernel == ConvKernel::kOneDnn) return aten_conv(xc, weight, bias, g);
       at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+      if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+        grouped_conv_narrow_bf16(g, xc.const_data_ptr<c10::BFloat16>(),
+                                 pack_narrow_group_weight_bf16(weight, g).const_data_ptr<c10::BFloat16>(),
+                                 b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr,
+                                 out.data_ptr<c10::BFloat16>(), false);
+      }
       if constexpr (std::is_same_v<T, float>) {
         const bool narrow = kernel == ConvKernel::kNarrow;
         const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();

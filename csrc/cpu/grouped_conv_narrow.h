@@ -92,17 +92,18 @@ inline void store_tile(const kernels::ConvGeometry& g, const __m512 (&acc)[kPixe
 
 // Calls body(tap, src) for every tap of the window whose input row lies inside the image; src[p]
 // is output pixel p's input at that tap (16 channels from c0), or a zero vector in the padding,
-// so the caller's inner loop has no branches.
-template <int kPixels, typename Body>
-inline void for_each_tap(const kernels::ConvGeometry& g, const float* x, int64_t n, int64_t ho,
+// so the caller's inner loop has no branches. T: float or c10::BFloat16 (all-zero bits are 0).
+template <int kPixels, typename T, typename Body>
+inline void for_each_tap(const kernels::ConvGeometry& g, const T* x, int64_t n, int64_t ho,
                          int64_t wo0, int npix, int64_t c0, const Body& body) {
-  alignas(64) static const float zeros[16] = {};
+  alignas(64) static const float zero_floats[16] = {};
+  const T* zeros = reinterpret_cast<const T*>(zero_floats);
   for (int64_t kh = 0; kh < g.kernel; ++kh) {
     const int64_t hi = ho * g.stride - g.padding + kh;
     if (hi < 0 || hi >= g.in_h) continue;
-    const float* row = x + ((n * g.in_h + hi) * g.in_w) * g.in_c + c0;
+    const T* row = x + ((n * g.in_h + hi) * g.in_w) * g.in_c + c0;
     for (int64_t kw = 0; kw < g.kernel; ++kw) {
-      const float* src[kPixels];
+      const T* src[kPixels];
 #pragma GCC unroll 16
       for (int p = 0; p < kPixels; ++p) {
         const int64_t wi = (wo0 + p) * g.stride - g.padding + kw;
@@ -154,6 +155,34 @@ inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* 
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
 }
 
+// Runs body(std::integral_constant<int, P>, n, ho, block, tiles) over every task (output row,
+// block of 16 output channels), in parallel: a block's weights stay in L1 across a row's `tiles`
+// tiles of P pixels. P is the one of 16, 14, 8 and 7 pixels that wastes the fewest lanes on the
+// row (RegNet's rows at 224px: 56, 28, 14, 7; at 128px: 32, 16, 8, 4), the wider on a tie.
+template <typename Body>
+inline void for_each_row_block(const kernels::ConvGeometry& g, const Body& body) {
+  const int64_t blocks16 = (g.out_c + 15) / 16, rows = g.batch * g.out_h;
+  auto run = [&](auto pixels) {
+    constexpr int P = decltype(pixels)::value;
+    const int64_t tiles = (g.out_w + P - 1) / P;
+    at::parallel_for(0, rows * blocks16, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t row = t / blocks16;
+        body(pixels, row / g.out_h, row % g.out_h, t % blocks16, tiles);
+      }
+    });
+  };
+  int best = 16;
+  for (int p : {16, 14, 8, 7})
+    if ((g.out_w + p - 1) / p * p < (g.out_w + best - 1) / best * best) best = p;
+  switch (best) {
+    case 16: run(std::integral_constant<int, 16>{}); break;
+    case 14: run(std::integral_constant<int, 14>{}); break;
+    case 8: run(std::integral_constant<int, 8>{}); break;
+    default: run(std::integral_constant<int, 7>{}); break;
+  }
+}
+
 }  // namespace narrow
 #pragma GCC diagnostic pop
 #endif
@@ -173,40 +202,20 @@ inline void grouped_conv_narrow(const kernels::ConvGeometry& g, const float* x, 
   const int64_t blocks16 = (g.out_c + 15) / 16, taps = g.kernel * g.kernel, cig = g.in_c_per_group;
   std::vector<float> bias_pad(blocks16 * 16, 0.f);
   if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
-  // Tile width: the one of 16, 14, 8 and 7 pixels that wastes the fewest lanes on the row
-  // (RegNet's rows at 224px: 56, 28, 14, 7; at 128px: 32, 16, 8, 4), the wider on a tie.
-  auto run = [&](auto pixels) {
+  narrow::for_each_row_block(g, [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
     constexpr int P = decltype(pixels)::value;
-    const int64_t tiles = (g.out_w + P - 1) / P;
-    // Tasks: (row, block of 16 output channels); a block's weights (K*K*G*16 floats) stay in
-    // L1 across a row's tiles.
-    const int64_t rows = g.batch * g.out_h;
-    at::parallel_for(0, rows * blocks16, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t row = t / blocks16, block = t % blocks16;
-        const int64_t n = row / g.out_h, ho = row % g.out_h, c0 = block * 16;
-        const __mmask16 lanes = (c0 + 16 <= g.out_c) ? __mmask16(0xFFFF) : __mmask16(0x00FF);
-        const float* pk = packed + block * taps * cig * 16;
-        for (int64_t b = 0; b < tiles; ++b) {
-          const int64_t wo0 = b * P;
-          const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - wo0));
-          if (cig == 8)
-            narrow::tile8<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
-          else
-            narrow::tile16<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, relu);
-        }
-      }
-    });
-  };
-  int best = 16;
-  for (int p : {16, 14, 8, 7})
-    if ((g.out_w + p - 1) / p * p < (g.out_w + best - 1) / best * best) best = p;
-  switch (best) {
-    case 16: run(std::integral_constant<int, 16>{}); break;
-    case 14: run(std::integral_constant<int, 14>{}); break;
-    case 8: run(std::integral_constant<int, 8>{}); break;
-    default: run(std::integral_constant<int, 7>{}); break;
-  }
+    const int64_t c0 = block * 16;
+    const __mmask16 lanes = (c0 + 16 <= g.out_c) ? __mmask16(0xFFFF) : __mmask16(0x00FF);
+    const float* pk = packed + block * taps * cig * 16;
+    for (int64_t b = 0; b < tiles; ++b) {
+      const int64_t wo0 = b * P;
+      const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - wo0));
+      if (cig == 8)
+        narrow::tile8<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
+      else
+        narrow::tile16<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, relu);
+    }
+  });
 #else
   (void)g, (void)x, (void)packed, (void)bias, (void)residual, (void)y, (void)relu;
   TORCH_CHECK(false, "grouped_conv_narrow: this build has no AVX-512 kernel");

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._extension import compiled_with_narrow_group_kernel, compiled_with_winograd_kernel
+from .._extension import (compiled_with_narrow_group_bf16_kernel, compiled_with_narrow_group_kernel,
+                          compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite
 from . import folded_inference
 
@@ -90,19 +91,23 @@ def set_submodule(root, path, module):
     parent._modules[name] = module
 
 
-def _has_own_cpu_kernel(conv, stride, padding, groups):
-    """Whether the operator may run one of our AVX-512 grouped convs for this layer (it decides
-    per call, and caches the weight packed for that kernel itself): 8 or 16 channels per group
-    (csrc/cpu/grouped_conv_narrow.h), or a 3x3 stride-1 conv with a multiple of 8 channels per
-    group from 32 to 64, or 120 or 128 (Winograd, csrc/cpu/grouped_conv_winograd.h)."""
+def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
+    """The dtypes in which the operator may run one of our AVX-512 grouped convs for this layer
+    (it decides per call, and caches the weight packed for that kernel itself): 8 or 16 channels
+    per group (csrc/cpu/grouped_conv_narrow.h; bfloat16 too where the build has
+    grouped_conv_narrow_bf16.h), or a 3x3 stride-1 conv with a multiple of 8 channels per group
+    from 32 to 64, or 120 or 128 (Winograd, csrc/cpu/grouped_conv_winograd.h; float32)."""
     width = conv.in_channels // groups
     if groups == 1 or conv.out_channels != conv.in_channels:
-        return False
+        return frozenset()
     if width in (8, 16):
-        return bool(compiled_with_narrow_group_kernel())
+        dtypes = {torch.float32} if compiled_with_narrow_group_kernel() else set()
+        if compiled_with_narrow_group_bf16_kernel():
+            dtypes.add(torch.bfloat16)
+        return frozenset(dtypes)
     winograd = (conv.kernel_size == (3, 3) and stride == 1 and padding == 1 and width % 8 == 0
                 and (32 <= width <= 64 or width in (120, 128)))
-    return winograd and bool(compiled_with_winograd_kernel())
+    return frozenset({torch.float32}) if winograd and compiled_with_winograd_kernel() else frozenset()
 
 
 class FusedConvBNAct(_HoldsStock):
@@ -127,7 +132,7 @@ class FusedConvBNAct(_HoldsStock):
         self.relu = bool(relu)
         self.stride, self.padding, self.groups = conv_geometry(conv)
         self._folded = folded_inference.FoldedConv()
-        self._own_cpu_kernel = _has_own_cpu_kernel(conv, self.stride, self.padding, self.groups)
+        self._own_cpu_kernel_dtypes = _own_cpu_kernel_dtypes(conv, self.stride, self.padding, self.groups)
         self._remember_stock(stock)
 
     @property
@@ -152,7 +157,7 @@ class FusedConvBNAct(_HoldsStock):
         if not batch_stats:
             params = (conv.weight, conv.bias, bn.weight, bn.bias)
             if folded_inference.applies(x, params, residual, dtype):
-                if self._own_cpu_kernel and dtype == torch.float32 and x.dtype == dtype:
+                if dtype in self._own_cpu_kernel_dtypes and x.dtype == dtype:
                     return _ops.conv_bn_act_eval(x, conv.weight, conv.bias, bn.weight, bn.bias,
                                                  running_mean, bn.running_var, residual, self.stride,
                                                  self.padding, self.groups, float(bn.eps), relu)

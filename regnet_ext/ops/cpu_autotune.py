@@ -1,7 +1,7 @@
 """What the CPU conv autotuner chose (csrc/cpu/conv_autotune.h).
 
-Where oneDNN and our AVX-512 kernels can both compute a float32 grouped conv (8 or 16 channels
-per group, or 32 to 128 at stride 1 for Winograd), the first call of each shape times the
+Where oneDNN and our AVX-512 kernels can both compute a grouped conv (8 or 16 channels per group
+in float32, or in bfloat16 on CPUs with AVX512-BF16; 32 to 128 at stride 1 for Winograd, float32), the first call of each shape times the
 candidates and the process keeps the fastest, as torch.backends.cudnn.benchmark does on GPUs:
 for the eval and training forward (oneDNN or ours), and for the backward (which of oneDNN, our
 weight-gradient tiles and Winograd compute the two gradients). It is on unless
@@ -20,7 +20,7 @@ _DTYPES = {"Float": torch.float32, "Double": torch.float64, "BFloat16": torch.bf
 def cpu_conv_autotune_enabled():
     """Whether a call of a shape not seen before is timed now (the settings above)."""
     return (os.environ.get("REGNET_EXT_CPU_AUTOTUNE") != "0"
-            and os.environ.get("REGNET_EXT_CPU_CONV") not in ("aten", "tiles")
+            and os.environ.get("REGNET_EXT_CPU_CONV") not in ("aten", "tiles", "own")
             and not torch.are_deterministic_algorithms_enabled())
 
 

@@ -1,0 +1,171 @@
+// The narrow-group conv (grouped_conv_narrow.h) in bfloat16, for CPUs with AVX512-BF16: 8 or 16
+// channels per group, channels_last bfloat16 in and out, float32 accumulation.
+//
+// vdpbf16ps multiplies 16 pairs of bfloat16 and adds both products of each pair to one float
+// lane, so one instruction covers two input channels: a 32-bit element of an NHWC pixel holds
+// the pair (2k, 2k+1) of a group. 8 per group: one 256-bit load brings both groups' 8 channels
+// (4 pairs each), a dword permute hands pair k of each group to its 8 lanes, and vdpbf16ps applies
+// the 16 lanes' weights for that pair: 4 permutes and 4 dot products per pixel and tap where
+// float32 needs 8 and 8. 16 per group: each pair is broadcast from memory, 8 dot products. The
+// products are exact and summed in float32, as in oneDNN's bfloat16 convs (which use the same
+// instruction); the result is rounded to bfloat16 once, after bias, residual and ReLU.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/grouped_conv_narrow.h"
+#include "kernels/conv_bn_act.h"
+
+namespace regnet_ext::cpu {
+
+inline constexpr bool kHaveNarrowGroupBf16Kernel =
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+    true;
+#else
+    false;
+#endif
+
+// Weights [C_out, G, K, K] (G = 8 or 16; BN already folded where wanted) -> bfloat16
+// [block][K*K][G/2 pairs][16 lanes][2]: lane l of block b is output channel 16b + l (for G = 8,
+// group 2b in lanes 0-7 and group 2b+1 in lanes 8-15, zero for a missing last group), and holds
+// that channel's weights for input channels 2k and 2k+1 of its group.
+inline at::Tensor pack_narrow_group_weight_bf16(const at::Tensor& weight, const kernels::ConvGeometry& g) {
+  const int64_t k = g.kernel, taps = k * k, pairs = g.in_c_per_group / 2, blocks = (g.out_c + 15) / 16;
+  const at::Tensor w = weight.to(at::kBFloat16);
+  const auto st = w.strides();
+  at::Tensor packed = g.out_c % 16 == 0 ? at::empty({blocks, taps, pairs, 16, 2}, w.options())
+                                        : at::zeros({blocks, taps, pairs, 16, 2}, w.options());
+  const c10::BFloat16* src = w.const_data_ptr<c10::BFloat16>();
+  c10::BFloat16* dst = packed.data_ptr<c10::BFloat16>();
+  for (int64_t co = 0; co < g.out_c; ++co) {
+    const int64_t block = co / 16, lane = co % 16;
+    for (int64_t kh = 0; kh < k; ++kh)
+      for (int64_t kw = 0; kw < k; ++kw)
+        for (int64_t ci = 0; ci < g.in_c_per_group; ++ci)
+          dst[(((block * taps + kh * k + kw) * pairs + ci / 2) * 16 + lane) * 2 + ci % 2] =
+              src[co * st[0] + ci * st[1] + kh * st[2] + kw * st[3]];
+  }
+  return packed;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+namespace narrow_bf16 {
+
+// 16 (or, for a half block, 8) bfloat16 values widened to float lanes.
+inline __m512 load_widened(const c10::BFloat16* p, __mmask16 lanes) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(lanes, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// Epilogue of a tile: + bias [+ residual] [ReLU], rounded to bfloat16 and stored to y.
+template <int kPixels>
+inline void store_tile(const kernels::ConvGeometry& g, const __m512 (&acc)[kPixels], const float* bias16,
+                       const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho, int64_t wo0,
+                       int npix, int64_t c0, __mmask16 lanes, bool relu) {
+  const __m512 b = _mm512_maskz_loadu_ps(lanes, bias16);
+  const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int p = 0; p < kPixels; ++p) {
+    if (p >= npix) break;
+    const int64_t at = ((n * g.out_h + ho) * g.out_w + wo0 + p) * g.out_c + c0;
+    __m512 v = _mm512_add_ps(acc[p], b);
+    if (residual) v = _mm512_add_ps(v, load_widened(residual + at, lanes));
+    // Only lanes below zero become zero: NaN passes, as through torch.relu.
+    if (relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+    _mm256_mask_storeu_epi16(y + at, lanes, (__m256i)_mm512_cvtneps_pbh(v));
+  }
+}
+
+// 8 per group: y[n, ho, wo0 .. wo0+npix) for one pair of groups.
+template <int kPixels>
+inline void tile8(const kernels::ConvGeometry& g, const c10::BFloat16* x, const c10::BFloat16* packed_pair,
+                  const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho,
+                  int64_t wo0, int npix, int64_t c0, __mmask16 lanes, bool relu, const __m512i (&idx)[4]) {
+  __m512 acc[kPixels];
+  for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
+  narrow::for_each_tap<kPixels>(g, x, n, ho, wo0, npix, c0,
+                                [&](int64_t tap, const c10::BFloat16* const (&src)[kPixels]) {
+    const c10::BFloat16* w = packed_pair + tap * 128;  // 4 pairs x 16 lanes x 2
+#pragma GCC unroll 16
+    for (int p = 0; p < kPixels; ++p) {
+      const __m512i v = _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(lanes, src[p]));
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k)
+        acc[p] = _mm512_dpbf16_ps(acc[p], (__m512bh)_mm512_permutexvar_epi32(idx[k], v),
+                                  (__m512bh)_mm512_loadu_si512(w + 32 * k));
+    }
+  });
+  store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
+}
+
+// 16 per group, one group: each input pair is broadcast from memory.
+template <int kPixels>
+inline void tile16(const kernels::ConvGeometry& g, const c10::BFloat16* x, const c10::BFloat16* packed_group,
+                   const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho,
+                   int64_t wo0, int npix, int64_t c0, bool relu) {
+  __m512 acc[kPixels];
+  for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
+  narrow::for_each_tap<kPixels>(g, x, n, ho, wo0, npix, c0,
+                                [&](int64_t tap, const c10::BFloat16* const (&src)[kPixels]) {
+    const c10::BFloat16* w = packed_group + tap * 256;  // 8 pairs x 16 lanes x 2
+#pragma GCC unroll 2
+    for (int k = 0; k < 8; ++k) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + 32 * k);
+#pragma GCC unroll 16
+      for (int p = 0; p < kPixels; ++p) {
+        int32_t pair;
+        std::memcpy(&pair, src[p] + 2 * k, sizeof(pair));
+        acc[p] = _mm512_dpbf16_ps(acc[p], (__m512bh)_mm512_set1_epi32(pair), wv);
+      }
+    }
+  });
+  store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
+}
+
+}  // namespace narrow_bf16
+#endif
+
+// y = act(conv(x, W) + bias [+ residual]) for channels_last bfloat16 x, y and residual with 8 or 16
+// channels per group; `packed` from pack_narrow_group_weight_bf16, bias (float, may be null: zero)
+// and residual (may be null).
+inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::BFloat16* x,
+                                     const c10::BFloat16* packed, const float* bias,
+                                     const c10::BFloat16* residual, c10::BFloat16* y, bool relu) {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  __m512i idx[4];
+  for (int k = 0; k < 4; ++k) {
+    alignas(64) int32_t v[16];
+    for (int l = 0; l < 16; ++l) v[l] = (l < 8 ? 0 : 4) + k;
+    idx[k] = _mm512_load_si512(v);
+  }
+  const int64_t blocks16 = (g.out_c + 15) / 16, taps = g.kernel * g.kernel, cig = g.in_c_per_group;
+  std::vector<float> bias_pad(blocks16 * 16, 0.f);
+  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
+  narrow::for_each_row_block(g, [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
+    constexpr int P = decltype(pixels)::value;
+    const int64_t c0 = block * 16;
+    const __mmask16 lanes = (c0 + 16 <= g.out_c) ? __mmask16(0xFFFF) : __mmask16(0x00FF);
+    const c10::BFloat16* pk = packed + block * taps * cig * 16;
+    for (int64_t b = 0; b < tiles; ++b) {
+      const int64_t wo0 = b * P;
+      const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - wo0));
+      if (cig == 8)
+        narrow_bf16::tile8<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
+      else
+        narrow_bf16::tile16<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, relu);
+    }
+  });
+#else
+  (void)g, (void)x, (void)packed, (void)bias, (void)residual, (void)y, (void)relu;
+  TORCH_CHECK(false, "grouped_conv_narrow_bf16: this build has no AVX512-BF16 kernel");
+#endif
+}
+
+}  // namespace regnet_ext::cpu
