@@ -8,8 +8,9 @@
 // Importing regnet_ext._C runs the static registrations below. The module holds constants:
 // `openmp`, whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
 // CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel` /
-// `narrow_group_bf16_kernel`, whether it has the AVX-512 grouped convs (csrc/cpu/grouped_conv_*.h); and two functions of the
-// CPU conv autotuner (csrc/cpu/conv_autotune.cpp).
+// `narrow_group_bf16_kernel`, whether it has the AVX-512 grouped convs
+// (csrc/cpu/grouped_conv_*.h); and two functions of the CPU conv autotuner
+// (csrc/cpu/conv_autotune.cpp).
 namespace regnet_ext::cpu {
 PyObject* conv_autotune_records_py(PyObject*, PyObject*);
 PyObject* clear_conv_autotune_py(PyObject*, PyObject*);

@@ -140,9 +140,10 @@ inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
 
 // The kernel of ours that can run this conv's forward in place of oneDNN, in the measured mix
 // only: the narrow-group kernel for 8 or 16 channels per group (float32, or bfloat16 on CPUs
-// with AVX512-BF16), Winograd for 32 and more at stride 1 (float32). Autotuning (conv_autotune.h) times it against oneDNN; the rules above decide
-// without timing. (Winograd at 24 per group is left out: faster alone, it made whole
-// RegNetX/Y-1.6GF forwards slower, which timing one layer would not see.)
+// with AVX512-BF16), Winograd for 32 and more at stride 1 (float32). Autotuning
+// (conv_autotune.h) times it against oneDNN; the rules above decide without timing. (Winograd
+// at 24 per group is left out: faster alone, it made whole RegNetX/Y-1.6GF forwards slower,
+// which timing one layer would not see.)
 inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::ScalarType dtype) {
   if (conv_backend() != ConvBackend::kMixed || g.groups == 1 || g.in_c_per_group != g.out_c_per_group)
     return std::nullopt;

@@ -13,9 +13,10 @@
 //    through ATen, one block of rows at a time, the epilogue applied while the block is in cache.
 //  * training: oneDNN (or, as in eval, one of our kernels) computes z = conv(x) + b; pass 1
 //    takes z's moments per block of rows (mean, then squared deviations), merged per chunk with
-//    Chan's formula; pass 2 normalises z (+ residual, ReLU) into y. With REGNET_EXT_CPU_CONV=tiles our conv tiles (or the blocked
-//    GEMM for 1x1 convs) produce z and the moments come from the same cache-hot tiles. z is kept
-//    for the backward, which needs it for x-hat.
+//    Chan's formula; pass 2 normalises z (+ residual, ReLU) into y. With
+//    REGNET_EXT_CPU_CONV=tiles our conv tiles (or the blocked GEMM for 1x1 convs) produce z and
+//    the moments come from the same cache-hot tiles. z is kept for the backward, which needs it
+//    for x-hat.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

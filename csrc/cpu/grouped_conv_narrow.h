@@ -183,6 +183,37 @@ inline void for_each_row_block(const kernels::ConvGeometry& g, const Body& body)
   }
 }
 
+// idx[k] for _mm512_permutexvar: lanes 0-7 take element k, lanes 8-15 element kHalf + k, so one
+// permute hands element k of each of two groups to that group's 8 lanes (kHalf elements a group).
+template <int kHalf>
+inline void half_broadcast_indices(__m512i (&idx)[kHalf]) {
+  for (int k = 0; k < kHalf; ++k) {
+    alignas(64) int32_t v[16];
+    for (int l = 0; l < 16; ++l) v[l] = (l < 8 ? 0 : kHalf) + k;
+    idx[k] = _mm512_load_si512(v);
+  }
+}
+
+// The driver both dtypes share: the bias padded to whole blocks of 16, then every tile of every
+// task handed to tile(std::integral_constant<int, P>, pk, bias16, n, ho, wo0, npix, c0, lanes),
+// pk being the task's block of `packed` (K*K*G*16 weights per block) and lanes its valid
+// channels (the last block of an odd count of 8-channel groups holds 8).
+template <typename W, typename Tile>
+inline void for_each_tile(const kernels::ConvGeometry& g, const W* packed, const float* bias, const Tile& tile) {
+  const int64_t blocks16 = (g.out_c + 15) / 16, block_size = g.kernel * g.kernel * g.in_c_per_group * 16;
+  std::vector<float> bias_pad(blocks16 * 16, 0.f);
+  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
+  for_each_row_block(g, [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
+    constexpr int P = decltype(pixels)::value;
+    const int64_t c0 = block * 16;
+    const __mmask16 lanes = (c0 + 16 <= g.out_c) ? __mmask16(0xFFFF) : __mmask16(0x00FF);
+    for (int64_t b = 0; b < tiles; ++b) {
+      const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - b * P));
+      tile(pixels, packed + block * block_size, bias_pad.data() + c0, n, ho, b * P, npix, c0, lanes);
+    }
+  });
+}
+
 }  // namespace narrow
 #pragma GCC diagnostic pop
 #endif
@@ -193,28 +224,16 @@ inline void for_each_row_block(const kernels::ConvGeometry& g, const Body& body)
 inline void grouped_conv_narrow(const kernels::ConvGeometry& g, const float* x, const float* packed,
                                 const float* bias, const float* residual, float* y, bool relu) {
 #if defined(__AVX512F__)
-  __m512i idx[8];
-  for (int c = 0; c < 8; ++c) {
-    alignas(64) int32_t v[16];
-    for (int l = 0; l < 16; ++l) v[l] = (l < 8 ? 0 : 8) + c;
-    idx[c] = _mm512_load_si512(v);
-  }
-  const int64_t blocks16 = (g.out_c + 15) / 16, taps = g.kernel * g.kernel, cig = g.in_c_per_group;
-  std::vector<float> bias_pad(blocks16 * 16, 0.f);
-  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
-  narrow::for_each_row_block(g, [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
+  __m512i idx[8];  // input channel c of both groups
+  narrow::half_broadcast_indices(idx);
+  narrow::for_each_tile(g, packed, bias,
+                        [&](auto pixels, const float* pk, const float* bias16, int64_t n, int64_t ho, int64_t wo0,
+                            int npix, int64_t c0, __mmask16 lanes) {
     constexpr int P = decltype(pixels)::value;
-    const int64_t c0 = block * 16;
-    const __mmask16 lanes = (c0 + 16 <= g.out_c) ? __mmask16(0xFFFF) : __mmask16(0x00FF);
-    const float* pk = packed + block * taps * cig * 16;
-    for (int64_t b = 0; b < tiles; ++b) {
-      const int64_t wo0 = b * P;
-      const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - wo0));
-      if (cig == 8)
-        narrow::tile8<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
-      else
-        narrow::tile16<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, relu);
-    }
+    if (g.in_c_per_group == 8)
+      narrow::tile8<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
+    else
+      narrow::tile16<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, relu);
   });
 #else
   (void)g, (void)x, (void)packed, (void)bias, (void)residual, (void)y, (void)relu;

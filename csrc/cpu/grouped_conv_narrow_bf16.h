@@ -139,28 +139,16 @@ inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::
                                      const c10::BFloat16* packed, const float* bias,
                                      const c10::BFloat16* residual, c10::BFloat16* y, bool relu) {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
-  __m512i idx[4];
-  for (int k = 0; k < 4; ++k) {
-    alignas(64) int32_t v[16];
-    for (int l = 0; l < 16; ++l) v[l] = (l < 8 ? 0 : 4) + k;
-    idx[k] = _mm512_load_si512(v);
-  }
-  const int64_t blocks16 = (g.out_c + 15) / 16, taps = g.kernel * g.kernel, cig = g.in_c_per_group;
-  std::vector<float> bias_pad(blocks16 * 16, 0.f);
-  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
-  narrow::for_each_row_block(g, [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
+  __m512i idx[4];  // input channel pair k of both groups
+  narrow::half_broadcast_indices(idx);
+  narrow::for_each_tile(g, packed, bias,
+                        [&](auto pixels, const c10::BFloat16* pk, const float* bias16, int64_t n, int64_t ho,
+                            int64_t wo0, int npix, int64_t c0, __mmask16 lanes) {
     constexpr int P = decltype(pixels)::value;
-    const int64_t c0 = block * 16;
-    const __mmask16 lanes = (c0 + 16 <= g.out_c) ? __mmask16(0xFFFF) : __mmask16(0x00FF);
-    const c10::BFloat16* pk = packed + block * taps * cig * 16;
-    for (int64_t b = 0; b < tiles; ++b) {
-      const int64_t wo0 = b * P;
-      const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - wo0));
-      if (cig == 8)
-        narrow_bf16::tile8<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
-      else
-        narrow_bf16::tile16<P>(g, x, pk, bias_pad.data() + c0, residual, y, n, ho, wo0, npix, c0, relu);
-    }
+    if (g.in_c_per_group == 8)
+      narrow_bf16::tile8<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
+    else
+      narrow_bf16::tile16<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, relu);
   });
 #else
   (void)g, (void)x, (void)packed, (void)bias, (void)residual, (void)y, (void)relu;
