@@ -119,6 +119,19 @@ def test_bfloat16_narrow_groups_where_the_cpu_has_avx512_bf16(autotune):
     assert record["dtype"] == torch.bfloat16 and set(record["median_us"]) == {"onednn", "narrow"}
 
 
+@pytest.mark.skipif(not HAVE_KERNELS, reason="built without AVX-512: oneDNN is the only candidate")
+def test_a_new_thread_count_times_again(autotune):
+    case = make_case(1, 32, 32, 7, 3, 1, 4, channels_last=True, residual=False)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            _eval_call(case, 4)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(r["threads"] for r in cpu_conv_autotune_records()) == [1, 2]
+
+
 def test_clear_forgets(autotune):
     case = make_case(1, 32, 32, 7, 3, 1, 4, channels_last=True, residual=False)
     _eval_call(case, 4)

@@ -31,6 +31,7 @@ PyObject* record_dict(const ConvAutotuneRecord& r) {
        set_item(d, "kernel", PyLong_FromLongLong(g.kernel)) && set_item(d, "stride", PyLong_FromLongLong(g.stride)) &&
        set_item(d, "padding", PyLong_FromLongLong(g.padding)) && set_item(d, "groups", PyLong_FromLongLong(g.groups)) &&
        set_item(d, "relu", PyBool_FromLong(r.relu)) && set_item(d, "residual", PyBool_FromLong(r.residual)) &&
+       set_item(d, "threads", PyLong_FromLong(r.threads)) &&
        set_item(d, "chosen", PyUnicode_FromString(conv_kernel_name(r.chosen))) && set_item(d, "median_us", times);
   if (!ok) {
     Py_XDECREF(times);

@@ -10,15 +10,16 @@
 // CPU differs more. Timing on the user's machine, with the user's shapes, keeps whichever is
 // faster there.
 //
-// The choice is made once per (pass, dtype, geometry, epilogue) and process, by interleaved
-// rounds of each candidate after a warm-up call (which also packs and caches the weights, so
-// the rounds time what later calls cost), comparing medians; later calls look it up. Off (the
+// The choice is made once per (pass, dtype, geometry, epilogue, thread count) and process, by
+// interleaved rounds of each candidate after a warm-up call (which also packs and caches the
+// weights, so the rounds time what later calls cost), comparing medians; later calls look it up. Off (the
 // rules decide) with REGNET_EXT_CPU_AUTOTUNE=0, under torch.use_deterministic_algorithms(True)
 // (another process could choose the other kernel, whose results differ by rounding), and when
 // REGNET_EXT_CPU_CONV forces a backend.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <array>
@@ -86,13 +87,14 @@ struct ConvAutotuneRecord {
   at::ScalarType dtype;
   kernels::ConvGeometry geometry;
   bool relu, residual;
+  int threads;
   ConvKernel chosen;
   std::vector<std::pair<ConvKernel, double>> median_us;
 };
 
 class ConvAutotuneTable {
  public:
-  using Key = std::tuple<int, int, std::array<int64_t, 9>, bool, bool>;
+  using Key = std::tuple<int, int, std::array<int64_t, 9>, bool, bool, int>;
 
   static ConvAutotuneTable& instance() {
     static ConvAutotuneTable table;
@@ -101,8 +103,10 @@ class ConvAutotuneTable {
 
   static Key key_of(ConvPass pass, at::ScalarType dtype, const kernels::ConvGeometry& g, bool relu,
                     bool residual) {
+    // The thread count too: the faster kernel on two threads need not be the faster on one.
     return {static_cast<int>(pass), static_cast<int>(dtype),
-            {g.batch, g.in_c, g.in_h, g.in_w, g.out_c, g.kernel, g.stride, g.padding, g.groups}, relu, residual};
+            {g.batch, g.in_c, g.in_h, g.in_w, g.out_c, g.kernel, g.stride, g.padding, g.groups}, relu, residual,
+            at::get_num_threads()};
   }
 
   std::optional<ConvKernel> find(const Key& key) {
@@ -161,7 +165,7 @@ inline ConvKernel choose_conv_kernel(ConvPass pass, at::ScalarType dtype, const 
   std::vector<std::vector<double>> samples(candidates.size());
   for (int r = 0; r < rounds; ++r)
     for (size_t i = 0; i < candidates.size(); ++i) samples[i].push_back(seconds_of(candidates[i]));
-  ConvAutotuneRecord record{pass, dtype, g, relu, residual, candidates[0], {}};
+  ConvAutotuneRecord record{pass, dtype, g, relu, residual, at::get_num_threads(), candidates[0], {}};
   double best = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
     std::vector<double>& s = samples[i];

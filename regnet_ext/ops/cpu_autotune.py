@@ -28,7 +28,8 @@ def cpu_conv_autotune_records():
     """One dict per tuned call shape: pass ("eval", "train_forward", "backward", or
     "backward_input" / "backward_weight" where only one gradient was asked for), dtype (a
     torch.dtype), x_shape, out_channels, kernel, stride, padding, groups, relu and residual (the
-    eval epilogue's; False for the other passes, whose timing covers the conv alone), chosen and
+    eval epilogue's; False for the other passes, whose timing covers the conv alone), threads
+    (torch's intra-op thread count, part of the key: a new count times again), chosen and
     median_us (each candidate's median time in microseconds, by name: "onednn", "narrow",
     "winograd", or for the backward "onednn_input_grad+own_weight_grad" and the like)."""
     records = _C.cpu_conv_autotune_records()
