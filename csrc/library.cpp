@@ -9,15 +9,18 @@
 // `openmp`, whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
 // CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel` /
 // `narrow_group_bf16_kernel`, whether it has the AVX-512 grouped convs
-// (csrc/cpu/grouped_conv_*.h); and two functions of the CPU conv autotuner
+// (csrc/cpu/grouped_conv_*.h); and three functions of the CPU conv autotuner
 // (csrc/cpu/conv_autotune.cpp).
 namespace regnet_ext::cpu {
+PyObject* conv_autotune_enabled_py(PyObject*, PyObject*);
 PyObject* conv_autotune_records_py(PyObject*, PyObject*);
 PyObject* clear_conv_autotune_py(PyObject*, PyObject*);
 }  // namespace regnet_ext::cpu
 
 extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
+      {"cpu_conv_autotune_enabled", regnet_ext::cpu::conv_autotune_enabled_py, METH_NOARGS,
+       "Whether the CPU conv autotuner times a call shape it has not seen (its switches, read now)."},
       {"cpu_conv_autotune_records", regnet_ext::cpu::conv_autotune_records_py, METH_NOARGS,
        "The CPU conv autotuner's decisions so far: a list of dicts."},
       {"clear_cpu_conv_autotune", regnet_ext::cpu::clear_conv_autotune_py, METH_NOARGS,

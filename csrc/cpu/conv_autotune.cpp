@@ -1,6 +1,9 @@
-// regnet_ext._C.cpu_conv_autotune_records() and .clear_cpu_conv_autotune(): the autotuner's
-// decisions (conv_autotune.h), for regnet_ext.ops.cpu_conv_autotune_records and the benchmarks.
+// regnet_ext._C.cpu_conv_autotune_enabled(), .cpu_conv_autotune_records() and
+// .clear_cpu_conv_autotune(): the autotuner's switch and decisions (conv_autotune.h), for
+// regnet_ext.ops.cpu_autotune and the benchmarks.
 #include <Python.h>
+
+#include <string>
 
 #include "cpu/conv_autotune.h"
 
@@ -24,7 +27,7 @@ PyObject* record_dict(const ConvAutotuneRecord& r) {
   for (const auto& [kernel, us] : r.median_us)
     ok = ok && set_item(times, conv_kernel_name(kernel), PyFloat_FromDouble(us));
   ok = ok && set_item(d, "pass", PyUnicode_FromString(conv_pass_name(r.pass))) &&
-       set_item(d, "dtype", PyUnicode_FromString(c10::toString(r.dtype))) &&
+       set_item(d, "dtype", PyUnicode_FromString(std::string(c10::getDtypeNames(r.dtype).first).c_str())) &&
        set_item(d, "x_shape", Py_BuildValue("(LLLL)", (long long)g.batch, (long long)g.in_c, (long long)g.in_h,
                                             (long long)g.in_w)) &&
        set_item(d, "out_channels", PyLong_FromLongLong(g.out_c)) &&
@@ -58,6 +61,8 @@ PyObject* conv_autotune_records_py(PyObject*, PyObject*) {
   }
   return list;
 }
+
+PyObject* conv_autotune_enabled_py(PyObject*, PyObject*) { return PyBool_FromLong(conv_autotune_enabled()); }
 
 PyObject* clear_conv_autotune_py(PyObject*, PyObject*) {
   ConvAutotuneTable::instance().clear();

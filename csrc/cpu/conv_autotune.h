@@ -30,6 +30,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -74,10 +75,30 @@ inline const char* conv_pass_name(ConvPass p) {
   return "eval";
 }
 
+// Which code computes a KxK or grouped conv on the CPU. Measured on this machine's CPU, oneDNN's
+// JIT kernels through ATen beat our register tiles (kernels::conv_tile) for the forward and the
+// input gradient on every RegNet shape, so by default the CPU runs them, with our BN fold,
+// statistics and epilogues around them; the weight gradient goes by use_own_weight_grad.
+// REGNET_EXT_CPU_CONV=tiles selects our tiles everywhere (the tests run them on every shape,
+// since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; =own
+// selects our AVX-512 kernels wherever they apply and our weight-gradient tiles for every
+// grouped conv, oneDNN elsewhere (so the tests cover them on any shape); unset (or anything
+// else) is the measured mix: the autotuner's choice, or the fixed rules of conv_bn_act_cpu.h.
+enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
+
+inline ConvBackend conv_backend() {
+  const char* choice = std::getenv("REGNET_EXT_CPU_CONV");
+  if (!choice) return ConvBackend::kMixed;
+  const std::string_view c(choice);
+  return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten
+         : c == "own" ? ConvBackend::kOwn : ConvBackend::kMixed;
+}
+
+// The switches in this file's header comment; regnet_ext.ops.cpu_conv_autotune_enabled asks this.
 inline bool conv_autotune_enabled() {
   const char* v = std::getenv("REGNET_EXT_CPU_AUTOTUNE");
   if (v != nullptr && std::strcmp(v, "0") == 0) return false;
-  return !at::globalContext().deterministicAlgorithms();
+  return conv_backend() == ConvBackend::kMixed && !at::globalContext().deterministicAlgorithms();
 }
 
 // One decision: the call shape it is for, what each candidate took (median, microseconds) and

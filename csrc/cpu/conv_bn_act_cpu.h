@@ -7,9 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <optional>
-#include <string_view>
 #include <vector>
 
 #include "cpu/conv_autotune.h"
@@ -58,25 +56,6 @@ inline at::Tensor empty_nhwc(const at::Tensor& like, int64_t n, int64_t c, int64
 // ones on a gathered copy of every stride-th pixel).
 inline bool is_plain_gemm(const ConvGeometry& g) {
   return g.kernel == 1 && g.groups == 1 && g.padding == 0;
-}
-
-// Which code computes a KxK or grouped conv on the CPU. Measured on this machine's CPU, oneDNN's
-// JIT kernels through ATen beat our register tiles (kernels::conv_tile) for the forward and the
-// input gradient on every RegNet shape, so by default the CPU runs them, with our BN fold,
-// statistics and epilogues around them; the weight gradient goes by use_own_weight_grad.
-// REGNET_EXT_CPU_CONV=tiles selects our tiles everywhere (the tests run them on every shape,
-// since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; =own
-// selects our AVX-512 kernels wherever they apply and our weight-gradient tiles for every
-// grouped conv, oneDNN elsewhere (so the tests cover them on any shape); unset (or anything
-// else) is the measured mix: the autotuner's choice, or the rules below.
-enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
-
-inline ConvBackend conv_backend() {
-  const char* choice = std::getenv("REGNET_EXT_CPU_CONV");
-  if (!choice) return ConvBackend::kMixed;
-  const std::string_view c(choice);
-  return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten
-         : c == "own" ? ConvBackend::kOwn : ConvBackend::kMixed;
 }
 
 inline bool use_own_conv_tiles(const ConvGeometry&) {

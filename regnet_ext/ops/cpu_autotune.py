@@ -8,20 +8,14 @@ weight-gradient tiles and Winograd compute the two gradients). It is on unless
 REGNET_EXT_CPU_AUTOTUNE=0, torch.use_deterministic_algorithms(True) or REGNET_EXT_CPU_CONV says
 otherwise; then fixed rules measured on the development machine decide.
 """
-import os
-
 import torch
 
 from .. import _C
 
-_DTYPES = {"Float": torch.float32, "Double": torch.float64, "BFloat16": torch.bfloat16, "Half": torch.float16}
-
 
 def cpu_conv_autotune_enabled():
     """Whether a call of a shape not seen before is timed now (the settings above)."""
-    return (os.environ.get("REGNET_EXT_CPU_AUTOTUNE") != "0"
-            and os.environ.get("REGNET_EXT_CPU_CONV") not in ("aten", "tiles", "own")
-            and not torch.are_deterministic_algorithms_enabled())
+    return _C.cpu_conv_autotune_enabled()
 
 
 def cpu_conv_autotune_records():
@@ -34,7 +28,7 @@ def cpu_conv_autotune_records():
     "winograd", or for the backward "onednn_input_grad+own_weight_grad" and the like)."""
     records = _C.cpu_conv_autotune_records()
     for r in records:
-        r["dtype"] = _DTYPES.get(r["dtype"], r["dtype"])
+        r["dtype"] = getattr(torch, r["dtype"])  # torch's own name of it, e.g. "float32"
     return records
 
 
