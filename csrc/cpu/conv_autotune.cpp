@@ -3,8 +3,6 @@
 // regnet_ext.ops.cpu_autotune and the benchmarks.
 #include <Python.h>
 
-#include <string>
-
 #include "cpu/conv_autotune.h"
 
 namespace regnet_ext::cpu {
@@ -22,12 +20,13 @@ PyObject* record_dict(const ConvAutotuneRecord& r) {
   PyObject* d = PyDict_New();
   if (d == nullptr) return nullptr;
   const kernels::ConvGeometry& g = r.geometry;
+  const std::string_view dtype = c10::getDtypeNames(r.dtype).first;  // torch's name, e.g. "float32"
   PyObject* times = PyDict_New();
   bool ok = times != nullptr;
   for (const auto& [kernel, us] : r.median_us)
     ok = ok && set_item(times, conv_kernel_name(kernel), PyFloat_FromDouble(us));
   ok = ok && set_item(d, "pass", PyUnicode_FromString(conv_pass_name(r.pass))) &&
-       set_item(d, "dtype", PyUnicode_FromString(std::string(c10::getDtypeNames(r.dtype).first).c_str())) &&
+       set_item(d, "dtype", PyUnicode_FromStringAndSize(dtype.data(), static_cast<Py_ssize_t>(dtype.size()))) &&
        set_item(d, "x_shape", Py_BuildValue("(LLLL)", (long long)g.batch, (long long)g.in_c, (long long)g.in_h,
                                             (long long)g.in_w)) &&
        set_item(d, "out_channels", PyLong_FromLongLong(g.out_c)) &&

@@ -117,15 +117,14 @@ inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
          (conv_backend() == ConvBackend::kOwn || g.batch * g.out_h * g.out_w >= 1024);
 }
 
-// The kernel of ours that can run this conv's forward in place of oneDNN, in the measured mix
-// only: the narrow-group kernel for 8 or 16 channels per group (float32, or bfloat16 on CPUs
+// The kernel of ours that can run this conv's forward in place of oneDNN, for the autotuner
+// (which runs in the measured mix only, conv_autotune_enabled): the narrow-group kernel for 8 or 16 channels per group (float32, or bfloat16 on CPUs
 // with AVX512-BF16), Winograd for 32 and more at stride 1 (float32). Autotuning
 // (conv_autotune.h) times it against oneDNN; the rules above decide without timing. (Winograd
 // at 24 per group is left out: faster alone, it made whole RegNetX/Y-1.6GF forwards slower,
 // which timing one layer would not see.)
 inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::ScalarType dtype) {
-  if (conv_backend() != ConvBackend::kMixed || g.groups == 1 || g.in_c_per_group != g.out_c_per_group)
-    return std::nullopt;
+  if (g.groups == 1 || g.in_c_per_group != g.out_c_per_group) return std::nullopt;
   if (narrow_group_kernel_for(dtype) && (g.in_c_per_group == 8 || g.in_c_per_group == 16)) return ConvKernel::kNarrow;
   if (dtype == at::kFloat && kHaveWinogradKernel && winograd_applies(g) && g.in_c_per_group >= 32)
     return ConvKernel::kWinograd;
@@ -171,7 +170,7 @@ inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
 // the input gradient where it runs the forward; both of ours.
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
                                                    bool param_grads) {
-  if (conv_backend() != ConvBackend::kMixed || dtype != at::kFloat || g.groups == 1) return {};
+  if (dtype != at::kFloat || g.groups == 1) return {};
   const bool winograd = input_grad && own_conv_kernel(g, dtype) == ConvKernel::kWinograd;
   std::vector<ConvKernel> plans{ConvKernel::kOneDnn};
   if (param_grads) plans.push_back(ConvKernel::kOwnWeightGrad);
