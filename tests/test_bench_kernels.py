@@ -59,13 +59,17 @@ def test_quick_run_structure(tmp_path, monkeypatch):
                      "squeeze_excite_eval", "squeeze_excite_train")] + ["slower_than_eager", "errors"]
     assert doc["summary"]["squeeze_excite_eval_vs_eager"]["rows"] == 1
     assert (tmp_path / "k.png").stat().st_size > 0
-    # The conv autotuner's decisions: the quick set has RegNetY-400MF's first grouped conv (8 per group).
+    # The conv autotuner's decisions: the quick set has RegNetY-400MF's first grouped conv (8 per
+    # group: oneDNN or the narrow kernel) and a small 1x1 conv (oneDNN or the GEMM).
     assert doc["machine"]["regnet_ext_cpu_conv_autotune"] is True
     choices = doc["cpu_conv_autotune"]
+    grouped = [c for c in choices if c["groups"] > 1]
     expected = {"eval", "train_forward", "backward"} if compiled.narrow_group_kernel else set()
-    assert {c["pass"] for c in choices} == expected and len(choices) == len(expected)
+    assert {c["pass"] for c in grouped} == expected and len(grouped) == len(expected)
+    pointwise = [c for c in choices if c["groups"] == 1]
+    assert pointwise and all(c["kernel"] == 1 and set(c["median_us"]) == {"onednn", "gemm"} for c in pointwise)
     for c in choices:
-        assert c["dtype"] == "float32" and c["groups"] == 6 and c["chosen"] in c["median_us"]
+        assert c["dtype"] == "float32" and c["groups"] in (1, 6) and c["chosen"] in c["median_us"]
     clear_cpu_conv_autotune()
 
 

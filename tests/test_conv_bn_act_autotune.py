@@ -100,6 +100,22 @@ def test_switched_off(autotune, monkeypatch, switch):
     assert cpu_conv_autotune_records() == []
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_1x1_convs_time_the_gemm_against_onednn(autotune, dtype):
+    # bfloat16's results are checked in test_conv_bn_act_gemm.py (they need plain PyTorch's error).
+    case = make_case(2, 48, 104, 14, 1, 1, 1, dtype=dtype, channels_last=True, residual=True, seed=7)
+    if dtype == torch.float32:
+        _run_and_compare(case, stride=1, groups=1, training=False, relu=True, backward=False)
+        _run_and_compare(case, stride=1, groups=1, training=True, relu=True)
+    else:
+        _eval_call(case, 1)
+    records = cpu_conv_autotune_records()
+    assert sorted(r["pass"] for r in records) == (["eval", "train_forward"] if dtype == torch.float32 else ["eval"])
+    for r in records:
+        assert r["kernel"] == 1 and r["dtype"] == dtype and set(r["median_us"]) == {"onednn", "gemm"}
+        assert r["chosen"] == min(r["median_us"], key=r["median_us"].get)
+
+
 @pytest.mark.parametrize("dtype, groups", [(torch.float64, 4), (torch.float32, 1), (torch.float32, 8)],
                          ids=["float64", "ungrouped", "4_per_group"])
 def test_only_where_both_kernels_can_run(autotune, dtype, groups):

@@ -1,8 +1,8 @@
-// Which kernel runs a grouped conv on the CPU where both oneDNN and one of ours can: chosen by
-// timing each on the first call of each shape (autotuning, like torch.backends.cudnn.benchmark),
-// or by the fixed rules of conv_bn_act_cpu.h. Forward: oneDNN or our narrow-group or Winograd
-// kernel; backward: which of oneDNN, our weight-gradient tiles and Winograd compute the two
-// gradients.
+// Which kernel runs a conv on the CPU where both oneDNN and one of ours can: chosen by timing
+// each on the first call of each shape (autotuning, like torch.backends.cudnn.benchmark), or by
+// the fixed rules of conv_bn_act_cpu.h. Forward: oneDNN or our narrow-group or Winograd kernel
+// (grouped convs), oneDNN or one GEMM with our epilogue (1x1 convs); backward: which of oneDNN,
+// our weight-gradient tiles and Winograd compute the two gradients.
 //
 // Why: the rules were measured on one VM, and another VM of the same kind disagreed. On
 // 2026-12-03 the narrow-group kernel ran at 0.59-0.92x of oneDNN's speed on RegNetY-400MF's
@@ -38,9 +38,9 @@
 
 namespace regnet_ext::cpu {
 
-// What computes a conv pass. Forward: oneDNN or one of our kernels. Backward (a plan for both
-// gradients): oneDNN for both in one call, our tiles for the weight gradient, Winograd for the
-// input gradient, or both of ours.
+// What computes a conv pass. Forward: oneDNN, one of our kernels, or (1x1 convs) one ATen GEMM
+// with our epilogue. Backward (a plan for both gradients): oneDNN for both in one call, our tiles
+// for the weight gradient, Winograd for the input gradient, or both of ours.
 enum class ConvKernel : int {
   kOneDnn = 0,
   kNarrow = 1,
@@ -48,6 +48,7 @@ enum class ConvKernel : int {
   kOwnWeightGrad = 3,
   kWinogradDx = 4,
   kWinogradDxOwnWeightGrad = 5,
+  kGemm = 6,
 };
 // The backward passes differ in what they compute: both gradients, or only one of them.
 enum class ConvPass : int { kEval = 0, kTrainForward = 1, kBackward = 2, kBackwardInput = 3, kBackwardWeight = 4 };
@@ -56,6 +57,7 @@ inline const char* conv_kernel_name(ConvKernel k) {
   switch (k) {
     case ConvKernel::kNarrow: return "narrow";
     case ConvKernel::kWinograd: return "winograd";
+    case ConvKernel::kGemm: return "gemm";
     case ConvKernel::kOwnWeightGrad: return "onednn_input_grad+own_weight_grad";
     case ConvKernel::kWinogradDx: return "winograd_input_grad+onednn_weight_grad";
     case ConvKernel::kWinogradDxOwnWeightGrad: return "winograd_input_grad+own_weight_grad";
@@ -81,8 +83,9 @@ inline const char* conv_pass_name(ConvPass p) {
 // statistics and epilogues around them; the weight gradient goes by use_own_weight_grad.
 // REGNET_EXT_CPU_CONV=tiles selects our tiles everywhere (the tests run them on every shape,
 // since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; =own
-// selects our AVX-512 kernels wherever they apply and our weight-gradient tiles for every
-// grouped conv, oneDNN elsewhere (so the tests cover them on any shape); unset (or anything
+// selects our AVX-512 kernels wherever they apply, the whole-tensor GEMM for 1x1 convs and our
+// weight-gradient tiles for every grouped conv, oneDNN elsewhere (so the tests cover them on any
+// shape); unset (or anything
 // else) is the measured mix: the autotuner's choice, or the fixed rules of conv_bn_act_cpu.h.
 enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
 

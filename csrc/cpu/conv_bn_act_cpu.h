@@ -117,6 +117,24 @@ inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
          (conv_backend() == ConvBackend::kOwn || g.batch * g.out_h * g.out_w >= 1024);
 }
 
+// 1x1 ungrouped convs (float32, bfloat16): one GEMM over all N*H*W rows through ATen (at::mm,
+// the folded weight transposed once per change) and our epilogue pass, in place of oneDNN's conv.
+// The autotuner's timings over every 1x1 eval shape of RegNetX/Y-400MF and RegNetY-4.0GF (kernel
+// benchmark, 2 threads, 2026-12-04): the GEMM was faster on 17 of 92, by up to 1.44x, 16 of them
+// with at most 2^25 multiply-adds (batch 1 from 32 channels at 56px to 208 at 14px, where
+// oneDNN's conv has ~25 us more fixed cost per call; the 17th by 1.04x), and up to 4.6x slower on
+// larger ones (32 -> 48 channels at 112px: 1122 vs 303 us). So it is a candidate for the autotuner up to that size only (which
+// also keeps the tuning short), and the rule under REGNET_EXT_CPU_CONV=own (which makes the tests
+// run it).
+inline bool gemm_kernel_applies(const ConvGeometry& g, at::ScalarType dtype) {
+  const int64_t macs = g.batch * g.out_h * g.out_w * g.in_c * g.out_c;
+  return is_plain_gemm(g) && (dtype == at::kFloat || dtype == at::kBFloat16) && macs <= (int64_t(1) << 25);
+}
+
+inline bool use_gemm_kernel(const ConvGeometry& g, at::ScalarType dtype) {
+  return conv_backend() == ConvBackend::kOwn && gemm_kernel_applies(g, dtype);
+}
+
 // The kernel of ours that can run this conv's forward in place of oneDNN, for the autotuner
 // (which runs in the measured mix only, conv_autotune_enabled): the narrow-group kernel for 8 or 16 channels per group (float32, or bfloat16 on CPUs
 // with AVX512-BF16), Winograd for 32 and more at stride 1 (float32). Autotuning
@@ -124,6 +142,7 @@ inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
 // at 24 per group is left out: faster alone, it made whole RegNetX/Y-1.6GF forwards slower,
 // which timing one layer would not see.)
 inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::ScalarType dtype) {
+  if (gemm_kernel_applies(g, dtype)) return ConvKernel::kGemm;
   if (g.groups == 1 || g.in_c_per_group != g.out_c_per_group) return std::nullopt;
   if (narrow_group_kernel_for(dtype) && (g.in_c_per_group == 8 || g.in_c_per_group == 16)) return ConvKernel::kNarrow;
   if (dtype == at::kFloat && kHaveWinogradKernel && winograd_applies(g) && g.in_c_per_group >= 32)
@@ -179,12 +198,12 @@ inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::Sc
   return plans;
 }
 
-// 1x1 convs: our blocked GEMM (at::mm per row block, epilogue or statistics on cache-hot rows)
-// or oneDNN's 1x1 conv. Inside a whole RegNetY-400MF forward (batch 8, 224px, 2 threads) the
-// GEMM path made the fused model 2x slower than stock, while oneDNN's conv is as fast as
-// stock's, so oneDNN is the default; "tiles" (our own code everywhere) keeps the GEMM path so
-// that the tests exercise it on every shape.
-inline bool use_gemm(const ConvGeometry& g) {
+// 1x1 convs with REGNET_EXT_CPU_CONV=tiles: a blocked GEMM (at::mm per row block, epilogue or
+// statistics on cache-hot rows). Inside a whole RegNetY-400MF forward (batch 8, 224px, 2
+// threads) it made the fused model 2x slower than stock (one small GEMM per block and thread),
+// so only "tiles" (our own code everywhere) keeps it, so that the tests exercise it on every
+// shape; elsewhere oneDNN's conv or the whole-tensor GEMM above (kGemm).
+inline bool use_blocked_gemm(const ConvGeometry& g) {
   return is_plain_gemm(g) && use_own_conv_tiles(g);
 }
 

@@ -9,6 +9,9 @@
 //    the same epilogue. With REGNET_EXT_CPU_CONV=tiles,
 //    each register tile of our own conv (kernels::conv_tile) gets shift, residual and ReLU in
 //    registers and is stored once.
+//  * eval, 1x1 ungrouped conv: oneDNN as above, or where the autotuner found it faster one GEMM
+//    over all N*H*W rows through ATen (the folded weight transposed once per change) and our
+//    epilogue pass (shift, residual, ReLU) in place; the training forward likewise for z.
 //  * eval, 1x1 ungrouped conv with REGNET_EXT_CPU_CONV=tiles: a GEMM with the folded weights
 //    through ATen, one block of rows at a time, the epilogue applied while the block is in cache.
 //  * training: oneDNN (or, as in eval, one of our kernels) computes z = conv(x) + b; pass 1
@@ -72,7 +75,7 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
 }
 
 // Layouts of a cached folded weight (FoldKey::layout).
-enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1, kWinogradLayout = 2 };
+enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1, kWinogradLayout = 2, kGemmLayout = 3 };
 
 // The cache key of this call's folded weight, or nullopt where the cache is turned off or a
 // tensor has no version counter (an inference tensor).
@@ -114,6 +117,16 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   at::Tensor y;
   T* yp = nullptr;
 
+  // out = act(out * scale + shift [+ residual]), in place, NHWC.
+  auto epilogue_in_place = [&](at::Tensor& out, const A* scale_p, const A* shift_p) {
+    T* op = out.data_ptr<T>();
+    const int64_t pixels = g.batch * g.out_h * g.out_w;
+    at::parallel_for(0, pixels, pass_grain(g.out_c), [&](int64_t p0, int64_t p1) {
+      passes::normalize_rows(op + p0 * g.out_c, op + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr, scale_p,
+                             shift_p, p1 - p0, g.out_c, relu);
+    });
+  };
+
   // (W', b'): the folded weight and bias in x's dtype. The bias is copied: shift views this
   // call's stack, and the cache keeps the bias.
   auto fold = [&] {
@@ -146,6 +159,20 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                                  w.bias.const_data_ptr<float>(), rp, out.data_ptr<c10::BFloat16>(), relu);
         return out;
       }
+    }
+    if (kernel == ConvKernel::kGemm) {  // one GEMM over every output pixel, then the epilogue
+      auto make = [&] {  // the bias is kept for the cache's bookkeeping; the epilogue adds shift
+        auto [folded, folded_bias] = fold();
+        return FoldedWeights{folded.reshape({g.out_c, g.in_c}).t().contiguous(), folded_bias};
+      };
+      const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                                  g, eps, kGemmLayout);
+      const at::Tensor w_t = (key ? FoldedWeightCache::instance().get(*key, make) : make()).packed_weight;
+      at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+      at::Tensor out_rows = as_rows(out);
+      at::mm_out(out_rows, gemm_rows(xc, g), w_t);
+      epilogue_in_place(out, ones.data(), shift.data());
+      return out;
     }
     if (kernel != ConvKernel::kOneDnn) {
       at::Tensor out;
@@ -184,19 +211,14 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
     const at::Tensor fused = onednn_fused_conv(xc, folded, folded_bias, res, g, relu);
     if (fused.defined()) return fused;
     at::Tensor out = aten_conv(xc, folded, folded_bias, g);
-    T* op = out.data_ptr<T>();
     if (relu || rp) {
-      std::vector<A> zeros(g.out_c, A(0));
-      const int64_t pixels = g.batch * g.out_h * g.out_w;
-      at::parallel_for(0, pixels, pass_grain(g.out_c), [&](int64_t p0, int64_t p1) {
-        passes::normalize_rows(op + p0 * g.out_c, op + p0 * g.out_c, rp ? rp + p0 * g.out_c : nullptr, ones.data(),
-                               zeros.data(), p1 - p0, g.out_c, relu);
-      });
+      const std::vector<A> zeros(g.out_c, A(0));
+      epilogue_in_place(out, ones.data(), zeros.data());
     }
     return out;
   };
 
-  if (use_gemm(g)) {
+  if (use_blocked_gemm(g)) {
     y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     yp = y.data_ptr<T>();
     const at::Tensor scale_t =
@@ -221,6 +243,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   } else {
     const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type()) ? ConvKernel::kNarrow
                             : use_winograd_kernel(g, x.scalar_type())  ? ConvKernel::kWinograd
+                            : use_gemm_kernel(g, x.scalar_type())      ? ConvKernel::kGemm
                                                                         : ConvKernel::kOneDnn;
     const ConvKernel kernel = choose_conv_kernel(ConvPass::kEval, x.scalar_type(), g, relu, res.defined(),
                                                  forward_conv_kernels(g, x.scalar_type()), rule,
@@ -271,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   // Pass 1: z and its per-channel moments, per chunk.
   int64_t chunks;
   std::vector<MomentStats<A>> stats;
-  const bool gemm = use_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
+  const bool gemm = use_blocked_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
   if (gemm || tiles) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
   } else {
@@ -279,6 +302,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     // weight on every call; the timing (conv_autotune.h) includes that.
     auto conv = [&](ConvKernel kernel) -> at::Tensor {
       if (kernel == ConvKernel::kOneDnn) return aten_conv(xc, weight, bias, g);
+      if (kernel == ConvKernel::kGemm) {  // one GEMM over every output pixel (+ b in place)
+        at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+        at::Tensor out_rows = as_rows(out);
+        at::mm_out(out_rows, gemm_rows(xc, g), weight.reshape({g.out_c, g.in_c}).t());
+        if (bias.defined()) out_rows.add_(bias);
+        return out;
+      }
       at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
       if constexpr (std::is_same_v<T, c10::BFloat16>) {
         const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
@@ -299,6 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     };
     const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type())  ? ConvKernel::kNarrow
                             : use_winograd_per_call(g, x.scalar_type()) ? ConvKernel::kWinograd
+                            : use_gemm_kernel(g, x.scalar_type())       ? ConvKernel::kGemm
                                                                          : ConvKernel::kOneDnn;
     z = conv(choose_conv_kernel(ConvPass::kTrainForward, x.scalar_type(), g, /*relu=*/false, /*residual=*/false,
                                 forward_conv_kernels(g, x.scalar_type()), rule, [&](ConvKernel k) { conv(k); }));

@@ -13,6 +13,10 @@ FusedLinear does the same for nn.Linear: F.linear runs MKL's sgemm, which on the
 measured on took 2-4x as long as oneDNN's matmul with a packed weight (RegNetY-400MF's
 classifier, 8x440 -> 1000: 88 vs 38 us), the path torch.compile's freezing takes.
 
+Layers whose conv one of our CPU kernels can compute (1x1 convs, the narrow-group and Winograd
+grouped convs) call the operator instead, which keeps its own cache of the folded weight packed
+for whichever kernel it chose (csrc/cpu/folded_weight_cache.h).
+
 Used only where it applies: CPU, float32 or bfloat16 (residual: float32 only, the dtypes oneDNN
 fuses), a channels_last input, no gradient needed, and not while torch.compile, torch.export or
 torch.jit trace the model (they see the conv_bn_act operator, whose fold is part of the graph).
