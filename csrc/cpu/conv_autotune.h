@@ -85,8 +85,8 @@ inline const char* conv_pass_name(ConvPass p) {
 // since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; =own
 // selects our AVX-512 kernels wherever they apply, the whole-tensor GEMM for 1x1 convs and our
 // weight-gradient tiles for every grouped conv, oneDNN elsewhere (so the tests cover them on any
-// shape); unset (or anything
-// else) is the measured mix: the autotuner's choice, or the fixed rules of conv_bn_act_cpu.h.
+// shape); unset (or anything else) is the measured mix: the autotuner's choice, or the fixed
+// rules of conv_bn_act_cpu.h.
 enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
 
 inline ConvBackend conv_backend() {

@@ -123,9 +123,9 @@ inline bool use_winograd_per_call(const ConvGeometry& g, at::ScalarType dtype) {
 // benchmark, 2 threads, 2026-12-04): the GEMM was faster on 17 of 92, by up to 1.44x, 16 of them
 // with at most 2^25 multiply-adds (batch 1 from 32 channels at 56px to 208 at 14px, where
 // oneDNN's conv has ~25 us more fixed cost per call; the 17th by 1.04x), and up to 4.6x slower on
-// larger ones (32 -> 48 channels at 112px: 1122 vs 303 us). So it is a candidate for the autotuner up to that size only (which
-// also keeps the tuning short), and the rule under REGNET_EXT_CPU_CONV=own (which makes the tests
-// run it).
+// larger ones (32 -> 48 channels at 112px: 1122 vs 303 us). So it is a candidate for the
+// autotuner up to that size only (which also keeps the tuning short), and the rule under
+// REGNET_EXT_CPU_CONV=own (which makes the tests run it).
 inline bool gemm_kernel_applies(const ConvGeometry& g, at::ScalarType dtype) {
   const int64_t macs = g.batch * g.out_h * g.out_w * g.in_c * g.out_c;
   return is_plain_gemm(g) && (dtype == at::kFloat || dtype == at::kBFloat16) && macs <= (int64_t(1) << 25);

@@ -25,7 +25,8 @@ def cpu_conv_autotune_records():
     eval epilogue's; False for the other passes, whose timing covers the conv alone), threads
     (torch's intra-op thread count, part of the key: a new count times again), chosen and
     median_us (each candidate's median time in microseconds, by name: "onednn", "narrow",
-    "winograd", "gemm" (small 1x1 convs), or for the backward "onednn_input_grad+own_weight_grad" and the like)."""
+    "winograd", "gemm" (small 1x1 convs), or for the backward "onednn_input_grad+own_weight_grad"
+    and the like)."""
     records = _C.cpu_conv_autotune_records()
     for r in records:
         r["dtype"] = getattr(torch, r["dtype"])  # torch's own name of it, e.g. "float32"
