@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from tolerances import assert_close_to_reference
+
 
 def reference_conv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_var, *, bias=None,
                           stride=1, padding=None, groups=1, training=False, momentum=0.1, eps=1e-5,
@@ -41,3 +43,26 @@ def make_case(batch, c_in, c_out, size, kernel, stride, groups, *, dtype=torch.f
         bias=rand(c_out) if bias else None,
         residual=res,
     )
+
+
+def assert_bfloat16_within_plain_pytorch_error(op, case, *, stride=1, groups=1, training, relu, gradients=True):
+    """Runs `op` (our conv_bn_act) on a bfloat16 case and checks y and, with `gradients`, the
+    gradients of x, weight, bn_weight and bn_bias against the float64 reference, allowing a
+    multiple of plain PyTorch's own bfloat16 error (tolerances.assert_close_to_reference)."""
+    case64 = {k: (v.double() if v is not None else None) for k, v in case.items()}
+    grad_y = None
+
+    def run(fn, c):
+        nonlocal grad_y
+        leaves = [c[k].detach().requires_grad_() for k in ("x", "weight", "bn_weight", "bn_bias")]
+        y = fn(*leaves, c["running_mean"].clone(), c["running_var"].clone(), bias=c["bias"], stride=stride,
+               groups=groups, training=training, relu=relu, residual=c["residual"])
+        if grad_y is None:
+            grad_y = torch.randn(y.shape, dtype=torch.float64)
+        return (y, *torch.autograd.grad(y, leaves, grad_y.to(y.dtype)))
+
+    ours, plain, ref = run(op, case), run(reference_conv_bn_act, case), run(reference_conv_bn_act, case64)
+    names = ("y", "grad x", "grad weight", "grad bn_weight", "grad bn_bias")[:None if gradients else 1]
+    for name, got, p, r in zip(names, ours, plain, ref):
+        assert got.dtype == torch.bfloat16
+        assert_close_to_reference(got, r, plain_torch=p, name=f"bfloat16 {name}")

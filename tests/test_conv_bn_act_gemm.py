@@ -5,7 +5,7 @@ autotuner's choice between it and oneDNN is tested in test_conv_bn_act_autotune.
 import pytest
 import torch
 
-from conv_bn_act_reference import make_case, reference_conv_bn_act
+from conv_bn_act_reference import assert_bfloat16_within_plain_pytorch_error, make_case, reference_conv_bn_act
 from regnet_ext.nn import FusedConvBNAct
 from regnet_ext.ops import conv_bn_act
 from test_conv_bn_act import _run_and_compare
@@ -36,26 +36,11 @@ def test_bfloat16_within_plain_pytorch_error(gemm_rule, training):
     for relu, residual in ((True, False), (False, True)):
         case = make_case(2, 48, 104, 14, 1, 1, 1, dtype=torch.bfloat16, channels_last=True, residual=residual,
                          seed=3)
-        case64 = {k: (v.double() if v is not None else None) for k, v in case.items()}
-        grad_y = None
-
-        def run(fn, c):
-            nonlocal grad_y
-            leaves = [c[k].detach().requires_grad_() for k in ("x", "weight", "bn_weight", "bn_bias")]
-            y = fn(*leaves, c["running_mean"].clone(), c["running_var"].clone(), bias=c["bias"],
-                   training=training, relu=relu, residual=c["residual"])
-            if grad_y is None:
-                grad_y = torch.randn(y.shape, dtype=torch.float64)
-            return (y, *torch.autograd.grad(y, leaves, grad_y.to(y.dtype)))
-
-        ours, plain, ref = run(conv_bn_act, case), run(reference_conv_bn_act, case), run(reference_conv_bn_act, case64)
         # With ReLU the gradients are not compared: where y is within a rounding of 0, ours and
         # plain PyTorch's bfloat16 y can fall on either side, and the mask flip moves a gradient
         # by O(1) (the backward is the same code for every forward kernel).
-        names = ("y", "grad x", "grad weight", "grad bn_weight", "grad bn_bias")[:1 if relu else None]
-        for name, got, p, r in zip(names, ours, plain, ref):
-            assert got.dtype == torch.bfloat16
-            assert_close_to_reference(got, r, plain_torch=p, name=f"bfloat16 {name}")
+        assert_bfloat16_within_plain_pytorch_error(conv_bn_act, case, training=training, relu=relu,
+                                                   gradients=not relu)
 
 
 def test_cached_fold_follows_parameter_changes(gemm_rule):

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import regnet_ext._C as compiled
-from conv_bn_act_reference import make_case, reference_conv_bn_act
+from conv_bn_act_reference import assert_bfloat16_within_plain_pytorch_error, make_case
 from test_conv_bn_act import _run_and_compare
 from regnet_ext.ops import conv_bn_act
-from tolerances import assert_close_to_reference
 
 pytestmark = pytest.mark.skipif(not getattr(compiled, "narrow_group_kernel", 0), reason="built without AVX-512")
 
@@ -72,22 +71,8 @@ def test_bfloat16_within_plain_pytorch_error(shape, training, monkeypatch):
     for relu, residual in ((True, False), (False, True)):
         case = make_case(batch, channels, channels, size, kernel, stride, groups, dtype=torch.bfloat16,
                          channels_last=True, residual=residual, seed=size + kernel)
-        case64 = {k: (v.double() if v is not None else None) for k, v in case.items()}
-        grad_y = None
-
-        def run(fn, c):
-            nonlocal grad_y
-            leaves = [c[k].detach().requires_grad_() for k in ("x", "weight", "bn_weight", "bn_bias")]
-            y = fn(*leaves, c["running_mean"].clone(), c["running_var"].clone(), bias=c["bias"], stride=stride,
-                   groups=groups, training=training, relu=relu, residual=c["residual"])
-            if grad_y is None:
-                grad_y = torch.randn(y.shape, dtype=torch.float64)
-            return (y, *torch.autograd.grad(y, leaves, grad_y.to(y.dtype)))
-
-        ours, plain, ref = run(conv_bn_act, case), run(reference_conv_bn_act, case), run(reference_conv_bn_act, case64)
-        for name, got, p, r in zip(("y", "grad x", "grad weight", "grad bn_weight", "grad bn_bias"), ours, plain, ref):
-            assert got.dtype == torch.bfloat16
-            assert_close_to_reference(got, r, plain_torch=p, name=f"bfloat16 {name}")
+        assert_bfloat16_within_plain_pytorch_error(conv_bn_act, case, stride=stride, groups=groups,
+                                                   training=training, relu=relu)
 
 
 @needs_bf16_kernel

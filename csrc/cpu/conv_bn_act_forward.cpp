@@ -74,6 +74,15 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
+// A 1x1 conv, no epilogue, as one GEMM over every output pixel: [N*Ho*Wo, C_in] x w_t ([C_in, C_out]),
+// written into a fresh NHWC tensor.
+inline at::Tensor gemm_conv(const at::Tensor& x_nhwc, const at::Tensor& w_t, const ConvGeometry& g) {
+  at::Tensor out = empty_nhwc(x_nhwc, g.batch, g.out_c, g.out_h, g.out_w);
+  at::Tensor out_rows = as_rows(out);
+  at::mm_out(out_rows, gemm_rows(x_nhwc, g), w_t);
+  return out;
+}
+
 // Layouts of a cached folded weight (FoldKey::layout).
 enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1, kWinogradLayout = 2, kGemmLayout = 3 };
 
@@ -161,16 +170,12 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       }
     }
     if (kernel == ConvKernel::kGemm) {  // one GEMM over every output pixel, then the epilogue
-      auto make = [&] {  // the bias is kept for the cache's bookkeeping; the epilogue adds shift
-        auto [folded, folded_bias] = fold();
-        return FoldedWeights{folded.reshape({g.out_c, g.in_c}).t().contiguous(), folded_bias};
+      auto make = [&] {  // no bias kept: the epilogue adds this call's shift
+        return FoldedWeights{fold().first.reshape({g.out_c, g.in_c}).t().contiguous(), at::Tensor()};
       };
       const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                                   g, eps, kGemmLayout);
-      const at::Tensor w_t = (key ? FoldedWeightCache::instance().get(*key, make) : make()).packed_weight;
-      at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-      at::Tensor out_rows = as_rows(out);
-      at::mm_out(out_rows, gemm_rows(xc, g), w_t);
+      at::Tensor out = gemm_conv(xc, (key ? FoldedWeightCache::instance().get(*key, make) : make()).packed_weight, g);
       epilogue_in_place(out, ones.data(), shift.data());
       return out;
     }
@@ -303,10 +308,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     auto conv = [&](ConvKernel kernel) -> at::Tensor {
       if (kernel == ConvKernel::kOneDnn) return aten_conv(xc, weight, bias, g);
       if (kernel == ConvKernel::kGemm) {  // one GEMM over every output pixel (+ b in place)
-        at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-        at::Tensor out_rows = as_rows(out);
-        at::mm_out(out_rows, gemm_rows(xc, g), weight.reshape({g.out_c, g.in_c}).t());
-        if (bias.defined()) out_rows.add_(bias);
+        at::Tensor out = gemm_conv(xc, weight.reshape({g.out_c, g.in_c}).t(), g);
+        if (bias.defined()) as_rows(out).add_(bias);
         return out;
       }
       at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);

@@ -88,7 +88,7 @@ struct FoldKey {
 
 struct FoldedWeights {
   at::Tensor packed_weight;  // in the layout of the kernel that FoldKey::layout names
-  at::Tensor bias;           // folded shift
+  at::Tensor bias;           // folded shift (undefined where the kernel takes it per call)
 };
 
 inline bool folded_weight_cache_enabled() {
@@ -160,7 +160,7 @@ class FoldedWeightCache {
     FoldedWeights value;
   };
   static int64_t entry_bytes(const FoldedWeights& v) {
-    return static_cast<int64_t>(v.packed_weight.nbytes() + v.bias.nbytes());
+    return static_cast<int64_t>(v.packed_weight.nbytes() + (v.bias.defined() ? v.bias.nbytes() : 0));
   }
   std::mutex mutex_;
   std::deque<Entry> entries_;
