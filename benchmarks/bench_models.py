@@ -382,6 +382,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: torch's); on a shared, loaded machine "
                              "1 thread avoids OpenMP oversubscription")
+    parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                        help="regnet_ext.allocator.tune_malloc(use_mmap=False) first, so that no "
+                             "model is timed with first-touch page faults (default on; recorded "
+                             "as malloc_tuned)")
     parser.add_argument("--out", default=None, help="output stem (default results/models_<device>"
                                                     "[_<dtype>][_quick]); writes .json and .png")
     args = parser.parse_args(argv)
@@ -398,6 +402,10 @@ def main(argv=None):
             parser.error(f"--{name} must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc_tuned = False
+    if args.tune_malloc:  # before any model runs: the whole process shares the setting
+        from regnet_ext.allocator import tune_malloc
+        malloc_tuned = tune_malloc(use_mmap=False)
     out = Path(args.out) if args.out else default_out(args.device, args.dtype, quick)
     groups = plan(args)
     if args.groups is not None:
@@ -414,7 +422,7 @@ def main(argv=None):
     doc = dict(benchmark="bench_models", quick=quick, batch=args.batch, rounds=args.rounds,
                device=args.device.type, dtype=args.dtype, variants=args.variants,
                families=args.families, compile_models=args.compile_models,
-               train_groups=args.train_groups,
+               train_groups=args.train_groups, malloc_tuned=malloc_tuned,
                machine=machine_record(load_average_start=os.getloadavg(),
                                       **device_record(args.device)), groups=[])
     print(f"on {args.device.type} ({hardware_name(doc['machine'])}), {args.dtype}, batch {args.batch}")

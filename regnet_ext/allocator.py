@@ -10,8 +10,14 @@ threshold to 1 GiB keeps freed blocks in the process for reuse; in separate sing
 to 99-115 ms. In benchmarks/bench_fuse.py, whose process holds many models, it changed neither
 the images/s nor the ratios beyond noise (results/fuse_cpu_tuned_malloc.json).
 
-The cost: the process keeps up to 1 GiB of freed memory instead of returning it, and the
-settings are process-wide. jemalloc or tcmalloc (LD_PRELOAD) are the other common remedy.
+Blocks above the threshold are still mmapped, and so are paid again on every call: an
+EfficientNet-B0 forward at batch 8 (224px) paid about 9,400 faults with the settings above and
+48,000 without, against none with ``use_mmap=False`` (every block from the heap, 2026-12-04).
+Benchmarks that compare networks use that, so that no network is charged for glibc's choices.
+
+The cost: the process keeps up to 1 GiB of freed memory instead of returning it (with
+``use_mmap=False`` a block freed below the heap's top is never returned), and the settings are
+process-wide. jemalloc or tcmalloc (LD_PRELOAD) are the other common remedy.
 Nothing here runs unless called.
 """
 import ctypes
@@ -21,19 +27,24 @@ import platform
 # mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 1 << 30
 
 
-def tune_malloc(*, mmap_threshold=MMAP_THRESHOLD, trim_threshold=TRIM_THRESHOLD):
-    """Applies the settings above through glibc's mallopt. Returns True when both were accepted,
-    False where malloc is not glibc's (other platforms and libcs keep their defaults)."""
+def tune_malloc(*, mmap_threshold=MMAP_THRESHOLD, trim_threshold=TRIM_THRESHOLD, use_mmap=True):
+    """Applies the settings above through glibc's mallopt; ``use_mmap=False`` also stops malloc
+    from mmapping blocks of any size. Returns True when every setting was accepted, False where
+    malloc is not glibc's (other platforms and libcs keep their defaults)."""
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
         if not isinstance(value, int) or not 0 < value < 2**31:
             raise ValueError(f"tune_malloc: {name} must be an int in (0, 2**31), got {value!r}")
+    if not isinstance(use_mmap, bool):
+        raise ValueError(f"tune_malloc: use_mmap must be a bool, got {use_mmap!r}")
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
-    return libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and ok
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and ok
+    return (use_mmap or libc.mallopt(_M_MMAP_MAX, 0) == 1) and ok

@@ -36,10 +36,12 @@ def test_quick_run_structure(tmp_path):
     bench = _bench()
     threads = torch.get_num_threads()
     try:  # one thread: steadier on a shared machine; restored for the other tests
-        assert bench.main(["--quick", "--threads", "1", "--out", str(tmp_path / "quick")]) == 0
+        assert bench.main(["--quick", "--threads", "1", "--no-tune-malloc",  # it outlives the test
+                           "--out", str(tmp_path / "quick")]) == 0
     finally:
         torch.set_num_threads(threads)
     doc = json.loads((tmp_path / "quick.json").read_text())
+    assert doc["malloc_tuned"] is False
     assert doc["quick"] and doc["batch"] == 2 and doc["machine"]["threads"] == 1
     assert {"cpu", "threads", "torch", "torchvision", "date"} <= set(doc["machine"])
     (group,) = doc["groups"]
@@ -111,8 +113,8 @@ def test_bfloat16_quick_run_records_the_dtype(tmp_path):
     bench = _bench()
     threads = torch.get_num_threads()
     try:
-        assert bench.main(["--quick", "--threads", "1", "--dtype", "bfloat16", "--variants", "stock",
-                           "--out", str(tmp_path / "quick")]) == 0
+        assert bench.main(["--quick", "--threads", "1", "--no-tune-malloc", "--dtype", "bfloat16",
+                           "--variants", "stock", "--out", str(tmp_path / "quick")]) == 0
     finally:
         torch.set_num_threads(threads)
     doc = json.loads((tmp_path / "quick.json").read_text())

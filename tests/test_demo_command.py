@@ -12,7 +12,7 @@ from regnet_ext.cli import main
 def test_demo_writes_profile_and_throughput(tmp_path, capsys):
     pytest.importorskip("torchvision")
     rc = main(["demo", "--batch", "2", "--resolution", "64", "--iters", "1", "--rounds", "1",
-               "--out", str(tmp_path)])
+               "--out", str(tmp_path), "--no-tune-malloc"])  # malloc settings would outlive the test
     assert rc == 0
     out = capsys.readouterr().out
     assert "stock time / fused time per stage" in out and "x EfficientNet-B0" in out
@@ -21,6 +21,20 @@ def test_demo_writes_profile_and_throughput(tmp_path, capsys):
     assert set(throughput["images_per_s"]) == {"EfficientNet-B0 (stock)", "RegNetY-400MF (stock)",
                                                "RegNetY-400MF (fused)"}
     assert all(v > 0 for v in throughput["images_per_s"].values())
+    assert throughput["page_faults_per_call"].keys() == throughput["images_per_s"].keys()
+    assert throughput["malloc_tuned"] is False and "page faults per call" in out
+    assert "allocator: malloc's own settings" in out
     assert (tmp_path / "profile.json").exists()
     if importlib.util.find_spec("matplotlib") is not None:  # plots are optional
         assert (tmp_path / "profile.png").exists() and (tmp_path / "throughput.png").exists()
+
+
+def test_demo_tunes_malloc_by_default_without_mmap(tmp_path, capsys, monkeypatch):
+    import regnet_ext.allocator as allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "tune_malloc", lambda **kw: calls.append(kw) or True)
+    assert main(["demo", "--batch", "1", "--resolution", "32", "--iters", "1",
+                 "--no-efficientnet", "--out", str(tmp_path)]) == 0
+    assert calls == [{"use_mmap": False}]
+    assert "no model pays first-touch page faults" in capsys.readouterr().out

@@ -158,9 +158,11 @@ def test_cli_profile_writes_json_and_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("REGNET_EXT_CACHE", str(tmp_path))
     out, png = tmp_path / "p.json", tmp_path / "p.png"
     rc = main(["profile", "--model", "RegNetY-200MF", "--batch", "1", "--resolution", "32",
-               "--iters", "1", "--warmup", "0", "--json", str(out), "--plot", str(png)])
+               "--iters", "1", "--warmup", "0", "--json", str(out), "--plot", str(png),
+               "--no-tune-malloc"])  # malloc settings would outlive the test
     assert rc == 0
     doc = json.loads(out.read_text())
+    assert doc["malloc_tuned"] is False
     assert [s["name"] for s in doc["stages"]][0] == "stem"
     assert all(STAGE_KEYS <= set(s) for s in doc["stages"])
     assert png.stat().st_size > 0
@@ -185,13 +187,18 @@ def test_profile_on_cuda(train, tmp_path, monkeypatch):
 
 
 def test_cli_profile_json_to_stdout(tmp_path, monkeypatch, capsys):
+    import regnet_ext.allocator as allocator
+
     monkeypatch.setenv("REGNET_EXT_CACHE", str(tmp_path))
+    calls = []  # the default tunes malloc; recorded here, as the settings would outlive the test
+    monkeypatch.setattr(allocator, "tune_malloc", lambda **kw: calls.append(kw) or True)
     rc = main(["profile", "--model", "timm:regnety_002" if _has_timm() else "RegNetY-200MF",
                "--batch", "1", "--resolution", "32", "--iters", "1", "--warmup", "0",
                "--schedule", "compile", "--json"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["schedule"] == "compile" and doc["stages"][-1]["name"] == "head"
+    assert calls == [{"use_mmap": False}] and doc["malloc_tuned"] is True
 
 
 def _has_timm():

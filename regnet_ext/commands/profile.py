@@ -2,6 +2,8 @@
 import json
 import sys
 
+from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
+
 HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (traffic model), "
         "GFLOP/s, GB/s, share of the device roofline, kernels launched.")
 
@@ -20,6 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations (default 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU intra-op threads (default: torch's)")
+    add_tune_malloc_argument(parser, "keep freed memory and serve every block from the heap, so that "
+                                     "no stage is timed with first-touch page faults")
     parser.add_argument("--remeasure", action="store_true",
                         help="probe the device's bandwidth and compute ceilings again instead of "
                              "using the cached figures")
@@ -43,6 +47,7 @@ def run(args):
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    malloc_tuned = apply_tune_malloc(args, "profile", use_mmap=False)
     common = dict(device=args.device, dtype=args.dtype, train=args.train, iters=args.iters,
                   warmup=args.warmup)
     if args.remeasure:
@@ -79,6 +84,7 @@ def run(args):
         plot_profiles(sorted(runs, key=lambda r: r.meta["fused"]), args.plot)
     # The requested run is the document; the comparison run rides along under "compared_with".
     doc = result.to_json()
+    doc["malloc_tuned"] = malloc_tuned
     if other is not None:
         doc["compared_with"] = other.to_json()
     if args.json == "-":

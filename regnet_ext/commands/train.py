@@ -3,10 +3,11 @@
 Scale out with torchrun, e.g. ``torchrun --nproc_per_node=2 -m regnet_ext train ...`` (gloo on
 CPU, nccl on CUDA); ``--batch-size`` is the global batch, split over the processes.
 """
-import argparse
 import json
 import os
 import sys
+
+from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Train a RegNet (standard or custom, --fused on/off) with the paper's recipe on digits or "
         "an ImageFolder; checkpoints, resume, torchrun DDP.")
@@ -70,10 +71,8 @@ def add_arguments(parser):
                            help="checkpoint file, written after every epoch")
     run_group.add_argument("--resume", action="store_true",
                            help="continue from --checkpoint when it exists")
-    run_group.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=None,
-                           help="keep freed memory for reuse instead of returning it to the OS "
-                                "(glibc; fewer page faults on the CPU, see regnet_ext.allocator). "
-                                "On by default; --no-tune-malloc keeps glibc's own settings")
+    add_tune_malloc_argument(run_group, "keep freed memory for reuse instead of returning it to "
+                                        "the OS (fewer page faults on the CPU)")
     run_group.add_argument("--no-progress", action="store_true",
                            help="no progress bar and no per-epoch lines")
     run_group.add_argument("--json", action="store_true",
@@ -132,11 +131,7 @@ def run(args):
     from ..models import complexity
     from ..training import fit
 
-    if args.tune_malloc is not False:
-        from ..allocator import tune_malloc
-        if not tune_malloc() and args.tune_malloc:  # the default says nothing where it cannot apply
-            print("regnet-ext train: --tune-malloc: malloc is not glibc's here; left as it is",
-                  file=sys.stderr)
+    apply_tune_malloc(args, "train")
     try:
         model, train, val, device = _prepare(args)
     except (ValueError, RuntimeError) as e:
