@@ -165,7 +165,8 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Before any model runs: EfficientNet-B0's big activations would otherwise come from fresh
-    # mmaps on every call (48,000 page faults per batch-8 forward here, none for the fused RegNet).
+    # mmaps on every call (33,000-48,000 page faults per batch-8 forward here, the fused RegNet's
+    # 0-1,500), and the comparison would measure glibc rather than the networks.
     malloc_tuned = apply_tune_malloc(args, "demo", use_mmap=False)
     torch.manual_seed(0)
     show_models()
