@@ -213,9 +213,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--quick", action="store_true",
                         help="RegNetX-400MF, batch 4 x 64, no torch.compile, 2 rounds: checks the pipeline")
-    parser.add_argument("--tune-malloc", action="store_true",
-                        help="apply regnet_ext.allocator.tune_malloc() first (every variant runs in this "
-                             "process, so all of them get it)")
+    parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                        help="regnet_ext.allocator.tune_malloc(use_mmap=False) first, so that no variant "
+                             "is timed with first-touch page faults (default on; every variant runs in "
+                             "this process, so all of them get it)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default results/fuse_cpu.json; --quick: results/fuse_cpu_quick.json)")
     args = parser.parse_args(argv)
@@ -232,7 +233,7 @@ def main(argv=None):
     malloc_tuned = False
     if args.tune_malloc:
         from regnet_ext.allocator import tune_malloc
-        malloc_tuned = tune_malloc()
+        malloc_tuned = tune_malloc(use_mmap=False)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     cases = build_cases(models, shapes, variants)

@@ -8,12 +8,13 @@ about 40,000 faults per step. Raising the mmap threshold to its maximum (32 MiB)
 threshold to 1 GiB keeps freed blocks in the process for reuse; in separate single-model runs
 (noisy, 2026-11-22) the eager step went from 149 ms to 110-120 ms and the fused one from 135 ms
 to 99-115 ms. In benchmarks/bench_fuse.py, whose process holds many models, it changed neither
-the images/s nor the ratios beyond noise (results/fuse_cpu_tuned_malloc.json).
+the images/s nor the ratios beyond noise (2026-11-22; the README has the later runs).
 
 Blocks above the threshold are still mmapped, and so are paid again on every call: an
 EfficientNet-B0 forward at batch 8 (224px) paid about 9,400 faults with the settings above and
 48,000 without, against none with ``use_mmap=False`` (every block from the heap, 2026-12-04).
-Benchmarks that compare networks use that, so that no network is charged for glibc's choices.
+The demo, `regnet-ext profile` and the benchmarks use that by default, so that no network they
+compare is charged for glibc's choices.
 
 The cost: the process keeps up to 1 GiB of freed memory instead of returning it (with
 ``use_mmap=False`` a block freed below the heap's top is never returned), and the settings are

@@ -10,9 +10,10 @@ import benchmark_scripts
 def test_quick_run_structure(tmp_path, capsys):
     bench = benchmark_scripts.load("bench_fuse")
     out = tmp_path / "fuse.json"
-    assert bench.main(["--quick", "--out", str(out)]) == 0
+    assert bench.main(["--quick", "--no-tune-malloc", "--out", str(out)]) == 0  # it would outlive the test
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "bench_fuse" and doc["quick"] and doc["rounds"] == 2
+    assert doc["malloc_tuned"] is False
     rows = doc["results"]
     assert {(r["mode"], r["variant"]) for r in rows} == {
         (mode, variant) for mode in ("inference", "training") for variant in ("eager", "fused")}
