@@ -75,7 +75,7 @@ def check_fused(model, x):
     return fused if ok else None
 
 
-def profile_stages(model, args, device, out):
+def profile_stages(model, args, device, out, malloc_tuned):
     import torch
 
     from ..profiling import plot_profiles, profile_stock_and_fused, stage_speedups
@@ -91,7 +91,8 @@ def profile_stages(model, args, device, out):
     print("\nstock time / fused time per stage: "
           + ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items()))
     plot_profiles([stock, fused], out / "profile.png")
-    doc = {"stock": stock.to_json(), "fused": fused.to_json(), "speedups": speedups}
+    doc = {"stock": stock.to_json(), "fused": fused.to_json(), "speedups": speedups,
+           "malloc_tuned": malloc_tuned}
     (out / "profile.json").write_text(json.dumps(doc, indent=1))
 
 
@@ -177,7 +178,7 @@ def run(args):
     fused = check_fused(model, x)
     if fused is None:
         return 1
-    profile_stages(model, args, device, out)
+    profile_stages(model, args, device, out, malloc_tuned)
     if not args.no_efficientnet:
         compare_efficientnet(model, fused, x, args, out, malloc_tuned)
     print(f"\nwrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/", file=sys.stderr)
