@@ -17,7 +17,9 @@ The demo, `regnet-ext profile` and the benchmarks use that by default, so that n
 compare is charged for glibc's choices.
 
 The cost: the process keeps up to 1 GiB of freed memory instead of returning it (with
-``use_mmap=False`` a block freed below the heap's top is never returned), and the settings are
+``use_mmap=False`` a block freed below the heap's top is never returned, and the heap fragments:
+a loop that allocates and frees one 64 MiB tensor settled at 1,020 MiB resident against 506 MiB
+with glibc's defaults; the demo's peak went from 1.06 to 1.14 GB), and the settings are
 process-wide. jemalloc or tcmalloc (LD_PRELOAD) are the other common remedy.
 Nothing here runs unless called.
 """
