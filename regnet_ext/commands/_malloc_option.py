@@ -7,7 +7,7 @@ import sys
 def add_tune_malloc_argument(parser, effect):
     """The flag, on by default; ``effect`` says in the help what it changes for this command."""
     parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"{effect} (glibc; see regnet_ext.allocator). On by default; "
+                        help=f"{effect} (glibc only; see regnet_ext.allocator). On by default; "
                              "--no-tune-malloc keeps glibc's own settings")
 
 

@@ -72,7 +72,7 @@ def add_arguments(parser):
     run_group.add_argument("--resume", action="store_true",
                            help="continue from --checkpoint when it exists")
     add_tune_malloc_argument(run_group, "keep freed memory for reuse instead of returning it to "
-                                        "the OS (fewer page faults on the CPU)")
+                                        "the OS, for fewer page faults on the CPU")
     run_group.add_argument("--no-progress", action="store_true",
                            help="no progress bar and no per-epoch lines")
     run_group.add_argument("--json", action="store_true",
