@@ -12,6 +12,17 @@ TINY = ["--w0", "8", "--wa", "8", "--wm", "2", "--depth", "2", "--group-width", 
         "--resolution", "8", "--batch-size", "64", "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def malloc_tuning(monkeypatch):
+    """The command tunes malloc by default; the settings are process-wide and would outlive the
+    test, so the calls are recorded instead (tests/test_allocator.py checks the real ones)."""
+    import regnet_ext.allocator as allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "tune_malloc", lambda **kw: calls.append(kw) or True)
+    return calls
+
+
 def run_json(capsys, *extra):
     assert main(["train", *TINY, *extra, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
@@ -76,7 +87,7 @@ def test_malloc_tuning_is_on_by_default_and_warns_only_when_asked_for(flag, appl
     import regnet_ext.allocator as allocator
 
     calls = []
-    monkeypatch.setattr(allocator, "tune_malloc", lambda: calls.append(1) or False)  # as on a non-glibc libc
+    monkeypatch.setattr(allocator, "tune_malloc", lambda **kw: calls.append(kw) or False)  # as on a non-glibc libc
     assert main(["train", *TINY, "--epochs", "1", *flag]) == 0
-    assert bool(calls) == applied
+    assert calls == ([{"use_mmap": False}] if applied else [])
     assert ("malloc is not glibc's" in capsys.readouterr().err) == warned

@@ -71,8 +71,8 @@ def add_arguments(parser):
                            help="checkpoint file, written after every epoch")
     run_group.add_argument("--resume", action="store_true",
                            help="continue from --checkpoint when it exists")
-    add_tune_malloc_argument(run_group, "keep freed memory for reuse instead of returning it to "
-                                        "the OS, for fewer page faults on the CPU")
+    add_tune_malloc_argument(run_group, "keep freed memory for reuse and serve every block from the "
+                                        "heap, for fewer page faults on the CPU")
     run_group.add_argument("--no-progress", action="store_true",
                            help="no progress bar and no per-epoch lines")
     run_group.add_argument("--json", action="store_true",
@@ -131,7 +131,7 @@ def run(args):
     from ..models import complexity
     from ..training import fit
 
-    apply_tune_malloc(args, "train")
+    apply_tune_malloc(args, "train", use_mmap=False)
     try:
         model, train, val, device = _prepare(args)
     except (ValueError, RuntimeError) as e:
