@@ -13,8 +13,8 @@ the images/s nor the ratios beyond noise (2026-11-22; the README has the later r
 Blocks above the threshold are still mmapped, and so are paid again on every call: an
 EfficientNet-B0 forward at batch 8 (224px) paid about 9,400 faults with the settings above and
 48,000 without, against none with ``use_mmap=False`` (every block from the heap, 2026-12-04).
-The demo, `regnet-ext profile` and the benchmarks use that by default, so that no network they
-compare is charged for glibc's choices.
+`regnet-ext demo`, `profile` and `train` and the benchmarks use that by default, so that no
+network they compare is charged for glibc's choices (and training steps pay no faults).
 
 The cost: the process keeps up to 1 GiB of freed memory instead of returning it (with
 ``use_mmap=False`` a block freed below the heap's top is never returned, and the heap fragments:
