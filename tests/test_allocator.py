@@ -22,7 +22,7 @@ def test_tune_malloc_rejects_bad_values(kwargs):
 
 
 FAULTS_OF_A_LAYER_CHAIN = """
-import resource, statistics, sys, torch
+import resource, sys, torch
 from regnet_ext.allocator import tune_malloc
 if sys.argv[1] == "heap-only":
     assert tune_malloc(use_mmap=False)
@@ -36,21 +36,22 @@ for _ in range(8):
         x = x * 2  # a new 64 MiB result while the old one is alive, like a network's layers
     del x
     counts.append(faults() - before)
-print(statistics.median(counts[2:]))
+print(sum(counts[4:]))  # the heap settles within about three chains
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_use_mmap_false_reuses_blocks_above_the_mmap_threshold():
     # In a child process: the settings are process-wide and would outlive this test.
-    def faults(mode):  # median faults of a chain once two have run
+    def faults(mode):  # faults of the last four of eight chains
         run = subprocess.run([sys.executable, "-c", FAULTS_OF_A_LAYER_CHAIN, mode],
                              capture_output=True, text=True, check=True)
         return float(run.stdout.split()[-1])
 
     pages = (64 << 20) // resource.getpagesize()
-    assert faults("default") > 4 * pages  # every 64 MiB result on fresh pages
-    assert faults("heap-only") < pages // 100  # freed blocks served again
+    assert faults("default") > 16 * pages  # every 64 MiB result on fresh pages: ~20 x pages
+    # Freed blocks served again; now and then one fresh block (seen: 0 or 1 x pages).
+    assert faults("heap-only") < 2 * pages
 
 
 def test_tune_malloc_rejects_a_non_bool_use_mmap():
