@@ -6,15 +6,16 @@ Timing rule (DESIGN.md §6): candidates are timed in the same run, interleaved r
 order rotates every round so none always runs first), and each is summarised by the median of its
 rounds; reports give ratios, never absolute thresholds.
 """
+import argparse
 import datetime
 import json
 import os
 import platform
-import resource
 from pathlib import Path
 
 import torch
 
+from regnet_ext.allocator import counting_faults, minor_faults  # noqa: F401  (shared)
 from regnet_ext.profiling.timing import calls_per_sample, time_interleaved  # noqa: F401  (shared)
 
 DEVICES = ("cpu", "cuda")
@@ -40,6 +41,22 @@ def check_dtypes(parser, option, names, device):
 
 
 # ---- timing on a device ---------------------------------------------------------------------
+
+def add_tune_malloc_argument(parser, what):
+    """--tune-malloc / --no-tune-malloc, on by default; ``what`` names what is timed."""
+    parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                        help="regnet_ext.allocator.tune_malloc(use_mmap=False) first, so that no "
+                             f"{what} is timed with first-touch page faults (default on; every "
+                             "one shares the process, so all get it; recorded as malloc_tuned)")
+
+
+def tune_malloc_unless_declined(args):
+    """Applies --tune-malloc (call it before any model runs); returns malloc_tuned for the JSON."""
+    if not args.tune_malloc:
+        return False
+    from regnet_ext.allocator import tune_malloc
+    return tune_malloc(use_mmap=False)
+
 
 def synchronised(fn, device):
     """fn itself on the CPU; on a GPU, fn followed by a synchronisation, so that a call's time
@@ -78,22 +95,6 @@ def time_interleaved_on(device, candidates, *, rounds, warmup, target_s):
     return {name: {"median_s": t["median_s"] / calls[name], "min_s": t["min_s"] / calls[name],
                    "rounds_s": [s / calls[name] for s in t["rounds_s"]], "calls": calls[name]}
             for name, t in timed.items()}
-
-
-def minor_faults():
-    """This process's minor page faults so far. First touches of fresh pages: glibc serves large
-    tensors from new mmaps unless freed memory is kept (regnet_ext.allocator), and on a VM each
-    fault costs about a microsecond, outside any kernel."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def counting_faults(fn, counts):
-    """fn, appending the minor page faults of each call to the list `counts`."""
-    def call():
-        before = minor_faults()
-        fn()
-        counts.append(minor_faults() - before)
-    return call
 
 
 def cpu_model():

@@ -20,3 +20,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def recorded_malloc_tuning(monkeypatch):
+    """The kwargs of every regnet_ext.allocator.tune_malloc call, which reports success: commands
+    run in this process tune malloc by default, and the settings would outlive the test
+    (tests/test_allocator.py checks the real ones in child processes)."""
+    import regnet_ext.allocator as allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "tune_malloc", lambda **kw: calls.append(kw) or True)
+    return calls

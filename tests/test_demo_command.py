@@ -29,11 +29,8 @@ def test_demo_writes_profile_and_throughput(tmp_path, capsys):
         assert (tmp_path / "profile.png").exists() and (tmp_path / "throughput.png").exists()
 
 
-def test_demo_tunes_malloc_by_default_without_mmap(tmp_path, capsys, monkeypatch):
-    import regnet_ext.allocator as allocator
-
-    calls = []
-    monkeypatch.setattr(allocator, "tune_malloc", lambda **kw: calls.append(kw) or True)
+def test_demo_tunes_malloc_by_default_without_mmap(tmp_path, capsys, recorded_malloc_tuning):
+    calls = recorded_malloc_tuning
     assert main(["demo", "--batch", "1", "--resolution", "32", "--iters", "1",
                  "--no-efficientnet", "--out", str(tmp_path)]) == 0
     assert calls == [{"use_mmap": False}]

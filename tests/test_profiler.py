@@ -186,12 +186,9 @@ def test_profile_on_cuda(train, tmp_path, monkeypatch):
         assert s["time_ms"] > 0 and s["kernels"] > 0
 
 
-def test_cli_profile_json_to_stdout(tmp_path, monkeypatch, capsys):
-    import regnet_ext.allocator as allocator
-
+def test_cli_profile_json_to_stdout(tmp_path, monkeypatch, capsys, recorded_malloc_tuning):
     monkeypatch.setenv("REGNET_EXT_CACHE", str(tmp_path))
-    calls = []  # the default tunes malloc; recorded here, as the settings would outlive the test
-    monkeypatch.setattr(allocator, "tune_malloc", lambda **kw: calls.append(kw) or True)
+    calls = recorded_malloc_tuning  # the default tunes malloc
     rc = main(["profile", "--model", "timm:regnety_002" if _has_timm() else "RegNetY-200MF",
                "--batch", "1", "--resolution", "32", "--iters", "1", "--warmup", "0",
                "--schedule", "compile", "--json"])

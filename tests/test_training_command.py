@@ -13,14 +13,9 @@ TINY = ["--w0", "8", "--wa", "8", "--wm", "2", "--depth", "2", "--group-width", 
 
 
 @pytest.fixture(autouse=True)
-def malloc_tuning(monkeypatch):
-    """The command tunes malloc by default; the settings are process-wide and would outlive the
-    test, so the calls are recorded instead (tests/test_allocator.py checks the real ones)."""
-    import regnet_ext.allocator as allocator
-
-    calls = []
-    monkeypatch.setattr(allocator, "tune_malloc", lambda **kw: calls.append(kw) or True)
-    return calls
+def _malloc_tuning(recorded_malloc_tuning):
+    """The command tunes malloc by default: recorded, not applied (see conftest.py)."""
+    return recorded_malloc_tuning
 
 
 def run_json(capsys, *extra):

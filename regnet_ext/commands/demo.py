@@ -97,10 +97,9 @@ def profile_stages(model, args, device, out, malloc_tuned):
 
 
 def compare_efficientnet(model, fused, x, args, out, malloc_tuned):
-    import resource
-
     import torch
 
+    from ..allocator import counting_faults
     from ..profiling.timing import time_interleaved
 
     try:
@@ -115,15 +114,11 @@ def compare_efficientnet(model, fused, x, args, out, malloc_tuned):
     faults = {}  # name -> minor page faults of each call
 
     def runner(name, m):
-        counts = faults.setdefault(name, [])
-
         def run():
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             with torch.inference_mode():
                 m(x)
             sync()
-            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        return run
+        return counting_faults(run, faults.setdefault(name, []))
 
     names = ("EfficientNet-B0 (stock)", f"{args.model} (stock)", f"{args.model} (fused)")
     candidates = {name: runner(name, m) for name, m in zip(names, (effnet, model, fused))}
