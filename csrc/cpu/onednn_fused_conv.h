@@ -20,15 +20,21 @@ inline std::optional<c10::OperatorHandle> onednn_pointwise_op(const char* overlo
   return c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", overload});
 }
 
-inline bool onednn_float16_supported() {
-  static const bool supported = [] {
-    const auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_fp16_supported", ""});
-    if (!op) return false;
-    torch::jit::Stack stack;
-    op->callBoxed(stack);
-    return stack.at(0).toBool();
-  }();
-  return supported;
+// Whether this CPU runs oneDNN's 16-bit convs (ATen's own check: bfloat16 needs AVX-512 BW/VL/DQ
+// or AVX-NE-CONVERT, float16 AVX512-FP16 or AVX-NE-CONVERT); elsewhere oneDNN refuses them and
+// at::convolution takes another path, as stock PyTorch's 16-bit convs do.
+inline bool onednn_supports(const char* check) {
+  const auto op = c10::Dispatcher::singleton().findSchema({check, ""});
+  if (!op) return false;
+  torch::jit::Stack stack;
+  op->callBoxed(stack);
+  return stack.at(0).toBool();
+}
+
+inline bool onednn_16bit_supported(at::ScalarType dtype) {
+  static const bool bfloat16 = onednn_supports("mkldnn::_is_mkldnn_bf16_supported");
+  static const bool float16 = onednn_supports("mkldnn::_is_mkldnn_fp16_supported");
+  return dtype == at::kBFloat16 ? bfloat16 : dtype == at::kHalf ? float16 : true;
 }
 
 // Whether oneDNN can run act(conv + b [+ residual]) for this dtype and group count: not where
@@ -41,9 +47,7 @@ inline bool onednn_fusable(at::ScalarType dtype, bool with_residual, int64_t gro
   // falls back to conv + at::add_relu_, which refuses 16-bit types (torch 2.14.1: an internal
   // assert). RegNet's residual goes into an ungrouped 1x1 conv, so its 16-bit blocks fuse.
   if (with_residual && dtype != at::kFloat && groups != 1) return false;
-  // oneDNN's float16 convs need AVX512-FP16 or AVX-NE-CONVERT; elsewhere at::convolution takes
-  // another path, as stock PyTorch's float16 conv does.
-  if (dtype == at::kHalf && !onednn_float16_supported()) return false;
+  if (!onednn_16bit_supported(dtype)) return false;
   static const bool available = onednn_pointwise_op("").has_value() && onednn_pointwise_op("binary").has_value();
   return available;
 }

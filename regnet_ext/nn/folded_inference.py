@@ -18,7 +18,7 @@ grouped convs) call the operator instead, which keeps its own cache of the folde
 for whichever kernel it chose (csrc/cpu/folded_weight_cache.h).
 
 Used only where it applies: CPU, float32 or bfloat16 (residual: float32 only, the dtypes oneDNN
-fuses), a channels_last input, no gradient needed, and not while torch.compile, torch.export or
+fuses; bfloat16 only on CPUs where oneDNN runs it), a channels_last input, no gradient needed, and not while torch.compile, torch.export or
 torch.jit trace the model (they see the conv_bn_act operator, whose fold is part of the graph).
 """
 import torch
@@ -30,7 +30,16 @@ _LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 # Whether this torch can run the paths at all (ATen built with oneDNN, the operators present).
 _AVAILABLE = torch.backends.mkldnn.is_available() and _PACK is not None and _POINTWISE is not None
 _LINEAR_AVAILABLE = torch.backends.mkldnn.is_available() and _PACK_LINEAR is not None and _LINEAR is not None
-_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _onednn_runs_bfloat16():
+    """ATen's own check: oneDNN's bfloat16 kernels need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT;
+    on other CPUs its weight reorders refuse bfloat16 (and stock PyTorch takes another path)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
+_DTYPES = (torch.float32, torch.bfloat16) if _onednn_runs_bfloat16() else (torch.float32,)
 
 
 def _plain_cpu_inference(x, dtype, available, tensors):
