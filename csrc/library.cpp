@@ -8,8 +8,9 @@
 // Importing regnet_ext._C runs the static registrations below. The module holds constants:
 // `openmp`, whether this build compiled ATen's at::parallel_for with OpenMP (without it, every
 // CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel` /
-// `narrow_group_bf16_kernel`, whether it has the AVX-512 grouped convs
-// (csrc/cpu/grouped_conv_*.h); and three functions of the CPU conv autotuner
+// `narrow_group_bf16_kernel`, whether it has our grouped convs (csrc/cpu/grouped_conv_*.h: the
+// narrow-group one with AVX-512 or AVX2+FMA, Winograd with AVX-512, the bfloat16 one with
+// AVX512-BF16); and three functions of the CPU conv autotuner
 // (csrc/cpu/conv_autotune.cpp).
 namespace regnet_ext::cpu {
 PyObject* conv_autotune_enabled_py(PyObject*, PyObject*);
@@ -33,10 +34,15 @@ extern "C" PyObject* PyInit__C(void) {
 #else
   constexpr long kOpenMP = 0;
 #endif
-#if defined(__AVX512F__)
-  constexpr long kAvx512Kernels = 1;  // grouped_conv_narrow.h and grouped_conv_winograd.h
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  constexpr long kNarrowKernel = 1;  // grouped_conv_narrow.h
 #else
-  constexpr long kAvx512Kernels = 0;
+  constexpr long kNarrowKernel = 0;
+#endif
+#if defined(__AVX512F__)
+  constexpr long kWinogradKernel = 1;  // grouped_conv_winograd.h
+#else
+  constexpr long kWinogradKernel = 0;
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   constexpr long kBf16Kernel = 1;  // grouped_conv_narrow_bf16.h
@@ -44,9 +50,9 @@ extern "C" PyObject* PyInit__C(void) {
   constexpr long kBf16Kernel = 0;
 #endif
   if (module && (PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0 ||
-                 PyModule_AddIntConstant(module, "narrow_group_kernel", kAvx512Kernels) != 0 ||
+                 PyModule_AddIntConstant(module, "narrow_group_kernel", kNarrowKernel) != 0 ||
                  PyModule_AddIntConstant(module, "narrow_group_bf16_kernel", kBf16Kernel) != 0 ||
-                 PyModule_AddIntConstant(module, "winograd_kernel", kAvx512Kernels) != 0)) {
+                 PyModule_AddIntConstant(module, "winograd_kernel", kWinogradKernel) != 0)) {
     Py_DECREF(module);
     return nullptr;
   }

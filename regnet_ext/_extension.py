@@ -41,7 +41,7 @@ def compiled_with_openmp():
 
 
 def compiled_with_narrow_group_kernel():
-    """Whether _C has the AVX-512 grouped conv for 8 and 16 channels per group."""
+    """Whether _C has the grouped conv for 8 and 16 channels per group (AVX-512 or AVX2+FMA)."""
     return _build_flag("narrow_group_kernel")
 
 

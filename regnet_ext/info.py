@@ -43,7 +43,7 @@ def collect():
         "cpu_kernels": {op: _has_kernel(op, "CPU") for op in ops},
         # Our CPU passes run on several threads only when _C was compiled with OpenMP.
         "cpu_kernels_parallel": _extension.compiled_with_openmp(),
-        # Grouped convs with 8 or 16 channels per group run our AVX-512 kernel, if built.
+        # Grouped convs with 8 or 16 channels per group run our AVX-512 or AVX2 kernel, if built.
         "cpu_narrow_group_kernel": _extension.compiled_with_narrow_group_kernel(),
         "cpu_narrow_group_bf16_kernel": _extension.compiled_with_narrow_group_bf16_kernel(),
         "cpu_winograd_kernel": _extension.compiled_with_winograd_kernel(),

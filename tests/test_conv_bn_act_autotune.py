@@ -1,4 +1,4 @@
-"""The CPU conv autotuner (csrc/cpu/conv_autotune.h): where oneDNN and our AVX-512 kernels can
+"""The CPU conv autotuner (csrc/cpu/conv_autotune.h): where oneDNN and our kernels can
 both run a grouped conv pass (eval, training forward, backward), the first call of a shape times
 the candidates and later calls run the recorded winner. Checked: one decision per shape and pass, results still match the float64
 reference, the winner is what runs (Winograd's results differ from oneDNN's by rounding, so the
@@ -12,7 +12,10 @@ from regnet_ext.ops import (clear_cpu_conv_autotune, conv_bn_act, cpu_conv_autot
                             cpu_conv_autotune_records)
 from test_conv_bn_act import _run_and_compare
 
-HAVE_KERNELS = bool(getattr(compiled, "narrow_group_kernel", 0))
+HAVE_NARROW = bool(getattr(compiled, "narrow_group_kernel", 0))  # AVX-512 or AVX2+FMA
+HAVE_WINOGRAD = bool(getattr(compiled, "winograd_kernel", 0))  # AVX-512
+needs_narrow = pytest.mark.skipif(not HAVE_NARROW, reason="built without the narrow-group kernel: oneDNN is the only candidate")
+needs_winograd = pytest.mark.skipif(not HAVE_WINOGRAD, reason="built without AVX-512: no Winograd kernel to time")
 
 
 @pytest.fixture
@@ -29,8 +32,8 @@ def _eval_call(case, groups, **kw):
                            case["running_var"], bias=case["bias"], groups=groups, residual=case["residual"], **kw)
 
 
-@pytest.mark.skipif(not HAVE_KERNELS, reason="built without AVX-512: oneDNN is the only candidate")
-@pytest.mark.parametrize("width, own", [(8, "narrow"), (32, "winograd")])
+@pytest.mark.parametrize("width, own", [pytest.param(8, "narrow", marks=needs_narrow),
+                                        pytest.param(32, "winograd", marks=needs_winograd)])
 def test_one_decision_per_shape_and_pass(autotune, width, own):
     channels, groups = 4 * width, 4
     case = make_case(2, channels, channels, 9, 3, 1, groups, channels_last=True, residual=True, seed=width)
@@ -52,7 +55,7 @@ def test_one_decision_per_shape_and_pass(autotune, width, own):
     assert eval_record["relu"] and eval_record["residual"] and eval_record["kernel"] == 3
 
 
-@pytest.mark.skipif(not HAVE_KERNELS, reason="built without AVX-512: oneDNN is the only candidate")
+@needs_winograd
 def test_the_recorded_winner_is_what_runs(autotune, monkeypatch):
     channels, groups = 128, 2  # 64 per group, stride 1: Winograd or oneDNN
     case = make_case(1, channels, channels, 14, 3, 1, groups, channels_last=True, residual=False, seed=5)
@@ -70,7 +73,7 @@ def test_the_recorded_winner_is_what_runs(autotune, monkeypatch):
     assert torch.equal(tuned, expected) and torch.equal(again, expected)
 
 
-@pytest.mark.skipif(not HAVE_KERNELS, reason="built without AVX-512: oneDNN is the only candidate")
+@needs_winograd  # 32 per group: the training forward's candidate is Winograd
 def test_backward_with_one_gradient_is_its_own_pass(autotune):
     case = make_case(1, 64, 64, 14, 3, 1, 2, channels_last=True, residual=False, bias=False, seed=2)
     weight = case["weight"].clone().requires_grad_()
@@ -135,7 +138,7 @@ def test_bfloat16_narrow_groups_where_the_cpu_has_avx512_bf16(autotune):
     assert record["dtype"] == torch.bfloat16 and set(record["median_us"]) == {"onednn", "narrow"}
 
 
-@pytest.mark.skipif(not HAVE_KERNELS, reason="built without AVX-512: oneDNN is the only candidate")
+@needs_narrow
 def test_a_new_thread_count_times_again(autotune):
     case = make_case(1, 32, 32, 7, 3, 1, 4, channels_last=True, residual=False)
     threads = torch.get_num_threads()
@@ -151,6 +154,6 @@ def test_a_new_thread_count_times_again(autotune):
 def test_clear_forgets(autotune):
     case = make_case(1, 32, 32, 7, 3, 1, 4, channels_last=True, residual=False)
     _eval_call(case, 4)
-    assert len(cpu_conv_autotune_records()) == (1 if HAVE_KERNELS else 0)
+    assert len(cpu_conv_autotune_records()) == (1 if HAVE_NARROW else 0)
     clear_cpu_conv_autotune()
     assert cpu_conv_autotune_records() == []

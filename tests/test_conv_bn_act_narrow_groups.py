@@ -1,9 +1,10 @@
-"""The AVX-512 grouped conv for 8 channels per group (csrc/cpu/grouped_conv_narrow.h), which the
-CPU operator runs for float32 at batch 1 or with 96+ channels: eval and training forward and
-backward against the float64 reference, with odd group counts (a half-used last register),
-both strides, kernels 1, 3 and 5, image edges narrower and wider than one 14-pixel tile, and
-the same calls with the kernel switched off (REGNET_EXT_CPU_CONV=aten) agreeing; and its bfloat16
-twin (grouped_conv_narrow_bf16.h) on the same shapes within plain PyTorch's bfloat16 error."""
+"""The grouped conv for 8 and 16 channels per group (csrc/cpu/grouped_conv_narrow.h; AVX-512 or
+AVX2, whichever the build has), which the CPU operator runs for float32 at batch 1 or with 96+
+channels: eval and training forward and backward against the float64 reference, with odd group
+counts (a half-used last register), both strides, kernels 1, 3 and 5, image edges narrower and
+wider than one 14-pixel tile, and the same calls with the kernel switched off
+(REGNET_EXT_CPU_CONV=aten) agreeing; and its bfloat16 twin (grouped_conv_narrow_bf16.h) on the
+same shapes within plain PyTorch's bfloat16 error."""
 import os
 
 import pytest
@@ -14,7 +15,7 @@ from conv_bn_act_reference import assert_bfloat16_within_plain_pytorch_error, ma
 from test_conv_bn_act import _run_and_compare
 from regnet_ext.ops import conv_bn_act
 
-pytestmark = pytest.mark.skipif(not getattr(compiled, "narrow_group_kernel", 0), reason="built without AVX-512")
+pytestmark = pytest.mark.skipif(not getattr(compiled, "narrow_group_kernel", 0), reason="built without AVX-512 or AVX2+FMA")
 
 # (batch, channels, channels per group, size, kernel, stride): 104 = 13 groups of 8 (odd).
 SHAPES = [(2, 104, 8, 9, 3, 1), (2, 112, 8, 16, 3, 2), (1, 8, 8, 5, 3, 1), (1, 24, 8, 29, 3, 2),

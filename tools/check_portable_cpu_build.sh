@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU extension on a CPU without AVX-512 (e.g. a laptop): builds it for x86-64-v3 (AVX2)
-# into a scratch folder, checks that the AVX-512 kernels are off there, and runs the operator
-# tests against that build. CI runs it after the main tests; the default build uses -march=native.
+# into a scratch folder, checks which of our kernels it has (the narrow-group conv's AVX2 variant
+# where the target has AVX2+FMA; never the AVX-512 Winograd conv), and runs the operator tests
+# against that build. CI runs it after the main tests; the default build uses -march=native.
 #
 #   bash tools/check_portable_cpu_build.sh            # uses .venv/bin/python
 #   MARCH=x86-64-v2 bash tools/check_portable_cpu_build.sh
@@ -24,14 +25,24 @@ rm -f "$SCRATCH"/tree/regnet_ext/_C*.so
 cp "$SCRATCH"/lib/regnet_ext/_C*.so "$SCRATCH/tree/regnet_ext/"
 cd "$SCRATCH/tree"
 
+defines=$(${CXX:-c++} -march="$MARCH" -dM -E - </dev/null)
+target_has() { grep -q "#define $1 " <<<"$defines"; }
+if target_has __AVX512F__; then
+  echo "[portable] -march=$MARCH has AVX-512: not a portable target" >&2
+  exit 1
+fi
+narrow=no
+if target_has __AVX2__ && target_has __FMA__; then narrow=yes; fi
 info=$(PYTHONPATH=. "$PY" -m regnet_ext info)
 echo "$info" | grep -E "^cpu_(narrow_group|winograd)_kernel"
-if echo "$info" | grep -qE "^cpu_(narrow_group|winograd)_kernel +yes"; then
-  echo "[portable] the AVX-512 kernels are on in a -march=$MARCH build" >&2
+if ! echo "$info" | grep -qE "^cpu_narrow_group_kernel +$narrow\b" ||
+   ! echo "$info" | grep -qE "^cpu_winograd_kernel +no\b"; then
+  echo "[portable] a -march=$MARCH build should have narrow_group_kernel=$narrow, winograd_kernel=no" >&2
   exit 1
 fi
 
 PYTHONPATH=. "$PY" -m pytest -q -m "not cuda" -p no:cacheprovider \
   tests/test_conv_bn_act.py tests/test_conv_bn_act_autograd.py tests/test_conv_bn_act_weight_strides.py \
   tests/test_conv_bn_act_bfloat16_rounding.py tests/test_conv_bn_act_narrow_groups.py \
-  tests/test_conv_bn_act_winograd.py tests/test_squeeze_excite.py tests/test_selfcheck.py
+  tests/test_conv_bn_act_winograd.py tests/test_conv_bn_act_autotune.py tests/test_squeeze_excite.py \
+  tests/test_selfcheck.py tests/test_fuse_packed_linear.py

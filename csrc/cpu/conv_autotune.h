@@ -83,7 +83,7 @@ inline const char* conv_pass_name(ConvPass p) {
 // statistics and epilogues around them; the weight gradient goes by use_own_weight_grad.
 // REGNET_EXT_CPU_CONV=tiles selects our tiles everywhere (the tests run them on every shape,
 // since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; =own
-// selects our AVX-512 kernels wherever they apply, the whole-tensor GEMM for 1x1 convs and our
+// selects our grouped-conv kernels wherever they apply, the whole-tensor GEMM for 1x1 convs and our
 // weight-gradient tiles for every grouped conv, oneDNN elsewhere (so the tests cover them on any
 // shape); unset (or anything else) is the measured mix: the autotuner's choice, or the fixed
 // rules of conv_bn_act_cpu.h.

@@ -62,12 +62,15 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
   return conv_backend() == ConvBackend::kTiles;
 }
 
-// The fixed rules below choose between our AVX-512 kernels and oneDNN for the eval and training
+// The fixed rules below choose between our kernels and oneDNN for the eval and training
 // forward where the autotuner (conv_autotune.h) is off, and always for the backward.
 //
-// Grouped convs with 8 or 16 channels per group, float32: our AVX-512 kernel
-// (grouped_conv_narrow.h) instead of oneDNN, in the measured mix only (aten and tiles keep their
-// meaning). Measured against oneDNN (eval, 3x3, 2 threads, one-off runs): 8 per group is faster
+// Grouped convs with 8 or 16 channels per group, float32: our kernel (grouped_conv_narrow.h,
+// AVX-512 or AVX2) instead of oneDNN, in the measured mix only (aten and tiles keep their
+// meaning). The AVX2 variant (the autotuner's timings on a 2-core AMD EPYC VM without AVX-512,
+// eval, 3x3, 2026-12-04) fits the same rules: 1.04-2.36x oneDNN at batch 1, 1.02-1.66x at batch 8
+// from 104 channels on with 8 per group, 0.82x at 48 channels over 112px; 16 per group at batch
+// 8 0.95-1.44x. AVX-512, measured against oneDNN (eval, 3x3, 2 threads, one-off runs): 8 per group is faster
 // at batch 1 (1.17-2.1x) and at batch 8 with 104 or more channels (1.04x at 104 channels 56px
 // stride 2 up to 1.58x at 440 channels 7px), not at batch 8 with few channels over large images
 // (24 channels at 112px: 0.73x, 48 at 56px: 0.91x), where few groups share the work and the

@@ -147,7 +147,8 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   };
 
   // The whole call with one kernel (conv_autotune.h), y in NHWC:
-  //  * ours (AVX-512): 8 or 16 channels per group (narrow), or 32-128 at stride 1 (Winograd),
+  //  * ours: 8 or 16 channels per group (narrow; AVX-512 or AVX2), or 32-128 at stride 1 (Winograd,
+  //    AVX-512),
   //    the folded weight packed for the kernel once per change;
   //  * oneDNN: act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per change of
   //    the parameters where the cache applies; where oneDNN cannot fuse the epilogue (float64),
@@ -303,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   if (gemm || tiles) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
   } else {
-    // z = conv(x) + b from oneDNN or our AVX-512 kernels (see eval_forward), which pack the
+    // z = conv(x) + b from oneDNN or our kernels (see eval_forward), which pack the
     // weight on every call; the timing (conv_autotune.h) includes that.
     auto conv = [&](ConvKernel kernel) -> at::Tensor {
       if (kernel == ConvKernel::kOneDnn) return aten_conv(xc, weight, bias, g);

@@ -1,8 +1,8 @@
 """What the CPU conv autotuner chose (csrc/cpu/conv_autotune.h).
 
-Where oneDNN and our AVX-512 kernels can both compute a grouped conv (8 or 16 channels per group
-in float32, or in bfloat16 on CPUs with AVX512-BF16; 32 to 128 at stride 1 for Winograd,
-float32), the first call of each shape times the candidates and the process keeps the fastest, as torch.backends.cudnn.benchmark does on GPUs:
+Where oneDNN and our kernels can both compute a grouped conv (8 or 16 channels per group in
+float32 with AVX-512 or AVX2+FMA, or in bfloat16 on CPUs with AVX512-BF16; 32 to 128 at stride 1
+for Winograd, float32, with AVX-512), the first call of each shape times the candidates and the process keeps the fastest, as torch.backends.cudnn.benchmark does on GPUs:
 for the eval and training forward (oneDNN or ours), and for the backward (which of oneDNN, our
 weight-gradient tiles and Winograd compute the two gradients). It is on unless
 REGNET_EXT_CPU_AUTOTUNE=0, torch.use_deterministic_algorithms(True) or REGNET_EXT_CPU_CONV says
