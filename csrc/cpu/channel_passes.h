@@ -3,9 +3,10 @@
 // passes of the batch-norm backward.
 //
 // Each pass runs the shared formulas of csrc/kernels (the ones the CUDA kernels use) on the
-// CPU's vector type: 512-bit vectors of channels, one 256-bit vector and single channels for the
-// rest. Reductions keep a group of up to 8 vectors of per-channel accumulators in registers while
-// they read that group's part of every row in order. RegNet's widths (24, 32, 48, 104, ...) give
+// CPU's vector type: full registers of channels (512-bit with AVX-512, 256-bit otherwise), one
+// half register and single channels for the rest. Reductions keep a group of up to a quarter of
+// the vector registers of per-channel accumulators while they read that group's part of every
+// row in order. RegNet's widths (24, 32, 48, 104, ...) give
 // short channel loops, which plain auto-vectorised loops handled poorly (an alias check and a
 // load-add-store of the sums on every row), and one-vector-per-row walks read memory strided.
 #pragma once
@@ -25,19 +26,29 @@ namespace regnet_ext::cpu::passes {
 
 using kernels::acc_t;
 
-// Vectors of 512 and 256 bits: RegNet's widths are multiples of 8, so a 256-bit vector covers
-// the channels left over after the 512-bit ones (104 = 6 x 16 + 8).
+// Vectors of one register and of half of one: RegNet's widths are multiples of 8, so with
+// AVX-512 a 256-bit vector covers the channels left over after the 512-bit ones (104 = 6 x 16 +
+// 8). Without AVX-512 a 64-byte vector type would be expanded piecewise by the compiler: a
+// float32 training step of RegNetX-400MF ran 0.85-0.89x eager's speed that way on a VM without
+// AVX-512, where the AVX-512 build ran 1.00-1.02x.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64, kVectorRegisters = 32;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32, kVectorRegisters = 16;
+#else
+constexpr int kVectorBytes = 16, kVectorRegisters = 16;
+#endif
 template <typename A, int Bytes>
 struct VectorOf {  // (the attribute needs a typedef inside a template to apply to A)
   typedef A type __attribute__((vector_size(Bytes)));
 };
 template <typename A>
-using vec_t = typename VectorOf<A, 64>::type;
+using vec_t = typename VectorOf<A, kVectorBytes>::type;
 template <typename A>
-using half_vec_t = typename VectorOf<A, 32>::type;
+using half_vec_t = typename VectorOf<A, kVectorBytes / 2>::type;
 template <typename A>
-constexpr int kLanes = static_cast<int>(64 / sizeof(A));
-static_assert(sizeof(vec_t<float>) == 64 && sizeof(half_vec_t<float>) == 32);
+constexpr int kLanes = static_cast<int>(kVectorBytes / sizeof(A));
+static_assert(sizeof(vec_t<float>) == kVectorBytes && sizeof(half_vec_t<float>) == kVectorBytes / 2);
 
 // bfloat16 <-> float lanes as integer vector operations. Element by element through
 // c10::BFloat16 the compiler kept a scalar loop: a bfloat16 training forward's two passes ran at
@@ -107,8 +118,8 @@ inline void store(T* p, const V& v) {
   }
 }
 
-// body.template operator()<V>(c) for every full 512-bit vector of channels from c, then at
-// most one 256-bit vector, then per channel with V = A for the remainder.
+// body.template operator()<V>(c) for every full vector of channels from c, then at most one
+// half vector, then per channel with V = A for the remainder.
 template <typename A, typename F>
 inline void for_channel_lanes(int64_t channels, const F& body) {
   int64_t c = 0;
@@ -121,8 +132,8 @@ inline void for_channel_lanes(int64_t channels, const F& body) {
 }
 
 // body.template operator()<V, G>(c) over the channels in groups of G <= MaxGroup vectors of
-// type V starting at c: full 512-bit vectors first, then at most one 256-bit vector, then single
-// channels (V = A). A reduction keeps a group's G accumulators in registers while it reads the
+// type V starting at c: full vectors first, then at most one half vector, then single channels
+// (V = A). A reduction keeps a group's G accumulators in registers while it reads the
 // group's contiguous G * lanes values of every row, so memory is read in order.
 template <typename A, int MaxGroup, typename F>
 inline void for_channel_groups(int64_t channels, const F& body) {
@@ -150,7 +161,8 @@ constexpr int64_t kRowBlock = 64;
 template <typename T>
 void block_moments(const T* z, int64_t rows, int64_t channels, acc_t<T>* mean, acc_t<T>* m2) {
   using A = acc_t<T>;
-  for_channel_groups<A, 8>(channels, [&]<typename V, int G>(int64_t c0) {
+  // Two accumulator arrays: half of the registers.
+  for_channel_groups<A, kVectorRegisters / 4>(channels, [&]<typename V, int G>(int64_t c0) {
     constexpr int64_t lanes = sizeof(V) / sizeof(A);
     V s[G] = {}, q[G] = {};
     for (int64_t r = 0; r < rows; ++r)
@@ -195,7 +207,8 @@ void relu_grad_sums(T* g, const T* dy, const T* y, const T* z, const acc_t<T>* m
   const auto pass = [&]<bool Relu, bool Store, bool Xhat>() {
     for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
       const int64_t r1 = std::min(rows, r0 + kRowBlock);
-      for_channel_groups<A, 4>(channels, [&]<typename V, int G>(int64_t c0) {
+      // Four arrays (sums, mean, invstd): half of the registers.
+      for_channel_groups<A, kVectorRegisters / 8>(channels, [&]<typename V, int G>(int64_t c0) {
         constexpr int64_t lanes = sizeof(V) / sizeof(A);
         V sg[G] = {}, sgx[G] = {}, mu[G] = {}, is[G] = {};
         if constexpr (Xhat)

@@ -172,7 +172,10 @@ inline std::vector<ConvKernel> forward_conv_kernels(const ConvGeometry& g, at::S
 // VM: rerun the benchmark before retuning. All of this is float32: in bfloat16 our tiles convert
 // element by element and oneDNN's bfloat16 kernels won (128 channels in groups of 64, batch 8,
 // 56px: a 48 ms backward with our weight gradient, 24 ms with oneDNN's, 2026-12-03), so 16-bit
-// types keep oneDNN's.
+// types keep oneDNN's. So do builds without AVX-512: the tiles' 16-channel lanes are one
+// 512-bit register, which the compiler splits without it; on a VM without AVX-512 (2026-12-04)
+// the autotuner timed the backward with our weight gradient at 1.7-3.2x oneDNN's time on every
+// grouped shape of RegNetX-400MF at batch 8.
 inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
   switch (conv_backend()) {
     case ConvBackend::kTiles: return true;
@@ -180,6 +183,9 @@ inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
     case ConvBackend::kOwn: return g.groups > 1;
     case ConvBackend::kMixed: break;
   }
+#if !defined(__AVX512F__)
+  return false;
+#endif
   if (dtype == at::kBFloat16 || dtype == at::kHalf) return false;
   const int64_t pixels = g.in_h * g.in_w;
   const bool narrow_or_strided = g.in_c_per_group <= 16 || g.stride > 1;

@@ -251,7 +251,8 @@ inline void store_half(const kernels::ConvGeometry& g, const __m256 (&acc)[kPixe
 
 // 8 per group: one group (channels c0 .. c0+7), its weights `w_group` = [K*K][8 ci][16 lanes]
 // with the group's 8 output channels at lane offset 0. (Both groups of a block in one tile, two
-// accumulators per pixel at 4 pixels, ran 0.48-0.97x oneDNN where this ran 0.67-1.04x.)
+// accumulators per pixel at 4 pixels, ran 0.48-1.25x oneDNN on the batch-8 shapes of
+// RegNetY-400MF, where this one ran 0.67-1.66x in two other runs.)
 template <int kPixels>
 inline void tile8(const kernels::ConvGeometry& g, const float* x, const float* w_group, const float* bias8,
                   const float* residual, float* y, int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0,
@@ -296,8 +297,8 @@ inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* 
 
 // Every tile of every task (output row, block of 16 channels). Pixels per tile (the 16 registers
 // hold the accumulators, the weights and the broadcast value): 8 or 7 at 8 per group (one
-// register each; 12 pixels are possible but no RegNet row needs them); 4 at 16 per group (two
-// each: at 5 pixels, whose registers just fit, 160 channels at 14px and batch 8 ran 0.52x
+// register each; whichever wastes fewer slots on RegNet's rows of 56, 28, 14 and 7); 4 at 16
+// per group (two each: at 5 pixels, whose registers just fit, 160 channels at 14px and batch 8 ran 0.52x
 // oneDNN's speed, at 4 pixels 0.95-1.03x).
 inline void run(const kernels::ConvGeometry& g, const float* x, const float* packed, const float* bias,
                 const float* residual, float* y, bool relu) {

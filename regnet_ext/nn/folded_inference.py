@@ -18,8 +18,9 @@ grouped convs) call the operator instead, which keeps its own cache of the folde
 for whichever kernel it chose (csrc/cpu/folded_weight_cache.h).
 
 Used only where it applies: CPU, float32 or bfloat16 (residual: float32 only, the dtypes oneDNN
-fuses; bfloat16 only on CPUs where oneDNN runs it), a channels_last input, no gradient needed, and not while torch.compile, torch.export or
-torch.jit trace the model (they see the conv_bn_act operator, whose fold is part of the graph).
+fuses; bfloat16 only on CPUs where oneDNN runs it), a channels_last input, no gradient needed,
+and not while torch.compile, torch.export or torch.jit trace the model (they see the conv_bn_act
+operator, whose fold is part of the graph).
 """
 import torch
 

@@ -94,8 +94,8 @@ def set_submodule(root, path, module):
 def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
     """The dtypes in which the operator may run one of our kernels for this layer (it decides
     per call, and caches the weight packed for that kernel itself): for grouped convs our
-    kernels, with 8 or 16 channels per group (csrc/cpu/grouped_conv_narrow.h, AVX-512 or AVX2; bfloat16
-    too where the build has grouped_conv_narrow_bf16.h), or a 3x3 stride-1 conv with a multiple
+    kernels, with 8 or 16 channels per group (csrc/cpu/grouped_conv_narrow.h, AVX-512 or AVX2;
+    bfloat16 too where the build has grouped_conv_narrow_bf16.h), or a 3x3 stride-1 conv with a multiple
     of 8 channels per group from 32 to 64, or 120 or 128 (Winograd,
     csrc/cpu/grouped_conv_winograd.h; float32); for 1x1 ungrouped convs one whole-tensor GEMM
     (float32, bfloat16; the autotuner's choice, csrc/cpu/conv_bn_act_cpu.h)."""
