@@ -20,7 +20,7 @@ REGNET_EXT_CUDA=0 REGNET_EXT_CPU_FLAGS="-march=$MARCH" \
 
 # The package and tests beside the portable library, so that nothing imports the native build.
 mkdir -p "$SCRATCH/tree"
-cp -r regnet_ext tests "$SCRATCH/tree/"
+cp -r regnet_ext tests pyproject.toml "$SCRATCH/tree/"  # pyproject.toml: pytest's markers
 rm -f "$SCRATCH"/tree/regnet_ext/_C*.so
 cp "$SCRATCH"/lib/regnet_ext/_C*.so "$SCRATCH/tree/regnet_ext/"
 cd "$SCRATCH/tree"
