@@ -172,10 +172,13 @@ inline std::vector<ConvKernel> forward_conv_kernels(const ConvGeometry& g, at::S
 // VM: rerun the benchmark before retuning. All of this is float32: in bfloat16 our tiles convert
 // element by element and oneDNN's bfloat16 kernels won (128 channels in groups of 64, batch 8,
 // 56px: a 48 ms backward with our weight gradient, 24 ms with oneDNN's, 2026-12-03), so 16-bit
-// types keep oneDNN's. So do builds without AVX-512: the tiles' 16-channel lanes are one
-// 512-bit register, which the compiler splits without it; on a VM without AVX-512 (2026-12-04)
-// the autotuner timed the backward with our weight gradient at 1.7-3.2x oneDNN's time on every
-// grouped shape of RegNetX-400MF at batch 8.
+// types keep oneDNN's. So do groups of 16k channels in builds without AVX-512: the tiles' lanes
+// are then 16 output channels, one 512-bit register, which the compiler splits without it; on a
+// VM without AVX-512 (2026-12-04) the autotuner timed the backward with our weight gradient at
+// 1.7-3.2x oneDNN's time on every grouped shape of RegNetX-400MF (16 per group) at batch 8. At 8
+// per group (8-channel lanes, one 256-bit register) the same rule holds there: RegNetY-400MF at
+// batch 8, 48 channels at 112px 6.8 vs 10.2 ms, 104 at 56px 3.9 vs 4.7 ms; from 104 at 28px on
+// oneDNN was faster (1.05-1.28x).
 inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
   switch (conv_backend()) {
     case ConvBackend::kTiles: return true;
@@ -184,7 +187,7 @@ inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
     case ConvBackend::kMixed: break;
   }
 #if !defined(__AVX512F__)
-  return false;
+  if (g.out_c_per_group % 16 == 0) return false;
 #endif
   if (dtype == at::kBFloat16 || dtype == at::kHalf) return false;
   const int64_t pixels = g.in_h * g.in_w;
