@@ -29,7 +29,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import add_tune_malloc_argument, minor_faults, tune_malloc_unless_declined  # noqa: E402
+from common import minor_faults  # noqa: E402
+from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -213,7 +214,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--quick", action="store_true",
                         help="RegNetX-400MF, batch 4 x 64, no torch.compile, 2 rounds: checks the pipeline")
-    add_tune_malloc_argument(parser, "variant")
+    add_tune_malloc_argument(parser, "regnet_ext.allocator.tune_malloc(use_mmap=False) first, so that no "
+                                     "variant is timed with first-touch page faults (every variant shares "
+                                     "the process, so all get it; recorded as malloc_tuned)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default results/fuse_cpu.json; --quick: results/fuse_cpu_quick.json)")
     args = parser.parse_args(argv)
@@ -227,7 +230,7 @@ def main(argv=None):
         args.rounds, args.reps, args.warmup = 2, 1, 1
     if args.out is None:  # a quick pipeline check must not overwrite the committed results
         args.out = RESULTS / ("fuse_cpu_quick.json" if args.quick else "fuse_cpu.json")
-    malloc_tuned = tune_malloc_unless_declined(args)
+    malloc_tuned = apply_tune_malloc(args, "bench_fuse.py", use_mmap=False)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     cases = build_cases(models, shapes, variants)

@@ -35,10 +35,10 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import (DEVICES, DTYPES, add_tune_malloc_argument, check_dtypes, checked_device,  # noqa: E402
-                    counting_faults, cpu_conv_autotune_choices, device_record, hardware_name,
-                    machine_record, print_autotune_summary, synchronised, time_interleaved,
-                    tune_malloc_unless_declined, write_json)
+from common import (DEVICES, DTYPES, check_dtypes, checked_device, counting_faults,  # noqa: E402
+                    cpu_conv_autotune_choices, device_record, hardware_name, machine_record,
+                    print_autotune_summary, synchronised, time_interleaved, write_json)
+from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EFFICIENTNET_RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456}
@@ -383,7 +383,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: torch's); on a shared, loaded machine "
                              "1 thread avoids OpenMP oversubscription")
-    add_tune_malloc_argument(parser, "model")
+    add_tune_malloc_argument(parser, "regnet_ext.allocator.tune_malloc(use_mmap=False) first, so that no "
+                                     "model is timed with first-touch page faults (recorded as malloc_tuned)")
     parser.add_argument("--out", default=None, help="output stem (default results/models_<device>"
                                                     "[_<dtype>][_quick]); writes .json and .png")
     args = parser.parse_args(argv)
@@ -400,7 +401,7 @@ def main(argv=None):
             parser.error(f"--{name} must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    malloc_tuned = tune_malloc_unless_declined(args)
+    malloc_tuned = apply_tune_malloc(args, "bench_models.py", use_mmap=False)
     out = Path(args.out) if args.out else default_out(args.device, args.dtype, quick)
     groups = plan(args)
     if args.groups is not None:

@@ -6,7 +6,6 @@ Timing rule (DESIGN.md §6): candidates are timed in the same run, interleaved r
 order rotates every round so none always runs first), and each is summarised by the median of its
 rounds; reports give ratios, never absolute thresholds.
 """
-import argparse
 import datetime
 import json
 import os
@@ -41,22 +40,6 @@ def check_dtypes(parser, option, names, device):
 
 
 # ---- timing on a device ---------------------------------------------------------------------
-
-def add_tune_malloc_argument(parser, what):
-    """--tune-malloc / --no-tune-malloc, on by default; ``what`` names what is timed."""
-    parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
-                        help="regnet_ext.allocator.tune_malloc(use_mmap=False) first, so that no "
-                             f"{what} is timed with first-touch page faults (default on; every "
-                             "one shares the process, so all get it; recorded as malloc_tuned)")
-
-
-def tune_malloc_unless_declined(args):
-    """Applies --tune-malloc (call it before any model runs); returns malloc_tuned for the JSON."""
-    if not args.tune_malloc:
-        return False
-    from regnet_ext.allocator import tune_malloc
-    return tune_malloc(use_mmap=False)
-
 
 def synchronised(fn, device):
     """fn itself on the CPU; on a GPU, fn followed by a synchronisation, so that a call's time

@@ -119,6 +119,27 @@ inline void for_each_row_block(const kernels::ConvGeometry& g, const Body& body)
   ((kPixelCounts == best ? run(std::integral_constant<int, kPixelCounts>{}) : void()), ...);
 }
 
+// The driver every variant shares: the bias padded to whole blocks of 16, then every tile of
+// every task handed to tile(std::integral_constant<int, P>, pk, bias16, n, ho, wo0, npix, c0,
+// full), P one of kPixelCounts (see for_each_row_block), pk the task's block of `packed`
+// (K*K*G*16 weights per block) and full whether the block holds 16 channels (the last block of
+// an odd count of 8-channel groups holds 8).
+template <int... kPixelCounts, typename W, typename Tile>
+inline void for_each_tile(const kernels::ConvGeometry& g, const W* packed, const float* bias, const Tile& tile) {
+  const int64_t blocks16 = (g.out_c + 15) / 16, block_size = g.kernel * g.kernel * g.in_c_per_group * 16;
+  std::vector<float> bias_pad(blocks16 * 16, 0.f);
+  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
+  for_each_row_block<kPixelCounts...>(g, [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
+    constexpr int P = decltype(pixels)::value;
+    const int64_t c0 = block * 16;
+    const bool full = c0 + 16 <= g.out_c;
+    for (int64_t b = 0; b < tiles; ++b) {
+      const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - b * P));
+      tile(pixels, packed + block * block_size, bias_pad.data() + c0, n, ho, b * P, npix, c0, full);
+    }
+  });
+}
+
 }  // namespace narrow
 
 #if defined(__AVX512F__)
@@ -188,6 +209,10 @@ inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* 
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
 }
 
+// The valid lanes of a block of 16 output channels (only the last of an odd count of 8-channel
+// groups holds 8).
+inline __mmask16 block_lanes(bool full) { return full ? __mmask16(0xFFFF) : __mmask16(0x00FF); }
+
 // idx[k] for _mm512_permutexvar: lanes 0-7 take element k, lanes 8-15 element kHalf + k, so one
 // permute hands element k of each of two groups to that group's 8 lanes (kHalf elements a group).
 template <int kHalf>
@@ -199,25 +224,6 @@ inline void half_broadcast_indices(__m512i (&idx)[kHalf]) {
   }
 }
 
-// The driver both dtypes share: the bias padded to whole blocks of 16, then every tile of every
-// task handed to tile(std::integral_constant<int, P>, pk, bias16, n, ho, wo0, npix, c0, lanes),
-// pk being the task's block of `packed` (K*K*G*16 weights per block) and lanes its valid
-// channels (the last block of an odd count of 8-channel groups holds 8).
-template <typename W, typename Tile>
-inline void for_each_tile(const kernels::ConvGeometry& g, const W* packed, const float* bias, const Tile& tile) {
-  const int64_t blocks16 = (g.out_c + 15) / 16, block_size = g.kernel * g.kernel * g.in_c_per_group * 16;
-  std::vector<float> bias_pad(blocks16 * 16, 0.f);
-  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
-  for_each_row_block<16, 14, 8, 7>(g, [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
-    constexpr int P = decltype(pixels)::value;
-    const int64_t c0 = block * 16;
-    const __mmask16 lanes = (c0 + 16 <= g.out_c) ? __mmask16(0xFFFF) : __mmask16(0x00FF);
-    for (int64_t b = 0; b < tiles; ++b) {
-      const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - b * P));
-      tile(pixels, packed + block * block_size, bias_pad.data() + c0, n, ho, b * P, npix, c0, lanes);
-    }
-  });
-}
 
 }  // namespace narrow
 #pragma GCC diagnostic pop
@@ -302,30 +308,22 @@ inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* 
 // oneDNN's speed, at 4 pixels 0.95-1.03x).
 inline void run(const kernels::ConvGeometry& g, const float* x, const float* packed, const float* bias,
                 const float* residual, float* y, bool relu) {
-  const int64_t blocks16 = (g.out_c + 15) / 16, block_size = g.kernel * g.kernel * g.in_c_per_group * 16;
-  std::vector<float> bias_pad(blocks16 * 16, 0.f);
-  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
-  auto task = [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
+  auto tile = [&](auto pixels, const float* pk, const float* b16, int64_t n, int64_t ho, int64_t wo0, int npix,
+                  int64_t c0, bool full) {
     constexpr int P = decltype(pixels)::value;
-    const int64_t c0 = block * 16;
-    const float* pk = packed + block * block_size;
-    const float* b16 = bias_pad.data() + c0;
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - t * P));
-      if (g.in_c_per_group == 16) {
-        tile16<P>(g, x, pk, b16, residual, y, n, ho, t * P, npix, c0, relu);
-        continue;
-      }
-      // Both groups of the block on the same pixels: the second reads the cache lines the first
-      // brought in. The last block of an odd group count holds one group.
-      tile8<P>(g, x, pk, b16, residual, y, n, ho, t * P, npix, c0, relu);
-      if (c0 + 8 < g.out_c) tile8<P>(g, x, pk + 8, b16 + 8, residual, y, n, ho, t * P, npix, c0 + 8, relu);
+    if (g.in_c_per_group == 16) {
+      tile16<P>(g, x, pk, b16, residual, y, n, ho, wo0, npix, c0, relu);
+      return;
     }
+    // Both groups of the block on the same pixels: the second reads the cache lines the first
+    // brought in.
+    tile8<P>(g, x, pk, b16, residual, y, n, ho, wo0, npix, c0, relu);
+    if (full) tile8<P>(g, x, pk + 8, b16 + 8, residual, y, n, ho, wo0, npix, c0 + 8, relu);
   };
   if (g.in_c_per_group == 8)
-    narrow::for_each_row_block<8, 7>(g, task);
+    narrow::for_each_tile<8, 7>(g, packed, bias, tile);
   else
-    narrow::for_each_row_block<4>(g, task);
+    narrow::for_each_tile<4>(g, packed, bias, tile);
 }
 
 }  // namespace narrow_avx2
@@ -339,12 +337,12 @@ inline void grouped_conv_narrow(const kernels::ConvGeometry& g, const float* x, 
 #if defined(__AVX512F__)
   __m512i idx[8];  // input channel c of both groups
   narrow::half_broadcast_indices(idx);
-  narrow::for_each_tile(g, packed, bias,
+  narrow::for_each_tile<16, 14, 8, 7>(g, packed, bias,
                         [&](auto pixels, const float* pk, const float* bias16, int64_t n, int64_t ho, int64_t wo0,
-                            int npix, int64_t c0, __mmask16 lanes) {
+                            int npix, int64_t c0, bool full) {
     constexpr int P = decltype(pixels)::value;
     if (g.in_c_per_group == 8)
-      narrow::tile8<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
+      narrow::tile8<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, narrow::block_lanes(full), relu, idx);
     else
       narrow::tile16<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, relu);
   });

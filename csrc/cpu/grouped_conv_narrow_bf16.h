@@ -141,12 +141,13 @@ inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   __m512i idx[4];  // input channel pair k of both groups
   narrow::half_broadcast_indices(idx);
-  narrow::for_each_tile(g, packed, bias,
+  narrow::for_each_tile<16, 14, 8, 7>(g, packed, bias,
                         [&](auto pixels, const c10::BFloat16* pk, const float* bias16, int64_t n, int64_t ho,
-                            int64_t wo0, int npix, int64_t c0, __mmask16 lanes) {
+                            int64_t wo0, int npix, int64_t c0, bool full) {
     constexpr int P = decltype(pixels)::value;
     if (g.in_c_per_group == 8)
-      narrow_bf16::tile8<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu, idx);
+      narrow_bf16::tile8<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, narrow::block_lanes(full), relu,
+                            idx);
     else
       narrow_bf16::tile16<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, relu);
   });

@@ -1,5 +1,5 @@
-"""--tune-malloc / --no-tune-malloc: glibc malloc settings for the commands that run models on
-the CPU (see regnet_ext.allocator for why and what it costs)."""
+"""--tune-malloc / --no-tune-malloc: glibc malloc settings for the commands and benchmarks that
+run models on the CPU (see regnet_ext.allocator for why and what it costs)."""
 import argparse
 import sys
 
@@ -11,7 +11,7 @@ def add_tune_malloc_argument(parser, effect):
                              "--no-tune-malloc keeps glibc's own settings")
 
 
-def apply_tune_malloc(args, command, **settings):
+def apply_tune_malloc(args, program, **settings):
     """Calls tune_malloc(**settings) unless --no-tune-malloc; returns whether it applied. Where
     malloc is not glibc's, warns only when the flag was given (the default says nothing)."""
     if args.tune_malloc is False:
@@ -20,6 +20,6 @@ def apply_tune_malloc(args, command, **settings):
 
     applied = tune_malloc(**settings)
     if not applied and args.tune_malloc:
-        print(f"regnet-ext {command}: --tune-malloc: malloc is not glibc's here; left as it is",
+        print(f"{program}: --tune-malloc: malloc is not glibc's here; left as it is",
               file=sys.stderr)
     return applied

@@ -163,7 +163,7 @@ def run(args):
     # Before any model runs: EfficientNet-B0's big activations would otherwise come from fresh
     # mmaps on every call (33,000-48,000 page faults per batch-8 forward here, the fused RegNet's
     # 0-1,500), and the comparison would measure glibc rather than the networks.
-    malloc_tuned = apply_tune_malloc(args, "demo", use_mmap=False)
+    malloc_tuned = apply_tune_malloc(args, "regnet-ext demo", use_mmap=False)
     torch.manual_seed(0)
     show_models()
     print(f"\nallocator: {MALLOC_TUNED if malloc_tuned else MALLOC_DEFAULT}")

@@ -47,7 +47,7 @@ def run(args):
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    malloc_tuned = apply_tune_malloc(args, "profile", use_mmap=False)
+    malloc_tuned = apply_tune_malloc(args, "regnet-ext profile", use_mmap=False)
     common = dict(device=args.device, dtype=args.dtype, train=args.train, iters=args.iters,
                   warmup=args.warmup)
     if args.remeasure:

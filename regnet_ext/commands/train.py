@@ -131,7 +131,7 @@ def run(args):
     from ..models import complexity
     from ..training import fit
 
-    apply_tune_malloc(args, "train", use_mmap=False)
+    apply_tune_malloc(args, "regnet-ext train", use_mmap=False)
     try:
         model, train, val, device = _prepare(args)
     except (ValueError, RuntimeError) as e:
