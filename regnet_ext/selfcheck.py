@@ -4,7 +4,9 @@ For each operator and dtype the result is compared with a float64 reference comp
 PyTorch on the CPU. The tolerance follows the project's rule (tests/tolerances.py): a small
 multiple of *stock PyTorch's own* error at that dtype on the same device, plus a floor of a few
 units in the last place scaled by the result's magnitude. So a pass means "no worse than stock
-PyTorch here", and a fail means the kernels misbehave on this device.
+PyTorch here", and a fail means the kernels misbehave on this device. Two rules keep that true:
+float32 is checked with TF32 off (cuDNN's float32 default, for stock and for the convolutions our
+operators hand to cuDNN), and backward references take ReLU's branch where the tested y took it.
 
     from regnet_ext import selfcheck
     results = selfcheck.run("cuda")            # list of CheckResult
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _extension
-from .tolerances import ERROR_MULTIPLE, FLOOR_ULPS, ULP_AT_ONE, max_error
+from .tolerances import ERROR_MULTIPLE, FLOOR_ULPS, ULP_AT_ONE, full_float32, max_error, relu_with_mask
 
 # Error floor relative to the result's magnitude: a few ulps at 1.0 for 16-bit types (the shared
 # rule), the project's fixed tolerance for float32, next to nothing for float64.
@@ -105,12 +107,13 @@ class _Worst:
 
 # ---- stock PyTorch references -----------------------------------------------------------------
 
-def reference_conv_bn_act(x, weight, bias, gamma, beta, running_mean, running_var, residual, case, training):
+def reference_conv_bn_act(x, weight, bias, gamma, beta, running_mean, running_var, residual, case, training,
+                          relu_mask=None):
     z = F.conv2d(x, weight, bias, case.stride, case.padding, 1, case.groups)
     y = F.batch_norm(z, running_mean, running_var, gamma, beta, training, MOMENTUM, EPS)
     if residual is not None:
         y = y + residual
-    return F.relu(y) if case.relu else y
+    return relu_with_mask(y, relu_mask) if case.relu else y
 
 
 def reference_squeeze_excite(x, w1, b1, w2, b2):
@@ -221,12 +224,12 @@ def _check_running_stats(dtype, device, gen):
     return worst
 
 
-def _autograd_conv(t, case, training):
+def _autograd_conv(t, case, training, relu_mask):
     leaves = {k: t[k].detach().clone().requires_grad_(True)
               for k in ("x", "weight", "bias", "gamma", "beta", "residual") if t[k] is not None}
     y = reference_conv_bn_act(leaves["x"], leaves["weight"], leaves.get("bias"), leaves["gamma"], leaves["beta"],
                               None if training else t["running_mean"], None if training else t["running_var"],
-                              leaves.get("residual"), case, training)
+                              leaves.get("residual"), case, training, relu_mask)
     y.backward(t["grad_y"])
     return {k: v.grad for k, v in leaves.items()}
 
@@ -249,16 +252,17 @@ def _check_conv_backward(dtype, device, gen, training):
         grads = ops.conv_bn_act_backward(t["grad_y"], y, t["x"], t["weight"], t["bias"], t["gamma"], z, mean, var,
                                          case.stride, case.padding, case.groups, EPS, case.relu, training, True, True)
         ours = dict(zip(("x", "weight", "bias", "gamma", "beta", "residual"), grads))
-        ref = _autograd_conv(m, case, training)
-        plain = _autograd_conv(t, case, training)
+        # The backward's ReLU branch is the one its input y took: the references take the same.
+        ref, plain = _autograd_conv(m, case, training, y > 0), _autograd_conv(t, case, training, y > 0)
         for name, r in ref.items():
             worst.add(f"{case.name}: grad_{name}", ours[name], r, plain[name], dtype)
     return worst
 
 
-def _module_step(t, case, ours):
+def _module_step(t, case, ours, relu_mask=None):
     """One training step of conv + BN (+ residual) (+ ReLU): through regnet_ext.ops.conv_bn_act
-    when `ours`, else through stock nn.Conv2d / nn.BatchNorm2d. Returns outputs, grads, buffers."""
+    when `ours`, else through stock nn.Conv2d / nn.BatchNorm2d, taking ReLU's branch where
+    `relu_mask` (ours y > 0) says. Returns outputs, grads, buffers."""
     leaves = {k: t[k].detach().clone().requires_grad_(True) for k in ("x", "weight", "gamma", "beta", "residual")
               if t[k] is not None}
     running_mean, running_var = t["running_mean"].clone(), t["running_var"].clone()
@@ -272,7 +276,7 @@ def _module_step(t, case, ours):
         z = F.conv2d(leaves["x"], leaves["weight"], None, case.stride, case.padding, 1, case.groups)
         y = F.batch_norm(z, running_mean, running_var, leaves["gamma"], leaves["beta"], True, MOMENTUM, EPS)
         y = y + leaves["residual"] if "residual" in leaves else y
-        y = F.relu(y) if case.relu else y
+        y = relu_with_mask(y, relu_mask) if case.relu else y
     y.backward(t["grad_y"])
     out = {"y": y.detach(), "running_mean": running_mean, "running_var": running_var}
     out.update({f"grad_{k}": v.grad for k, v in leaves.items()})
@@ -287,7 +291,9 @@ def _check_conv_autograd(dtype, device, gen):
             continue
         m = _conv_inputs(case, gen)
         t = _cast_all(m, dtype, device, case)
-        ours, ref, plain = _module_step(t, case, True), _module_step(m, case, False), _module_step(t, case, False)
+        ours = _module_step(t, case, True)
+        mask = ours["y"] > 0
+        ref, plain = _module_step(m, case, False, mask), _module_step(t, case, False, mask)
         for name in ref:
             worst.add(f"{case.name}: {name}", ours[name], ref[name], plain[name], dtype)
     return worst
@@ -353,7 +359,8 @@ def run(device="cpu", dtypes=None, seed=0):
         for op, check in CHECKS.items():
             gen = torch.Generator().manual_seed(seed)
             try:
-                worst = check(dtype, device, gen)
+                with full_float32():  # float32 means float32 here, not cuDNN's default TF32
+                    worst = check(dtype, device, gen)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # surface asynchronous kernel errors on this operator
                 results.append(worst.result(op, dtype))

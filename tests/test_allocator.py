@@ -50,8 +50,9 @@ def test_use_mmap_false_reuses_blocks_above_the_mmap_threshold():
 
     pages = (64 << 20) // resource.getpagesize()
     assert faults("default") > 16 * pages  # every 64 MiB result on fresh pages: ~20 x pages
-    # Freed blocks served again; now and then one fresh block (seen: 0 or 1 x pages).
-    assert faults("heap-only") < 2 * pages
+    # Freed blocks served again; now and then a fresh block or two (seen: 0, 1 and, in one CI run,
+    # exactly 2 x pages), far from the default's ~20.
+    assert faults("heap-only") <= 4 * pages
 
 
 def test_tune_malloc_rejects_a_non_bool_use_mmap():

@@ -37,7 +37,7 @@ def assert_close_to_reference(actual, reference, *, plain_torch=None, name="resu
         # carry absolute rounding errors proportional to their size.
         tol = tolerances(actual.dtype)
         scale = max(reference.double().abs().max().item(), 1.0) if reference.numel() else 1.0
-        torch.testing.assert_close(actual.double(), reference.double(), atol=tol["atol"] * scale,
+        torch.testing.assert_close(actual.double().cpu(), reference.double().cpu(), atol=tol["atol"] * scale,
                                    rtol=tol["rtol"], msg=lambda m: f"{name}: {m}")
         return
     if plain_torch is None:
