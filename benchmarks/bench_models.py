@@ -20,8 +20,13 @@ training step is a pure low-precision step, not a mixed-precision recipe with fl
     .venv/bin/python benchmarks/bench_models.py            # full run: models_cpu.json/.png
     .venv/bin/python benchmarks/bench_models.py --quick    # < 1 minute: RegNetY-400MF vs B0
     .venv/bin/python benchmarks/bench_models.py --device cuda --dtype bfloat16
+    .venv/bin/python benchmarks/bench_models.py --resume   # go on after an interrupted run
+
+The JSON is rewritten after every group ("complete": false until the end), so an interrupted run
+keeps what it measured and --resume runs only the groups it lacks.
 """
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -353,6 +358,22 @@ def default_out(device, dtype, quick):
     return RESULTS / (name + ("_quick" if quick else ""))
 
 
+def resumed_groups(json_path, settings, log):
+    """{group label: record} from an earlier run's JSON, if it was made with the same settings."""
+    try:
+        earlier = json.loads(Path(json_path).read_text())
+    except FileNotFoundError:
+        log(f"--resume: no {json_path} yet, starting afresh")
+        return {}
+    differing = sorted(k for k, v in settings.items() if earlier.get(k) != v)
+    if earlier.get("benchmark") != "bench_models" or differing:
+        raise SystemExit(f"--resume: {json_path} was written with other settings ({', '.join(differing)}); "
+                         "use another --out or drop --resume")
+    groups = {g["group"]: g for g in earlier.get("groups", [])}
+    log(f"--resume: kept {len(groups)} group(s) from {json_path}: {', '.join(groups) or '-'}")
+    return groups
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -387,6 +408,9 @@ def main(argv=None):
                                      "model is timed with first-touch page faults (recorded as malloc_tuned)")
     parser.add_argument("--out", default=None, help="output stem (default results/models_<device>"
                                                     "[_<dtype>][_quick]); writes .json and .png")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the groups an earlier, interrupted run with the same settings "
+                             "wrote to the --out JSON (written after every group) and run the rest")
     args = parser.parse_args(argv)
     args.device = checked_device(parser, args.device)
     check_dtypes(parser, "--dtype", [args.dtype], args.device)
@@ -415,24 +439,31 @@ def main(argv=None):
 
     torch.manual_seed(0)
     t_start = time.perf_counter()
-    doc = dict(benchmark="bench_models", quick=quick, batch=args.batch, rounds=args.rounds,
-               device=args.device.type, dtype=args.dtype, variants=args.variants,
-               families=args.families, compile_models=args.compile_models,
-               train_groups=args.train_groups, malloc_tuned=malloc_tuned,
+    settings = dict(quick=quick, batch=args.batch, rounds=args.rounds, resolution=args.resolution,
+                    device=args.device.type, dtype=args.dtype, variants=args.variants,
+                    families=args.families, compile_models=args.compile_models,
+                    train_groups=args.train_groups)
+    doc = dict(benchmark="bench_models", **settings, malloc_tuned=malloc_tuned,
                machine=machine_record(load_average_start=os.getloadavg(),
-                                      **device_record(args.device)), groups=[])
+                                      **device_record(args.device)), groups=[], complete=False)
+    json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
+    done = resumed_groups(json_path, settings, log) if args.resume else {}
+    doc["resumed_groups"] = sorted(done)  # measured by the earlier run, in its conditions
     print(f"on {args.device.type} ({hardware_name(doc['machine'])}), {args.dtype}, batch {args.batch}")
     for index, label, members in groups:
-        log(f"group {label}")
-        group = run_group(index, label, members, args, log)
+        if label in done:
+            group = done[label]
+        else:
+            log(f"group {label}")
+            group = run_group(index, label, members, args, log)
         doc["groups"].append(group)
         print_group(group)
+        write_json(json_path, doc)  # after every group: an interrupted run keeps what it measured
     doc["machine"]["load_average_end"] = os.getloadavg()
     doc["elapsed_s"] = time.perf_counter() - t_start
     doc["cpu_conv_autotune"] = cpu_conv_autotune_choices()
     print_autotune_summary(doc["cpu_conv_autotune"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
+    doc["complete"] = True
     write_json(json_path, doc)
     plot(doc, png_path)
     print(f"\nwritten {json_path} and {png_path} ({doc['elapsed_s']:.0f}s)")

@@ -164,9 +164,12 @@ def print_autotune_summary(choices):
 
 
 def write_json(path, doc):
+    """Writes through a temporary file, so that an interruption never leaves half a JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
     return path
 
 

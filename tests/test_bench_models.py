@@ -123,3 +123,35 @@ def test_bfloat16_quick_run_records_the_dtype(tmp_path):
     for label, m in group["models"].items():
         stock = m["variants"]["stock"]
         assert stock["infer_images_per_s"] > 0 and stock["peak_infer_bytes"] > 0, label
+
+
+def test_interrupted_run_keeps_its_groups_and_resume_runs_the_rest(tmp_path, monkeypatch):
+    """The JSON is written after every group; --resume keeps those groups (same settings only)."""
+    bench = _bench()
+    calls = []
+
+    def fake_group(index, label, members, args, log):
+        calls.append(label)
+        if len(calls) == 2 and not args.resume:
+            raise KeyboardInterrupt  # the run stops in its second group
+        return dict(group=label, trained=False, models={})
+
+    monkeypatch.setattr(bench, "run_group", fake_group)
+    monkeypatch.setattr(bench, "print_group", lambda group: None)
+    monkeypatch.setattr(bench, "plot", lambda doc, path: path.write_bytes(b"png"))
+    argv = ["--families", "Y", "--variants", "stock", "--groups", "0", "1", "2", "--no-tune-malloc",
+            "--out", str(tmp_path / "m")]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    first = json.loads((tmp_path / "m.json").read_text())
+    assert [g["group"] for g in first["groups"]] == ["400MF vs B0"] and first["complete"] is False
+
+    calls.clear()
+    assert bench.main(argv + ["--resume"]) == 0
+    done = json.loads((tmp_path / "m.json").read_text())
+    assert calls == ["600MF/800MF vs B1", "1.6GF vs B2"]  # the kept group is not run again
+    assert [g["group"] for g in done["groups"]] == ["400MF vs B0", "600MF/800MF vs B1", "1.6GF vs B2"]
+    assert done["complete"] is True and done["resumed_groups"] == ["400MF vs B0"]
+
+    with pytest.raises(SystemExit, match="other settings \\(batch\\)"):
+        bench.main(argv + ["--resume", "--batch", "4"])
