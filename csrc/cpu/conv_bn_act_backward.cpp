@@ -186,9 +186,10 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // over pixels of x * (dz or g), from ATen in x's dtype, from our tiles in the accumulation type.
   // oneDNN's conv backward unless REGNET_EXT_CPU_CONV=tiles (see use_own_conv_tiles), except
   // where the plan takes the weight gradient from our tiles or the input gradient from Winograd
-  // (the rules: use_own_weight_grad, use_winograd_per_call; or the autotuner's timing); eval
-  // differentiates through the folded weight W', whose gradient is the raw one.
-  const bool aten = !use_own_conv_tiles(g);
+  // (the rules: use_own_weight_grad, use_winograd_per_call; or the autotuner's timing) or both
+  // gradients of a 1x1 conv from two GEMMs (use_gemm_backward); eval differentiates through the
+  // folded weight W', whose gradient is the raw one.
+  const bool tiles = use_own_conv_tiles(g);
   // oneDNN's weight gradient of a strided 1x1 conv in channels_last writes past its
   // reduce-to-unit-stride workspace when the input has fewer channels than its channel block
   // (uxlfoundation/oneDNN#6035; here, torch 2.14.1, 2 threads: 8 or 12 input channels crashed
@@ -197,6 +198,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // the subsampled input instead (see below); RegNets' strided 1x1 convs have 32 or more.
   const bool strided_gemm_unsafe = is_plain_gemm(g) && g.stride > 1 && g.in_c < 32;
   auto conv_grads = [&](ConvKernel plan) -> std::pair<at::Tensor, at::Tensor> {
+    const bool aten = !tiles && plan != ConvKernel::kGemm;  // else our code or ATen's GEMMs
     const bool own_weight_grad = plan == ConvKernel::kOwnWeightGrad || plan == ConvKernel::kWinogradDxOwnWeightGrad;
     // The input gradient of a stride-1 conv is a stride-1 conv of dz (kernels flipped, channels
     // swapped), which the Winograd kernel runs where it runs the forward (same geometry: it
@@ -294,9 +296,10 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
     return {grad_x, raw};
   };
   const bool rule_own_weight_grad = use_own_weight_grad(g, x.scalar_type());
-  const bool rule_winograd_dx = input_grad && aten && use_winograd_per_call(g, x.scalar_type());
+  const bool rule_winograd_dx = input_grad && !tiles && use_winograd_per_call(g, x.scalar_type());
   const ConvKernel rule =
-      rule_winograd_dx ? (rule_own_weight_grad ? ConvKernel::kWinogradDxOwnWeightGrad : ConvKernel::kWinogradDx)
+      use_gemm_backward(g, x.scalar_type()) ? ConvKernel::kGemm
+      : rule_winograd_dx ? (rule_own_weight_grad ? ConvKernel::kWinogradDxOwnWeightGrad : ConvKernel::kWinogradDx)
       : rule_own_weight_grad ? ConvKernel::kOwnWeightGrad : ConvKernel::kOneDnn;
   const ConvPass pass = !param_grads ? ConvPass::kBackwardInput
                         : !input_grad ? ConvPass::kBackwardWeight : ConvPass::kBackward;

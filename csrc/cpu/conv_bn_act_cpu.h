@@ -199,8 +199,27 @@ inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
 // The backward plans the autotuner compares for a float32 grouped conv in the measured mix:
 // oneDNN for both gradients; our tiles for the weight gradient (any grouped conv); Winograd for
 // the input gradient where it runs the forward; both of ours.
+// The backward of a stride-1 1x1 conv (float32) as two ATen GEMMs over the NHWC rows (views,
+// no copies): grad_x = dz W, grad_W = dz^T x. Against oneDNN's conv backward (both gradients,
+// 2 threads, AVX2 VM, 2026-12-04, interleaved medians): 1.69x at 440 channels 7px batch 8, 1.16x
+// at 208 14px, 1.49-1.59x at batch 1 (7 and 14px); 0.92x at 104 28px and 0.64-0.86x over more
+// rows (48->104 at 56px, 32->48 at 112px). So the rule takes it up to 2048 rows (N*H*W), the
+// autotuner times it wherever it applies.
+inline bool gemm_backward_applies(const ConvGeometry& g, at::ScalarType dtype) {
+  return is_plain_gemm(g) && g.stride == 1 && dtype == at::kFloat;
+}
+
+inline bool use_gemm_backward(const ConvGeometry& g, at::ScalarType dtype) {
+  switch (conv_backend()) {
+    case ConvBackend::kOwn: return gemm_backward_applies(g, dtype);
+    case ConvBackend::kMixed: return gemm_backward_applies(g, dtype) && g.batch * g.out_h * g.out_w <= 2048;
+    default: return false;  // tiles: our GEMMs anyway; aten: oneDNN
+  }
+}
+
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
                                                    bool param_grads) {
+  if (gemm_backward_applies(g, dtype)) return {ConvKernel::kOneDnn, ConvKernel::kGemm};
   if (dtype != at::kFloat || g.groups == 1) return {};
   const bool winograd = input_grad && own_conv_kernel(g, dtype) == ConvKernel::kWinograd;
   std::vector<ConvKernel> plans{ConvKernel::kOneDnn};
