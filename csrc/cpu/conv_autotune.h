@@ -2,7 +2,7 @@
 // each on the first call of each shape (autotuning, like torch.backends.cudnn.benchmark), or by
 // the fixed rules of conv_bn_act_cpu.h. Forward: oneDNN or our narrow-group or Winograd kernel
 // (grouped convs), oneDNN or one GEMM with our epilogue (1x1 convs); backward: which of oneDNN,
-// our weight-gradient tiles and Winograd compute the two gradients.
+// our weight-gradient tiles and Winograd compute the two gradients (1x1 convs: oneDNN or two GEMMs).
 //
 // Why: the rules were measured on one VM, and another VM of the same kind disagreed. On
 // 2026-12-03 the narrow-group kernel ran at 0.59-0.92x of oneDNN's speed on RegNetY-400MF's

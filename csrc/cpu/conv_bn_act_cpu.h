@@ -196,9 +196,6 @@ inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
                           (g.batch == 1 && pixels >= 56 * 56 && narrow_or_strided));
 }
 
-// The backward plans the autotuner compares for a float32 grouped conv in the measured mix:
-// oneDNN for both gradients; our tiles for the weight gradient (any grouped conv); Winograd for
-// the input gradient where it runs the forward; both of ours.
 // The backward of a stride-1 1x1 conv (float32) as two ATen GEMMs over the NHWC rows (views,
 // no copies): grad_x = dz W, grad_W = dz^T x. Against oneDNN's conv backward (both gradients,
 // 2 threads, AVX2 VM, 2026-12-04, interleaved medians): 1.69x at 440 channels 7px batch 8, 1.16x
@@ -217,6 +214,10 @@ inline bool use_gemm_backward(const ConvGeometry& g, at::ScalarType dtype) {
   }
 }
 
+// The backward plans the autotuner compares in the measured mix: for a stride-1 1x1 conv,
+// oneDNN or the two GEMMs; for a float32 grouped conv, oneDNN for both gradients, our tiles for
+// the weight gradient (any grouped conv), Winograd for the input gradient where it runs the
+// forward, or both of ours.
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
                                                    bool param_grads) {
   if (gemm_backward_applies(g, dtype)) return {ConvKernel::kOneDnn, ConvKernel::kGemm};
