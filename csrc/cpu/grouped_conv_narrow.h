@@ -224,7 +224,6 @@ inline void half_broadcast_indices(__m512i (&idx)[kHalf]) {
   }
 }
 
-
 }  // namespace narrow
 #pragma GCC diagnostic pop
 #endif
