@@ -311,6 +311,38 @@ def test_public_function_matches_conv_and_batchnorm_modules(dtype, training):
     assert batches.item() == (1 if training else 0)
 
 
+def _ran_our_grouped_kernel(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out = fn()
+        torch.cuda.synchronize()
+    return out, any("grouped_conv3x3_nhwc_kernel" in e.name for e in prof.events())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_wide_groups_with_much_work_go_to_cudnn(dtype):
+    """64 channels per group and 1.85G multiply-adds: cuDNN's conv with our epilogue where cuDNN has
+    tensor cores (16-bit, or float32 with TF32 allowed), our kernel otherwise; 8 per group stays
+    ours. Every route matches the reference."""
+    wide = Geometry(8, 128, 128, 3, 1, 2, 56, 56, residual=True, relu=True, bias=False, channels_last=True)
+    narrow = Geometry(8, 128, 128, 3, 1, 16, 56, 56, residual=True, relu=True, bias=False, channels_last=True)
+    for g, tf32, expect_ours in ((wide, False, dtype == torch.float32), (wide, True, False), (narrow, True, True)):
+        m = _inputs(g, seed=70)
+        t = _cast(m, dtype, "cuda", g)
+        torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            y, ours = _ran_our_grouped_kernel(lambda: eval_op(t, g))
+            (_, z, _, _), ours_train = _ran_our_grouped_kernel(lambda: train_op(t, g))
+        finally:
+            torch.backends.cudnn.allow_tf32 = False  # the module fixture's setting
+        assert ours == ours_train == expect_ours, f"{g} {dtype} tf32={tf32}: ours ran: {ours}, {ours_train}"
+        if tf32 and dtype == torch.float32:
+            continue  # TF32's rounding, not the route, would decide a float64 comparison
+        assert_close_to_reference(y, reference(m, g, False), plain_torch=reference(t, g, False), name=f"y {g}")
+        z_ref = F.conv2d(m["x"], m["weight"], None, g.stride, g.padding, 1, g.groups)
+        assert_close_to_reference(z, z_ref, plain_torch=F.conv2d(t["x"], t["weight"], None, g.stride, g.padding, 1,
+                                                                 g.groups), name=f"conv_out {g}")
+
+
 # ---- squeeze_excite ---------------------------------------------------------------------------
 
 SE_SHAPES = [(2, 32, 8, 5, 7, True), (3, 24, 6, 4, 4, False), (4, 368, 92, 14, 14, True),

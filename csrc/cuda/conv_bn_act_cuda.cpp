@@ -2,7 +2,8 @@
 // a device guard, with no host-device synchronisation. Which conv does what, and why:
 //  * grouped / dense 3x3 convs with C/groups % 8 == 0 (every RegNet 3x3 conv): our NHWC kernel
 //    (grouped_conv3x3.cu) with BN, residual and ReLU in its epilogue (eval: one pass), or with the
-//    BN moments gathered in its epilogue (training).
+//    BN moments gathered in its epilogue (training); except wide groups with much work, where
+//    cuDNN's tensor cores win (cudnn_is_faster) and the conv goes the fallback way below.
 //  * 1x1 ungrouped convs: GEMMs through ATen's addmm / _addmm_activation, which run cuBLASLt with
 //    the folded BN shift (and ReLU) in its bias epilogue; with a residual, one elementwise pass
 //    adds it and applies ReLU. A hand-written GEMM would not reach cuBLAS's tensor-core speed.
@@ -63,9 +64,25 @@ bool aligned(const at::Tensor& t, int64_t bytes) {
   return !t.defined() || reinterpret_cast<uintptr_t>(t.const_data_ptr()) % bytes == 0;
 }
 
-// Our 3x3 kernel takes the conv when the geometry fits and its vector loads are aligned.
+// Grouped 3x3 convs that cuDNN runs faster than our SIMT kernel (CUDA-core FMAs; cuDNN uses tensor
+// cores in 16-bit types, and in float32 where TF32 is allowed for convs, PyTorch's default): more
+// than 16 channels per group and at least 2^29 multiply-adds. On an H200 (eval, batch 8,
+// benchmarks/results/h200/) ours ran 0.31-0.64x eager (cuDNN conv + BN + ReLU) in float32 and
+// 0.35-0.60x in bfloat16 at 694M and 1850M multiply-adds with 64 per group; below that each call
+// costs about 0.1 ms of launches whatever the conv, and ours ran 0.48-1.53x (float32) and
+// 1.21-6.11x (bfloat16, where cuDNN's grouped NHWC conv was slow). 8 and 16 per group: ours
+// 1.29-3.26x at every size measured.
+bool cudnn_is_faster(const ConvGeometry& g, at::ScalarType dtype) {
+  const int64_t macs = g.batch * g.out_h * g.out_w * g.out_c * g.in_c_per_group * g.kernel * g.kernel;
+  const bool tensor_cores = dtype != at::kFloat || at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+  return tensor_cores && g.in_c_per_group > 16 && macs >= (int64_t(1) << 29);
+}
+
+// Our 3x3 kernel takes the conv when the geometry fits, its vector loads are aligned and cuDNN is
+// not the faster one.
 bool use_grouped_kernel(const ConvGeometry& g, const at::Tensor& x_nhwc, const at::Tensor& residual) {
-  return grouped_conv3x3_supported(g) && aligned(x_nhwc, 16) && aligned(residual, 4 * x_nhwc.element_size());
+  return grouped_conv3x3_supported(g) && aligned(x_nhwc, 16) && aligned(residual, 4 * x_nhwc.element_size()) &&
+         !cudnn_is_faster(g, x_nhwc.scalar_type());
 }
 
 Affine* affine_ptr(at::Tensor& t) { return reinterpret_cast<Affine*>(t.data_ptr<float>()); }
