@@ -276,6 +276,28 @@ inline void tile8(const kernels::ConvGeometry& g, const float* x, const float* w
   store_half<kPixels>(g, acc, bias8, residual, y, n, ho, wo0, npix, c0, relu);
 }
 
+// The row walk of the 3x3 tiles below: body(kh, row, j_lo, j_hi) for each row kh of the window
+// that lies inside the image, row pointing at the tile's first window column (in the padding
+// where the tile starts at the image's left edge; only columns j_lo <= j < j_hi are read).
+// Column j is tap kw of output pixel window_pixel<kPixels, kStride>(j, kw), where that is >= 0.
+template <int kPixels, int kStride, typename Body>
+inline void for_each_window_row(const kernels::ConvGeometry& g, const float* x, int64_t n, int64_t ho, int64_t wo0,
+                                int64_t c0, const Body& body) {
+  constexpr int kCols = (kPixels - 1) * kStride + 3;
+  const int64_t w_first = wo0 * kStride - g.padding;
+  const int64_t j_lo = std::max<int64_t>(0, -w_first), j_hi = std::min<int64_t>(kCols, g.in_w - w_first);
+  for (int64_t kh = 0; kh < 3; ++kh) {
+    const int64_t h_in = ho * kStride - g.padding + kh;
+    if (h_in < 0 || h_in >= g.in_h) continue;
+    body(kh, x + ((n * g.in_h + h_in) * g.in_w + w_first) * g.in_c + c0, j_lo, j_hi);
+  }
+}
+
+template <int kPixels, int kStride>
+constexpr int window_pixel(int j, int kw) {
+  return j >= kw && (j - kw) % kStride == 0 && (j - kw) / kStride < kPixels ? (j - kw) / kStride : -1;
+}
+
 // 8 per group, 3x3 (RegNet's): the window's rows are walked column by column, and each input
 // value is broadcast once and multiplies the weights of every tap that reads it (three at stride
 // 1), so loads per FMA drop from 9/8 (tile8: a broadcast per FMA, plus the weight rows) to about
@@ -290,12 +312,8 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
   constexpr int kCols = (kPixels - 1) * kStride + 3;
   __m256 acc[kPixels];
   for (int p = 0; p < kPixels; ++p) acc[p] = _mm256_setzero_ps();
-  const int64_t w_first = wo0 * kStride - g.padding;
-  const int64_t j_lo = std::max<int64_t>(0, -w_first), j_hi = std::min<int64_t>(kCols, g.in_w - w_first);
-  for (int64_t kh = 0; kh < 3; ++kh) {
-    const int64_t h_in = ho * kStride - g.padding + kh;
-    if (h_in < 0 || h_in >= g.in_h) continue;
-    const float* row = x + ((n * g.in_h + h_in) * g.in_w + w_first) * g.in_c + c0;
+  for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const float* row, int64_t j_lo,
+                                                                  int64_t j_hi) {
     const float* w = w_group + kh * 3 * 128;  // taps (kh, 0..2), 8 input channels x 16 lanes each
 #pragma GCC unroll 8
     for (int c = 0; c < 8; ++c) {
@@ -306,13 +324,13 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
         if (j < j_lo || j >= j_hi) continue;
         const __m256 v = _mm256_broadcast_ss(row + j * g.in_c + c);
 #pragma GCC unroll 3
-        for (int kw = 0; kw < 3; ++kw) {  // column j is tap kw of output pixel (j - kw) / kStride
-          if (j < kw || (j - kw) % kStride != 0 || (j - kw) / kStride >= kPixels) continue;
-          acc[(j - kw) / kStride] = _mm256_fmadd_ps(v, wk[kw], acc[(j - kw) / kStride]);
+        for (int kw = 0; kw < 3; ++kw) {
+          const int p = window_pixel<kPixels, kStride>(j, kw);
+          if (p >= 0) acc[p] = _mm256_fmadd_ps(v, wk[kw], acc[p]);
         }
       }
     }
-  }
+  });
   store_half<kPixels>(g, acc, bias8, residual, y, n, ho, wo0, npix, c0, relu);
 }
 
@@ -350,12 +368,8 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
   constexpr int kCols = (kPixels - 1) * kStride + 3;
   __m256 lo[kPixels], hi[kPixels];
   for (int p = 0; p < kPixels; ++p) lo[p] = hi[p] = _mm256_setzero_ps();
-  const int64_t w_first = wo0 * kStride - g.padding;
-  const int64_t j_lo = std::max<int64_t>(0, -w_first), j_hi = std::min<int64_t>(kCols, g.in_w - w_first);
-  for (int64_t kh = 0; kh < 3; ++kh) {
-    const int64_t h_in = ho * kStride - g.padding + kh;
-    if (h_in < 0 || h_in >= g.in_h) continue;
-    const float* row = x + ((n * g.in_h + h_in) * g.in_w + w_first) * g.in_c + c0;
+  for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const float* row, int64_t j_lo,
+                                                                  int64_t j_hi) {
     const float* w = w_group + kh * 3 * 256;  // taps (kh, 0..2), 16 input channels x 16 lanes each
 #pragma GCC unroll 2
     for (int c = 0; c < 16; ++c) {
@@ -370,14 +384,14 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
         const __m256 v = _mm256_broadcast_ss(row + j * g.in_c + c);
 #pragma GCC unroll 3
         for (int kw = 0; kw < 3; ++kw) {
-          if (j < kw || (j - kw) % kStride != 0 || (j - kw) / kStride >= kPixels) continue;
-          const int p = (j - kw) / kStride;
+          const int p = window_pixel<kPixels, kStride>(j, kw);
+          if (p < 0) continue;
           lo[p] = _mm256_fmadd_ps(v, wl[kw], lo[p]);
           hi[p] = _mm256_fmadd_ps(v, wh[kw], hi[p]);
         }
       }
     }
-  }
+  });
   store_half<kPixels>(g, lo, bias16, residual, y, n, ho, wo0, npix, c0, relu);
   store_half<kPixels>(g, hi, bias16 + 8, residual ? residual + 8 : nullptr, y + 8, n, ho, wo0, npix, c0, relu);
 }
