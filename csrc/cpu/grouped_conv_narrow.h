@@ -298,6 +298,23 @@ constexpr int window_pixel(int j, int kw) {
   return j >= kw && (j - kw) % kStride == 0 && (j - kw) / kStride < kPixels ? (j - kw) / kStride : -1;
 }
 
+// One input channel of a window row: each column's value (row[j * in_c + c]) broadcast once and
+// handed to fma(v, kw, p) for every tap kw that reads it, p its output pixel (all unrolled).
+template <int kPixels, int kStride, typename Fma>
+inline void walk_columns(const float* row, int64_t in_c, int c, int64_t j_lo, int64_t j_hi, const Fma& fma) {
+  constexpr int kCols = (kPixels - 1) * kStride + 3;
+#pragma GCC unroll 32
+  for (int j = 0; j < kCols; ++j) {
+    if (j < j_lo || j >= j_hi) continue;
+    const __m256 v = _mm256_broadcast_ss(row + j * in_c + c);
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      const int p = window_pixel<kPixels, kStride>(j, kw);
+      if (p >= 0) fma(v, kw, p);
+    }
+  }
+}
+
 // 8 per group, 3x3 (RegNet's): the window's rows are walked column by column, and each input
 // value is broadcast once and multiplies the weights of every tap that reads it (three at stride
 // 1), so loads per FMA drop from 9/8 (tile8: a broadcast per FMA, plus the weight rows) to about
@@ -309,7 +326,6 @@ template <int kPixels, int kStride>
 inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float* w_group, const float* bias8,
                      const float* residual, float* y, int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0,
                      bool relu) {
-  constexpr int kCols = (kPixels - 1) * kStride + 3;
   __m256 acc[kPixels];
   for (int p = 0; p < kPixels; ++p) acc[p] = _mm256_setzero_ps();
   for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const float* row, int64_t j_lo,
@@ -319,16 +335,9 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
     for (int c = 0; c < 8; ++c) {
       __m256 wk[3];
       for (int kw = 0; kw < 3; ++kw) wk[kw] = _mm256_loadu_ps(w + kw * 128 + 16 * c);
-#pragma GCC unroll 32
-      for (int j = 0; j < kCols; ++j) {
-        if (j < j_lo || j >= j_hi) continue;
-        const __m256 v = _mm256_broadcast_ss(row + j * g.in_c + c);
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; ++kw) {
-          const int p = window_pixel<kPixels, kStride>(j, kw);
-          if (p >= 0) acc[p] = _mm256_fmadd_ps(v, wk[kw], acc[p]);
-        }
-      }
+      walk_columns<kPixels, kStride>(row, g.in_c, c, j_lo, j_hi, [&](__m256 v, int kw, int p) {
+        acc[p] = _mm256_fmadd_ps(v, wk[kw], acc[p]);
+      });
     }
   });
   store_half<kPixels>(g, acc, bias8, residual, y, n, ho, wo0, npix, c0, relu);
@@ -365,7 +374,6 @@ template <int kPixels, int kStride>
 inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const float* w_group, const float* bias16,
                       const float* residual, float* y, int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0,
                       bool relu) {
-  constexpr int kCols = (kPixels - 1) * kStride + 3;
   __m256 lo[kPixels], hi[kPixels];
   for (int p = 0; p < kPixels; ++p) lo[p] = hi[p] = _mm256_setzero_ps();
   for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const float* row, int64_t j_lo,
@@ -378,18 +386,10 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
         wl[kw] = _mm256_loadu_ps(w + kw * 256 + 16 * c);
         wh[kw] = _mm256_loadu_ps(w + kw * 256 + 16 * c + 8);
       }
-#pragma GCC unroll 32
-      for (int j = 0; j < kCols; ++j) {
-        if (j < j_lo || j >= j_hi) continue;
-        const __m256 v = _mm256_broadcast_ss(row + j * g.in_c + c);
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; ++kw) {
-          const int p = window_pixel<kPixels, kStride>(j, kw);
-          if (p < 0) continue;
-          lo[p] = _mm256_fmadd_ps(v, wl[kw], lo[p]);
-          hi[p] = _mm256_fmadd_ps(v, wh[kw], hi[p]);
-        }
-      }
+      walk_columns<kPixels, kStride>(row, g.in_c, c, j_lo, j_hi, [&](__m256 v, int kw, int p) {
+        lo[p] = _mm256_fmadd_ps(v, wl[kw], lo[p]);
+        hi[p] = _mm256_fmadd_ps(v, wh[kw], hi[p]);
+      });
     }
   });
   store_half<kPixels>(g, lo, bias16, residual, y, n, ho, wo0, npix, c0, relu);
