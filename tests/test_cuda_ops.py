@@ -328,12 +328,12 @@ def test_wide_groups_with_much_work_go_to_cudnn(dtype):
     for g, tf32, expect_ours in ((wide, False, dtype == torch.float32), (wide, True, False), (narrow, True, True)):
         m = _inputs(g, seed=70)
         t = _cast(m, dtype, "cuda", g)
-        torch.backends.cudnn.allow_tf32 = tf32
+        saved, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, tf32
         try:
             y, ours = _ran_our_grouped_kernel(lambda: eval_op(t, g))
             (_, z, _, _), ours_train = _ran_our_grouped_kernel(lambda: train_op(t, g))
         finally:
-            torch.backends.cudnn.allow_tf32 = False  # the module fixture's setting
+            torch.backends.cudnn.allow_tf32 = saved
         assert ours == ours_train == expect_ours, f"{g} {dtype} tf32={tf32}: ours ran: {ours}, {ours_train}"
         if tf32 and dtype == torch.float32:
             continue  # TF32's rounding, not the route, would decide a float64 comparison

@@ -25,7 +25,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <tuple>
 #include <vector>
 
 #include "checks.h"
@@ -205,32 +204,21 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
     const std::optional<FoldKey> key =
         cacheable ? fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps, kOneDnnLayout)
                   : std::nullopt;
-    at::Tensor folded, folded_bias;  // computed where the cache does not serve the call
-    const auto fold_once = [&] {
-      if (!folded.defined()) std::tie(folded, folded_bias) = fold();
-    };
-    // On an AVX-512 Xeon with torch 2.11 one of these oneDNN calls raised "could not create a
-    // memory" (3x3, 64 channels, one group, a 1x1 input; 2026-12-04; it does not happen on AVX2
-    // CPUs, so it was not reproduced here). A refusal by oneDNN falls back to ATen's conv and our
-    // epilogue pass with a warning, rather than failing the call.
-    try {
-      if (key) {
-        const FoldedWeights cached = FoldedWeightCache::instance().get(*key, [&] {
-          fold_once();
-          return FoldedWeights{onednn_pack_conv_weight(folded.contiguous(at::MemoryFormat::ChannelsLast), g, xc),
-                               folded_bias};
-        });
-        if (cached.packed_weight.defined())
-          return onednn_fused_conv(xc, cached.packed_weight, cached.bias, res, g, relu, /*weight_packed=*/true);
+    if (key) {
+      const FoldedWeights cached = FoldedWeightCache::instance().get(*key, [&] {
+        const auto [folded, folded_bias] = fold();
+        return FoldedWeights{onednn_pack_conv_weight(folded.contiguous(at::MemoryFormat::ChannelsLast), g, xc),
+                             folded_bias};
+      });
+      if (cached.packed_weight.defined()) {
+        const at::Tensor fused =
+            onednn_fused_conv(xc, cached.packed_weight, cached.bias, res, g, relu, /*weight_packed=*/true);
+        if (fused.defined()) return fused;
       }
-      fold_once();
-      const at::Tensor fused = onednn_fused_conv(xc, folded, folded_bias, res, g, relu);
-      if (fused.defined()) return fused;
-    } catch (const std::exception& e) {
-      TORCH_WARN_ONCE("conv_bn_act: oneDNN's fused convolution failed (", e.what(),
-                      "); ATen's convolution and a separate epilogue pass run instead");
     }
-    fold_once();
+    const auto [folded, folded_bias] = fold();
+    const at::Tensor fused = onednn_fused_conv(xc, folded, folded_bias, res, g, relu);
+    if (fused.defined()) return fused;
     at::Tensor out = aten_conv(xc, folded, folded_bias, g);
     if (relu || rp) {
       const std::vector<A> zeros(g.out_c, A(0));

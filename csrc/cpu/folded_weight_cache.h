@@ -17,8 +17,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/stack.h>
 
 #include <array>
 #include <cstdlib>
@@ -97,20 +95,6 @@ inline bool folded_weight_cache_enabled() {
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return enabled;
-}
-
-// oneDNN's weight reorder (mkldnn::_reorder_convolution_weight, the one torch.compile's freezing
-// uses), or an undefined tensor where this torch lacks it.
-inline at::Tensor onednn_pack_conv_weight(const at::Tensor& weight, const kernels::ConvGeometry& g,
-                                          const at::Tensor& x) {
-  static const std::optional<c10::OperatorHandle> op =
-      c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_convolution_weight", ""});
-  if (!op) return {};
-  torch::jit::Stack stack{weight, std::vector<int64_t>{g.padding, g.padding},
-                          std::vector<int64_t>{g.stride, g.stride}, std::vector<int64_t>{1, 1},
-                          g.groups, x.sizes().vec()};
-  op->callBoxed(stack);
-  return stack.at(0).toTensor();
 }
 
 class FoldedWeightCache {

@@ -280,12 +280,17 @@ inline void tile8(const kernels::ConvGeometry& g, const float* x, const float* w
 // that lies inside the image, row pointing at the tile's first window column (in the padding
 // where the tile starts at the image's left edge; only columns j_lo <= j < j_hi are read).
 // Column j is tap kw of output pixel window_pixel<kPixels, kStride>(j, kw), where that is >= 0.
+template <int kPixels, int kStride>
+constexpr int window_columns() {
+  return (kPixels - 1) * kStride + 3;
+}
+
 template <int kPixels, int kStride, typename Body>
 inline void for_each_window_row(const kernels::ConvGeometry& g, const float* x, int64_t n, int64_t ho, int64_t wo0,
                                 int64_t c0, const Body& body) {
-  constexpr int kCols = (kPixels - 1) * kStride + 3;
   const int64_t w_first = wo0 * kStride - g.padding;
-  const int64_t j_lo = std::max<int64_t>(0, -w_first), j_hi = std::min<int64_t>(kCols, g.in_w - w_first);
+  const int64_t j_lo = std::max<int64_t>(0, -w_first);
+  const int64_t j_hi = std::min<int64_t>(window_columns<kPixels, kStride>(), g.in_w - w_first);
   for (int64_t kh = 0; kh < 3; ++kh) {
     const int64_t h_in = ho * kStride - g.padding + kh;
     if (h_in < 0 || h_in >= g.in_h) continue;
@@ -302,7 +307,7 @@ constexpr int window_pixel(int j, int kw) {
 // handed to fma(v, kw, p) for every tap kw that reads it, p its output pixel (all unrolled).
 template <int kPixels, int kStride, typename Fma>
 inline void walk_columns(const float* row, int64_t in_c, int c, int64_t j_lo, int64_t j_hi, const Fma& fma) {
-  constexpr int kCols = (kPixels - 1) * kStride + 3;
+  constexpr int kCols = window_columns<kPixels, kStride>();  // in the condition, GCC 12 stopped unrolling stride 2
 #pragma GCC unroll 32
   for (int j = 0; j < kCols; ++j) {
     if (j < j_lo || j >= j_hi) continue;

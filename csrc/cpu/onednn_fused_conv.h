@@ -20,6 +20,37 @@ inline std::optional<c10::OperatorHandle> onednn_pointwise_op(const char* overlo
   return c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", overload});
 }
 
+// fn()'s result, or an undefined tensor (with a one-time warning) where oneDNN raised: the
+// callers' "oneDNN cannot run it", so they take their fallback. On an AVX-512 Xeon with torch
+// 2.11 one of these calls raised "could not create a memory" (3x3, 64 channels, one group, a 1x1
+// input; 2026-12-04; not on AVX2 CPUs, so not reproduced on the development VM).
+template <typename Fn>
+inline at::Tensor unless_onednn_refuses(const Fn& fn) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    TORCH_WARN_ONCE("conv_bn_act: oneDNN refused a convolution (", e.what(),
+                    "); ATen's convolution and a separate epilogue pass run instead");
+    return {};
+  }
+}
+
+// oneDNN's weight reorder (mkldnn::_reorder_convolution_weight, the one torch.compile's freezing
+// uses), or an undefined tensor where this torch lacks it or oneDNN refuses.
+inline at::Tensor onednn_pack_conv_weight(const at::Tensor& weight, const kernels::ConvGeometry& g,
+                                          const at::Tensor& x) {
+  static const std::optional<c10::OperatorHandle> op =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_convolution_weight", ""});
+  if (!op) return {};
+  return unless_onednn_refuses([&] {
+    torch::jit::Stack stack{weight, std::vector<int64_t>{g.padding, g.padding},
+                            std::vector<int64_t>{g.stride, g.stride}, std::vector<int64_t>{1, 1},
+                            g.groups, x.sizes().vec()};
+    op->callBoxed(stack);
+    return stack.at(0).toTensor();
+  });
+}
+
 // Whether this CPU runs oneDNN's 16-bit convs (ATen's own check: bfloat16 needs AVX-512 BW/VL/DQ
 // or AVX-NE-CONVERT, float16 AVX512-FP16 or AVX-NE-CONVERT); elsewhere oneDNN refuses them and
 // at::convolution takes another path, as stock PyTorch's 16-bit convs do.
@@ -53,7 +84,8 @@ inline bool onednn_fusable(at::ScalarType dtype, bool with_residual, int64_t gro
 }
 
 // The result in x's (channels_last) layout, or an undefined tensor where oneDNN cannot run it
-// (!onednn_fusable); callers then fall back to a conv and a separate epilogue pass.
+// (!onednn_fusable) or refuses (unless_onednn_refuses); callers then fall back to a conv and a
+// separate epilogue pass.
 // weight_packed: the weight is already in oneDNN's blocked layout (folded_weight_cache.h).
 inline at::Tensor onednn_fused_conv(const at::Tensor& x_nhwc, const at::Tensor& weight,
                                     const at::Tensor& bias, const at::Tensor& residual_nhwc,
@@ -76,8 +108,10 @@ inline at::Tensor onednn_fused_conv(const at::Tensor& x_nhwc, const at::Tensor& 
   else
     stack = {x_nhwc, w, b, padding, stride, dilation, g.groups, act,
              c10::List<std::optional<at::Scalar>>(), std::string()};
-  op->callBoxed(stack);
-  return stack.at(0).toTensor();
+  return unless_onednn_refuses([&] {
+    op->callBoxed(stack);
+    return stack.at(0).toTensor();
+  });
 }
 
 }  // namespace regnet_ext::cpu
