@@ -95,6 +95,15 @@ TORCH_LIBRARY(regnet_ext, m) {
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_bn_weight, "
       "Tensor grad_bn_bias, Tensor grad_residual)");
 
+  // ---- conv_pair_relu (CPU inference) -----------------------------------------------------
+  // A bottleneck's first two convs, BN folded by the caller: y = relu(conv2d(relu(conv2d(x,
+  // weight_a [C, C_in, 1, 1]) + bias_a), weight_b [C, C/groups, 3, 3], stride, padding 1, groups)
+  // + bias_b), float32, 8 or 16 channels per group; computed band by band so that the 1x1
+  // conv's output never leaves the cache (csrc/cpu/conv_pair.cpp). No autograd.
+  m.def(
+      "conv_pair_relu(Tensor x, Tensor weight_a, Tensor bias_a, Tensor weight_b, Tensor bias_b, "
+      "int stride, int groups) -> Tensor");
+
   // ---- squeeze_excite ---------------------------------------------------------------------
   // y = x * sigmoid(w2 . relu(w1 . mean_hw(x) + b1) + b2); w1 [C_se, C] or [C_se, C, 1, 1],
   // w2 [C, C_se] or [C, C_se, 1, 1]. The backward recomputes the pooled means from x.

@@ -333,6 +333,31 @@ def _check_se(dtype, device, gen, backward):
     return worst
 
 
+def reference_conv_pair(x, weight_a, bias_a, weight_b, bias_b, stride, groups):
+    a = F.relu(F.conv2d(x, weight_a, bias_a))
+    return F.relu(F.conv2d(a, weight_b, bias_b, stride=stride, padding=1, groups=groups))
+
+
+# (batch, in channels, channels, per group, size, stride): one band and several.
+PAIR_CASES = [(2, 24, 48, 8, 15, 2), (1, 32, 64, 16, 64, 1)]
+
+
+def _check_conv_pair(dtype, device, gen):
+    worst = _Worst()
+    for batch, in_c, channels, per_group, size, stride in PAIR_CASES:
+        def rand(*shape, scale=1.0):
+            return (torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale
+
+        m = [rand(batch, in_c, size, size), rand(channels, in_c, 1, 1, scale=in_c ** -0.5), rand(channels, scale=0.5),
+             rand(channels, per_group, 3, 3, scale=(9 * per_group) ** -0.5), rand(channels, scale=0.5)]
+        t = [_on(v, dtype, device, channels_last=True) for v in m]
+        groups = channels // per_group
+        ours = torch.ops.regnet_ext.conv_pair_relu(*t, stride, groups)
+        worst.add(f"N{batch}_C{channels}_g{per_group}_s{stride}: y", ours, reference_conv_pair(*m, stride, groups),
+                  reference_conv_pair(*t, stride, groups), dtype)
+    return worst
+
+
 CHECKS = {
     "conv_bn_act_eval": _check_conv_eval,
     "conv_bn_act_train": _check_conv_train,
@@ -342,6 +367,12 @@ CHECKS = {
     "conv_bn_act[autograd+running_stats]": _check_conv_autograd,
     "squeeze_excite": lambda d, dev, g: _check_se(d, dev, g, backward=False),
     "squeeze_excite_backward": lambda d, dev, g: _check_se(d, dev, g, backward=True),
+    "conv_pair_relu": _check_conv_pair,
+}
+# Operators that exist for some devices and dtypes only: checked where they run.
+APPLIES = {
+    "conv_pair_relu": lambda dtype, device: (device.type == "cpu" and dtype == torch.float32
+                                             and _extension.compiled_with_narrow_group_kernel()),
 }
 
 
@@ -357,6 +388,8 @@ def run(device="cpu", dtypes=None, seed=0):
     results = []
     for dtype in dtypes or default_dtypes(device):
         for op, check in CHECKS.items():
+            if op in APPLIES and not APPLIES[op](dtype, device):
+                continue
             gen = torch.Generator().manual_seed(seed)
             try:
                 with full_float32():  # float32 means float32 here, not cuDNN's default TF32

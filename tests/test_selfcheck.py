@@ -12,7 +12,8 @@ from regnet_ext import cli, selfcheck
 
 def test_every_operator_passes_on_cpu():
     results = selfcheck.run("cpu", [torch.float32])
-    assert {r.op for r in results} == set(selfcheck.CHECKS)
+    assert {r.op for r in results} == {op for op in selfcheck.CHECKS
+                                       if op not in selfcheck.APPLIES or selfcheck.APPLIES[op](torch.float32, torch.device("cpu"))}
     failed = [r for r in results if not r.passed]
     assert not failed, failed
     for r in results:

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .._extension import (compiled_with_narrow_group_bf16_kernel, compiled_with_narrow_group_kernel,
                           compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite
-from . import folded_inference
+from . import conv_pair, folded_inference
 
 _ops = torch.ops.regnet_ext
 
@@ -303,6 +303,8 @@ class FusedResBottleneck(_HoldsStock):
             self._paths[role] = tuple(path.split("."))
         self.shortcut, self.final_relu = shortcut, bool(final_relu)
         self.has_se = "se" in parts
+        # a and b as one conv_pair_relu call in CPU inference, where their structure allows.
+        self._pair = conv_pair.FoldedPair() if conv_pair.pair_fits(self.part("a"), self.part("b")) else None
         self._remember_stock(stock)
 
     def part(self, role):
@@ -316,7 +318,9 @@ class FusedResBottleneck(_HoldsStock):
             shortcut = self.part("proj")(x)
         else:
             shortcut = x if self.shortcut == "identity" else None
-        y = self.part("b")(self.part("a")(x))
+        y = None if self._pair is None else self._pair(self.part("a"), self.part("b"), x)
+        if y is None:
+            y = self.part("b")(self.part("a")(x))
         if self.has_se:
             y = self.part("se")(y)
         return self.part("c")(y, residual=shortcut, relu=self.final_relu)

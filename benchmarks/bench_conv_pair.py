@@ -1,0 +1,163 @@
+"""conv_pair_relu inside fused models on the CPU: every block with the pair, without it, and the
+default rule (regnet_ext/nn/conv_pair.py: the pair where conv a's output is at least
+MIN_INTERMEDIATE_BYTES), interleaved in one process.
+
+The pair keeps conv a's output in the cache; it pays where that output would not stay there
+otherwise. This benchmark is the measurement behind the size rule: per block, the time with the
+pair forced on against off (forward hooks inside whole-model inference, so each block sees its
+input as the model leaves it), and the whole model under all three. Medians of per-round ratios.
+It prints a table and writes <out>.json and <out>.png.
+"""
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import format_table, machine_record, write_json, write_ratio_png  # noqa: E402
+
+import regnet_ext  # noqa: E402
+from regnet_ext.allocator import tune_malloc  # noqa: E402
+from regnet_ext.models import regnet  # noqa: E402
+from regnet_ext.nn import conv_pair  # noqa: E402
+from regnet_ext.nn.modules import FusedResBottleneck  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = ("off", "forced", "default")
+
+
+def _set_variant(name, default_bytes):
+    conv_pair.enabled = name != "off"
+    conv_pair.MIN_INTERMEDIATE_BYTES = 0 if name == "forced" else default_bytes
+
+
+def _block_timer(times, variant):
+    """Forward hooks timing every fused bottleneck block into times[block][variant[0]]."""
+    def pre(module, inputs):
+        module._bench_input_shape = tuple(inputs[0].shape)
+        module._bench_start = time.perf_counter()
+
+    def post(module, inputs, output):
+        times[module._bench_name].setdefault(variant[0], []).append(time.perf_counter() - module._bench_start)
+    return pre, post
+
+
+def measure(name, batch, resolution, rounds, warmup):
+    torch.manual_seed(0)
+    model = regnet_ext.fuse(copy.deepcopy(regnet(name))).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, resolution, resolution).contiguous(memory_format=torch.channels_last)
+    default_bytes = conv_pair.MIN_INTERMEDIATE_BYTES
+    variant, times, blocks = [None], {}, {}
+    pre, post = _block_timer(times, variant)
+    for path, module in model.named_modules():
+        if isinstance(module, FusedResBottleneck) and module._pair is not None:
+            module._bench_name = path
+            times[path], blocks[path] = {}, module
+            module.register_forward_pre_hook(pre)
+            module.register_forward_hook(post)
+    whole = {v: [] for v in VARIANTS}
+    try:
+        with torch.no_grad():
+            for r in range(warmup + rounds):
+                order = VARIANTS[r % 3:] + VARIANTS[:r % 3]  # each variant in each position in turn
+                for v in order:
+                    _set_variant(v, default_bytes)
+                    variant[0] = v
+                    start = time.perf_counter()
+                    model(x)
+                    whole[v].append(time.perf_counter() - start)
+    finally:
+        conv_pair.enabled, conv_pair.MIN_INTERMEDIATE_BYTES = True, default_bytes
+
+    def ratio(a, b):  # median over timed rounds of a / b
+        return statistics.median(p / q for p, q in zip(a[warmup:], b[warmup:]))
+
+    rows = []
+    for path, module in blocks.items():
+        n, _, h, w = module._bench_input_shape
+        a_out = module.part("a").conv_module.out_channels
+        t = times[path]
+        rows.append({"block": path, "input": list(module._bench_input_shape),
+                     "intermediate_mb": n * a_out * h * w * 4 / 2**20,
+                     "off_ms": statistics.median(t["off"][warmup:]) * 1e3,
+                     "forced_ms": statistics.median(t["forced"][warmup:]) * 1e3,
+                     "default_ms": statistics.median(t["default"][warmup:]) * 1e3,
+                     "forced_speedup": ratio(t["off"], t["forced"])})
+    return {"model": name, "batch": batch, "resolution": resolution, "blocks": rows,
+            "whole_ms": {v: statistics.median(whole[v][warmup:]) * 1e3 for v in VARIANTS},
+            "whole_speedup": {"forced": ratio(whole["off"], whole["forced"]),
+                              "default": ratio(whole["off"], whole["default"])}}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["RegNetY-400MF", "RegNetX-400MF"])
+    p.add_argument("--configs", nargs="+", default=["8x224", "32x128", "1x224"],
+                   help="BATCHxRESOLUTION (default 8x224 32x128 1x224)")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--quick", action="store_true", help="RegNetY-400MF, 2x64, 2 rounds: checks the pipeline")
+    p.add_argument("--no-tune-malloc", action="store_true",
+                   help="keep glibc's malloc settings (default: regnet_ext.allocator.tune_malloc(use_mmap=False))")
+    p.add_argument("--out", default=None,
+                   help="output stem (default results/conv_pair_cpu; --quick: results/conv_pair_cpu_quick)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.configs, args.rounds, args.warmup = ["RegNetY-400MF"], ["2x64"], 2, 1
+    try:
+        args.configs = [tuple(int(v) for v in c.lower().split("x")) for c in args.configs]
+    except ValueError:
+        p.error("--configs takes BATCHxRESOLUTION, e.g. 8x224")
+    if args.rounds < 1 or args.warmup < 0 or any(len(c) != 2 or min(c) < 1 for c in args.configs):
+        p.error("--rounds must be >= 1, --warmup >= 0, --configs BATCHxRESOLUTION with both >= 1")
+    if args.out is None:
+        args.out = str(RESULTS / ("conv_pair_cpu_quick" if args.quick else "conv_pair_cpu"))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    malloc_tuned = False if args.no_tune_malloc else tune_malloc(use_mmap=False)
+    results = []
+    for name in args.models:
+        for batch, resolution in args.configs:
+            results.append(measure(name, batch, resolution, args.rounds, args.warmup))
+            r = results[-1]
+            print(f"{name} {batch}x{resolution}: whole model, pair by the rule {r['whole_speedup']['default']:.3f}x, "
+                  f"in every block {r['whole_speedup']['forced']:.3f}x", file=sys.stderr, flush=True)
+    rows = [[f"{r['model']} {r['batch']}x{r['resolution']}", b["block"], f"{b['intermediate_mb']:.1f}",
+             f"{b['off_ms']:.3f}", f"{b['forced_ms']:.3f}", f"{b['forced_speedup']:.2f}",
+             "yes" if b["intermediate_mb"] * 2**20 >= conv_pair.MIN_INTERMEDIATE_BYTES else "no"]
+            for r in results for b in r["blocks"]]
+    print(format_table(["model", "block", "a out MB", "off ms", "pair ms", "off/pair", "rule"], rows))
+    print(format_table(["model", "off ms", "rule ms", "all ms", "off/rule", "off/all"],
+                       [[f"{r['model']} {r['batch']}x{r['resolution']}", f"{r['whole_ms']['off']:.2f}",
+                         f"{r['whole_ms']['default']:.2f}", f"{r['whole_ms']['forced']:.2f}",
+                         f"{r['whole_speedup']['default']:.3f}", f"{r['whole_speedup']['forced']:.3f}"]
+                        for r in results]))
+    doc = {"benchmark": "conv_pair", "quick": args.quick, "models": args.models,
+           "configs": [list(c) for c in args.configs], "rounds": args.rounds, "warmup": args.warmup,
+           "min_intermediate_bytes": conv_pair.MIN_INTERMEDIATE_BYTES, "malloc_tuned": malloc_tuned,
+           "machine": machine_record(), "results": results}
+    json_path = write_json(Path(args.out).with_suffix(".json"), doc)
+    png_path = write_ratio_png(
+        Path(args.out).with_suffix(".png"),
+        {"per block: time without the pair / with it": {
+            "labels": [f"{r['model']} {r['batch']}x{r['resolution']} {b['block']} ({b['intermediate_mb']:.1f} MB)"
+                       for r in results for b in r["blocks"]],
+            "series": {"off / pair": [b["forced_speedup"] for r in results for b in r["blocks"]]}},
+         "whole model: time without the pair / with it": {
+            "labels": [f"{r['model']} {r['batch']}x{r['resolution']}" for r in results],
+            "series": {"by the size rule": [r["whole_speedup"]["default"] for r in results],
+                       "in every block": [r["whole_speedup"]["forced"] for r in results]}}},
+        title="conv_pair_relu in fused RegNets (CPU inference)")
+    print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""CPU inference of a bottleneck's first two layers as one conv_pair_relu call.
+
+Conv a (1x1) and conv b (3x3, 8 or 16 channels per group), each with BN and ReLU, run band by
+band so that a's output stays in the cache (csrc/cpu/conv_pair.cpp). Where the pair applies:
+the float32 inference path of folded_inference (CPU, channels_last, no autograd, not traced),
+both BNs using running statistics, and a build with the narrow-group kernel. The folded weights
+are cached like FoldedConv's, keyed on every tensor the folds read.
+
+`enabled` switches the path off for the whole process (benchmarks compare both ways).
+"""
+import torch
+from torch import nn
+
+from .._extension import compiled_with_narrow_group_kernel
+from . import folded_inference
+
+enabled = True
+# Smallest output of conv a (whole batch, bytes) for which the pair runs; see FoldedPair.
+MIN_INTERMEDIATE_BYTES = 8 << 20
+
+
+def pair_fits(a, b):
+    """Whether fused layers a and b (FusedConvBNAct) have the pair's structure: a a 1x1 stride-1
+    ungrouped conv with ReLU, b a 3x3 conv (padding 1, stride 1 or 2) with ReLU over a's
+    channels in groups of 8 or 16."""
+    ca, cb = a.conv_module, b.conv_module
+    return (compiled_with_narrow_group_kernel() and a.relu and b.relu
+            and ca.kernel_size == (1, 1) and (a.stride, a.padding, a.groups) == (1, 0, 1)
+            and cb.kernel_size == (3, 3) and b.padding == 1 and b.stride in (1, 2)
+            and cb.in_channels == cb.out_channels == ca.out_channels
+            and cb.in_channels // b.groups in (8, 16)
+            and isinstance(a.bn_module, nn.BatchNorm2d) and isinstance(b.bn_module, nn.BatchNorm2d)
+            and not isinstance(a.bn_module, nn.SyncBatchNorm) and not isinstance(b.bn_module, nn.SyncBatchNorm))
+
+
+def _tensors(layer):
+    conv, bn = layer.conv_module, layer.bn_module
+    return (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+
+
+class FoldedPair(folded_inference._OneEntryCache):
+    """The cached folded weights and biases of a block's layers a and b."""
+
+    def __call__(self, a, b, x):
+        """y = b(a(x)) through conv_pair_relu, or None where the pair does not apply to this call."""
+        if not enabled or a.bn_module.training or b.bn_module.training:
+            return None
+        ta, tb = _tensors(a), _tensors(b)
+        # (applies() first: it keeps everything below out of torch.compile's and export's traces.)
+        if not folded_inference.applies(x, ta[:4] + tb[:4], None, torch.float32) or x.dtype != torch.float32 \
+                or torch.is_autocast_enabled(x.device.type) or ta[4] is None or tb[4] is None:
+            return None
+        if x.numel() // x.shape[1] * a.conv_module.out_channels * x.element_size() < MIN_INTERMEDIATE_BYTES:
+            return None
+        eps_a, eps_b = a.bn_module.eps, b.bn_module.eps
+        key = folded_inference._key(ta + tb) + (eps_a, eps_b)
+        entry = self._entry
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                entry = self._entry = (key, *folded_inference.fold(*ta, eps_a), *folded_inference.fold(*tb, eps_b))
+        _, weight_a, bias_a, weight_b, bias_b = entry
+        return torch.ops.regnet_ext.conv_pair_relu(x, weight_a, bias_a, weight_b, bias_b, b.stride, b.groups)

@@ -1,0 +1,136 @@
+"""conv_pair_relu (csrc/cpu/conv_pair.cpp): a bottleneck's 1x1 conv and grouped 3x3 conv run band
+by band, against the float64 reference on shapes with one band and many (uneven last band, image
+edges at both ends), both strides, 8 and 16 channels per group; its errors, opcheck, and the fused
+block's use of it (regnet_ext/nn/conv_pair.py): taken only where it applies, equal to the stock
+model, never stale after the parameters change."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import regnet_ext._C as compiled
+from regnet_ext.models import regnet
+from regnet_ext.nn import conv_pair, fuse
+from regnet_ext.nn.modules import FusedResBottleneck
+from regnet_ext.ops import conv_pair_relu
+from test_fuse import assert_rel_close, images, randomize
+
+pytestmark = pytest.mark.skipif(not getattr(compiled, "narrow_group_kernel", 0),
+                                reason="built without AVX-512 or AVX2+FMA")
+
+
+def _reference(x, weight_a, bias_a, weight_b, bias_b, stride, groups):
+    a = F.relu(F.conv2d(x, weight_a, bias_a))
+    return F.relu(F.conv2d(a, weight_b, bias_b, stride=stride, padding=1, groups=groups))
+
+
+def _case(batch, in_c, channels, width, height, per_group, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_c, height, width, generator=g, dtype=torch.float64)
+    weight_a = torch.randn(channels, in_c, 1, 1, generator=g, dtype=torch.float64) / in_c ** 0.5
+    weight_b = torch.randn(channels, per_group, 3, 3, generator=g, dtype=torch.float64) / (9 * per_group) ** 0.5
+    bias_a = torch.randn(channels, generator=g, dtype=torch.float64) * 0.5
+    bias_b = torch.randn(channels, generator=g, dtype=torch.float64) * 0.5
+    return x, weight_a, bias_a, weight_b, bias_b
+
+
+# (batch, in channels, channels, width, height, per group, stride): 104 = 13 groups of 8 (a
+# half-used last register); 112x112 at 48 channels makes 12 bands of 4-5 rows, 13 rows and 7
+# rows one band; odd heights put the last window on the bottom padding.
+SHAPES = [(1, 32, 48, 112, 112, 8, 2), (3, 48, 104, 14, 13, 8, 2), (2, 24, 32, 9, 7, 16, 1),
+          (1, 16, 64, 14, 14, 8, 1), (2, 40, 48, 6, 5, 16, 2), (1, 8, 104, 57, 61, 8, 1),
+          (2, 64, 64, 29, 29, 16, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}i{s[1]}c{s[2]}w{s[3]}h{s[4]}g{s[5]}s{s[6]}" for s in SHAPES])
+def test_matches_float64_reference(shape):
+    batch, in_c, channels, width, height, per_group, stride = shape
+    case = _case(batch, in_c, channels, width, height, per_group)
+    groups = channels // per_group
+    expected = _reference(*case, stride, groups)
+    x, *params = (t.float() for t in case)
+    for layout in (torch.channels_last, torch.contiguous_format):
+        y = conv_pair_relu(x.contiguous(memory_format=layout), *params, stride=stride, groups=groups)
+        assert y.shape == expected.shape and y.is_contiguous(memory_format=torch.channels_last)
+        assert_rel_close(y, expected, 2e-6, f"conv_pair_relu {layout}")
+
+
+def test_nan_propagates_as_through_relu():
+    x, *params = (t.float() for t in _case(1, 16, 32, 12, 12, 8))
+    x[0, 3, 5, 6] = float("nan")
+    y = conv_pair_relu(x, *params, stride=2, groups=4)
+    expected = _reference(x, *params, 2, 4)
+    assert torch.equal(y.isnan(), expected.isnan()) and y.isnan().any()
+
+
+def test_bad_input_is_refused_with_the_argument_named():
+    x, wa, ba, wb, bb = (t.float() for t in _case(1, 16, 32, 8, 8, 8))
+    cases = [
+        ((x.double(), wa, ba, wb, bb, 1, 4), "x must be float32"),
+        ((x, wa.double(), ba, wb, bb, 1, 4), "weight_a must have the dtype of x"),
+        ((x, wa[:, :8], ba, wb, bb, 1, 4), "weight_a (C, C_in of x, 1, 1)"),
+        ((x, wa, ba[:5], wb, bb, 1, 4), "bias_a must have shape [32]"),
+        ((x, wa, ba, wb[:, :4], bb, 1, 4), "weight_b (C, C/groups, 3, 3)"),
+        ((x, wa, ba, wb, bb[:3], 1, 4), "bias_b must have shape [32]"),
+        ((x, wa, ba, wb, bb, 3, 4), "stride must be 1 or 2"),
+        ((x, wa, ba, wb.reshape(32, 2, 4, 3, 3)[:, 0], bb, 1, 8), "needs 8 or 16 channels per group"),
+        ((x[0], wa, ba, wb, bb, 1, 4), "x (N, C, H, W) must be 4-D"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            torch.ops.regnet_ext.conv_pair_relu(*args)
+    with pytest.raises(RuntimeError, match="has no autograd"):
+        conv_pair_relu(x, wa.requires_grad_(), ba, wb, bb, stride=1, groups=4)
+
+
+def test_opcheck():
+    x, *params = (t.float() for t in _case(2, 16, 32, 10, 9, 16))
+    torch.library.opcheck(torch.ops.regnet_ext.conv_pair_relu.default,
+                          (x.contiguous(memory_format=torch.channels_last), *params, 2, 2))
+
+
+def _fused_pair(name):
+    stock = randomize(regnet(name)).eval().to(memory_format=torch.channels_last)
+    return stock, fuse(copy.deepcopy(stock))
+
+
+def _pair_calls(model, x):
+    with torch.profiler.profile() as prof:
+        model(x)
+    return sum(e.count for e in prof.key_averages() if e.key == "regnet_ext::conv_pair_relu")
+
+
+@pytest.mark.parametrize("name", ["RegNetY-400MF", "RegNetX-400MF"])
+def test_fused_blocks_take_it_above_the_size_threshold_and_match_stock(name, monkeypatch):
+    stock, fused = _fused_pair(name)
+    x = images(2, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = stock(x)
+        assert _pair_calls(fused, x) == 0, "64px at batch 2 is below MIN_INTERMEDIATE_BYTES"
+        monkeypatch.setattr(conv_pair, "MIN_INTERMEDIATE_BYTES", 0)
+        blocks = sum(1 for m in fused.modules() if isinstance(m, FusedResBottleneck))
+        assert blocks > 0 and all(m._pair is not None for m in fused.modules() if isinstance(m, FusedResBottleneck))
+        assert _pair_calls(fused, x) == blocks
+        assert_rel_close(fused(x), expected, 1e-5, "fused with conv_pair_relu")
+        monkeypatch.setattr(conv_pair, "enabled", False)
+        assert _pair_calls(fused, x) == 0
+
+
+def test_not_taken_in_training_with_autograd_float64_or_autocast_and_never_stale(monkeypatch):
+    monkeypatch.setattr(conv_pair, "MIN_INTERMEDIATE_BYTES", 0)
+    stock, fused = _fused_pair("RegNetY-400MF")
+    x = images(2, 64).contiguous(memory_format=torch.channels_last)
+    assert _pair_calls(fused, x) == 0, "parameters need gradients"
+    with torch.no_grad():
+        assert _pair_calls(fused.double(), x.double()) == 0
+        fused.float()
+        assert _pair_calls(copy.deepcopy(fused).train(), x) == 0  # (a copy: it updates running stats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _pair_calls(fused, x) == 0
+        assert _pair_calls(fused, x) > 0
+        # An in-place edit of one block's BN statistics and conv weight refolds.
+        for model in (stock, fused):
+            model.s2.b1.a.bn.running_var.mul_(2.5)
+            model.s2.b1.b.conv.weight.mul_(-1.5)
+        assert_rel_close(fused(x), stock(x), 1e-5, "after in-place edits")
