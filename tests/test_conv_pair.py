@@ -134,3 +134,25 @@ def test_not_taken_in_training_with_autograd_float64_or_autocast_and_never_stale
             model.s2.b1.a.bn.running_var.mul_(2.5)
             model.s2.b1.b.conv.weight.mul_(-1.5)
         assert_rel_close(fused(x), stock(x), 1e-5, "after in-place edits")
+
+
+def test_the_profiler_accounts_blocks_that_ran_the_pair(monkeypatch):
+    from regnet_ext.profiling import Ceiling, model_traffic, profile
+    from regnet_ext.profiling.schedules import FUSED_SCHEDULE, Schedule
+
+    ceiling = Ceiling("test ceiling", 10e9, 100e9, "nominal")
+    model = regnet(w0=16, wa=8.0, wm=1.5, depth=4, group_width=8, se_ratio=0.25)
+    monkeypatch.setattr(conv_pair, "MIN_INTERMEDIATE_BYTES", 100 << 10)  # the first blocks only
+    result = profile(model, (2, 3, 64, 64), fused=True, iters=1, warmup=0, ceiling=ceiling)
+    assert result.meta["schedule"] == FUSED_SCHEDULE + "+pair"
+    units = {u["name"]: u for u in result.units}
+    plain = model_traffic(model.spec, 2, 64, schedule=FUSED_SCHEDULE, dtype=torch.float32).per_unit()
+    # s1.b1's conv a writes 2 x 16 x 32 x 32 floats that conv b reads back, unless the pair runs.
+    a_out = 2 * 2 * 16 * 32 * 32 * 4
+    assert units["s1.b1"]["bytes"] == plain["s1.b1"].bytes - a_out
+    assert all(units[u]["bytes"] == plain[u].bytes for u in units if u not in ("s1.b1", "s2.b1"))
+    # An explicit schedule is kept as given.
+    result = profile(model, (2, 3, 64, 64), fused=True, iters=1, warmup=0, ceiling=ceiling, schedule="ours_ops")
+    assert result.meta["schedule"] == "ours_ops"
+    with pytest.raises(ValueError, match="unit_eval_rules"):
+        Schedule("x", "y", unit_eval_rules=(("s1.b1", "a.conv"),))

@@ -39,10 +39,19 @@ def _tensors(layer):
 
 
 class FoldedPair(folded_inference._OneEntryCache):
-    """The cached folded weights and biases of a block's layers a and b."""
+    """The cached folded weights and biases of a block's layers a and b. `taken`: whether the
+    last call ran the pair (the profiler accounts that block's bytes by it)."""
+
+    taken = False
 
     def __call__(self, a, b, x):
         """y = b(a(x)) through conv_pair_relu, or None where the pair does not apply to this call."""
+        y = self._run(a, b, x)
+        if self.taken != (y is not None):  # (no attribute write while torch.compile traces)
+            self.taken = y is not None
+        return y
+
+    def _run(self, a, b, x):
         if not enabled or a.bn_module.training or b.bn_module.training:
             return None
         ta, tb = _tensors(a), _tensors(b)

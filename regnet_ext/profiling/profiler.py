@@ -3,8 +3,8 @@
 Each unit (stem, every block, head) runs on its own between synchronisation points (CUDA events
 on a GPU, the wall clock on a CPU), forward only or forward + backward (each unit's backward from
 its own detached input). Times are medians over iterations of per-iteration sums. Flops and bytes
-come from the traffic model for the schedule actually running (eager for a stock model, "ours"
-for a fused one), kernel counts from torch.profiler, and the roofline from a measured ceiling.
+come from the traffic model for the schedule actually running (eager for a stock model, "ours_ops"
+for a fused one, "ours_ops+pair" where blocks ran conv_pair_relu), kernel counts from torch.profiler, and the roofline from a measured ceiling.
 """
 import copy
 import platform
@@ -16,7 +16,7 @@ import torch
 from .quiet_profiler import quiet_profile
 from .report import ProfileResult, stage_record
 from .roofline import device_ceiling
-from .schedules import FUSED_SCHEDULE, get_schedule
+from .schedules import FUSED_SCHEDULE, get_schedule, with_conv_pair
 from .stages import model_units, spec_from_model
 from .traffic import model_traffic
 
@@ -213,6 +213,7 @@ class _Session:
         if fused:
             model = fuse_model(model)
         self.schedule = get_schedule(schedule or (FUSED_SCHEDULE if fused else "eager"))
+        self.schedule_is_default = schedule is None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(device=device, dtype=dtype, memory_format=self.memory_format).train(train)
         self.units = model_units(model)
@@ -239,7 +240,20 @@ class _Session:
         with torch.set_grad_enabled(self.train):
             return _count_kernels(self.units, self.make_input(), self.train, self.device)
 
+    def _account_conv_pair(self):
+        """The default fused schedule with conv a inside conv b's kernel in the blocks whose last
+        call ran conv_pair_relu (a size rule decides per call: regnet_ext/nn/conv_pair.py)."""
+        if not (self.schedule_is_default and self.fused and not self.train):
+            return
+        pair_units = [u.name for u in self.units
+                      if any(getattr(getattr(m, "_pair", None), "taken", False) for m in u.modules)]
+        if pair_units:
+            self.schedule = with_conv_pair(self.schedule, pair_units)
+            self.traffic = model_traffic(self.spec, self.shape[0], (self.shape[2], self.shape[3]),
+                                         schedule=self.schedule, training=False, dtype=self.dtype)
+
     def result(self, kernels, ceiling, warmup):
+        self._account_conv_pair()
         units, spec, train, samples = self.units, self.spec, self.train, self.samples
         per_unit_traffic = self.traffic.per_unit()
         stage_of = {u.name: u.stage for u in units}

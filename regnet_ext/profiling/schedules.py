@@ -14,6 +14,7 @@ A kernel reads every tensor its operators (and the on-load operators they pull i
 do not produce, and writes every tensor some other kernel or the caller needs. Describe a new
 fused path by writing its rules; ``validate`` refuses schedules no kernel could run.
 """
+import dataclasses
 import fnmatch
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ class Schedule:
     description: str
     eval_rules: tuple = ()
     train_rules: tuple = ()
+    # (unit, pattern, mode): inference rules for one unit ("s1.b1"), tried before eval_rules.
+    unit_eval_rules: tuple = ()
 
     def __post_init__(self):
         for label in ("eval_rules", "train_rules"):
@@ -36,8 +39,17 @@ class Schedule:
                         or rule[1] not in MODES):
                     raise ValueError(f"{label}: expected (pattern, mode) pairs with mode in "
                                      f"{MODES}, got {rule!r}")
+        for rule in self.unit_eval_rules:
+            if (not isinstance(rule, tuple) or len(rule) != 3 or not all(isinstance(r, str) for r in rule[:2])
+                    or rule[2] not in MODES):
+                raise ValueError(f"unit_eval_rules: expected (unit, pattern, mode) triples with mode in "
+                                 f"{MODES}, got {rule!r}")
 
-    def mode(self, role, training):
+    def mode(self, role, training, unit=None):
+        if not training:
+            for rule_unit, pattern, mode in self.unit_eval_rules:
+                if rule_unit == unit and fnmatch.fnmatchcase(role, pattern):
+                    return mode
         for pattern, mode in (self.train_rules if training else self.eval_rules):
             if fnmatch.fnmatchcase(role, pattern):
                 return mode
@@ -93,6 +105,23 @@ OURS_OPS = Schedule(
     ),
 )
 
+# conv_pair_relu (CPU inference, regnet_ext/nn/conv_pair.py): conv a, its BN and ReLU run
+# inside conv b's kernel, on b's load of their rows; a's output is never written.
+PAIR_RULES = (("a.conv", "on_load"), ("a.bn", "on_load"), ("a.relu", "on_load"))
+
+
+def with_conv_pair(schedule, units):
+    """``schedule`` with conv a computed inside conv b's kernel in ``units`` (the blocks whose
+    last inference call ran conv_pair_relu); ``schedule`` itself when there are none."""
+    units = tuple(units)
+    if not units:
+        return schedule
+    return dataclasses.replace(
+        schedule, name=f"{schedule.name}+pair",
+        description=f"{schedule.description}; conv a inside conv b's kernel in {', '.join(units)}",
+        unit_eval_rules=schedule.unit_eval_rules + tuple((u, p, m) for u in units for p, m in PAIR_RULES))
+
+
 SCHEDULES = {s.name: s for s in (EAGER, COMPILE, OURS_OPS, OURS)}
 # The schedule a fused model (regnet_ext.fuse) runs today: the profiler accounts its bytes with
 # this one. Keep it in step with the fused path (or register_schedule a new "ours_ops").
@@ -136,7 +165,7 @@ def build_kernels(graph, schedule):
     """Partitions ``graph`` into the kernels ``schedule`` launches, in execution order."""
     schedule = get_schedule(schedule)
     producer, consumers = graph.producer(), graph.consumers()
-    mode = {op.name: schedule.mode(op.role, graph.training) for op in graph.ops}
+    mode = {op.name: schedule.mode(op.role, graph.training, op.unit) for op in graph.ops}
     kernel_of, members = {}, []
     for op in graph.ops:
         m = mode[op.name]
