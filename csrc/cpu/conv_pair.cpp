@@ -57,11 +57,13 @@ PairShape check_pair(const at::Tensor& x, const at::Tensor& weight_a, const at::
   return {x.size(0), in_c, x.size(2), x.size(3), c, stride, groups, out_h, out_w};
 }
 
-// Output rows per band: as many as fit kBandBytes, split evenly. A single task (batch 1, one
-// band) runs on the calling thread, so the GEMM and the grouped conv inside use every thread.
+// Output rows per band: as many as fit kBandBytes (but at least kMinBandRows, which bounds the
+// rows computed twice on very wide images), split evenly. A single task (batch 1, one band) runs
+// on the calling thread, so the GEMM and the grouped conv inside use every thread.
+constexpr int64_t kMinBandRows = 4;
 int64_t band_rows(const PairShape& s) {
   const int64_t row_bytes = s.stride * (s.width + 2) * s.channels * static_cast<int64_t>(sizeof(float));
-  const int64_t most = std::clamp<int64_t>(kBandBytes / row_bytes, 1, s.out_h);
+  const int64_t most = std::min(std::max(kBandBytes / row_bytes, kMinBandRows), s.out_h);
   const int64_t bands = (s.out_h + most - 1) / most;
   return (s.out_h + bands - 1) / bands;
 }
