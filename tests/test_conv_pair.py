@@ -129,7 +129,13 @@ def test_not_taken_in_training_with_autograd_float64_or_autocast_and_never_stale
         assert _pair_calls(copy.deepcopy(fused).train(), x) == 0  # (a copy: it updates running stats)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert _pair_calls(fused, x) == 0
-        assert _pair_calls(fused, x) > 0
+        calls = _pair_calls(fused, x)
+        assert calls > 0
+        # A forward hook on layer a or b keeps that block off the pair, so the hook runs.
+        seen = []
+        handle = fused.s2.b1.b.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+        assert _pair_calls(fused, x) == calls - 1 and len(seen) == 1
+        handle.remove()
         # An in-place edit of one block's BN statistics and conv weight refolds.
         for model in (stock, fused):
             model.s2.b1.a.bn.running_var.mul_(2.5)

@@ -3,7 +3,8 @@
 Conv a (1x1) and conv b (3x3, 8 or 16 channels per group), each with BN and ReLU, run band by
 band so that a's output stays in the cache (csrc/cpu/conv_pair.cpp). Where the pair applies:
 the float32 inference path of folded_inference (CPU, channels_last, no autograd, not traced),
-both BNs using running statistics, and a build with the narrow-group kernel. The folded weights
+both BNs using running statistics, no forward hook on layer a or b (the pair would skip it), and
+a build with the narrow-group kernel. The folded weights
 are cached like FoldedConv's, keyed on every tensor the folds read.
 
 `enabled` switches the path off for the whole process (benchmarks compare both ways).
@@ -33,6 +34,15 @@ def pair_fits(a, b):
             and not isinstance(a.bn_module, nn.SyncBatchNorm) and not isinstance(b.bn_module, nn.SyncBatchNorm))
 
 
+def _hooked(module):
+    """Whether calling the module would run a forward hook (its own or a global one), which the
+    pair, bypassing the module, would skip."""
+    from torch.nn.modules import module as module_impl
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module_impl._global_forward_hooks
+                or module_impl._global_forward_pre_hooks)
+
+
 def _tensors(layer):
     conv, bn = layer.conv_module, layer.bn_module
     return (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
@@ -52,7 +62,7 @@ class FoldedPair(folded_inference._OneEntryCache):
         return y
 
     def _run(self, a, b, x):
-        if not enabled or a.bn_module.training or b.bn_module.training:
+        if not enabled or a.bn_module.training or b.bn_module.training or _hooked(a) or _hooked(b):
             return None
         ta, tb = _tensors(a), _tensors(b)
         # (applies() first: it keeps everything below out of torch.compile's and export's traces.)
