@@ -38,10 +38,11 @@ def _case(batch, in_c, channels, width, height, per_group, seed=0):
 # (batch, in channels, channels, width, height, per group, stride): 104 = 13 groups of 8 (a
 # half-used last register); 112x112 at 48 channels makes 12 bands of 4-5 rows, 13 rows and 7
 # rows one band; odd heights put the last window on the bottom padding; 300 px wide at 104
-# channels takes the minimum band of 4 rows.
+# channels takes the minimum band of 4 rows; 72 input channels take ATen's GEMM for conv a
+# (up to 64, our register tiles).
 SHAPES = [(1, 32, 48, 112, 112, 8, 2), (3, 48, 104, 14, 13, 8, 2), (2, 24, 32, 9, 7, 16, 1),
           (1, 16, 64, 14, 14, 8, 1), (2, 40, 48, 6, 5, 16, 2), (1, 8, 104, 57, 61, 8, 1),
-          (2, 64, 64, 29, 29, 16, 2), (1, 16, 104, 300, 11, 8, 1)]
+          (2, 64, 64, 29, 29, 16, 2), (1, 16, 104, 300, 11, 8, 1), (2, 72, 48, 11, 10, 8, 2)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}i{s[1]}c{s[2]}w{s[3]}h{s[4]}g{s[5]}s{s[6]}" for s in SHAPES])

@@ -17,6 +17,7 @@
 #include <algorithm>
 
 #include "checks.h"
+#include "cpu/gemm_bias_relu.h"
 #include "cpu/grouped_conv_narrow.h"
 #include "kernels/conv_bn_act.h"
 
@@ -24,6 +25,8 @@ namespace regnet_ext::cpu {
 namespace {
 
 constexpr const char* kOp = "conv_pair_relu";
+// conv a's GEMM with our register tiles up to this many input channels (cpu/gemm_bias_relu.h).
+constexpr int64_t kOwnGemmMaxInC = 64;
 // Bytes of one band buffer: a band and its GEMM output (the same size) stay in a 1 MB L2.
 constexpr int64_t kBandBytes = 256 << 10;
 
@@ -86,11 +89,17 @@ at::Tensor conv_pair_relu_cpu(const at::Tensor& x_in, const at::Tensor& weight_a
   const int64_t max_rows = (rows_per_band - 1) * stride + 3;
   const float* bias_a_p = b_a.const_data_ptr<float>();
   float* y_p = y.data_ptr<float>();
+#if defined(__AVX2__) && defined(__FMA__)
+  const bool own_gemm = s.in_c <= kOwnGemmMaxInC && C % 8 == 0;
+#else
+  constexpr bool own_gemm = false;
+#endif
+  const at::Tensor w_a_packed = own_gemm ? w_a.contiguous() : at::Tensor();  // [C_in][C]
 
   at::parallel_for(0, s.batch * bands, 1, [&](int64_t t0, int64_t t1) {
     // Zeros in the padding columns once; the interior of every row is written before it is read.
     at::Tensor band = at::zeros({max_rows * padded_w, C}, x.options());
-    at::Tensor gemm_out = at::empty({max_rows * W, C}, x.options());
+    at::Tensor gemm_out = own_gemm ? at::Tensor() : at::empty({max_rows * W, C}, x.options());
     float* band_p = band.data_ptr<float>();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / bands, o0 = (t % bands) * rows_per_band, o1 = std::min(s.out_h, o0 + rows_per_band);
@@ -98,17 +107,25 @@ at::Tensor conv_pair_relu_cpu(const at::Tensor& x_in, const at::Tensor& weight_a
       const int64_t r0 = std::max<int64_t>(first, 0), r1 = std::min(first + rows, s.height);
       for (int64_t r = first; r < first + rows; ++r)  // rows in the padding
         if (r < r0 || r >= r1) std::fill_n(band_p + (r - first) * padded_w * C, padded_w * C, 0.f);
-      at::Tensor out = gemm_out.narrow(0, 0, (r1 - r0) * W);
-      at::mm_out(out, x_rows.narrow(0, (n * s.height + r0) * W, (r1 - r0) * W), w_a);
-      const float* g = out.const_data_ptr<float>();
-      for (int64_t r = r0; r < r1; ++r) {
-        float* dst = band_p + ((r - first) * padded_w + 1) * C;
-        const float* src = g + (r - r0) * W * C;
-        for (int64_t i = 0; i < W; ++i)
-          for (int64_t c = 0; c < C; ++c) {
-            const float v = src[i * C + c] + bias_a_p[c];
-            dst[i * C + c] = v < 0.f ? 0.f : v;  // a NaN stays NaN, as in torch.relu
-          }
+      if (own_gemm) {  // straight into the band, bias and ReLU in registers
+#if defined(__AVX2__) && defined(__FMA__)
+        for (int64_t r = r0; r < r1; ++r)
+          gemm_bias_relu(x_rows.const_data_ptr<float>() + (n * s.height + r) * W * s.in_c, W, s.in_c,
+                         w_a_packed.const_data_ptr<float>(), C, bias_a_p, band_p + ((r - first) * padded_w + 1) * C, C);
+#endif
+      } else {
+        at::Tensor out = gemm_out.narrow(0, 0, (r1 - r0) * W);
+        at::mm_out(out, x_rows.narrow(0, (n * s.height + r0) * W, (r1 - r0) * W), w_a);
+        const float* g = out.const_data_ptr<float>();
+        for (int64_t r = r0; r < r1; ++r) {
+          float* dst = band_p + ((r - first) * padded_w + 1) * C;
+          const float* src = g + (r - r0) * W * C;
+          for (int64_t i = 0; i < W; ++i)
+            for (int64_t c = 0; c < C; ++c) {
+              const float v = src[i * C + c] + bias_a_p[c];
+              dst[i * C + c] = v < 0.f ? 0.f : v;  // a NaN stays NaN, as in torch.relu
+            }
+        }
       }
       kernels::ConvGeometry local = kernels::make_conv_geometry(1, rows, padded_w, C, C, 3, stride, 0, groups);
       // Inside this parallel region the kernel's own parallel_for runs on this thread.

@@ -62,14 +62,17 @@ class FoldedPair(folded_inference._OneEntryCache):
         return y
 
     def _run(self, a, b, x):
-        if not enabled or a.bn_module.training or b.bn_module.training or _hooked(a) or _hooked(b):
+        # The size rule early: at small batches it turns every block away, and these checks run
+        # on every call (but not under tracing, where reading sizes as ints would warn).
+        if not enabled or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        if x.numel() // max(x.shape[1], 1) * a.conv_module.out_channels * x.element_size() < MIN_INTERMEDIATE_BYTES:
+            return None
+        if a.bn_module.training or b.bn_module.training or _hooked(a) or _hooked(b):
             return None
         ta, tb = _tensors(a), _tensors(b)
-        # (applies() first: it keeps everything below out of torch.compile's and export's traces.)
         if not folded_inference.applies(x, ta[:4] + tb[:4], None, torch.float32) or x.dtype != torch.float32 \
                 or torch.is_autocast_enabled(x.device.type) or ta[4] is None or tb[4] is None:
-            return None
-        if x.numel() // x.shape[1] * a.conv_module.out_channels * x.element_size() < MIN_INTERMEDIATE_BYTES:
             return None
         eps_a, eps_b = a.bn_module.eps, b.bn_module.eps
         key = folded_inference._key(ta + tb) + (eps_a, eps_b)
