@@ -1,9 +1,9 @@
 """conv_pair_relu inside fused models on the CPU: every block with the pair, without it, and the
 default rule (regnet_ext/nn/conv_pair.py: the pair where conv a's output is at least
-MIN_INTERMEDIATE_BYTES), interleaved in one process.
+MIN_INTERMEDIATE_BYTES and its input at most MAX_IN_CHANNELS wide), interleaved in one process.
 
 The pair keeps conv a's output in the cache; it pays where that output would not stay there
-otherwise. This benchmark is the measurement behind the size rule: per block, the time with the
+otherwise. This benchmark is the measurement behind that rule: per block, the time with the
 pair forced on against off (forward hooks inside whole-model inference, so each block sees its
 input as the model leaves it), and the whole model under all three. Medians of per-round ratios.
 It prints a table and writes <out>.json and <out>.png.
@@ -35,9 +35,11 @@ VARIANTS = ("off", "forced", "default")
 ORDERS = tuple(itertools.permutations(VARIANTS))
 
 
-def _set_variant(name, default_bytes):
+def _set_variant(name, defaults):
     conv_pair.enabled = name != "off"
-    conv_pair.MIN_INTERMEDIATE_BYTES = 0 if name == "forced" else default_bytes
+    forced = name == "forced"
+    conv_pair.MIN_INTERMEDIATE_BYTES = 0 if forced else defaults[0]
+    conv_pair.MAX_IN_CHANNELS = 1 << 30 if forced else defaults[1]
 
 
 def _block_timer(times, variant):
@@ -48,6 +50,8 @@ def _block_timer(times, variant):
 
     def post(module, inputs, output):
         times[module._bench_name].setdefault(variant[0], []).append(time.perf_counter() - module._bench_start)
+        if variant[0] == "default":
+            module._bench_rule_took_pair = module._pair.taken
     return pre, post
 
 
@@ -55,7 +59,7 @@ def measure(name, batch, resolution, rounds, warmup):
     torch.manual_seed(0)
     model = regnet_ext.fuse(copy.deepcopy(regnet(name))).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, resolution, resolution).contiguous(memory_format=torch.channels_last)
-    default_bytes = conv_pair.MIN_INTERMEDIATE_BYTES
+    defaults = conv_pair.MIN_INTERMEDIATE_BYTES, conv_pair.MAX_IN_CHANNELS
     variant, times, blocks = [None], {}, {}
     pre, post = _block_timer(times, variant)
     for path, module in model.named_modules():
@@ -70,13 +74,14 @@ def measure(name, batch, resolution, rounds, warmup):
             for r in range(warmup + rounds):
                 order = ORDERS[r % len(ORDERS)]  # each variant after each other one in turn
                 for v in order:
-                    _set_variant(v, default_bytes)
+                    _set_variant(v, defaults)
                     variant[0] = v
                     start = time.perf_counter()
                     model(x)
                     whole[v].append(time.perf_counter() - start)
     finally:
-        conv_pair.enabled, conv_pair.MIN_INTERMEDIATE_BYTES = True, default_bytes
+        conv_pair.enabled = True
+        conv_pair.MIN_INTERMEDIATE_BYTES, conv_pair.MAX_IN_CHANNELS = defaults
 
     def ratio(a, b):  # median over timed rounds of a / b
         return statistics.median(p / q for p, q in zip(a[warmup:], b[warmup:]))
@@ -91,7 +96,7 @@ def measure(name, batch, resolution, rounds, warmup):
                      "off_ms": statistics.median(t["off"][warmup:]) * 1e3,
                      "forced_ms": statistics.median(t["forced"][warmup:]) * 1e3,
                      "default_ms": statistics.median(t["default"][warmup:]) * 1e3,
-                     "forced_speedup": ratio(t["off"], t["forced"])})
+                     "forced_speedup": ratio(t["off"], t["forced"]), "rule_takes_pair": module._bench_rule_took_pair})
     return {"model": name, "batch": batch, "resolution": resolution, "blocks": rows,
             "whole_ms": {v: statistics.median(whole[v][warmup:]) * 1e3 for v in VARIANTS},
             "whole_speedup": {"forced": ratio(whole["off"], whole["forced"]),
@@ -136,7 +141,7 @@ def main(argv=None):
                   f"in every block {r['whole_speedup']['forced']:.3f}x", file=sys.stderr, flush=True)
     rows = [[f"{r['model']} {r['batch']}x{r['resolution']}", b["block"], f"{b['intermediate_mb']:.1f}",
              f"{b['off_ms']:.3f}", f"{b['forced_ms']:.3f}", f"{b['forced_speedup']:.2f}",
-             "yes" if b["intermediate_mb"] * 2**20 >= conv_pair.MIN_INTERMEDIATE_BYTES else "no"]
+             "yes" if b["rule_takes_pair"] else "no"]
             for r in results for b in r["blocks"]]
     print(format_table(["model", "block", "a out MB", "off ms", "pair ms", "off/pair", "rule"], rows))
     print(format_table(["model", "off ms", "rule ms", "all ms", "off/rule", "off/all"],
@@ -146,7 +151,8 @@ def main(argv=None):
                         for r in results]))
     doc = {"benchmark": "conv_pair", "quick": args.quick, "models": args.models,
            "configs": [list(c) for c in args.configs], "rounds": args.rounds, "warmup": args.warmup,
-           "min_intermediate_bytes": conv_pair.MIN_INTERMEDIATE_BYTES, "malloc_tuned": malloc_tuned,
+           "min_intermediate_bytes": conv_pair.MIN_INTERMEDIATE_BYTES, "max_in_channels": conv_pair.MAX_IN_CHANNELS,
+           "malloc_tuned": malloc_tuned,
            "machine": machine_record(), "results": results}
     json_path = write_json(Path(args.out).with_suffix(".json"), doc)
     png_path = write_ratio_png(

@@ -110,7 +110,13 @@ def test_fused_blocks_take_it_above_the_size_threshold_and_match_stock(name, mon
     with torch.no_grad():
         expected = stock(x)
         assert _pair_calls(fused, x) == 0, "64px at batch 2 is below MIN_INTERMEDIATE_BYTES"
+        # The rule: conv a's output of at least MIN_INTERMEDIATE_BYTES, at most MAX_IN_CHANNELS inputs.
+        monkeypatch.setattr(conv_pair, "MIN_INTERMEDIATE_BYTES", 1)
+        narrow_inputs = sum(1 for m in fused.modules() if isinstance(m, FusedResBottleneck)
+                            and m.part("a").conv_module.in_channels <= conv_pair.MAX_IN_CHANNELS)
+        assert 0 < _pair_calls(fused, x) == narrow_inputs
         monkeypatch.setattr(conv_pair, "MIN_INTERMEDIATE_BYTES", 0)
+        monkeypatch.setattr(conv_pair, "MAX_IN_CHANNELS", 1 << 30)
         blocks = sum(1 for m in fused.modules() if isinstance(m, FusedResBottleneck))
         assert blocks > 0 and all(m._pair is not None for m in fused.modules() if isinstance(m, FusedResBottleneck))
         assert _pair_calls(fused, x) == blocks
@@ -121,6 +127,7 @@ def test_fused_blocks_take_it_above_the_size_threshold_and_match_stock(name, mon
 
 def test_not_taken_in_training_with_autograd_float64_or_autocast_and_never_stale(monkeypatch):
     monkeypatch.setattr(conv_pair, "MIN_INTERMEDIATE_BYTES", 0)
+    monkeypatch.setattr(conv_pair, "MAX_IN_CHANNELS", 1 << 30)
     stock, fused = _fused_pair("RegNetY-400MF")
     x = images(2, 64).contiguous(memory_format=torch.channels_last)
     assert _pair_calls(fused, x) == 0, "parameters need gradients"

@@ -16,8 +16,12 @@ from .._extension import compiled_with_narrow_group_kernel
 from . import folded_inference
 
 enabled = True
-# Smallest output of conv a (whole batch, bytes) for which the pair runs; see FoldedPair.
-MIN_INTERMEDIATE_BYTES = 8 << 20
+# The pair runs where conv a's output (whole batch) is at least MIN_INTERMEDIATE_BYTES and conv a
+# has at most MAX_IN_CHANNELS inputs (up to there the operator computes it with its own register
+# tiles, kOwnGemmMaxInC in csrc/cpu/conv_pair.cpp; above, with ATen's GEMM per band, the pair
+# lost 10% on a 5 MB block). Set from benchmarks/bench_conv_pair.py (see benchmarks/README.md).
+MIN_INTERMEDIATE_BYTES = 4 << 20
+MAX_IN_CHANNELS = 64
 
 
 def pair_fits(a, b):
@@ -66,7 +70,8 @@ class FoldedPair(folded_inference._OneEntryCache):
         # on every call (but not under tracing, where reading sizes as ints would warn).
         if not enabled or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return None
-        if x.numel() // max(x.shape[1], 1) * a.conv_module.out_channels * x.element_size() < MIN_INTERMEDIATE_BYTES:
+        if x.shape[1] > MAX_IN_CHANNELS or \
+                x.numel() // max(x.shape[1], 1) * a.conv_module.out_channels * x.element_size() < MIN_INTERMEDIATE_BYTES:
             return None
         if a.bn_module.training or b.bn_module.training or _hooked(a) or _hooked(b):
             return None
