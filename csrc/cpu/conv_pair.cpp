@@ -6,10 +6,11 @@
 // RegNetY-400MF's first block: 19 MB) and the grouped conv reads it back, both from memory; on
 // the 2-core VM the grouped conv ran at half the speed it reaches on a cache-resident input.
 // Here each task computes one band of output rows of one image: the 1x1 conv's output rows
-// that band needs (one GEMM through ATen, bias and ReLU applied while the rows are copied into a
-// zero-padded band buffer that stays in L2), then the grouped conv on the band with our
-// narrow-group kernel. Rows shared by neighbouring bands are computed by both (one row in
-// 2R + 1 at stride 2, two in R + 2 at stride 1).
+// that band needs, with bias and ReLU, into a zero-padded band buffer that stays in L2 (our
+// register tiles, cpu/gemm_bias_relu.h, up to kOwnGemmMaxInC input channels; else one GEMM
+// through ATen and an epilogue pass), then the grouped conv on the band with our narrow-group
+// kernel. Rows shared by neighbouring bands are computed by both (one row in 2R + 1 at stride 2,
+// two in R + 2 at stride 1).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -27,7 +28,7 @@ namespace {
 constexpr const char* kOp = "conv_pair_relu";
 // conv a's GEMM with our register tiles up to this many input channels (cpu/gemm_bias_relu.h).
 constexpr int64_t kOwnGemmMaxInC = 64;
-// Bytes of one band buffer: a band and its GEMM output (the same size) stay in a 1 MB L2.
+// Bytes of one band buffer: the band (and ATen's GEMM output, where used) stay in a 1 MB L2.
 constexpr int64_t kBandBytes = 256 << 10;
 
 struct PairShape {

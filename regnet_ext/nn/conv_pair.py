@@ -3,9 +3,9 @@
 Conv a (1x1) and conv b (3x3, 8 or 16 channels per group), each with BN and ReLU, run band by
 band so that a's output stays in the cache (csrc/cpu/conv_pair.cpp). Where the pair applies:
 the float32 inference path of folded_inference (CPU, channels_last, no autograd, not traced),
-both BNs using running statistics, no forward hook on layer a or b (the pair would skip it), and
-a build with the narrow-group kernel. The folded weights
-are cached like FoldedConv's, keyed on every tensor the folds read.
+both BNs using running statistics, no forward hook on layer a or b (the pair would skip it), a
+build with the narrow-group kernel, and the size rule below. The folded weights are cached like
+FoldedConv's, keyed on every tensor the folds read.
 
 `enabled` switches the path off for the whole process (benchmarks compare both ways).
 """

@@ -3,8 +3,9 @@
 Each unit (stem, every block, head) runs on its own between synchronisation points (CUDA events
 on a GPU, the wall clock on a CPU), forward only or forward + backward (each unit's backward from
 its own detached input). Times are medians over iterations of per-iteration sums. Flops and bytes
-come from the traffic model for the schedule actually running (eager for a stock model, "ours_ops"
-for a fused one, "ours_ops+pair" where blocks ran conv_pair_relu), kernel counts from torch.profiler, and the roofline from a measured ceiling.
+come from the traffic model for the schedule actually running (eager for a stock model,
+"ours_ops" for a fused one, "ours_ops+pair" where blocks ran conv_pair_relu), kernel counts from
+torch.profiler, and the roofline from a measured ceiling.
 """
 import copy
 import platform
