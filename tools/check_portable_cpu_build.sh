@@ -45,4 +45,4 @@ PYTHONPATH=. "$PY" -m pytest -q -m "not cuda" -p no:cacheprovider \
   tests/test_conv_bn_act.py tests/test_conv_bn_act_autograd.py tests/test_conv_bn_act_weight_strides.py \
   tests/test_conv_bn_act_bfloat16_rounding.py tests/test_conv_bn_act_narrow_groups.py \
   tests/test_conv_bn_act_winograd.py tests/test_conv_bn_act_autotune.py tests/test_squeeze_excite.py \
-  tests/test_selfcheck.py tests/test_fuse_packed_linear.py
+  tests/test_selfcheck.py tests/test_fuse_packed_linear.py tests/test_conv_pair.py
