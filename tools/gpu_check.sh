@@ -83,7 +83,8 @@ for step in $STEPS; do
       # The CPU kernels chosen by this machine's CPU (AVX-512 ones where it has AVX-512).
       say "CPU kernel tests on this machine's CPU"
       bounded "$PY" -m pytest -q -m "not cuda" tests/test_conv_bn_act_narrow_groups.py tests/test_conv_bn_act_winograd.py \
-        tests/test_conv_bn_act_bfloat16_rounding.py tests/test_conv_bn_act_autotune.py -p no:cacheprovider -rfE \
+        tests/test_conv_bn_act_bfloat16_rounding.py tests/test_conv_bn_act_autotune.py tests/test_conv_pair.py \
+        -p no:cacheprovider -rfE \
         > "$OUT/cpu_tests.log" 2>&1 || failed "CPU kernel tests (log: $OUT/cpu_tests.log)"
       tail -5 "$OUT/cpu_tests.log" ;;
     models)
