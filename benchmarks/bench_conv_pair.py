@@ -9,7 +9,6 @@ input as the model leaves it), and the whole model under all three. Medians of p
 It prints a table and writes <out>.json and <out>.png.
 """
 import argparse
-import copy
 import itertools
 import statistics
 import sys
@@ -57,7 +56,7 @@ def _block_timer(times, variant):
 
 def measure(name, batch, resolution, rounds, warmup):
     torch.manual_seed(0)
-    model = regnet_ext.fuse(copy.deepcopy(regnet(name))).eval().to(memory_format=torch.channels_last)
+    model = regnet_ext.fuse(regnet(name)).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, resolution, resolution).contiguous(memory_format=torch.channels_last)
     defaults = conv_pair.MIN_INTERMEDIATE_BYTES, conv_pair.MAX_IN_CHANNELS
     variant, times, blocks = [None], {}, {}

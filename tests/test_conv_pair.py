@@ -7,22 +7,17 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import regnet_ext._C as compiled
 from regnet_ext.models import regnet
 from regnet_ext.nn import conv_pair, fuse
 from regnet_ext.nn.modules import FusedResBottleneck
 from regnet_ext.ops import conv_pair_relu
+from regnet_ext.selfcheck import reference_conv_pair
 from test_fuse import assert_rel_close, images, randomize
 
 pytestmark = pytest.mark.skipif(not getattr(compiled, "narrow_group_kernel", 0),
                                 reason="built without AVX-512 or AVX2+FMA")
-
-
-def _reference(x, weight_a, bias_a, weight_b, bias_b, stride, groups):
-    a = F.relu(F.conv2d(x, weight_a, bias_a))
-    return F.relu(F.conv2d(a, weight_b, bias_b, stride=stride, padding=1, groups=groups))
 
 
 def _case(batch, in_c, channels, width, height, per_group, seed=0):
@@ -46,11 +41,11 @@ SHAPES = [(1, 32, 48, 112, 112, 8, 2), (3, 48, 104, 14, 13, 8, 2), (2, 24, 32, 9
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}i{s[1]}c{s[2]}w{s[3]}h{s[4]}g{s[5]}s{s[6]}" for s in SHAPES])
-def test_matches_float64_reference(shape):
+def test_matches_float64reference_conv_pair(shape):
     batch, in_c, channels, width, height, per_group, stride = shape
     case = _case(batch, in_c, channels, width, height, per_group)
     groups = channels // per_group
-    expected = _reference(*case, stride, groups)
+    expected = reference_conv_pair(*case, stride, groups)
     x, *params = (t.float() for t in case)
     for layout in (torch.channels_last, torch.contiguous_format):
         y = conv_pair_relu(x.contiguous(memory_format=layout), *params, stride=stride, groups=groups)
@@ -62,7 +57,7 @@ def test_nan_propagates_as_through_relu():
     x, *params = (t.float() for t in _case(1, 16, 32, 12, 12, 8))
     x[0, 3, 5, 6] = float("nan")
     y = conv_pair_relu(x, *params, stride=2, groups=4)
-    expected = _reference(x, *params, 2, 4)
+    expected = reference_conv_pair(x, *params, 2, 4)
     assert torch.equal(y.isnan(), expected.isnan()) and y.isnan().any()
 
 

@@ -16,8 +16,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "checks.h"
+#include "cpu/channel_passes.h"
 #include "cpu/gemm_bias_relu.h"
 #include "cpu/grouped_conv_narrow.h"
 #include "kernels/conv_bn_act.h"
@@ -91,11 +93,12 @@ at::Tensor conv_pair_relu_cpu(const at::Tensor& x_in, const at::Tensor& weight_a
   const float* bias_a_p = b_a.const_data_ptr<float>();
   float* y_p = y.data_ptr<float>();
 #if defined(__AVX2__) && defined(__FMA__)
-  const bool own_gemm = s.in_c <= kOwnGemmMaxInC && C % 8 == 0;
+  const bool own_gemm = s.in_c <= kOwnGemmMaxInC;  // (C, 8 or 16 per group, is a multiple of 8)
 #else
   constexpr bool own_gemm = false;
 #endif
   const at::Tensor w_a_packed = own_gemm ? w_a.contiguous() : at::Tensor();  // [C_in][C]
+  const std::vector<float> ones(own_gemm ? 0 : C, 1.f);
 
   at::parallel_for(0, s.batch * bands, 1, [&](int64_t t0, int64_t t1) {
     // Zeros in the padding columns once; the interior of every row is written before it is read.
@@ -118,15 +121,9 @@ at::Tensor conv_pair_relu_cpu(const at::Tensor& x_in, const at::Tensor& weight_a
         at::Tensor out = gemm_out.narrow(0, 0, (r1 - r0) * W);
         at::mm_out(out, x_rows.narrow(0, (n * s.height + r0) * W, (r1 - r0) * W), w_a);
         const float* g = out.const_data_ptr<float>();
-        for (int64_t r = r0; r < r1; ++r) {
-          float* dst = band_p + ((r - first) * padded_w + 1) * C;
-          const float* src = g + (r - r0) * W * C;
-          for (int64_t i = 0; i < W; ++i)
-            for (int64_t c = 0; c < C; ++c) {
-              const float v = src[i * C + c] + bias_a_p[c];
-              dst[i * C + c] = v < 0.f ? 0.f : v;  // a NaN stays NaN, as in torch.relu
-            }
-        }
+        for (int64_t r = r0; r < r1; ++r)  // + bias, ReLU, into the band's row (scale 1: exact)
+          passes::normalize_rows(band_p + ((r - first) * padded_w + 1) * C, g + (r - r0) * W * C,
+                                 static_cast<const float*>(nullptr), ones.data(), bias_a_p, W, C, /*relu=*/true);
       }
       kernels::ConvGeometry local = kernels::make_conv_geometry(1, rows, padded_w, C, C, 3, stride, 0, groups);
       // Inside this parallel region the kernel's own parallel_for runs on this thread.

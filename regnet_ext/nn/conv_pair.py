@@ -34,8 +34,7 @@ def pair_fits(a, b):
             and cb.kernel_size == (3, 3) and b.padding == 1 and b.stride in (1, 2)
             and cb.in_channels == cb.out_channels == ca.out_channels
             and cb.in_channels // b.groups in (8, 16)
-            and isinstance(a.bn_module, nn.BatchNorm2d) and isinstance(b.bn_module, nn.BatchNorm2d)
-            and not isinstance(a.bn_module, nn.SyncBatchNorm) and not isinstance(b.bn_module, nn.SyncBatchNorm))
+            and isinstance(a.bn_module, nn.BatchNorm2d) and isinstance(b.bn_module, nn.BatchNorm2d))
 
 
 def _hooked(module):
