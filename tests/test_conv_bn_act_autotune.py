@@ -44,8 +44,7 @@ def test_one_decision_per_shape_and_pass(autotune, width, own):
     # Eval and training share the backward's record: the conv gradients cost the same in both.
     assert sorted(r["pass"] for r in records) == ["backward", "eval", "train_forward"]
     backward_plans = {"onednn", "onednn_input_grad+own_weight_grad"}
-    if own == "winograd":
-        backward_plans |= {"winograd_input_grad+onednn_weight_grad", "winograd_input_grad+own_weight_grad"}
+    backward_plans |= {f"{own}_input_grad+onednn_weight_grad", f"{own}_input_grad+own_weight_grad"}
     for r in records:
         assert r["dtype"] == torch.float32 and r["x_shape"] == (2, channels, 9, 9) and r["groups"] == groups
         expected = backward_plans if r["pass"] == "backward" else {"onednn", own}

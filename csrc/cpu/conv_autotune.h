@@ -40,7 +40,8 @@ namespace regnet_ext::cpu {
 
 // What computes a conv pass. Forward: oneDNN, one of our kernels, or (1x1 convs) one ATen GEMM
 // with our epilogue. Backward (a plan for both gradients): oneDNN for both in one call, our tiles
-// for the weight gradient, Winograd for the input gradient, or both of ours.
+// for the weight gradient, Winograd or the narrow-group kernel for the input gradient, or both of
+// ours.
 enum class ConvKernel : int {
   kOneDnn = 0,
   kNarrow = 1,
@@ -49,6 +50,8 @@ enum class ConvKernel : int {
   kWinogradDx = 4,
   kWinogradDxOwnWeightGrad = 5,
   kGemm = 6,
+  kNarrowDx = 7,
+  kNarrowDxOwnWeightGrad = 8,
 };
 // The backward passes differ in what they compute: both gradients, or only one of them.
 enum class ConvPass : int { kEval = 0, kTrainForward = 1, kBackward = 2, kBackwardInput = 3, kBackwardWeight = 4 };
@@ -61,6 +64,8 @@ inline const char* conv_kernel_name(ConvKernel k) {
     case ConvKernel::kOwnWeightGrad: return "onednn_input_grad+own_weight_grad";
     case ConvKernel::kWinogradDx: return "winograd_input_grad+onednn_weight_grad";
     case ConvKernel::kWinogradDxOwnWeightGrad: return "winograd_input_grad+own_weight_grad";
+    case ConvKernel::kNarrowDx: return "narrow_input_grad+onednn_weight_grad";
+    case ConvKernel::kNarrowDxOwnWeightGrad: return "narrow_input_grad+own_weight_grad";
     case ConvKernel::kOneDnn: break;
   }
   return "onednn";

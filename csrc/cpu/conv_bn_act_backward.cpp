@@ -5,7 +5,7 @@
 // dz (the batch-statistics backward); eval differentiates through the folded weights instead,
 // so g feeds the conv gradients directly. The conv gradients come from oneDNN through ATen,
 // with, for grouped convs, the weight gradient from our register tiles and the input gradient
-// from Winograd where the autotuner (conv_autotune.h) or the rules (conv_bn_act_cpu.h) say so;
+// from Winograd or the narrow-group kernel where the autotuner (conv_autotune.h) or the rules (conv_bn_act_cpu.h) say so;
 // with REGNET_EXT_CPU_CONV=tiles, from GEMMs for 1x1 ungrouped convs and our register tiles
 // (kernels/conv_bn_act_backward.h) otherwise. The two passes are vectorised in channel_passes.h.
 #include <ATen/ATen.h>
@@ -199,14 +199,16 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const bool strided_gemm_unsafe = is_plain_gemm(g) && g.stride > 1 && g.in_c < 32;
   auto conv_grads = [&](ConvKernel plan) -> std::pair<at::Tensor, at::Tensor> {
     const bool aten = !tiles && plan != ConvKernel::kGemm;  // else our code or ATen's GEMMs
-    const bool own_weight_grad = plan == ConvKernel::kOwnWeightGrad || plan == ConvKernel::kWinogradDxOwnWeightGrad;
+    const bool own_weight_grad = plan == ConvKernel::kOwnWeightGrad || plan == ConvKernel::kWinogradDxOwnWeightGrad ||
+                                 plan == ConvKernel::kNarrowDxOwnWeightGrad;
     // The input gradient of a stride-1 conv is a stride-1 conv of dz (kernels flipped, channels
-    // swapped), which the Winograd kernel runs where it runs the forward (same geometry: it
-    // needs as many input as output channels).
+    // swapped), which the Winograd and narrow-group kernels run where they run the forward (same
+    // geometry: as many input as output channels, padding k/2).
     const bool winograd_dx =
         input_grad && (plan == ConvKernel::kWinogradDx || plan == ConvKernel::kWinogradDxOwnWeightGrad);
+    const bool narrow_dx = input_grad && (plan == ConvKernel::kNarrowDx || plan == ConvKernel::kNarrowDxOwnWeightGrad);
     const bool aten_weight_grad = aten && !own_weight_grad && !strided_gemm_unsafe;
-    const bool aten_dx = input_grad && !winograd_dx;
+    const bool aten_dx = input_grad && !winograd_dx && !narrow_dx;
     at::Tensor grad_x = at::empty({0}, x.options()), raw;
     if (aten && (aten_dx || (param_grads && aten_weight_grad))) {
       at::Tensor w = weight;
@@ -228,6 +230,19 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
         grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
         grouped_conv_winograd(g, dzp, packed.const_data_ptr<float>(), nullptr, nullptr, grad_x.data_ptr<float>(),
                               false);
+      }
+    }
+    if (narrow_dx) {
+      if constexpr (std::is_same_v<T, float>) {
+        at::Tensor w = weight.to(acc_dtype);
+        if (!training) w = w * scale_t.view({C, 1, 1, 1});
+        const int64_t k = g.kernel, width = g.in_c_per_group;
+        const at::Tensor flipped = w.reshape({g.groups, width, width, k, k}).transpose(1, 2).flip({3, 4})
+                                       .reshape({C, width, k, k});
+        const at::Tensor packed = pack_narrow_group_weight(flipped, g);
+        grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
+        grouped_conv_narrow(g, dzp, packed.const_data_ptr<float>(), nullptr, nullptr, grad_x.data_ptr<float>(),
+                            false);
       }
     }
     if (input_grad && aten) {
@@ -297,9 +312,11 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   };
   const bool rule_own_weight_grad = use_own_weight_grad(g, x.scalar_type());
   const bool rule_winograd_dx = input_grad && !tiles && use_winograd_per_call(g, x.scalar_type());
+  const bool rule_narrow_dx = input_grad && !tiles && use_narrow_input_grad(g, x.scalar_type());
   const ConvKernel rule =
       use_gemm_backward(g, x.scalar_type()) ? ConvKernel::kGemm
       : rule_winograd_dx ? (rule_own_weight_grad ? ConvKernel::kWinogradDxOwnWeightGrad : ConvKernel::kWinogradDx)
+      : rule_narrow_dx ? (rule_own_weight_grad ? ConvKernel::kNarrowDxOwnWeightGrad : ConvKernel::kNarrowDx)
       : rule_own_weight_grad ? ConvKernel::kOwnWeightGrad : ConvKernel::kOneDnn;
   const ConvPass pass = !param_grads ? ConvPass::kBackwardInput
                         : !input_grad ? ConvPass::kBackwardWeight : ConvPass::kBackward;

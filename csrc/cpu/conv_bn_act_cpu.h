@@ -214,19 +214,45 @@ inline bool use_gemm_backward(const ConvGeometry& g, at::ScalarType dtype) {
   }
 }
 
+// The input gradient of a stride-1 grouped conv with 8 or 16 channels per group (float32) from
+// the narrow-group forward kernel: it is the conv of dz with each group's weight transposed and
+// flipped, padding k-1-p, which is the forward's own geometry when p = k/2. Against oneDNN's
+// backward (both gradients in one call) the split -- our input gradient, oneDNN's weight
+// gradient alone -- measured (AVX2 VM, 2 threads, 2026-12-04, medians of 9 interleaved rounds):
+// 8 per group at batch 8 1.48x (104 channels, 28px), 1.11x (208, 14px), 1.19x (440, 7px); at
+// batch 1 1.05x, 1.01x and 0.86x (49 pixels: two calls cost more than one); 16 per group
+// 0.88-1.00x. The rule takes 8 per group from 392 output pixels on; the autotuner times it
+// wherever it applies.
+inline bool narrow_input_grad_applies(const ConvGeometry& g, at::ScalarType dtype) {
+  return dtype == at::kFloat && g.stride == 1 && 2 * g.padding == g.kernel - 1 &&
+         own_conv_kernel(g, dtype) == ConvKernel::kNarrow;
+}
+
+inline bool use_narrow_input_grad(const ConvGeometry& g, at::ScalarType dtype) {
+  switch (conv_backend()) {
+    case ConvBackend::kOwn: return narrow_input_grad_applies(g, dtype);
+    case ConvBackend::kMixed:
+      return narrow_input_grad_applies(g, dtype) && g.in_c_per_group == 8 && g.batch * g.out_h * g.out_w >= 392;
+    default: return false;  // tiles: our generic tiles; aten: oneDNN
+  }
+}
+
 // The backward plans the autotuner compares in the measured mix: for a stride-1 1x1 conv,
 // oneDNN or the two GEMMs; for a float32 grouped conv, oneDNN for both gradients, our tiles for
-// the weight gradient (any grouped conv), Winograd for the input gradient where it runs the
-// forward, or both of ours.
+// the weight gradient (any grouped conv), Winograd or the narrow-group kernel for the input
+// gradient where they run the forward (the narrow one at stride 1), or both of ours.
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
                                                    bool param_grads) {
   if (gemm_backward_applies(g, dtype)) return {ConvKernel::kOneDnn, ConvKernel::kGemm};
   if (dtype != at::kFloat || g.groups == 1) return {};
   const bool winograd = input_grad && own_conv_kernel(g, dtype) == ConvKernel::kWinograd;
+  const bool narrow = input_grad && narrow_input_grad_applies(g, dtype);
   std::vector<ConvKernel> plans{ConvKernel::kOneDnn};
   if (param_grads) plans.push_back(ConvKernel::kOwnWeightGrad);
   if (winograd) plans.push_back(ConvKernel::kWinogradDx);
   if (winograd && param_grads) plans.push_back(ConvKernel::kWinogradDxOwnWeightGrad);
+  if (narrow) plans.push_back(ConvKernel::kNarrowDx);
+  if (narrow && param_grads) plans.push_back(ConvKernel::kNarrowDxOwnWeightGrad);
   return plans;
 }
 

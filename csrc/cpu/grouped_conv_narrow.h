@@ -305,12 +305,16 @@ constexpr int window_pixel(int j, int kw) {
 
 // One input channel of a window row: each column's value (row[j * in_c + c]) broadcast once and
 // handed to fma(v, kw, p) for every tap kw that reads it, p its output pixel (all unrolled).
-template <int kPixels, int kStride, typename Fma>
+// kClipped: whether the window reaches past the image (j_lo > 0 or j_hi < the window's width);
+// interior windows skip the per-column test (against testing every column, interleaved, AVX2 VM,
+// 2026-12-04: 1.00-1.05x on RegNet's grouped shapes, 1.02x for conv_pair_relu at 48 -> 104
+// channels).
+template <int kPixels, int kStride, bool kClipped, typename Fma>
 inline void walk_columns(const float* row, int64_t in_c, int c, int64_t j_lo, int64_t j_hi, const Fma& fma) {
   constexpr int kCols = window_columns<kPixels, kStride>();  // in the condition, GCC 12 stopped unrolling stride 2
 #pragma GCC unroll 32
   for (int j = 0; j < kCols; ++j) {
-    if (j < j_lo || j >= j_hi) continue;
+    if (kClipped && (j < j_lo || j >= j_hi)) continue;
     const __m256 v = _mm256_broadcast_ss(row + j * in_c + c);
 #pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) {
@@ -318,6 +322,16 @@ inline void walk_columns(const float* row, int64_t in_c, int c, int64_t j_lo, in
       if (p >= 0) fma(v, kw, p);
     }
   }
+}
+
+// body(std::bool_constant<clipped>) for a window row's columns [j_lo, j_hi): each variant of the
+// column walk compiled once per tile.
+template <int kPixels, int kStride, typename Body>
+inline void with_clipping(int64_t j_lo, int64_t j_hi, const Body& body) {
+  if (j_lo > 0 || j_hi < window_columns<kPixels, kStride>())
+    body(std::true_type{});
+  else
+    body(std::false_type{});
 }
 
 // 8 per group, 3x3 (RegNet's): the window's rows are walked column by column, and each input
@@ -336,14 +350,16 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
   for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const float* row, int64_t j_lo,
                                                                   int64_t j_hi) {
     const float* w = w_group + kh * 3 * 128;  // taps (kh, 0..2), 8 input channels x 16 lanes each
+    with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
 #pragma GCC unroll 8
-    for (int c = 0; c < 8; ++c) {
-      __m256 wk[3];
-      for (int kw = 0; kw < 3; ++kw) wk[kw] = _mm256_loadu_ps(w + kw * 128 + 16 * c);
-      walk_columns<kPixels, kStride>(row, g.in_c, c, j_lo, j_hi, [&](__m256 v, int kw, int p) {
-        acc[p] = _mm256_fmadd_ps(v, wk[kw], acc[p]);
-      });
-    }
+      for (int c = 0; c < 8; ++c) {
+        __m256 wk[3];
+        for (int kw = 0; kw < 3; ++kw) wk[kw] = _mm256_loadu_ps(w + kw * 128 + 16 * c);
+        walk_columns<kPixels, kStride, clipped>(row, g.in_c, c, j_lo, j_hi, [&](__m256 v, int kw, int p) {
+          acc[p] = _mm256_fmadd_ps(v, wk[kw], acc[p]);
+        });
+      }
+    });
   });
   store_half<kPixels>(g, acc, bias8, residual, y, n, ho, wo0, npix, c0, relu);
 }
@@ -384,18 +400,20 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
   for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const float* row, int64_t j_lo,
                                                                   int64_t j_hi) {
     const float* w = w_group + kh * 3 * 256;  // taps (kh, 0..2), 16 input channels x 16 lanes each
+    with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
 #pragma GCC unroll 2
-    for (int c = 0; c < 16; ++c) {
-      __m256 wl[3], wh[3];
-      for (int kw = 0; kw < 3; ++kw) {
-        wl[kw] = _mm256_loadu_ps(w + kw * 256 + 16 * c);
-        wh[kw] = _mm256_loadu_ps(w + kw * 256 + 16 * c + 8);
+      for (int c = 0; c < 16; ++c) {
+        __m256 wl[3], wh[3];
+        for (int kw = 0; kw < 3; ++kw) {
+          wl[kw] = _mm256_loadu_ps(w + kw * 256 + 16 * c);
+          wh[kw] = _mm256_loadu_ps(w + kw * 256 + 16 * c + 8);
+        }
+        walk_columns<kPixels, kStride, clipped>(row, g.in_c, c, j_lo, j_hi, [&](__m256 v, int kw, int p) {
+          lo[p] = _mm256_fmadd_ps(v, wl[kw], lo[p]);
+          hi[p] = _mm256_fmadd_ps(v, wh[kw], hi[p]);
+        });
       }
-      walk_columns<kPixels, kStride>(row, g.in_c, c, j_lo, j_hi, [&](__m256 v, int kw, int p) {
-        lo[p] = _mm256_fmadd_ps(v, wl[kw], lo[p]);
-        hi[p] = _mm256_fmadd_ps(v, wh[kw], hi[p]);
-      });
-    }
+    });
   });
   store_half<kPixels>(g, lo, bias16, residual, y, n, ho, wo0, npix, c0, relu);
   store_half<kPixels>(g, hi, bias16 + 8, residual ? residual + 8 : nullptr, y + 8, n, ho, wo0, npix, c0, relu);
