@@ -67,10 +67,10 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
 //
 // Grouped convs with 8 or 16 channels per group, float32: our kernel (grouped_conv_narrow.h,
 // AVX-512 or AVX2) instead of oneDNN, in the measured mix only (aten and tiles keep their
-// meaning). The AVX2 variant (the autotuner's timings on a 2-core AMD EPYC VM without AVX-512,
-// eval, 3x3, 2026-12-04) fits the same rules: 1.04-2.36x oneDNN at batch 1, 1.02-1.66x at batch 8
-// from 104 channels on with 8 per group, 0.82x at 48 channels over 112px; 16 per group at batch
-// 8 0.95-1.44x. AVX-512, measured against oneDNN (eval, 3x3, 2 threads, one-off runs): 8 per group is faster
+// meaning). The AVX2 variant's first 3x3 tiles (the autotuner's timings on a 2-core AMD EPYC VM
+// without AVX-512, eval, 2026-12-04) fitted the same rules: 1.04-2.36x oneDNN at batch 1,
+// 1.02-1.66x at batch 8 from 104 channels on with 8 per group, 0.82x at 48 channels over 112px;
+// 16 per group at batch 8 0.95-1.44x; its current tiles have their own rule (below). AVX-512, measured against oneDNN (eval, 3x3, 2 threads, one-off runs): 8 per group is faster
 // at batch 1 (1.17-2.1x) and at batch 8 with 104 or more channels (1.04x at 104 channels 56px
 // stride 2 up to 1.58x at 440 channels 7px), not at batch 8 with few channels over large images
 // (24 channels at 112px: 0.73x, 48 at 56px: 0.91x), where few groups share the work and the
@@ -91,6 +91,14 @@ inline bool use_narrow_group_kernel(const ConvGeometry& g, at::ScalarType dtype)
     return false;
   if (backend == ConvBackend::kOwn) return g.in_c_per_group == 8 || g.in_c_per_group == 16;
   if (dtype == at::kBFloat16) return g.in_c_per_group == 8 && g.batch == 1 && g.in_c >= 48;
+#if !defined(__AVX512F__)
+  // AVX2's 3x3 tiles (column walk, prefetch) against oneDNN, batch 8, eval and training forward
+  // interleaved (2-core AVX2 VM, 2026-12-04): 8 per group 1.07-1.67x on every shape tried (24 to
+  // 208 channels, 7-112px, both strides); 16 per group 1.24-1.39x where the output is 7px (384
+  // and 672 channels), 0.86-1.13x on larger outputs (32 to 288 channels).
+  if (g.kernel == 3)
+    return g.in_c_per_group == 8 || (g.in_c_per_group == 16 && (g.batch == 1 || g.out_h * g.out_w <= 64));
+#endif
   if (g.in_c_per_group == 8) return g.batch == 1 || g.in_c >= 96;
   return g.in_c_per_group == 16 && g.batch == 1;
 }

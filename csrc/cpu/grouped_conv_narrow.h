@@ -479,6 +479,10 @@ inline void run(const kernels::ConvGeometry& g, const float* x, const float* pac
 // channels_last, the conv's output shape.
 inline void grouped_conv_narrow(const kernels::ConvGeometry& g, const float* x, const float* packed,
                                 const float* bias, const float* residual, float* y, bool relu) {
+  // The callers' rules decide; a rule that let another width through would read past the tiles.
+  TORCH_INTERNAL_ASSERT((g.in_c_per_group == 8 || g.in_c_per_group == 16) && g.out_c_per_group == g.in_c_per_group,
+                        "grouped_conv_narrow: needs 8 or 16 channels per group in and out, got ", g.in_c_per_group,
+                        " and ", g.out_c_per_group);
 #if defined(__AVX512F__)
   __m512i idx[8];  // input channel c of both groups
   narrow::half_broadcast_indices(idx);

@@ -138,6 +138,9 @@ inline void tile16(const kernels::ConvGeometry& g, const c10::BFloat16* x, const
 inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::BFloat16* x,
                                      const c10::BFloat16* packed, const float* bias,
                                      const c10::BFloat16* residual, c10::BFloat16* y, bool relu) {
+  TORCH_INTERNAL_ASSERT((g.in_c_per_group == 8 || g.in_c_per_group == 16) && g.out_c_per_group == g.in_c_per_group,
+                        "grouped_conv_narrow_bf16: needs 8 or 16 channels per group in and out, got ",
+                        g.in_c_per_group, " and ", g.out_c_per_group);
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   __m512i idx[4];  // input channel pair k of both groups
   narrow::half_broadcast_indices(idx);
