@@ -5,8 +5,8 @@
 // dz (the batch-statistics backward); eval differentiates through the folded weights instead,
 // so g feeds the conv gradients directly. The conv gradients come from oneDNN through ATen,
 // with, for grouped convs, the weight gradient from our register tiles and the input gradient
-// from Winograd or the narrow-group kernel where the autotuner (conv_autotune.h) or the rules (conv_bn_act_cpu.h) say so;
-// with REGNET_EXT_CPU_CONV=tiles, from GEMMs for 1x1 ungrouped convs and our register tiles
+// from Winograd or the narrow-group kernel where the autotuner (conv_autotune.h) or the rules
+// (conv_bn_act_cpu.h) say so; with REGNET_EXT_CPU_CONV=tiles, from GEMMs for 1x1 ungrouped convs and our register tiles
 // (kernels/conv_bn_act_backward.h) otherwise. The two passes are vectorised in channel_passes.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -70,9 +70,10 @@ inline bool use_own_conv_tiles(const ConvGeometry&) {
 // meaning). The AVX2 variant's first 3x3 tiles (the autotuner's timings on a 2-core AMD EPYC VM
 // without AVX-512, eval, 2026-12-04) fitted the same rules: 1.04-2.36x oneDNN at batch 1,
 // 1.02-1.66x at batch 8 from 104 channels on with 8 per group, 0.82x at 48 channels over 112px;
-// 16 per group at batch 8 0.95-1.44x; its current tiles have their own rule (below). AVX-512, measured against oneDNN (eval, 3x3, 2 threads, one-off runs): 8 per group is faster
-// at batch 1 (1.17-2.1x) and at batch 8 with 104 or more channels (1.04x at 104 channels 56px
-// stride 2 up to 1.58x at 440 channels 7px), not at batch 8 with few channels over large images
+// 16 per group at batch 8 0.95-1.44x; its current tiles have their own rule (below). AVX-512,
+// measured against oneDNN (eval, 3x3, 2 threads, one-off runs): 8 per group is faster at batch 1
+// (1.17-2.1x) and at batch 8 with 104 or more channels (1.04x at 104 channels 56px stride 2 up to
+// 1.58x at 440 channels 7px), not at batch 8 with few channels over large images
 // (24 channels at 112px: 0.73x, 48 at 56px: 0.91x), where few groups share the work and the
 // input streams from memory. 16 per group is faster at batch 1 only (1.20-2.38x; batch 8 with
 // 160-384 channels: 0.80-0.97x). bfloat16 (grouped_conv_narrow_bf16.h; against oneDNN's bfloat16

@@ -297,8 +297,8 @@ inline void for_each_window_row(const kernels::ConvGeometry& g, const float* x, 
     const float* row = x + ((n * g.in_h + h_in) * g.in_w + w_first) * g.in_c + c0;
     // The columns the next tile adds to this row, into L1 while this tile computes (past the
     // row's end they are the next row's or nobody's: a prefetch does not fault, and the address
-    // is computed as an integer, not as a pointer past the tensor). Interleaved
-    // against none (AVX2 VM, 2026-12-04): 1.03-1.10x at 8 per group from 14px on (most at
+    // is computed as an integer, not as a pointer past the tensor). Against no prefetch
+    // (interleaved, AVX2 VM, 2026-12-04): 1.03-1.10x at 8 per group from 14px on (most at
     // stride 2), 1.00-1.05x at 16; two tiles ahead was no better.
     constexpr int kCols = window_columns<kPixels, kStride>();
 #pragma GCC unroll 32
