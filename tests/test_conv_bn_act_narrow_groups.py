@@ -2,8 +2,8 @@
 AVX2, whichever the build has), which the CPU operator runs for float32 at batch 1 or with 96+
 channels: eval and training forward and backward against the float64 reference, with odd group
 counts (a half-used last register), both strides, kernels 1, 3 and 5, image edges narrower and
-wider than one 14-pixel tile, the input gradient of stride-1 convs from the same kernel, and the
-same calls with the kernel switched off
+wider than one 14-pixel tile, input gradients from the same kernel (stride 1) and from its
+stride-2 twin (grouped_conv_narrow_dx.h), and the same calls with the kernel switched off
 (REGNET_EXT_CPU_CONV=aten) agreeing; and its bfloat16 twin (grouped_conv_narrow_bf16.h) on the
 same shapes within plain PyTorch's bfloat16 error."""
 import os
@@ -35,19 +35,20 @@ def test_matches_float64_reference(shape, training):
 
 
 # REGNET_EXT_CPU_CONV=own takes every stride-1 input gradient with padding k/2 from the forward
-# kernel (each group's weight transposed and flipped: use_narrow_input_grad); the rules alone only
-# for 8 per group from 392 output pixels on (the 30px shape above).
-STRIDE_1 = [s for s in SHAPES if s[5] == 1]
+# kernel (each group's weight transposed and flipped) and every 3x3 stride-2 one at 8 per group
+# from grouped_conv_narrow_dx.h (use_narrow_input_grad); the rules alone only some of them.
+OWN_INPUT_GRAD = [s for s in SHAPES if s[5] == 1 or (s[2] == 8 and s[4] == 3)]
 
 
-@pytest.mark.parametrize("shape", STRIDE_1, ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}k{s[4]}" for s in STRIDE_1])
+@pytest.mark.parametrize("shape", OWN_INPUT_GRAD,
+                         ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}k{s[4]}st{s[5]}" for s in OWN_INPUT_GRAD])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_input_gradient_from_the_forward_kernel(shape, training, monkeypatch):
+def test_input_gradient_from_our_kernels(shape, training, monkeypatch):
     monkeypatch.setenv("REGNET_EXT_CPU_CONV", "own")
-    batch, channels, width, size, kernel, _ = shape
-    case = make_case(batch, channels, channels, size, kernel, 1, channels // width, channels_last=True,
-                     residual=True, seed=size + kernel + 1)
-    _run_and_compare(case, stride=1, groups=channels // width, training=training, relu=True)
+    batch, channels, width, size, kernel, stride = shape
+    case = make_case(batch, channels, channels, size, kernel, stride, channels // width, channels_last=True,
+                     residual=stride == 1, seed=size + kernel + 1)
+    _run_and_compare(case, stride=stride, groups=channels // width, training=training, relu=True)
 
 
 @pytest.mark.parametrize("batch, channels, groups", [(2, 104, 13), (1, 160, 10)])

@@ -236,13 +236,18 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       if constexpr (std::is_same_v<T, float>) {
         at::Tensor w = weight.to(acc_dtype);
         if (!training) w = w * scale_t.view({C, 1, 1, 1});
-        const int64_t k = g.kernel, width = g.in_c_per_group;
-        const at::Tensor flipped = w.reshape({g.groups, width, width, k, k}).transpose(1, 2).flip({3, 4})
-                                       .reshape({C, width, k, k});
-        const at::Tensor packed = pack_narrow_group_weight(flipped, g);
         grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
-        grouped_conv_narrow(g, dzp, packed.const_data_ptr<float>(), nullptr, nullptr, grad_x.data_ptr<float>(),
-                            false);
+        if (g.stride == 2) {
+          const at::Tensor packed = pack_stride2_input_grad_weight(w);
+          grouped_conv_narrow_stride2_input_grad(g, dzp, packed.const_data_ptr<float>(), grad_x.data_ptr<float>());
+        } else {
+          const int64_t k = g.kernel, width = g.in_c_per_group;
+          const at::Tensor flipped = w.reshape({g.groups, width, width, k, k}).transpose(1, 2).flip({3, 4})
+                                         .reshape({C, width, k, k});
+          const at::Tensor packed = pack_narrow_group_weight(flipped, g);
+          grouped_conv_narrow(g, dzp, packed.const_data_ptr<float>(), nullptr, nullptr, grad_x.data_ptr<float>(),
+                              false);
+        }
       }
     }
     if (input_grad && aten) {

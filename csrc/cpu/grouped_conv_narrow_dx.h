@@ -1,0 +1,126 @@
+// Input gradient of a grouped 3x3 conv with stride 2, padding 1 and 8 channels per group (the
+// first conv of every RegNetY-400MF stage), AVX2+FMA: the transposed conv of dz, computed by the
+// parity of the input pixel. Input row hi = 2m takes tap row kh = 1 of dz row m; hi = 2m + 1 takes
+// kh = 0 of dz row m + 1 and kh = 2 of row m; columns alike. So a tile of 7 input pixels of one
+// parity along a row (wi = 2q + b) sums over one or two dz rows and one (b = 0) or two (b = 1)
+// taps per dz column, each broadcast dz value feeding every tap that reads it. Lanes are a
+// group's 8 input channels; every dx pixel is written once (no scatter, no zero fill).
+// (The stride-1 input gradient is the forward kernel itself: conv_bn_act_backward.cpp.)
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/conv_bn_act.h"
+
+namespace regnet_ext::cpu {
+
+inline constexpr bool kHaveNarrowStride2InputGrad =
+#if defined(__AVX2__) && defined(__FMA__)
+    true;
+#else
+    false;
+#endif
+
+// Float weight [C, 8, 3, 3] -> [C/8 groups][9 taps][8 output channels co][8 input-channel lanes].
+inline at::Tensor pack_stride2_input_grad_weight(const at::Tensor& weight) {
+  const int64_t groups = weight.size(0) / 8;
+  return weight.to(at::kFloat).reshape({groups, 8, 8, 9}).permute({0, 3, 1, 2}).contiguous();
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+namespace narrow_dx {
+
+constexpr int kPixels = 7;
+
+// acc[p] += the taps of dz row `dz_row` (tap row kh: `w_row` = its three taps) that reach input
+// pixels wi = 2 (q0 + p) + B, reading dz columns q0 .. below `cols` (past the last, zero).
+template <int B>
+inline void add_row(const float* dz_row, int64_t dz_c, const float* w_row, int64_t q0, int64_t cols,
+                    __m256 (&acc)[kPixels]) {
+  const int64_t avail = cols - q0;  // dz columns from q0 on
+#pragma GCC unroll 8
+  for (int c = 0; c < 8; ++c) {
+    if constexpr (B == 0) {  // wi = 2q: tap kw = 1 of column q
+      const __m256 w1 = _mm256_loadu_ps(w_row + 64 + 8 * c);
+#pragma GCC unroll 7
+      for (int p = 0; p < kPixels; ++p) {
+        if (p >= avail) break;
+        acc[p] = _mm256_fmadd_ps(_mm256_broadcast_ss(dz_row + (q0 + p) * dz_c + c), w1, acc[p]);
+      }
+    } else {  // wi = 2q + 1: tap kw = 2 of column q, kw = 0 of column q + 1
+      const __m256 w0 = _mm256_loadu_ps(w_row + 8 * c), w2 = _mm256_loadu_ps(w_row + 128 + 8 * c);
+#pragma GCC unroll 8
+      for (int j = 0; j <= kPixels; ++j) {
+        if (j >= avail) break;
+        const __m256 v = _mm256_broadcast_ss(dz_row + (q0 + j) * dz_c + c);
+        if (j < kPixels) acc[j] = _mm256_fmadd_ps(v, w2, acc[j]);
+        if (j > 0) acc[j - 1] = _mm256_fmadd_ps(v, w0, acc[j - 1]);
+      }
+    }
+  }
+}
+
+// One tile: input pixels wi = 2 (q0 + p) + B of row hi, one group.
+template <int B>
+inline void tile(const kernels::ConvGeometry& g, const float* dz, const float* packed_group, float* dx, int64_t n,
+                 int64_t hi, int64_t q0, int64_t c0) {
+  __m256 acc[kPixels];
+  for (int p = 0; p < kPixels; ++p) acc[p] = _mm256_setzero_ps();
+  const int64_t m = hi / 2;
+  auto add_dz_row = [&](int64_t ho, int64_t kh) {
+    if (ho >= g.out_h) return;
+    add_row<B>(dz + ((n * g.out_h + ho) * g.out_w) * g.out_c + c0, g.out_c, packed_group + kh * 3 * 64, q0,
+               g.out_w, acc);
+  };
+  if (hi % 2 == 0) {
+    add_dz_row(m, 1);
+  } else {
+    add_dz_row(m + 1, 0);
+    add_dz_row(m, 2);
+  }
+#pragma GCC unroll 7
+  for (int p = 0; p < kPixels; ++p) {
+    const int64_t wi = 2 * (q0 + p) + B;
+    if (wi >= g.in_w) break;
+    _mm256_storeu_ps(dx + ((n * g.in_h + hi) * g.in_w + wi) * g.in_c + c0, acc[p]);
+  }
+}
+
+}  // namespace narrow_dx
+#endif
+
+// dx (channels_last, x's shape) of the conv with geometry g (3x3, stride 2, padding 1, 8 channels
+// per group in and out) from dz (channels_last, the conv's output) and `packed` from
+// pack_stride2_input_grad_weight.
+inline void grouped_conv_narrow_stride2_input_grad(const kernels::ConvGeometry& g, const float* dz,
+                                                   const float* packed, float* dx) {
+  TORCH_INTERNAL_ASSERT(g.kernel == 3 && g.stride == 2 && g.padding == 1 && g.in_c_per_group == 8 &&
+                            g.out_c_per_group == 8,
+                        "grouped_conv_narrow_stride2_input_grad: needs 3x3, stride 2, padding 1, 8 per group");
+#if defined(__AVX2__) && defined(__FMA__)
+  using narrow_dx::kPixels;
+  at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.in_h, hi = r % g.in_h;
+      for (int64_t group = 0; group < g.groups; ++group) {
+        const float* w = packed + group * 9 * 64;
+        for (int64_t q0 = 0; 2 * q0 < g.in_w; q0 += kPixels) narrow_dx::tile<0>(g, dz, w, dx, n, hi, q0, group * 8);
+        for (int64_t q0 = 0; 2 * q0 + 1 < g.in_w; q0 += kPixels) narrow_dx::tile<1>(g, dz, w, dx, n, hi, q0, group * 8);
+      }
+    }
+  });
+#else
+  (void)dz, (void)packed, (void)dx;
+  TORCH_CHECK(false, "grouped_conv_narrow_stride2_input_grad: this build has no AVX2+FMA kernel");
+#endif
+}
+
+}  // namespace regnet_ext::cpu
