@@ -231,12 +231,13 @@ inline bool use_gemm_backward(const ConvGeometry& g, at::ScalarType dtype) {
 // gradient alone -- measured (AVX2 VM, 2 threads, 2026-12-04, medians of 9 interleaved rounds):
 // 8 per group at batch 8 1.48x (104 channels, 28px), 1.11x (208, 14px), 1.19x (440, 7px); at
 // batch 1 1.05x, 1.01x and 0.86x (49 pixels: two calls cost more than one); 16 per group
-// 0.88-1.00x. Stride 2 (3x3, 8 per group) has its own kernel (grouped_conv_narrow_dx.h); the
-// autotuner's timings inside a RegNetY-400MF training step (2026-12-04, with the better of the
-// two weight gradients each side): batch 8 1.04x (48 channels, 112px), 1.09x (104, 56px), 1.01x
-// (208, 28px), 1.21x (440, 14px); batch 1 0.88x, 0.95x, 1.05x, 1.14x. The rule takes 8 per group
-// from 392 output pixels on, at stride 2 from batch 8 on; the autotuner times it wherever it
-// applies.
+// 0.88-1.00x. Stride 2 (3x3, 8 per group) has its own kernel (grouped_conv_narrow_dx.h): the
+// eval backward's input gradient alone against oneDNN's (interleaved, 9 rounds, 2026-12-04) at
+// batch 8 1.22x (48 channels, 112px), 1.41x (104, 56px), 1.11x (208, 28px), 1.40x (440, 14px),
+// at batch 1 1.17-1.82x; the autotuner's timings inside a RegNetY-400MF training step (with the
+// better of the two weight gradients each side): batch 8 1.08-1.18x, batch 1 0.98-1.17x. The
+// rule takes 8 per group at stride 2, and at stride 1 from 392 output pixels on; the autotuner
+// times it wherever it applies.
 inline bool narrow_input_grad_applies(const ConvGeometry& g, at::ScalarType dtype) {
   if (dtype != at::kFloat || g.groups == 1 || g.in_c_per_group != g.out_c_per_group) return false;
   if (g.stride == 2)  // grouped_conv_narrow_dx.h
@@ -248,8 +249,8 @@ inline bool use_narrow_input_grad(const ConvGeometry& g, at::ScalarType dtype) {
   switch (conv_backend()) {
     case ConvBackend::kOwn: return narrow_input_grad_applies(g, dtype);
     case ConvBackend::kMixed:
-      return narrow_input_grad_applies(g, dtype) && g.in_c_per_group == 8 && g.batch * g.out_h * g.out_w >= 392 &&
-             (g.stride == 1 || g.batch >= 8);
+      return narrow_input_grad_applies(g, dtype) && g.in_c_per_group == 8 &&
+             (g.stride == 2 || g.batch * g.out_h * g.out_w >= 392);
     default: return false;  // tiles: our generic tiles; aten: oneDNN
   }
 }

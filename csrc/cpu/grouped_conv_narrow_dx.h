@@ -1,10 +1,10 @@
 // Input gradient of a grouped 3x3 conv with stride 2, padding 1 and 8 channels per group (the
 // first conv of every RegNetY-400MF stage), AVX2+FMA: the transposed conv of dz, computed by the
 // parity of the input pixel. Input row hi = 2m takes tap row kh = 1 of dz row m; hi = 2m + 1 takes
-// kh = 0 of dz row m + 1 and kh = 2 of row m; columns alike. So a tile of 7 input pixels of one
-// parity along a row (wi = 2q + b) sums over one or two dz rows and one (b = 0) or two (b = 1)
-// taps per dz column, each broadcast dz value feeding every tap that reads it. Lanes are a
-// group's 8 input channels; every dx pixel is written once (no scatter, no zero fill).
+// kh = 0 of dz row m + 1 and kh = 2 of row m; columns alike. So a tile of 8 input pixels along a
+// row (2 q0 .. 2 q0 + 7) reads dz columns q0 .. q0 + 4 of one or two dz rows, and each broadcast
+// dz value feeds the three taps that read it. Lanes are a group's 8 input channels; every dx
+// pixel is written once (no scatter, no zero fill).
 // (The stride-1 input gradient is the forward kernel itself: conv_bn_act_backward.cpp.)
 #pragma once
 
@@ -38,47 +38,41 @@ inline at::Tensor pack_stride2_input_grad_weight(const at::Tensor& weight) {
 #if defined(__AVX2__) && defined(__FMA__)
 namespace narrow_dx {
 
-constexpr int kPixels = 7;
+constexpr int kColumns = 4;  // dz columns a tile starts; it computes input pixels 2q0 .. 2q0 + 7
 
-// acc[p] += the taps of dz row `dz_row` (tap row kh: `w_row` = its three taps) that reach input
-// pixels wi = 2 (q0 + p) + B, reading dz columns q0 .. below `cols` (past the last, zero).
-template <int B>
+// acc[2p + b] (input pixel wi = 2 (q0 + p) + b) += the taps of dz row `dz_row` (tap row kh:
+// `w_row` = its three taps) that reach it. dz column q0 + j feeds pixel 2j (tap kw = 1), 2j + 1
+// (kw = 2) and 2j - 1 (kw = 0): three FMAs per broadcast. Columns from `cols` on are zero.
 inline void add_row(const float* dz_row, int64_t dz_c, const float* w_row, int64_t q0, int64_t cols,
-                    __m256 (&acc)[kPixels]) {
-  const int64_t avail = cols - q0;  // dz columns from q0 on
+                    __m256 (&acc)[2 * kColumns]) {
+  const int64_t avail = cols - q0;
 #pragma GCC unroll 8
   for (int c = 0; c < 8; ++c) {
-    if constexpr (B == 0) {  // wi = 2q: tap kw = 1 of column q
-      const __m256 w1 = _mm256_loadu_ps(w_row + 64 + 8 * c);
-#pragma GCC unroll 7
-      for (int p = 0; p < kPixels; ++p) {
-        if (p >= avail) break;
-        acc[p] = _mm256_fmadd_ps(_mm256_broadcast_ss(dz_row + (q0 + p) * dz_c + c), w1, acc[p]);
+    const __m256 w0 = _mm256_loadu_ps(w_row + 8 * c), w1 = _mm256_loadu_ps(w_row + 64 + 8 * c),
+                 w2 = _mm256_loadu_ps(w_row + 128 + 8 * c);
+#pragma GCC unroll 5
+    for (int j = 0; j <= kColumns; ++j) {
+      if (j >= avail) break;
+      const __m256 v = _mm256_broadcast_ss(dz_row + (q0 + j) * dz_c + c);
+      if (j < kColumns) {
+        acc[2 * j] = _mm256_fmadd_ps(v, w1, acc[2 * j]);
+        acc[2 * j + 1] = _mm256_fmadd_ps(v, w2, acc[2 * j + 1]);
       }
-    } else {  // wi = 2q + 1: tap kw = 2 of column q, kw = 0 of column q + 1
-      const __m256 w0 = _mm256_loadu_ps(w_row + 8 * c), w2 = _mm256_loadu_ps(w_row + 128 + 8 * c);
-#pragma GCC unroll 8
-      for (int j = 0; j <= kPixels; ++j) {
-        if (j >= avail) break;
-        const __m256 v = _mm256_broadcast_ss(dz_row + (q0 + j) * dz_c + c);
-        if (j < kPixels) acc[j] = _mm256_fmadd_ps(v, w2, acc[j]);
-        if (j > 0) acc[j - 1] = _mm256_fmadd_ps(v, w0, acc[j - 1]);
-      }
+      if (j > 0) acc[2 * j - 1] = _mm256_fmadd_ps(v, w0, acc[2 * j - 1]);
     }
   }
 }
 
-// One tile: input pixels wi = 2 (q0 + p) + B of row hi, one group.
-template <int B>
+// One tile: input pixels 2 q0 .. 2 q0 + 7 of row hi, one group.
 inline void tile(const kernels::ConvGeometry& g, const float* dz, const float* packed_group, float* dx, int64_t n,
                  int64_t hi, int64_t q0, int64_t c0) {
-  __m256 acc[kPixels];
-  for (int p = 0; p < kPixels; ++p) acc[p] = _mm256_setzero_ps();
+  __m256 acc[2 * kColumns];
+  for (int p = 0; p < 2 * kColumns; ++p) acc[p] = _mm256_setzero_ps();
   const int64_t m = hi / 2;
   auto add_dz_row = [&](int64_t ho, int64_t kh) {
     if (ho >= g.out_h) return;
-    add_row<B>(dz + ((n * g.out_h + ho) * g.out_w) * g.out_c + c0, g.out_c, packed_group + kh * 3 * 64, q0,
-               g.out_w, acc);
+    add_row(dz + ((n * g.out_h + ho) * g.out_w) * g.out_c + c0, g.out_c, packed_group + kh * 3 * 64, q0, g.out_w,
+            acc);
   };
   if (hi % 2 == 0) {
     add_dz_row(m, 1);
@@ -86,9 +80,9 @@ inline void tile(const kernels::ConvGeometry& g, const float* dz, const float* p
     add_dz_row(m + 1, 0);
     add_dz_row(m, 2);
   }
-#pragma GCC unroll 7
-  for (int p = 0; p < kPixels; ++p) {
-    const int64_t wi = 2 * (q0 + p) + B;
+#pragma GCC unroll 8
+  for (int p = 0; p < 2 * kColumns; ++p) {
+    const int64_t wi = 2 * q0 + p;
     if (wi >= g.in_w) break;
     _mm256_storeu_ps(dx + ((n * g.in_h + hi) * g.in_w + wi) * g.in_c + c0, acc[p]);
   }
@@ -106,15 +100,12 @@ inline void grouped_conv_narrow_stride2_input_grad(const kernels::ConvGeometry& 
                             g.out_c_per_group == 8,
                         "grouped_conv_narrow_stride2_input_grad: needs 3x3, stride 2, padding 1, 8 per group");
 #if defined(__AVX2__) && defined(__FMA__)
-  using narrow_dx::kPixels;
   at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.in_h, hi = r % g.in_h;
-      for (int64_t group = 0; group < g.groups; ++group) {
-        const float* w = packed + group * 9 * 64;
-        for (int64_t q0 = 0; 2 * q0 < g.in_w; q0 += kPixels) narrow_dx::tile<0>(g, dz, w, dx, n, hi, q0, group * 8);
-        for (int64_t q0 = 0; 2 * q0 + 1 < g.in_w; q0 += kPixels) narrow_dx::tile<1>(g, dz, w, dx, n, hi, q0, group * 8);
-      }
+      for (int64_t group = 0; group < g.groups; ++group)
+        for (int64_t q0 = 0; 2 * q0 < g.in_w; q0 += narrow_dx::kColumns)
+          narrow_dx::tile(g, dz, packed + group * 9 * 64, dx, n, hi, q0, group * 8);
     }
   });
 #else
