@@ -41,7 +41,7 @@ SHAPES = [(1, 32, 48, 112, 112, 8, 2), (3, 48, 104, 14, 13, 8, 2), (2, 24, 32, 9
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}i{s[1]}c{s[2]}w{s[3]}h{s[4]}g{s[5]}s{s[6]}" for s in SHAPES])
-def test_matches_float64reference_conv_pair(shape):
+def test_matches_float64_reference(shape):
     batch, in_c, channels, width, height, per_group, stride = shape
     case = _case(batch, in_c, channels, width, height, per_group)
     groups = channels // per_group

@@ -236,18 +236,18 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       if constexpr (std::is_same_v<T, float>) {
         at::Tensor w = weight.to(acc_dtype);
         if (!training) w = w * scale_t.view({C, 1, 1, 1});
+        // Each group's weight transposed (input and output channels swapped); stride 1 also
+        // flips the kernel (the forward kernel runs it), stride 2 reads the taps as they are.
+        const int64_t k = g.kernel, width = g.in_c_per_group;
+        at::Tensor transposed = w.reshape({g.groups, width, width, k, k}).transpose(1, 2);
+        if (g.stride == 1) transposed = transposed.flip({3, 4});
+        const at::Tensor packed = pack_narrow_group_weight(transposed.reshape({C, width, k, k}), g);
         grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
-        if (g.stride == 2) {
-          const at::Tensor packed = pack_stride2_input_grad_weight(w);
+        if (g.stride == 2)
           grouped_conv_narrow_stride2_input_grad(g, dzp, packed.const_data_ptr<float>(), grad_x.data_ptr<float>());
-        } else {
-          const int64_t k = g.kernel, width = g.in_c_per_group;
-          const at::Tensor flipped = w.reshape({g.groups, width, width, k, k}).transpose(1, 2).flip({3, 4})
-                                         .reshape({C, width, k, k});
-          const at::Tensor packed = pack_narrow_group_weight(flipped, g);
+        else
           grouped_conv_narrow(g, dzp, packed.const_data_ptr<float>(), nullptr, nullptr, grad_x.data_ptr<float>(),
                               false);
-        }
       }
     }
     if (input_grad && aten) {

@@ -29,27 +29,22 @@ inline constexpr bool kHaveNarrowStride2InputGrad =
     false;
 #endif
 
-// Float weight [C, 8, 3, 3] -> [C/8 groups][9 taps][8 output channels co][8 input-channel lanes].
-inline at::Tensor pack_stride2_input_grad_weight(const at::Tensor& weight) {
-  const int64_t groups = weight.size(0) / 8;
-  return weight.to(at::kFloat).reshape({groups, 8, 8, 9}).permute({0, 3, 1, 2}).contiguous();
-}
-
 #if defined(__AVX2__) && defined(__FMA__)
 namespace narrow_dx {
 
 constexpr int kColumns = 4;  // dz columns a tile starts; it computes input pixels 2q0 .. 2q0 + 7
 
 // acc[2p + b] (input pixel wi = 2 (q0 + p) + b) += the taps of dz row `dz_row` (tap row kh:
-// `w_row` = its three taps) that reach it. dz column q0 + j feeds pixel 2j (tap kw = 1), 2j + 1
+// `w_row` = its three taps, 128 floats apart, a dz channel's 8 weights 16 floats apart) that
+// reach it. dz column q0 + j feeds pixel 2j (tap kw = 1), 2j + 1
 // (kw = 2) and 2j - 1 (kw = 0): three FMAs per broadcast. Columns from `cols` on are zero.
 inline void add_row(const float* dz_row, int64_t dz_c, const float* w_row, int64_t q0, int64_t cols,
                     __m256 (&acc)[2 * kColumns]) {
   const int64_t avail = cols - q0;
 #pragma GCC unroll 8
   for (int c = 0; c < 8; ++c) {
-    const __m256 w0 = _mm256_loadu_ps(w_row + 8 * c), w1 = _mm256_loadu_ps(w_row + 64 + 8 * c),
-                 w2 = _mm256_loadu_ps(w_row + 128 + 8 * c);
+    const __m256 w0 = _mm256_loadu_ps(w_row + 16 * c), w1 = _mm256_loadu_ps(w_row + 128 + 16 * c),
+                 w2 = _mm256_loadu_ps(w_row + 256 + 16 * c);
 #pragma GCC unroll 5
     for (int j = 0; j <= kColumns; ++j) {
       if (j >= avail) break;
@@ -71,7 +66,7 @@ inline void tile(const kernels::ConvGeometry& g, const float* dz, const float* p
   const int64_t m = hi / 2;
   auto add_dz_row = [&](int64_t ho, int64_t kh) {
     if (ho >= g.out_h) return;
-    add_row(dz + ((n * g.out_h + ho) * g.out_w) * g.out_c + c0, g.out_c, packed_group + kh * 3 * 64, q0, g.out_w,
+    add_row(dz + ((n * g.out_h + ho) * g.out_w) * g.out_c + c0, g.out_c, packed_group + kh * 3 * 128, q0, g.out_w,
             acc);
   };
   if (hi % 2 == 0) {
@@ -92,8 +87,9 @@ inline void tile(const kernels::ConvGeometry& g, const float* dz, const float* p
 #endif
 
 // dx (channels_last, x's shape) of the conv with geometry g (3x3, stride 2, padding 1, 8 channels
-// per group in and out) from dz (channels_last, the conv's output) and `packed` from
-// pack_stride2_input_grad_weight.
+// per group in and out) from dz (channels_last, the conv's output) and `packed`: each group's
+// weight transposed (input and output channels swapped, taps as they are) and packed by
+// pack_narrow_group_weight (two groups per 16-lane block, as the forward kernel reads them).
 inline void grouped_conv_narrow_stride2_input_grad(const kernels::ConvGeometry& g, const float* dz,
                                                    const float* packed, float* dx) {
   TORCH_INTERNAL_ASSERT(g.kernel == 3 && g.stride == 2 && g.padding == 1 && g.in_c_per_group == 8 &&
@@ -105,7 +101,7 @@ inline void grouped_conv_narrow_stride2_input_grad(const kernels::ConvGeometry& 
       const int64_t n = r / g.in_h, hi = r % g.in_h;
       for (int64_t group = 0; group < g.groups; ++group)
         for (int64_t q0 = 0; 2 * q0 < g.in_w; q0 += narrow_dx::kColumns)
-          narrow_dx::tile(g, dz, packed + group * 9 * 64, dx, n, hi, q0, group * 8);
+          narrow_dx::tile(g, dz, packed + (group / 2) * 9 * 8 * 16 + (group % 2) * 8, dx, n, hi, q0, group * 8);
     }
   });
 #else
