@@ -104,6 +104,11 @@ TORCH_LIBRARY(regnet_ext, m) {
       "conv_pair_relu(Tensor x, Tensor weight_a, Tensor bias_a, Tensor weight_b, Tensor bias_b, "
       "int stride, int groups) -> Tensor");
 
+  // ---- pool_linear ------------------------------------------------------------------------
+  // A classifier head: y = linear(mean_hw(x), weight [classes, C], bias [classes]), float32 or
+  // float64, for CPU inference (csrc/cpu/pool_linear.cpp says why). No autograd.
+  m.def("pool_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+
   // ---- squeeze_excite ---------------------------------------------------------------------
   // y = x * sigmoid(w2 . relu(w1 . mean_hw(x) + b1) + b2); w1 [C_se, C] or [C_se, C, 1, 1],
   // w2 [C, C_se] or [C, C_se, 1, 1]. The backward recomputes the pooled means from x.

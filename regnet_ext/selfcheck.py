@@ -358,6 +358,18 @@ def _check_conv_pair(dtype, device, gen):
     return worst
 
 
+def _check_pool_linear(dtype, device, gen):
+    worst = _Worst()
+    for batch, channels, size, classes in ((8, 440, 7, 1000), (3, 13, 5, 7)):
+        m = [(torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale
+             for shape, scale in (((batch, channels, size, size), 1.0), ((classes, channels), channels ** -0.5),
+                                  ((classes,), 1.0))]
+        t = [_on(v, dtype, device, channels_last=v.dim() == 4) for v in m]
+        worst.add(f"N{batch}_C{channels}_{size}px_K{classes}: y", torch.ops.regnet_ext.pool_linear(*t),
+                  F.linear(m[0].mean((2, 3)), m[1], m[2]), F.linear(t[0].mean((2, 3)), t[1], t[2]), dtype)
+    return worst
+
+
 CHECKS = {
     "conv_bn_act_eval": _check_conv_eval,
     "conv_bn_act_train": _check_conv_train,
@@ -368,11 +380,13 @@ CHECKS = {
     "squeeze_excite": lambda d, dev, g: _check_se(d, dev, g, backward=False),
     "squeeze_excite_backward": lambda d, dev, g: _check_se(d, dev, g, backward=True),
     "conv_pair_relu": _check_conv_pair,
+    "pool_linear": _check_pool_linear,
 }
 # Operators that exist for some devices and dtypes only: checked where they run.
 APPLIES = {
     "conv_pair_relu": lambda dtype, device: (device.type == "cpu" and dtype == torch.float32
                                              and _extension.compiled_with_narrow_group_kernel()),
+    "pool_linear": lambda dtype, device: device.type == "cpu" and dtype == torch.float32,
 }
 
 

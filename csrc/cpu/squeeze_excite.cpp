@@ -7,18 +7,7 @@
 // channels_last is the fast path (each pixel is a contiguous C vector, vectorised over C); NCHW
 // runs plane by plane (vectorised over pixels). Any other strides are made contiguous first.
 
-// ATen's SIMD types pick their instruction set from CPU_CAPABILITY_* (set per file inside torch's
-// own build), not from the compiler's target: select the widest one -march allows. The namespace
-// name (CPU_CAPABILITY) keeps these inline definitions apart from other translation units'.
-#if !defined(CPU_CAPABILITY)
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
-#elif defined(__AVX2__) && defined(__FMA__)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#endif
-#endif
+#include "cpu/vec_capability.h"  // first: it selects at::vec's instruction set
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -14,6 +14,7 @@
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act.h"
 #include "kernels/conv_bn_act_backward.h"
+#include "kernels/pool_linear.h"
 #include "kernels/squeeze_excite.h"
 
 namespace regnet_ext::kernels {
@@ -67,6 +68,13 @@ __global__ void conv_bn_act_backward_math(ConvGeometry g, const T* dz, const T* 
       bn_fold_gamma_grad(wtile[1], sums.sum_g, A(0), A(0), A(1));
 }
 
+template <typename A>
+__global__ void pool_linear_math(const A* weight, const A* pooled, A* y) {
+  y[threadIdx.x] = pool_linear_logit(weight, pooled, 4, pooled[0]);
+}
+
+template __global__ void pool_linear_math<float>(const float*, const float*, float*);
+template __global__ void pool_linear_math<double>(const double*, const double*, double*);
 template __global__ void conv_bn_act_forward_math<float>(ConvGeometry, const float*, const float*, const float*, const float*, float*);
 template __global__ void conv_bn_act_forward_math<double>(ConvGeometry, const double*, const double*, const double*, const double*, double*);
 template __global__ void conv_bn_act_forward_math<__half>(ConvGeometry, const __half*, const float*, const float*, const __half*, __half*);

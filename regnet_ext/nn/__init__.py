@@ -7,7 +7,8 @@
 Needs the compiled extension (regnet_ext.ops); importing this package fails clearly without it.
 """
 from .fuse_model import FuseReport, fuse, unfuse, verify_device
-from .modules import FusedBranch, FusedConvBNAct, FusedLinear, FusedResBottleneck, FusedSqueezeExcite
+from .modules import (FusedBranch, FusedConvBNAct, FusedHead, FusedLinear, FusedResBottleneck,
+                      FusedSqueezeExcite)
 
 __all__ = ["fuse", "unfuse", "verify_device", "FuseReport", "FusedConvBNAct", "FusedSqueezeExcite",
-           "FusedResBottleneck", "FusedBranch", "FusedLinear"]
+           "FusedResBottleneck", "FusedBranch", "FusedLinear", "FusedHead"]

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from . import patterns
-from .modules import FusedConvBNAct, FusedLinear, FusedResBottleneck, FusedSqueezeExcite, _HoldsStock
+from .modules import (FusedConvBNAct, FusedHead, FusedLinear, FusedResBottleneck, FusedSqueezeExcite,
+                      _HoldsStock)
 
 # (device type, device index, dtype) -> list of selfcheck.CheckResult, run once per process.
 _SELFCHECK_RESULTS = {}
@@ -63,6 +64,10 @@ def build_linear(module, match):
     return FusedLinear(module, stock=module)
 
 
+def build_head(module, match):
+    return FusedHead(module)
+
+
 def build_bottleneck(module, match):
     parts = {}
     # Children keep the stock order, so parameters() (and optimizer/DDP ordering) is unchanged.
@@ -80,6 +85,7 @@ _BUILDERS = (
     (patterns.match_bottleneck, build_bottleneck),
     (patterns.match_conv_bn_act, build_conv_bn_act),
     (patterns.match_squeeze_excite, build_squeeze_excite),
+    (patterns.match_head, build_head),
     (patterns.match_linear, build_linear),
 )
 _UNKNOWN_PREFIX = "not a known"
@@ -122,6 +128,8 @@ def _fuse_children(module, prefix, report):
         if isinstance(child, _HoldsStock):
             continue  # already fused
         fused = _fuse_one(child, path, report)
+        if isinstance(fused, FusedHead):
+            _fuse_children(fused, path, report)  # it holds the stock head's fc: fused on its own
         if fused is not None:
             module._modules[name] = fused
         else:

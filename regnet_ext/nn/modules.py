@@ -263,6 +263,36 @@ class FusedLinear(_HoldsStock, nn.Linear):
         return stock
 
 
+class FusedHead(_HoldsStock):
+    """A classifier head (global average pool, [dropout,] nn.Linear `fc`): ours or timm's. In eval
+    mode, for float32 CPU inference without autograd (folded_inference.pool_linear_applies), it
+    runs as one pool_linear call; everywhere else it runs the stock head's own forward.
+
+    Holds the stock head's children under their names (fuse() then swaps `fc` for a FusedLinear).
+    """
+
+    def __init__(self, stock):
+        super().__init__()
+        for name, child in stock.named_children():
+            self.add_module(name, child)
+        self._stock_forward = type(stock).forward
+        self._remember_stock(stock)
+
+    def forward(self, x, *args, **kwargs):
+        fc = self._modules["fc"]
+        if not (self.training or args or any(kwargs.values())) and \
+                folded_inference.pool_linear_applies(x, fc.weight, fc.bias):
+            return _ops.pool_linear(x, fc.weight, fc.bias)
+        return self._stock_forward(self, x, *args, **kwargs)
+
+    def stock_module(self):
+        stock = super().stock_module()
+        for name, child in self.named_children():
+            if isinstance(child, _HoldsStock):  # the fc, fused separately
+                stock._modules[name] = child.stock_module()
+        return stock
+
+
 class FusedBranch(nn.Module):
     """Holds fused layers under a stock container's name (torchvision's block keeps a, b, se, c
     under .f), so state_dict keys stay the same. The fused block calls the layers itself."""

@@ -33,6 +33,11 @@ class LinearMatch:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeadMatch:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
 class BlockMatch:
     parts: dict  # role -> dotted path of the stock layer inside the block
     shortcut: str  # "identity" | "proj" | "none"
@@ -253,3 +258,30 @@ def match_linear(module):
     if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
         return LinearMatch()
     return "not a known linear layer"
+
+
+def _is_global_avg_pool(module):
+    return type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1))
+
+
+def match_head(module):
+    """A classifier head that is a global average pool, then a plain nn.Linear `fc`: ours (Head)
+    and timm's ClassifierHead (average pooling, flattened, no conv classifier)."""
+    ours = _ours("Head")
+    if _forward_is(module, ours):
+        if not _is_global_avg_pool(module.pool):
+            return "head pooling is not a global average"
+    elif _forward_is(module, _optional_class("timm.layers.classifier", "ClassifierHead")):
+        pool = module.global_pool
+        if not (_forward_is(pool, _optional_class("timm.layers.adaptive_avgmax_pool", "SelectAdaptivePool2d"))
+                and _is_global_avg_pool(pool.pool) and type(pool.flatten) is nn.Flatten
+                and pool.flatten.start_dim == 1 and pool.flatten.end_dim == -1):
+            return "head pooling is not a flattened global average"
+        if module.use_conv or not _is_identity(module.flatten) \
+                or not (_is_identity(module.drop) or type(module.drop) is nn.Dropout):
+            return "head has a conv classifier, a final flatten or an unknown dropout"
+    else:
+        return "not a known classifier head"
+    if isinstance(match_linear(module.fc), str):
+        return "head classifier is not a plain nn.Linear"
+    return HeadMatch()

@@ -1,0 +1,185 @@
+// CPU implementation of regnet_ext::pool_linear: a classifier head (global average pool, then a
+// linear layer) in one call, for inference.
+//
+// Why an operator of its own: in a fused RegNet nothing before the head runs ATen's pooling,
+// TensorIterator or GEMM dispatch code, so when the head comes their instructions have left the
+// caches. Measured in place after a fused RegNetY-400MF trunk (batch 8, 2-core AVX2 VM):
+// adaptive_avg_pool2d + oneDNN's packed linear took 460 us, these two short loops 145 us.
+//
+// Pass 1 pools each (sample, channel block) over its pixels; pass 2 gives each thread a block of
+// classes, reads every weight row once and multiplies it with all samples' means (which stay
+// in L1: 8 x 440 floats are 14 KB). channels_last is the layout a RegNet trunk hands over (each
+// pixel a contiguous C vector); NCHW is pooled plane by plane; other strides are made
+// channels_last first.
+
+#include "cpu/vec_capability.h"  // first: it selects at::vec's instruction set
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "checks.h"
+#include "kernels/pool_linear.h"
+
+namespace regnet_ext::cpu {
+namespace {
+
+namespace k = regnet_ext::kernels;
+using at::vec::Vectorized;
+
+constexpr const char* kOp = "pool_linear";
+// Channels one pooling task sums: 8 AVX2 float vectors of accumulators.
+constexpr int64_t kChannelBlock = 64;
+// Samples whose logits share each loaded weight vector.
+constexpr int64_t kSamplesPerPass = 4;
+// Multiply-adds below which a pass runs on the calling thread (waking the other threads costs
+// a few microseconds).
+constexpr int64_t kGrainMacs = 1 << 15;
+
+// s[c] = mean_p x[p * C + c] for channels [c0, c0 + count) of one channels_last sample.
+template <typename T>
+void pool_channels_last(const T* x, int64_t pixels, int64_t channels, int64_t c0, int64_t count,
+                        T* pooled) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  constexpr int64_t kVecs = kChannelBlock / W > 0 ? kChannelBlock / W : 1;
+  Vec acc[kVecs];
+  const int64_t vecs = (count + W - 1) / W;
+  for (int64_t v = 0; v < kVecs; ++v) acc[v] = Vec(T(0));
+  for (int64_t p = 0; p < pixels; ++p) {
+    const T* row = x + p * channels + c0;
+    for (int64_t v = 0; v < vecs; ++v) {
+      const int64_t left = count - v * W;
+      const Vec xv = left >= W ? Vec::loadu(row + v * W) : Vec::loadu(row + v * W, left);
+      acc[v] = k::se_pool_step(acc[v], xv);
+    }
+  }
+  const Vec scale(T(1) / static_cast<T>(pixels));
+  for (int64_t v = 0; v < vecs; ++v) {
+    const int64_t left = count - v * W;
+    (acc[v] * scale).store(pooled + c0 + v * W, std::min<int64_t>(left, W));
+  }
+}
+
+// mean of one contiguous NCHW plane.
+template <typename T>
+T pool_plane(const T* x, int64_t pixels) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  Vec acc(T(0));
+  int64_t p = 0;
+  for (; p + W <= pixels; p += W) acc = k::se_pool_step(acc, Vec::loadu(x + p));
+  T total = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; p < pixels; ++p) total = k::se_pool_step(total, x[p]);
+  return total / static_cast<T>(pixels);
+}
+
+// pooled [N, C] (contiguous) from x, channels_last or contiguous NCHW.
+template <typename T>
+void pool(const at::Tensor& x, bool channels_last, T* pooled) {
+  const int64_t batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  const T* data = x.const_data_ptr<T>();
+  const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+  const int64_t grain = std::max<int64_t>(1, kGrainMacs / (pixels * kChannelBlock));
+  at::parallel_for(0, batch * blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, c0 = (task % blocks) * kChannelBlock;
+      const int64_t count = std::min(kChannelBlock, channels - c0);
+      const T* xn = data + n * channels * pixels;
+      T* out = pooled + n * channels;
+      if (channels_last) {
+        pool_channels_last(xn, pixels, channels, c0, count, out);
+      } else {
+        for (int64_t c = c0; c < c0 + count; ++c) out[c] = pool_plane(xn + c * pixels, pixels);
+      }
+    }
+  });
+}
+
+// y[n, k] = bias[k] + weight[k] . pooled[n] for every sample and class.
+template <typename T>
+void logits(const T* pooled, const T* weight, const T* bias, int64_t batch, int64_t channels,
+            int64_t classes, T* y) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const int64_t grain = std::max<int64_t>(1, kGrainMacs / std::max<int64_t>(1, batch * channels));
+  at::parallel_for(0, classes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t cls = begin; cls < end; ++cls) {
+      const T* w = weight + cls * channels;
+      const T b = bias == nullptr ? T(0) : bias[cls];
+      for (int64_t n0 = 0; n0 < batch; n0 += kSamplesPerPass) {
+        const int64_t samples = std::min(kSamplesPerPass, batch - n0);
+        const T* s[kSamplesPerPass];
+        // Rows past the batch repeat its last sample: computed, never stored.
+        for (int64_t j = 0; j < kSamplesPerPass; ++j)
+          s[j] = pooled + (n0 + std::min(j, samples - 1)) * channels;
+        Vec acc[kSamplesPerPass];
+        REGNET_UNROLL for (int64_t j = 0; j < kSamplesPerPass; ++j) acc[j] = Vec(T(0));
+        int64_t c = 0;
+        for (; c + W <= channels; c += W) {
+          const Vec wv = Vec::loadu(w + c);
+          REGNET_UNROLL for (int64_t j = 0; j < kSamplesPerPass; ++j)
+            acc[j] = k::pool_linear_dot_step(acc[j], wv, Vec::loadu(s[j] + c));
+        }
+        if (c < channels) {  // partial loads fill the lanes past the end with zeros: they add nothing
+          const int64_t left = channels - c;
+          const Vec wv = Vec::loadu(w + c, left);
+          REGNET_UNROLL for (int64_t j = 0; j < kSamplesPerPass; ++j)
+            acc[j] = k::pool_linear_dot_step(acc[j], wv, Vec::loadu(s[j] + c, left));
+        }
+        for (int64_t j = 0; j < samples; ++j) {
+          y[(n0 + j) * classes + cls] =
+              at::vec::vec_reduce_all<T>([](Vec& a, Vec& v) { return a + v; }, acc[j]) + b;
+        }
+      }
+    }
+  });
+}
+
+at::Tensor pool_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
+                           const std::optional<at::Tensor>& bias_in) {
+  checks::check_rank(kOp, x_in, 4, "x (N, C, H, W)");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, kOp,
+              ": x must be float32 or float64, got ", x_in.scalar_type());
+  const int64_t batch = x_in.size(0), channels = x_in.size(1);
+  TORCH_CHECK(batch > 0 && channels > 0 && x_in.size(2) > 0 && x_in.size(3) > 0, kOp,
+              ": x must not be empty, got shape ", x_in.sizes());
+  checks::check_like(kOp, x_in, "x", weight_in, "weight");
+  TORCH_CHECK(weight_in.dim() == 2 && weight_in.size(1) == channels && weight_in.size(0) > 0, kOp,
+              ": weight must have shape [classes, ", channels, "] (x's channels), got ",
+              weight_in.sizes());
+  const int64_t classes = weight_in.size(0);
+  at::Tensor bias;
+  if (bias_in.has_value() && bias_in->defined()) {
+    checks::check_like(kOp, x_in, "x", *bias_in, "bias");
+    checks::check_vector(kOp, *bias_in, classes, "bias");
+    bias = bias_in->contiguous();
+  }
+  const bool channels_last = x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = channels_last || x_in.is_contiguous()
+                           ? x_in
+                           : x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const bool last = channels_last || !x_in.is_contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+  at::Tensor y = at::empty({batch, classes}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kOp, [&] {
+    std::vector<scalar_t> pooled(static_cast<size_t>(batch * channels));
+    pool<scalar_t>(x, last, pooled.data());
+    logits<scalar_t>(pooled.data(), weight.const_data_ptr<scalar_t>(),
+                     bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, batch, channels,
+                     classes, y.mutable_data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+}  // namespace
+}  // namespace regnet_ext::cpu
+
+TORCH_LIBRARY_IMPL(regnet_ext, CPU, m) { m.impl("pool_linear", &regnet_ext::cpu::pool_linear_cpu); }
