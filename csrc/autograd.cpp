@@ -44,6 +44,9 @@ using SESignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::T
                                const at::Tensor&);
 using SEBackwardSignature = SEGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                     const at::Tensor&, const at::Tensor&, const at::Tensor&);
+using HeadSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&);
+using HeadGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using HeadBackwardSignature = HeadGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
 const auto& eval_op() {
   static const auto op = find_op<EvalSignature>("regnet_ext::conv_bn_act_eval");
@@ -63,6 +66,15 @@ const auto& se_op() {
 }
 const auto& se_backward_op() {
   static const auto op = find_op<SEBackwardSignature>("regnet_ext::squeeze_excite_backward");
+  return op;
+}
+
+const auto& head_op() {
+  static const auto op = find_op<HeadSignature>("regnet_ext::pool_linear");
+  return op;
+}
+const auto& head_backward_op() {
+  static const auto op = find_op<HeadBackwardSignature>("regnet_ext::pool_linear_backward");
   return op;
 }
 
@@ -217,6 +229,32 @@ at::Tensor squeeze_excite_autograd(const at::Tensor& x, const at::Tensor& w1, co
   return SqueezeExcite::apply(x, w1, b1, w2, b2);
 }
 
+// ---- pool_linear -------------------------------------------------------------------------------
+
+struct PoolLinear : Function<PoolLinear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const OptTensor& bias) {
+    at::Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      y = head_op().call(x, weight, bias);
+    }
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    auto [gx, gw, gb] = head_backward_op().call(grads[0], s[0], s[1]);
+    return {gx, gw, ctx->saved_data["has_bias"].toBool() ? gb : at::Tensor()};
+  }
+};
+
+at::Tensor pool_linear_autograd(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias) {
+  return PoolLinear::apply(x, weight, bias);
+}
+
 // ---- the backward operators: not differentiable again --------------------------------------------
 
 [[noreturn]] void refuse(const char* op) {
@@ -269,6 +307,21 @@ SEGrads squeeze_excite_backward_autograd(const at::Tensor& grad_y, const at::Ten
   return {g[0], g[1], g[2], g[3], g[4]};
 }
 
+struct PoolLinearBackwardOnce : Function<PoolLinearBackwardOnce> {
+  static variable_list forward(AutogradContext*, const at::Tensor& grad_y, const at::Tensor& x,
+                               const at::Tensor& weight) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [a, b, c] = head_backward_op().call(grad_y, x, weight);
+    return {a, b, c};
+  }
+  static variable_list backward(AutogradContext*, variable_list) { refuse("pool_linear"); }
+};
+
+HeadGrads pool_linear_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight) {
+  const auto g = PoolLinearBackwardOnce::apply(grad_y, x, weight);
+  return {g[0], g[1], g[2]};
+}
+
 }  // namespace
 }  // namespace regnet_ext
 
@@ -278,4 +331,6 @@ TORCH_LIBRARY_IMPL(regnet_ext, Autograd, m) {
   m.impl("conv_bn_act_backward", &regnet_ext::conv_bn_act_backward_autograd);
   m.impl("squeeze_excite", &regnet_ext::squeeze_excite_autograd);
   m.impl("squeeze_excite_backward", &regnet_ext::squeeze_excite_backward_autograd);
+  m.impl("pool_linear", &regnet_ext::pool_linear_autograd);
+  m.impl("pool_linear_backward", &regnet_ext::pool_linear_backward_autograd);
 }

@@ -106,8 +106,12 @@ TORCH_LIBRARY(regnet_ext, m) {
 
   // ---- pool_linear ------------------------------------------------------------------------
   // A classifier head: y = linear(mean_hw(x), weight [classes, C], bias [classes]), float32 or
-  // float64, for CPU inference (csrc/cpu/pool_linear.cpp says why). No autograd.
+  // float64, CPU only (csrc/cpu/pool_linear.cpp says why). The backward recomputes the pooled
+  // means from x and always returns all three gradients (bias's is sum_n grad_y).
   m.def("pool_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def(
+      "pool_linear_backward(Tensor grad_y, Tensor x, Tensor weight) -> (Tensor grad_x, "
+      "Tensor grad_weight, Tensor grad_bias)");
 
   // ---- squeeze_excite ---------------------------------------------------------------------
   // y = x * sigmoid(w2 . relu(w1 . mean_hw(x) + b1) + b2); w1 [C_se, C] or [C_se, C, 1, 1],

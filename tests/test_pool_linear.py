@@ -1,8 +1,9 @@
-"""pool_linear (csrc/cpu/pool_linear.cpp), a classifier head in one call, against the float64
-reference in every memory format, with and without bias, on channel counts that fill whole SIMD
-vectors and ones that leave a tail; its errors and opcheck; and FusedHead, which fuse() swaps in
-for our and timm's heads: taken only in eval-mode float32 CPU inference, equal to the stock head,
-state_dict and unfuse unchanged."""
+"""pool_linear (csrc/cpu/pool_linear.cpp), a classifier head in one call, and its backward, against
+the float64 reference in every memory format, with and without bias, on channel counts that fill
+whole SIMD vectors and ones that leave a tail; gradcheck, its errors and opcheck; and FusedHead,
+which fuse() swaps in for our and timm's heads: taken for float32 CPU inputs (not under autocast,
+nor with an active dropout), equal to the stock head in eval and in training steps, state_dict
+and unfuse unchanged."""
 import copy
 
 import pytest
@@ -76,10 +77,35 @@ def test_bad_input_names_the_argument():
         op(x, weight, bias.double())
     with pytest.raises(RuntimeError, match="x must not be empty"):
         op(x[:, :, :0], weight, bias)
-    with pytest.raises(RuntimeError, match="has no autograd"):
-        pool_linear(x, weight.requires_grad_(), bias)
+    with pytest.raises(RuntimeError, match=r"grad_y must have shape \[2, 5\]"):
+        torch.ops.regnet_ext.pool_linear_backward(torch.ones(2, 4), x, weight)
     with pytest.raises(ValueError, match="x must be a CPU tensor"):
         pool_linear(x.to("meta"), weight, bias)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "strided"])
+@pytest.mark.parametrize("shape", [(3, 13, 5, 3, 7), (2, 130, 4, 4, 10)])
+def test_backward_matches_the_reference_and_gradcheck(shape, layout):
+    x, weight, bias = _case(*shape)
+    grad_y = torch.randn(shape[0], shape[4], dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    _reference(*leaves).backward(grad_y)
+    ours = [_layout(x, layout).requires_grad_(), weight.clone().requires_grad_(), bias.clone().requires_grad_()]
+    pool_linear(*ours).backward(grad_y)
+    for name, mine, ref in zip(("x", "weight", "bias"), ours, leaves):
+        assert_rel_close(mine.grad, ref.grad, 1e-12, f"grad {name}")
+    assert ours[0].grad.stride() == _layout(x, layout).contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format).stride()
+    small = [t.requires_grad_() for t in _case(2, 9, 3, 2, 4)]
+    assert torch.autograd.gradcheck(pool_linear, (_layout(small[0].detach(), layout).requires_grad_(), *small[1:]))
+    assert torch.autograd.gradcheck(lambda a, w: pool_linear(a, w, None), (small[0], small[1]))
+
+
+def test_double_backward_is_refused():
+    x, weight, bias = (t.requires_grad_() for t in _case(2, 9, 3, 2, 4))
+    (grad_x,) = torch.autograd.grad(pool_linear(x, weight, bias).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad_x.sum().backward()
 
 
 def test_opcheck():
@@ -87,6 +113,10 @@ def test_opcheck():
     op = torch.ops.regnet_ext.pool_linear.default
     torch.library.opcheck(op, (x.contiguous(memory_format=torch.channels_last), weight, bias))
     torch.library.opcheck(op, (x, weight, None))
+    torch.library.opcheck(op, (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()))
+    torch.library.opcheck(torch.ops.regnet_ext.pool_linear_backward.default,
+                          (torch.randn(3, 7), x.detach().contiguous(memory_format=torch.channels_last),
+                           weight.detach()))
 
 
 def _head_calls(model, x):
@@ -120,14 +150,38 @@ def test_fuse_swaps_the_head_and_it_matches_stock_only_where_it_applies(build):
         model.float()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert _head_calls(model, x) == 0
-        assert _head_calls(copy.deepcopy(model).train(), x) == 0  # train mode (a timm head's dropout)
-    assert _head_calls(model, x) == 0, "parameters need gradients"
-    # Gradients flow through the stock path, to the same Parameters.
-    model(x).sum().backward()
-    assert model.head.fc.weight.grad is not None
     restored = unfuse(model)
     assert type(restored.head) is type(stock.head) and type(restored.head.fc) is nn.Linear
     assert list(restored.state_dict()) == keys
+
+
+@pytest.mark.parametrize("build", [lambda: regnet("RegNetY-400MF"), _timm_regnet], ids=["ours", "timm"])
+def test_training_steps_through_the_head_match_stock(build):
+    # float32: the dtype in which the fused head takes the operator (gradients included).
+    stock = randomize(build()).train()
+    model = fuse(copy.deepcopy(stock))
+    features = torch.randn(4, stock.head.fc.in_features, 5, 5, generator=torch.Generator().manual_seed(2))
+    features = features.contiguous(memory_format=torch.channels_last)
+    stock_opt, opt = (torch.optim.SGD(m.head.parameters(), lr=0.1, momentum=0.9) for m in (stock, model))
+    input_grads = {"stock": [], "fused": []}
+    for _ in range(3):
+        for kind, m, o in (("stock", stock, stock_opt), ("fused", model, opt)):
+            o.zero_grad()
+            x = features.clone().requires_grad_()
+            m.head(x).square().mean().backward()
+            o.step()
+            input_grads[kind].append(x.grad)
+    assert _head_calls(model.head, features.requires_grad_()) == 1
+    for a, b in zip(input_grads["stock"], input_grads["fused"]):
+        assert b.stride() == a.stride()
+        assert_rel_close(b, a, 1e-5, "input gradient")
+    for (name, a), (_, b) in zip(stock.head.named_parameters(), model.head.named_parameters()):
+        assert_rel_close(b, a, 1e-5, f"head.{name} after 3 SGD steps")
+    drop = model.head._modules.get("drop")
+    if drop is not None:  # an active dropout keeps the stock forward
+        drop.p = 0.5
+        assert _head_calls(model.head, features) == 0
+        assert _head_calls(model.head.eval(), features) == 1
 
 
 def test_timm_head_keeps_pre_logits():

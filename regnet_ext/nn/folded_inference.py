@@ -1,6 +1,6 @@
 """CPU inference fast paths: BN folded into the conv once, not on every call (FusedConvBNAct),
-the classifier's weight packed for oneDNN once (FusedLinear), and the classifier head as one
-pool_linear call (FusedHead).
+the classifier's weight packed for oneDNN once (FusedLinear); and the classifier head as one
+pool_linear call (FusedHead, which also trains through it).
 
 conv_bn_act's eval operator folds the running statistics into the weights on every call (so a
 fold can never be stale) and hands oneDNN a plain weight that it reorders into its blocked
@@ -75,14 +75,12 @@ def linear_applies(x, weight, bias, dtype):
 
 def pool_linear_applies(x, weight, bias):
     """Whether a fused classifier head can run as one pool_linear call: a float32 4-D CPU input
-    (no autocast), weights of its dtype, no gradient needed, and not being traced."""
+    (no autocast), weights of its dtype, and not being traced. (The operator has autograd.)"""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or torch.is_autocast_enabled("cpu"):
         return False
-    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
-        return False
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
+    return weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
 
 
 def _key(tensors):

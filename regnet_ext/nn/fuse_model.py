@@ -9,8 +9,8 @@
 
 Patterns are recognised by structure (see patterns.py): whole bottleneck blocks first (residual
 add and final ReLU go into the last conv's epilogue), then conv-BN(-ReLU) layers and SE modules
-on their own, and Linear layers (the classifier). Anything not recognised stays as it is and
-is listed in the report.
+on their own, classifier heads (average pool + Linear; their Linear is then fused on its own too),
+and Linear layers. Anything not recognised stays as it is and is listed in the report.
 """
 import dataclasses
 
@@ -172,7 +172,7 @@ def fuse(model, *, verify=False, report=False):
     """Swaps fused modules into `model` in place and returns it.
 
     Recognises our RegNets (regnet_ext.models), torchvision's regnet_* and timm's regnet* models
-    (whole bottleneck blocks, stems, SE modules, the classifier), and conv-BN(-ReLU)
+    (whole bottleneck blocks, stems, SE modules, the head and its classifier), and conv-BN(-ReLU)
     nn.Sequentials and plain nn.Linear layers in any model; leaves everything else untouched. A
     pattern holding a module with a forward or backward hook stays stock (the fused module would
     not run the hook); its parts may still be fused on their own, and the report says which.

@@ -264,9 +264,10 @@ class FusedLinear(_HoldsStock, nn.Linear):
 
 
 class FusedHead(_HoldsStock):
-    """A classifier head (global average pool, [dropout,] nn.Linear `fc`): ours or timm's. In eval
-    mode, for float32 CPU inference without autograd (folded_inference.pool_linear_applies), it
-    runs as one pool_linear call; everywhere else it runs the stock head's own forward.
+    """A classifier head (global average pool, [dropout,] nn.Linear `fc`): ours or timm's. For
+    float32 CPU inputs (folded_inference.pool_linear_applies) it runs as one pool_linear call,
+    gradients included, unless a dropout is active (training mode, p > 0); everywhere else it
+    runs the stock head's own forward.
 
     Holds the stock head's children under their names (fuse() then swaps `fc` for a FusedLinear).
     """
@@ -279,8 +280,9 @@ class FusedHead(_HoldsStock):
         self._remember_stock(stock)
 
     def forward(self, x, *args, **kwargs):
-        fc = self._modules["fc"]
-        if not (self.training or args or any(kwargs.values())) and \
+        fc, drop = self._modules["fc"], self._modules.get("drop")
+        dropping = self.training and isinstance(drop, nn.Dropout) and drop.p > 0
+        if not (dropping or args or any(kwargs.values())) and \
                 folded_inference.pool_linear_applies(x, fc.weight, fc.bias):
             return _ops.pool_linear(x, fc.weight, fc.bias)
         return self._stock_forward(self, x, *args, **kwargs)
