@@ -70,7 +70,7 @@ __global__ void conv_bn_act_backward_math(ConvGeometry g, const T* dz, const T* 
 
 template <typename A>
 __global__ void pool_linear_math(const A* weight, const A* pooled, A* y) {
-  y[threadIdx.x] = pool_linear_logit(weight, pooled, 4, pooled[0]);
+  y[threadIdx.x] = pool_linear_dot_step(se_pool_step(y[0], pooled[0]), weight[threadIdx.x], pooled[1]);
 }
 
 template __global__ void pool_linear_math<float>(const float*, const float*, float*);

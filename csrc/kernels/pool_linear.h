@@ -3,9 +3,9 @@
 //   s[n, c] = (1/P) sum_p x[n, p, c]          pooled channel means (P = H*W pixels)
 //   y[n, k] = b[k] + sum_c W[k, c] s[n, c]    logits
 //
-// V is a scalar of the accumulation type A or a SIMD vector of it (the CPU passes
-// at::vec::Vectorized), so the vectorised CPU loops and a scalar reference run the same
-// expressions. The pooling sums with squeeze_excite's se_pool_step.
+// V is a scalar or a SIMD vector (the CPU passes at::vec::Vectorized). The pooling sums with
+// squeeze_excite's se_pool_step; every product of the head and of its backward (dy W, dy^T s)
+// accumulates with pool_linear_dot_step.
 #pragma once
 
 #include "kernels/common.h"
@@ -13,17 +13,11 @@
 
 namespace regnet_ext::kernels {
 
+// acc + a * b: one term of a logit (W[k, c] s[n, c]) or of a gradient (dy[n, k] W[k, c] or
+// dy[n, k] s[n, c]).
 template <typename V>
-REGNET_HD V pool_linear_dot_step(V acc, V weight, V pooled) {
-  return acc + weight * pooled;
-}
-
-// One logit from one sample's pooled means (the scalar form of the CPU's SIMD loop).
-template <typename A>
-REGNET_HD A pool_linear_logit(const A* weight_row, const A* pooled, int64_t channels, A bias) {
-  A acc = A(0);
-  for (int64_t c = 0; c < channels; ++c) acc = pool_linear_dot_step(acc, weight_row[c], pooled[c]);
-  return acc + bias;
+REGNET_HD V pool_linear_dot_step(V acc, V a, V b) {
+  return acc + a * b;
 }
 
 }  // namespace regnet_ext::kernels
