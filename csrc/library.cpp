@@ -10,12 +10,13 @@
 // CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel` /
 // `narrow_group_bf16_kernel`, whether it has our grouped convs (csrc/cpu/grouped_conv_*.h: the
 // narrow-group one with AVX-512 or AVX2+FMA, Winograd with AVX-512, the bfloat16 one with
-// AVX512-BF16); and three functions of the CPU conv autotuner
-// (csrc/cpu/conv_autotune.cpp).
+// AVX512-BF16); three functions of the CPU conv autotuner (csrc/cpu/conv_autotune.cpp); and one
+// listing the folded-weight cache's shapes (csrc/cpu/folded_weight_cache.cpp).
 namespace regnet_ext::cpu {
 PyObject* conv_autotune_enabled_py(PyObject*, PyObject*);
 PyObject* conv_autotune_records_py(PyObject*, PyObject*);
 PyObject* clear_conv_autotune_py(PyObject*, PyObject*);
+PyObject* cpu_weight_cache_shapes_py(PyObject*, PyObject*);
 }  // namespace regnet_ext::cpu
 
 extern "C" PyObject* PyInit__C(void) {
@@ -26,6 +27,8 @@ extern "C" PyObject* PyInit__C(void) {
        "The CPU conv autotuner's decisions so far: a list of dicts."},
       {"clear_cpu_conv_autotune", regnet_ext::cpu::clear_conv_autotune_py, METH_NOARGS,
        "Forgets the CPU conv autotuner's decisions (the next call of each shape times again)."},
+      {"cpu_weight_cache_shapes", regnet_ext::cpu::cpu_weight_cache_shapes_py, METH_NOARGS,
+       "(layout, call shape) of each folded weight the CPU eval operator keeps packed (for tests)."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* module = PyModule_Create(&module_def);

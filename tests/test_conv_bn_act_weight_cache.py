@@ -163,3 +163,24 @@ def test_a_weight_keeps_one_entry_per_call_shape():
         _check(_ours(x, p, groups=1), _reference(x, p, groups=1), what=f"step {step}")
     grown = _resident_bytes() - rss
     assert grown < 100 * 2**20, f"resident memory grew by {grown / 2**20:.0f} MiB"
+
+
+def _onednn_batches(c_in, size):
+    """The batch sizes the cache holds oneDNN packings of a 1x1 weight with c_in inputs for."""
+    from regnet_ext import _C
+    return [shape[6] for layout, shape in _C.cpu_weight_cache_shapes()
+            if layout == 0 and shape[:6] == (c_in, size, size, 1, 0, 1)]
+
+
+def test_onednn_packings_are_per_batch_and_at_most_four_per_weight(monkeypatch):
+    # oneDNN packs a weight for one input shape: a packing made at batch 1 and reused at batch 8
+    # ran a RegNetY-400MF's 1x1 convs 6x slower. So the batch is part of the key (for oneDNN's
+    # layout only), and each weight keeps its four most recent call shapes.
+    monkeypatch.setenv("REGNET_EXT_CPU_CONV", "aten")  # (read per call) oneDNN for every conv
+    p = _params(c_in=40, c_out=24, k=1, groups=1, seed=3)
+    for n in (1, 8, 1, 2, 3, 4, 5):
+        x = _x(n=n, c=40, size=6, seed=n)
+        _check(_ours(x, p, groups=1), _reference(x, p, groups=1), what=f"batch {n}")
+        if n == 8:
+            assert sorted(_onednn_batches(40, 6)) == [1, 8]
+    assert _onednn_batches(40, 6) == [2, 3, 4, 5]

@@ -126,6 +126,6 @@ def test_alternating_resolutions_pack_each_shape_once(monkeypatch):
         for x in extra:
             fused(x)
     stem_shapes = layer._folded.shapes
-    assert {shape[0] for shape in stem_shapes} == {3}, "layers[0] should be the stem"
+    assert {shape[1] for shape in stem_shapes} == {3}, "layers[0] should be the stem"
     assert len(stem_shapes) == folded_inference.FoldedConv.MAX_SHAPES
-    assert all(shape[1] != 64 for shape in stem_shapes), stem_shapes
+    assert all(shape[2] != 64 for shape in stem_shapes), stem_shapes

@@ -92,7 +92,8 @@ std::optional<FoldKey> fold_key(const at::Tensor& x, const at::Tensor& weight, c
                                 const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& mean,
                                 const at::Tensor& var, const ConvGeometry& g, double eps, FoldLayout layout) {
   if (!folded_weight_cache_enabled()) return std::nullopt;
-  FoldKey key{{}, eps, {g.in_c, g.in_h, g.in_w, g.stride, g.padding, g.groups}, x.scalar_type(), layout};
+  const int64_t batch = layout == kOneDnnLayout ? g.batch : 0;  // only oneDNN packs for a batch size
+  FoldKey key{{}, eps, {g.in_c, g.in_h, g.in_w, g.stride, g.padding, g.groups, batch}, x.scalar_type(), layout};
   const at::Tensor* tensors[] = {&weight, &bias, &gamma, &beta, &mean, &var};
   for (size_t i = 0; i < key.tensors.size(); ++i) {
     std::optional<TensorStamp> s = stamp_of(*tensors[i]);

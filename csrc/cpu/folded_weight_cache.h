@@ -10,7 +10,10 @@
 // An entry is keyed on every tensor the fold reads: its TensorImpl, version counter and data
 // pointer (an optimizer step, load_state_dict or any in-place write bumps the version; .to() or
 // assign=True loads change the data pointer), plus eps, the input's shape past the batch and the
-// conv geometry. Entries hold weak references to those TensorImpls, so an address cannot be
+// conv geometry (and the batch, for oneDNN's layout: oneDNN packs a weight for one input shape,
+// and a packing made for batch 1 ran a RegNetY-400MF's 1x1 convs 6x slower at batch 8). Up to
+// kMaxShapesPerWeight call shapes of one weight are kept, the oldest dropped first, so a model
+// served at a few batch sizes or resolutions keeps one packing for each. Entries hold weak references to those TensorImpls, so an address cannot be
 // reused by another tensor while its entry exists. Not cached (computed per call as before):
 // inference tensors (they have no version counter). Writes through `.data` or `.detach()` views
 // do not bump the version: REGNET_EXT_CPU_WEIGHT_CACHE=0 turns the cache off for such code.
@@ -26,6 +29,7 @@
 #include <iterator>
 #include <mutex>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "kernels/conv_bn_act.h"
@@ -61,15 +65,16 @@ inline std::optional<TensorStamp> stamp_of(const at::Tensor& t) {
 struct FoldKey {
   std::array<TensorStamp, 6> tensors;  // weight, conv bias, gamma, beta, running mean, running var
   double eps;
-  std::array<int64_t, 6> shape;  // in_c, in_h, in_w, stride, padding, groups
+  std::array<int64_t, 7> shape;  // in_c, in_h, in_w, stride, padding, groups, batch (oneDNN's; else 0)
   at::ScalarType dtype;
   int layout;  // which kernel the packed weight is for (the caller's tag)
 
   // The same weight tensor in the same call shape, whatever its version: a newer fold of this
   // slot makes an older one unreachable (versions only grow).
-  bool same_slot(const FoldKey& o) const {
-    return tensors[0].address == o.tensors[0].address && eps == o.eps && shape == o.shape &&
-           dtype == o.dtype && layout == o.layout;
+  bool same_slot(const FoldKey& o) const { return same_weight(o) && shape == o.shape; }
+  // The same weight tensor folded for the same kernel, in any call shape.
+  bool same_weight(const FoldKey& o) const {
+    return tensors[0].address == o.tensors[0].address && eps == o.eps && dtype == o.dtype && layout == o.layout;
   }
   bool same(const FoldKey& o) const {
     if (!same_slot(o)) return false;
@@ -106,6 +111,15 @@ class FoldedWeightCache {
 
   // The cached entry for key, or make() stored under it. make() may return undefined tensors
   // (nothing is stored then).
+  // (layout, call shape) of every entry whose tensors are alive, oldest first.
+  std::vector<std::pair<int, std::array<int64_t, 7>>> shapes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::pair<int, std::array<int64_t, 7>>> out;
+    for (const auto& e : entries_)
+      if (e.key.alive()) out.emplace_back(e.key.layout, e.key.shape);
+    return out;
+  }
+
   FoldedWeights get(const FoldKey& key, const std::function<FoldedWeights()>& make) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -127,6 +141,15 @@ class FoldedWeightCache {
     }
     entries_.push_back({key, value});
     bytes_ += entry_bytes(value);
+    size_t shapes = 0;  // of this weight, newest first: the ones past kMaxShapesPerWeight go
+    for (auto it = entries_.rbegin(); it != entries_.rend();) {
+      if (it->key.same_weight(key) && ++shapes > kMaxShapesPerWeight) {
+        bytes_ -= entry_bytes(it->value);
+        it = std::make_reverse_iterator(entries_.erase(std::next(it).base()));
+      } else {
+        ++it;
+      }
+    }
     while (entries_.size() > kMaxEntries || (bytes_ > kMaxBytes && entries_.size() > 1)) {
       bytes_ -= entry_bytes(entries_.front().value);
       entries_.pop_front();
@@ -138,6 +161,7 @@ class FoldedWeightCache {
   // Enough for every conv of the largest standard RegNet (RegNetY-32GF: 83), with room for a
   // few models and input sizes; the byte bound keeps the copies of big weights in check.
   static constexpr size_t kMaxEntries = 1024;
+  static constexpr size_t kMaxShapesPerWeight = 4;
   static constexpr int64_t kMaxBytes = int64_t(1) << 30;
   struct Entry {
     FoldKey key;
