@@ -44,6 +44,8 @@ using SESignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::T
                                const at::Tensor&);
 using SEBackwardSignature = SEGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                     const at::Tensor&, const at::Tensor&, const at::Tensor&);
+using UpdateStatsSignature = void(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const OptTensor&, int64_t, double, bool);
 using HeadSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&);
 using HeadGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using HeadBackwardSignature = HeadGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&);
@@ -69,6 +71,10 @@ const auto& se_backward_op() {
   return op;
 }
 
+const auto& update_stats_op() {
+  static const auto op = find_op<UpdateStatsSignature>("regnet_ext::conv_bn_act_update_running_stats");
+  return op;
+}
 const auto& head_op() {
   static const auto op = find_op<HeadSignature>("regnet_ext::pool_linear");
   return op;
@@ -229,6 +235,25 @@ at::Tensor squeeze_excite_autograd(const at::Tensor& x, const at::Tensor& w1, co
   return SqueezeExcite::apply(x, w1, b1, w2, b2);
 }
 
+// ---- the running-statistics update: version counters ----------------------------------------------
+
+// An in-place write must bump the written tensors' version counters, as ATen's in-place ops do
+// (their ADInplaceOrView kernels), or caches keyed on versions go stale: the fused modules' and
+// the eval operator's folded weights are, and before this an eval call after training-mode
+// forwards that changed only the running statistics (BN recalibration, frozen conv weights)
+// reused the fold of the old statistics.
+void update_running_stats_inplace(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& batch_mean,
+                                  const at::Tensor& batch_var, const OptTensor& num_batches_tracked, int64_t count,
+                                  double momentum, bool cumulative) {
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    update_stats_op().call(running_mean, running_var, batch_mean, batch_var, num_batches_tracked, count, momentum,
+                           cumulative);
+  }
+  torch::autograd::impl::bump_version(running_mean);
+  torch::autograd::impl::bump_version(running_var);
+}
+
 // ---- pool_linear -------------------------------------------------------------------------------
 
 struct PoolLinear : Function<PoolLinear> {
@@ -333,4 +358,8 @@ TORCH_LIBRARY_IMPL(regnet_ext, Autograd, m) {
   m.impl("squeeze_excite_backward", &regnet_ext::squeeze_excite_backward_autograd);
   m.impl("pool_linear", &regnet_ext::pool_linear_autograd);
   m.impl("pool_linear_backward", &regnet_ext::pool_linear_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(regnet_ext, ADInplaceOrView, m) {
+  m.impl("conv_bn_act_update_running_stats", &regnet_ext::update_running_stats_inplace);
 }

@@ -110,6 +110,26 @@ def test_fused_eval_output_equals_stock(name, channels_last):
     assert_rel_close(actual, expected, 1e-5, f"{name} eval")
 
 
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_channels_last_model_turns_nchw_input_channels_last_as_stock_does(mode):
+    # nn.Conv2d makes channels_last output when its weight is channels_last; the fused layers
+    # follow (the operator alone keeps its input's format), so such a model fed NCHW images
+    # runs channels_last after the stem (before: NCHW throughout, slower than stock).
+    stock, fused = (m.to(memory_format=torch.channels_last).train(mode == "train")
+                    for m in make_pair("ours_regnety_400mf"))
+    x = images(2, 64)
+    with torch.no_grad():
+        stock_stem, fused_stem = stock.stem(x), fused.stem(x)
+        assert stock_stem.is_contiguous(memory_format=torch.channels_last)
+        assert fused_stem.is_contiguous(memory_format=torch.channels_last)
+        assert_rel_close(fused_stem, stock_stem, 1e-5, "stem")
+        # (training mode: batch statistics of 2 images, down to 2x2 px in s4, amplify rounding)
+        assert_rel_close(fused(x), stock(x), 1e-5 if mode == "eval" else 1e-4, "NCHW images")
+    plain_stock, plain_fused = make_pair("ours_regnety_400mf")  # NCHW weights: NCHW stays NCHW
+    with torch.no_grad():
+        assert plain_fused.eval().stem(x).is_contiguous() and plain_stock.eval().stem(x).is_contiguous()
+
+
 def _sgd_run(model, dtype, lr, steps=10):
     """10 SGD steps on one fixed random batch."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)

@@ -40,6 +40,14 @@ def compute_dtype(x):
     return x.dtype
 
 
+def _is_channels_last(weight):
+    """Whether a conv weight is channels_last as .to(memory_format=torch.channels_last) makes it
+    (what nn.Conv2d reads): a 1x1 weight is contiguous in both formats, its strides tell."""
+    if not weight.is_contiguous(memory_format=torch.channels_last):
+        return False
+    return not weight.is_contiguous() or weight.stride(3) != 1
+
+
 def _cast(t, dtype):
     return None if t is None else t.to(dtype)
 
@@ -154,6 +162,11 @@ class FusedConvBNAct(_HoldsStock):
         # visible share of a layer's time.
         conv, bn = self._modules[self._conv_name], self._modules[self._bn_name]
         relu = self.relu if relu is None else relu
+        if not x.is_contiguous(memory_format=torch.channels_last) and _is_channels_last(conv.weight):
+            # nn.Conv2d's rule: channels_last out when the input or the weight is. The operator
+            # keeps its input's format, so a channels_last model fed NCHW images would otherwise
+            # run NCHW throughout (RegNetY-400MF, batch 8: 87 ms against 54 ms, stock 74 ms).
+            x = x.contiguous(memory_format=torch.channels_last)
         if isinstance(bn, nn.SyncBatchNorm):
             return self._stock_forward(conv, bn, x, residual, relu)
         dtype = compute_dtype(x)
