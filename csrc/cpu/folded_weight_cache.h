@@ -13,8 +13,9 @@
 // conv geometry (and the batch, for oneDNN's layout: oneDNN packs a weight for one input shape,
 // and a packing made for batch 1 ran a RegNetY-400MF's 1x1 convs 6x slower at batch 8). Up to
 // kMaxShapesPerWeight call shapes of one weight are kept, the oldest dropped first, so a model
-// served at a few batch sizes or resolutions keeps one packing for each. Entries hold weak references to those TensorImpls, so an address cannot be
-// reused by another tensor while its entry exists. Not cached (computed per call as before):
+// served at a few batch sizes or resolutions keeps one packing for each. Entries hold weak
+// references to those TensorImpls, so an address cannot be reused by another tensor while its
+// entry exists. Not cached (computed per call as before):
 // inference tensors (they have no version counter). Writes through `.data` or `.detach()` views
 // do not bump the version: REGNET_EXT_CPU_WEIGHT_CACHE=0 turns the cache off for such code.
 #pragma once
@@ -111,15 +112,6 @@ class FoldedWeightCache {
 
   // The cached entry for key, or make() stored under it. make() may return undefined tensors
   // (nothing is stored then).
-  // (layout, call shape) of every entry whose tensors are alive, oldest first.
-  std::vector<std::pair<int, std::array<int64_t, 7>>> shapes() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::vector<std::pair<int, std::array<int64_t, 7>>> out;
-    for (const auto& e : entries_)
-      if (e.key.alive()) out.emplace_back(e.key.layout, e.key.shape);
-    return out;
-  }
-
   FoldedWeights get(const FoldKey& key, const std::function<FoldedWeights()>& make) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -155,6 +147,15 @@ class FoldedWeightCache {
       entries_.pop_front();
     }
     return value;
+  }
+
+  // (layout, call shape) of every entry whose tensors are alive, oldest first.
+  std::vector<std::pair<int, std::array<int64_t, 7>>> shapes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::pair<int, std::array<int64_t, 7>>> out;
+    for (const auto& e : entries_)
+      if (e.key.alive()) out.emplace_back(e.key.layout, e.key.shape);
+    return out;
   }
 
  private:
