@@ -6,9 +6,9 @@
 // caches. Measured in place after a fused RegNetY-400MF trunk (batch 8, 2-core AVX2 VM):
 // adaptive_avg_pool2d + oneDNN's packed linear took 460 us, these two short loops 145 us.
 //
-// Pass 1 pools each (sample, channel block) over its pixels; pass 2 gives each thread a block of
-// classes, reads every weight row once and multiplies it with all samples' means (which stay
-// in L1: 8 x 440 floats are 14 KB). channels_last is the layout a RegNet trunk hands over (each
+// Pass 1 pools each sample over its pixels; pass 2 gives each thread a block of classes, reads
+// every weight row once and multiplies it with all samples' means (which stay in L1: 8 x 440
+// floats are 14 KB). channels_last is the layout a RegNet trunk hands over (each
 // pixel a contiguous C vector); NCHW is pooled plane by plane; other strides are made
 // channels_last first. The backward recomputes the pooled means (one read of x) and writes
 // dx = (dy W) / P in x's memory format, dW = dy^T s and db = sum_n dy.
@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/channel_sums.h"
 #include "kernels/pool_linear.h"
 
 namespace regnet_ext::cpu {
@@ -37,7 +38,7 @@ namespace k = regnet_ext::kernels;
 using at::vec::Vectorized;
 
 constexpr const char* kOp = "pool_linear";
-// Channels one pooling task sums: 8 AVX2 float vectors of accumulators.
+// Channels one task of the input gradient's first pass handles: 8 AVX2 float vectors.
 constexpr int64_t kChannelBlock = 64;
 // Samples whose logits share each loaded weight vector.
 constexpr int64_t kSamplesPerPass = 4;
@@ -45,61 +46,22 @@ constexpr int64_t kSamplesPerPass = 4;
 // a few microseconds).
 constexpr int64_t kGrainMacs = 1 << 15;
 
-// s[c] = mean_p x[p * C + c] for channels [c0, c0 + count) of one channels_last sample.
-template <typename T>
-void pool_channels_last(const T* x, int64_t pixels, int64_t channels, int64_t c0, int64_t count,
-                        T* pooled) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
-  constexpr int64_t kVecs = kChannelBlock / W > 0 ? kChannelBlock / W : 1;
-  Vec acc[kVecs];
-  const int64_t vecs = (count + W - 1) / W;
-  for (int64_t v = 0; v < kVecs; ++v) acc[v] = Vec(T(0));
-  for (int64_t p = 0; p < pixels; ++p) {
-    const T* row = x + p * channels + c0;
-    for (int64_t v = 0; v < vecs; ++v) {
-      const int64_t left = count - v * W;
-      const Vec xv = left >= W ? Vec::loadu(row + v * W) : Vec::loadu(row + v * W, left);
-      acc[v] = k::se_pool_step(acc[v], xv);
-    }
-  }
-  const Vec scale(T(1) / static_cast<T>(pixels));
-  for (int64_t v = 0; v < vecs; ++v) {
-    const int64_t left = count - v * W;
-    (acc[v] * scale).store(pooled + c0 + v * W, std::min<int64_t>(left, W));
-  }
-}
-
-// mean of one contiguous NCHW plane.
-template <typename T>
-T pool_plane(const T* x, int64_t pixels) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
-  Vec acc(T(0));
-  int64_t p = 0;
-  for (; p + W <= pixels; p += W) acc = k::se_pool_step(acc, Vec::loadu(x + p));
-  T total = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; p < pixels; ++p) total = k::se_pool_step(total, x[p]);
-  return total / static_cast<T>(pixels);
-}
-
-// pooled [N, C] (contiguous) from x, channels_last or contiguous NCHW.
+// pooled [N, C] (contiguous) from x, channels_last or contiguous NCHW: the channel sums SE uses
+// (channel_sums.h), scaled to means. One task a sample: the head's pooling is a few microseconds.
 template <typename T>
 void pool(const at::Tensor& x, bool channels_last, T* pooled) {
   const int64_t batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
   const T* data = x.const_data_ptr<T>();
-  const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
-  const int64_t grain = std::max<int64_t>(1, kGrainMacs / (pixels * kChannelBlock));
-  at::parallel_for(0, batch * blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, c0 = (task % blocks) * kChannelBlock;
-      const int64_t count = std::min(kChannelBlock, channels - c0);
+  const T scale = T(1) / static_cast<T>(pixels);
+  at::parallel_for(0, batch, std::max<int64_t>(1, kGrainMacs / (pixels * channels)), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
       const T* xn = data + n * channels * pixels;
       T* out = pooled + n * channels;
       if (channels_last) {
-        pool_channels_last(xn, pixels, channels, c0, count, out);
+        pool_block(xn, pixels, channels, out);
+        for (int64_t c = 0; c < channels; ++c) out[c] *= scale;
       } else {
-        for (int64_t c = c0; c < c0 + count; ++c) out[c] = pool_plane(xn + c * pixels, pixels);
+        for (int64_t c = 0; c < channels; ++c) out[c] = pool_run(xn + c * pixels, pixels) * scale;
       }
     }
   });

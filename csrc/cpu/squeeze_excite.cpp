@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <tuple>
 
+#include "cpu/channel_sums.h"
 #include "kernels/squeeze_excite.h"
 
 namespace regnet_ext::cpu {
@@ -34,57 +35,7 @@ constexpr int64_t kGrainElements = 1 << 14;
 // as about 64K multiply-adds here, so smaller MLPs (batch 1) run on the calling thread.
 constexpr int64_t kGrainMacs = 1 << 16;
 
-// Loads and stores one SIMD vector of acc_t<T> from/to memory holding T.
-// load_n/store_n move the first `count` (<= size()) lanes; the other lanes load as zero.
-template <typename T>
-struct Simd {
-  using Vec = Vectorized<T>;
-  static Vec load(const T* p) { return Vec::loadu(p); }
-  static void store(T* p, const Vec& v) { v.store(p); }
-  static Vec load_n(const T* p, int64_t count) {
-    return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
-  }
-  static void store_n(T* p, const Vec& v, int64_t count) { v.store(p, count); }
-};
-template <typename T>
-struct ReducedSimd {
-  using Vec = Vectorized<float>;
-  static Vec load(const T* p) {
-    Vec v;
-    at::vec::load_to_float(p, v);
-    return v;
-  }
-  static void store(T* p, const Vec& v) {
-    at::vec::convert_from_float<T>(v, v).store(p, Vec::size());
-  }
-  static Vec load_n(const T* p, int64_t count) {
-    if (count == Vec::size()) return load(p);
-    return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, count)));
-  }
-  static void store_n(T* p, const Vec& v, int64_t count) {
-    at::vec::convert_from_float<T>(v, v).store(p, count);
-  }
-};
-template <>
-struct Simd<at::BFloat16> : ReducedSimd<at::BFloat16> {};
-template <>
-struct Simd<at::Half> : ReducedSimd<at::Half> {};
-
 // ---- NCHW planes (contiguous runs): SIMD body, scalar tail, through the header's formulas ----
-
-// sum_i x[i]: one NCHW plane.
-template <typename T, typename A = acc_t<T>>
-A pool_run(const T* x, int64_t n) {
-  using S = Simd<T>;
-  using Vec = typename S::Vec;
-  constexpr int64_t W = Vec::size();
-  Vec acc(A(0));
-  int64_t i = 0;
-  for (; i + W <= n; i += W) acc = k::se_pool_step(acc, S::load(x + i));
-  A total = at::vec::vec_reduce_all<A>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; i < n; ++i) total = k::se_pool_step(total, static_cast<A>(x[i]));
-  return total;
-}
 
 // (sum_i x[i], sum_i dy[i] * x[i]): one NCHW plane of the backward's first pass.
 template <typename T, typename A = acc_t<T>>
@@ -139,34 +90,6 @@ void input_grad_run(const T* dy, A gate, A ds_mean, T* dx, int64_t n) {
 // channel tail, so the hardware prefetcher sees one linear stream per tensor. Per-channel
 // accumulators and gates (C values) stay in L1; the reductions add two rows per accumulator
 // update to halve the store-to-load chain through it.
-
-// Calls f(c, n) for the vectors of one row: n = W lanes from channel c, then the tail (n < W).
-// Inlined, the full-vector calls see n == W as a constant, so load_n / store_n take no branch.
-template <int64_t W, typename F>
-inline void for_each_vector(int64_t channels, const F& f) {
-  int64_t c = 0;
-  for (; c + W <= channels; c += W) f(c, W);
-  if (c < channels) f(c, channels - c);
-}
-
-// out[c] = sum over rows of x[r, c].
-template <typename T, typename A = acc_t<T>>
-void pool_block(const T* x, int64_t rows, int64_t channels, A* out) {
-  using S = Simd<T>;
-  using Vec = typename S::Vec;
-  std::fill(out, out + channels, A(0));
-  // Rows a and b (b may be null) added into out.
-  auto add_rows = [&](const T* a, const T* b) {
-    for_each_vector<Vec::size()>(channels, [&](int64_t c, int64_t n) {
-      Vec v = S::load_n(a + c, n);
-      if (b) v = k::se_pool_step(v, S::load_n(b + c, n));
-      k::se_pool_step(Vec::loadu(out + c, n), v).store(out + c, n);
-    });
-  };
-  int64_t r = 0;
-  for (; r + 2 <= rows; r += 2) add_rows(x + r * channels, x + (r + 1) * channels);
-  if (r < rows) add_rows(x + r * channels, nullptr);
-}
 
 // pool[c] = sum_r x[r, c], dgate[c] = sum_r dy[r, c] * x[r, c].
 template <typename T, typename A = acc_t<T>>

@@ -4,12 +4,11 @@
 //   y[n, k] = b[k] + sum_c W[k, c] s[n, c]    logits
 //
 // V is a scalar or a SIMD vector (the CPU passes at::vec::Vectorized). The pooling sums with
-// squeeze_excite's se_pool_step; every product of the head and of its backward (dy W, dy^T s)
-// accumulates with pool_linear_dot_step.
+// squeeze_excite.h's se_pool_step (the CPU through cpu/channel_sums.h); every product of the head
+// and of its backward (dy W, dy^T s) accumulates with pool_linear_dot_step.
 #pragma once
 
 #include "kernels/common.h"
-#include "kernels/squeeze_excite.h"
 
 namespace regnet_ext::kernels {
 

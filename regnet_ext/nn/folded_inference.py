@@ -119,6 +119,13 @@ class _OneEntryCache:
         return {"_entry": None}
 
 
+def _with_newest(packings, key, value, limit):
+    """A new dict of `packings` plus key -> value, the oldest dropped beyond `limit`. New, and
+    published whole: threads reading the old one never see it change."""
+    kept = list(packings.items())
+    return dict(kept[max(0, len(kept) - limit + 1):] + [(key, value)])
+
+
 class FoldedConv(_OneEntryCache):
     """The cached folded weights of one FusedConvBNAct, packed for oneDNN once per input shape.
 
@@ -143,10 +150,7 @@ class FoldedConv(_OneEntryCache):
         weight = packed_by_shape.get(shape)
         if weight is None:
             weight = _PACK(folded, pads, strides, [1, 1], groups, list(x.shape))
-            # A new dict, published whole: threads reading the old one never see it change.
-            kept = list(packed_by_shape.items())
-            kept = kept[max(0, len(kept) - self.MAX_SHAPES + 1):] + [(shape, weight)]
-            self._entry = (key, folded, bias, dict(kept))
+            self._entry = (key, folded, bias, _with_newest(packed_by_shape, shape, weight, self.MAX_SHAPES))
         if x.dtype != dtype:
             x = x.to(dtype)
         if residual is None:
@@ -179,10 +183,7 @@ class PackedLinear(_OneEntryCache):
         if packed is None:
             with torch.no_grad():
                 packed = _PACK_LINEAR(weight.to(dtype), batch)
-            # A new dict, published whole (as FoldedConv's).
-            kept = list(packed_by_batch.items())
-            kept = kept[max(0, len(kept) - self.MAX_BATCHES + 1):] + [(batch, packed)]
-            self._entry = (key, bias, dict(kept))
+            self._entry = (key, bias, _with_newest(packed_by_batch, batch, packed, self.MAX_BATCHES))
         return _LINEAR(x.to(dtype), packed, bias, "none", [], "")
 
     @property

@@ -82,7 +82,12 @@ class _HoldsStock(nn.Module):
         if stock is None:
             raise RuntimeError(f"{type(self).__name__} was built without a stock module to restore")
         for path, leaf in self.named_modules():
-            if path and not isinstance(leaf, _HoldsStock) and _has_own_state(leaf):
+            if not path:
+                continue
+            if isinstance(leaf, _HoldsStock):  # a fused child (FusedHead's fc): its own stock one
+                if leaf.__dict__.get(_STOCK) is not None:
+                    set_submodule(stock, path, leaf.stock_module())
+            elif _has_own_state(leaf):
                 set_submodule(stock, path, leaf)
         return stock.train(self.training)
 
@@ -303,13 +308,6 @@ class FusedHead(_HoldsStock):
                 folded_inference.pool_linear_applies(x, fc.weight, fc.bias):
             return _ops.pool_linear(x, fc.weight, fc.bias)
         return self._stock_forward(self, x, *args, **kwargs)
-
-    def stock_module(self):
-        stock = super().stock_module()
-        for name, child in self.named_children():
-            if isinstance(child, _HoldsStock):  # the fc, fused separately
-                stock._modules[name] = child.stock_module()
-        return stock
 
 
 class FusedBranch(nn.Module):
