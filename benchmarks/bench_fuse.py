@@ -12,6 +12,11 @@ met or not, never asserted. Writes benchmarks/results/fuse_cpu.json and .png.
 
     .venv/bin/python benchmarks/bench_fuse.py               # full run (81 s on the 2-core dev machine)
     .venv/bin/python benchmarks/bench_fuse.py --quick       # one small config, no compile: pipeline check
+    .venv/bin/python benchmarks/bench_fuse.py --shapes 1x224 --modes inference \
+        --variants eager fused fused-module-calls --out benchmarks/results/fuse_cpu_batch1.json
+
+Variant `fused-module-calls` is the fused model with its blocks' lean inference off (every layer
+through its module call, folded_inference.lean_blocks = False): the A/B of that path.
 """
 import argparse
 import copy
@@ -31,12 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 from common import minor_faults  # noqa: E402
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
+from regnet_ext.nn import folded_inference  # noqa: E402
 from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("RegNetY-400MF", "RegNetX-400MF")
 SHAPES = ((8, 224), (32, 128))  # (batch, resolution)
 VARIANTS = ("eager", "fused", "compile")
+ALL_VARIANTS = VARIANTS + ("fused-module-calls",)
+MODES = ("inference", "training")
 GOALS = {("inference", "eager"): 1.6, ("inference", "compile"): 1.1, ("training", "eager"): 1.3}
 
 
@@ -61,6 +69,15 @@ class Case:
         return (self.model_name, self.batch, self.resolution, self.mode)
 
     def run(self):
+        if self.variant == "fused-module-calls":
+            folded_inference.lean_blocks = False
+            try:
+                return self._run()
+            finally:
+                folded_inference.lean_blocks = True
+        return self._run()
+
+    def _run(self):
         if self.mode == "inference":
             with torch.no_grad():
                 self.model(self.x)
@@ -70,7 +87,7 @@ class Case:
         self.optimizer.step()
 
 
-def build_cases(models, shapes, variants):
+def build_cases(models, shapes, variants, modes=MODES):
     from regnet_ext.models import regnet
     from regnet_ext.nn import fuse
 
@@ -78,11 +95,11 @@ def build_cases(models, shapes, variants):
     for name in models:
         torch.manual_seed(0)
         base = regnet(name).to(memory_format=torch.channels_last)
-        for mode in ("inference", "training"):
+        for mode in modes:
             built = {}
             for variant in variants:
                 model = copy.deepcopy(base).train(mode == "training")
-                if variant == "fused":
+                if variant in ("fused", "fused-module-calls"):
                     model = fuse(model)
                 elif variant == "compile":
                     model = _compiled(model, freezing=mode == "inference")
@@ -144,7 +161,7 @@ def summarise(cases):
                          page_faults_per_call=statistics.median(case.faults_per_call)))
     for (model, batch, resolution, mode), by_variant in groups.items():
         fused = by_variant.get("fused")
-        for other in ("eager", "compile"):
+        for other in ("eager", "compile", "fused-module-calls"):
             if fused is None or other not in by_variant:
                 continue
             per_round = [f / o for f, o in zip(fused.per_round, by_variant[other].per_round)]
@@ -157,14 +174,18 @@ def summarise(cases):
 
 
 def print_table(rows, ratios):
+    variants = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
+    others = [o for o in ("eager", "compile", "fused-module-calls") if any(r["fused_vs"] == o for r in ratios)]
     ips = {(r["model"], r["batch"], r["resolution"], r["mode"], r["variant"]): r["images_per_s"] for r in rows}
     rat = {(r["model"], r["batch"], r["resolution"], r["mode"], r["fused_vs"]): r["ratio"] for r in ratios}
-    header = f"{'model':<14} {'shape':<9} {'mode':<9} {'eager':>8} {'fused':>8} {'compile':>8} {'f/eager':>8} {'f/comp':>8}"
+    short = {"eager": "f/eager", "compile": "f/comp", "fused-module-calls": "f/modcall"}
+    header = (f"{'model':<14} {'shape':<9} {'mode':<9} " + " ".join(f"{v[:9]:>9}" for v in variants) + " "
+              + " ".join(f"{short[o]:>9}" for o in others))
     print(header)
     print("-" * len(header))
     for key in dict.fromkeys((r["model"], r["batch"], r["resolution"], r["mode"]) for r in rows):
-        cells = [f"{ips[key + (v,)]:8.1f}" if key + (v,) in ips else f"{'-':>8}" for v in VARIANTS]
-        ratio_cells = [f"{rat[key + (o,)]:7.2f}x" if key + (o,) in rat else f"{'-':>8}" for o in ("eager", "compile")]
+        cells = [f"{ips[key + (v,)]:9.1f}" if key + (v,) in ips else f"{'-':>9}" for v in variants]
+        ratio_cells = [f"{rat[key + (o,)]:8.2f}x" if key + (o,) in rat else f"{'-':>9}" for o in others]
         print(f"{key[0]:<14} {f'{key[1]}x{key[2]}':<9} {key[3]:<9} {' '.join(cells)} {' '.join(ratio_cells)}")
     faulting = [r for r in rows if r["page_faults_per_call"] >= 100]
     if faulting:  # fresh pages cost time outside any kernel: say where they were paid
@@ -181,12 +202,13 @@ def plot(rows, ratios, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = ("inference", "training")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    colors = {"eager": "tab:gray", "fused": "tab:blue", "compile": "tab:purple"}
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
+    axes = axes[0]
+    colors = {"eager": "tab:gray", "fused": "tab:blue", "compile": "tab:purple", "fused-module-calls": "tab:cyan"}
     for ax, mode in zip(axes, modes):
         keys = list(dict.fromkeys((r["model"], r["batch"], r["resolution"]) for r in rows if r["mode"] == mode))
-        variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+        variants = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
         width = 0.8 / len(variants)
         for j, variant in enumerate(variants):
             values = [next((r["images_per_s"] for r in rows if (r["model"], r["batch"], r["resolution"]) == k
@@ -207,6 +229,16 @@ def plot(rows, ratios, path):
     plt.close(fig)
 
 
+def _shape(text):
+    try:
+        batch, resolution = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxRESOLUTION such as 8x224, got {text!r}") from None
+    if batch < 1 or resolution < 32:
+        raise argparse.ArgumentTypeError(f"batch must be >= 1 and resolution >= 32, got {text!r}")
+    return batch, resolution
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over rounds)")
@@ -217,6 +249,13 @@ def main(argv=None):
     add_tune_malloc_argument(parser, "regnet_ext.allocator.tune_malloc(use_mmap=False) first, so that no "
                                      "variant is timed with first-touch page faults (every variant shares "
                                      "the process, so all get it; recorded as malloc_tuned)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="NAME",
+                        help=f"standard RegNet names (default: {' '.join(MODELS)})")
+    parser.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="BxR",
+                        help="batch x resolution, e.g. 1x224 (default: 8x224 32x128)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(VARIANTS),
+                        help="fused-module-calls: fused with the blocks' lean inference off")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default results/fuse_cpu.json; --quick: results/fuse_cpu_quick.json)")
     args = parser.parse_args(argv)
@@ -224,7 +263,7 @@ def main(argv=None):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
 
-    models, shapes, variants = MODELS, SHAPES, VARIANTS
+    models, shapes, variants = args.models, args.shapes or SHAPES, args.variants
     if args.quick:
         models, shapes, variants = ("RegNetX-400MF",), ((4, 64),), ("eager", "fused")
         args.rounds, args.reps, args.warmup = 2, 1, 1
@@ -233,7 +272,7 @@ def main(argv=None):
     malloc_tuned = apply_tune_malloc(args, "bench_fuse.py", use_mmap=False)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    cases = build_cases(models, shapes, variants)
+    cases = build_cases(models, shapes, variants, args.modes)
     measure(cases, args.rounds, args.reps, args.warmup, progress=lambda s: print(s, file=sys.stderr, flush=True))
     rows, ratios = summarise(cases)
     print_table(rows, ratios)

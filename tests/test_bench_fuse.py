@@ -25,3 +25,11 @@ def test_quick_run_structure(tmp_path, capsys):
     assert ratios[("inference", "eager")]["goal"] == 1.6 and ratios[("training", "eager")]["goal"] == 1.3
     assert out.with_suffix(".png").stat().st_size > 0
     assert "f/eager" in capsys.readouterr().out
+
+
+def test_shape_option_parses_and_refuses_clearly():
+    bench = benchmark_scripts.load("bench_fuse")
+    assert bench._shape("1x224") == (1, 224) and bench._shape("32X128") == (32, 128)
+    for bad in ("8", "0x224", "8x16", "ax224"):
+        with pytest.raises(Exception, match="BATCHxRESOLUTION|batch must be"):
+            bench._shape(bad)

@@ -42,6 +42,7 @@ def _onednn_runs_bfloat16():
 
 
 _DTYPES = (torch.float32, torch.bfloat16) if _onednn_runs_bfloat16() else (torch.float32,)
+lean_blocks = True
 
 
 def _plain_cpu_inference(x, dtype, available, tensors):
@@ -63,6 +64,17 @@ def applies(x, params, residual, dtype):
     if not x.is_contiguous(memory_format=torch.channels_last):
         return False
     return _plain_cpu_inference(x, dtype, _AVAILABLE, (x, residual, *params))
+
+
+def lean_block_inference(x):
+    """Whether a fused block may call its layers' inference_call directly: applies()'s tests
+    that do not depend on the layer, for a float32 input (no autocast) with autograd off, made
+    once per block. Each layer then tests only its own state. `lean_blocks = False` turns the
+    path off for the process (benchmarks compare both ways)."""
+    if not lean_blocks or torch.is_grad_enabled() or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return False
+    return x.is_contiguous(memory_format=torch.channels_last) and \
+        _plain_cpu_inference(x, torch.float32, _AVAILABLE, ())
 
 
 def linear_applies(x, weight, bias, dtype):
