@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, machine_record, write_json, write_ratio_png  # noqa: E402
+from common import batch_resolution, format_table, machine_record, write_json, write_ratio_png  # noqa: E402
 
 import regnet_ext  # noqa: E402
 from regnet_ext.allocator import tune_malloc  # noqa: E402
@@ -105,7 +105,7 @@ def measure(name, batch, resolution, rounds, warmup):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["RegNetY-400MF", "RegNetX-400MF"])
-    p.add_argument("--configs", nargs="+", default=["8x224", "32x128", "1x224"],
+    p.add_argument("--configs", nargs="+", type=batch_resolution, default=[(8, 224), (32, 128), (1, 224)],
                    help="BATCHxRESOLUTION (default 8x224 32x128 1x224)")
     p.add_argument("--rounds", type=int, default=18, help="interleaved rounds (default 18: every order of the three three times)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
@@ -116,13 +116,9 @@ def parse_args(argv):
                    help="output stem (default results/conv_pair_cpu; --quick: results/conv_pair_cpu_quick)")
     args = p.parse_args(argv)
     if args.quick:
-        args.models, args.configs, args.rounds, args.warmup = ["RegNetY-400MF"], ["2x64"], 2, 1
-    try:
-        args.configs = [tuple(int(v) for v in c.lower().split("x")) for c in args.configs]
-    except ValueError:
-        p.error("--configs takes BATCHxRESOLUTION, e.g. 8x224")
-    if args.rounds < 1 or args.warmup < 0 or any(len(c) != 2 or min(c) < 1 for c in args.configs):
-        p.error("--rounds must be >= 1, --warmup >= 0, --configs BATCHxRESOLUTION with both >= 1")
+        args.models, args.configs, args.rounds, args.warmup = ["RegNetY-400MF"], [(2, 64)], 2, 1
+    if args.rounds < 1 or args.warmup < 0:
+        p.error("--rounds must be >= 1, --warmup >= 0")
     if args.out is None:
         args.out = str(RESULTS / ("conv_pair_cpu_quick" if args.quick else "conv_pair_cpu"))
     return args

@@ -12,7 +12,7 @@ met or not, never asserted. Writes benchmarks/results/fuse_cpu.json and .png.
 
     .venv/bin/python benchmarks/bench_fuse.py               # full run (81 s on the 2-core dev machine)
     .venv/bin/python benchmarks/bench_fuse.py --quick       # one small config, no compile: pipeline check
-    .venv/bin/python benchmarks/bench_fuse.py --shapes 1x224 --modes inference \
+    .venv/bin/python benchmarks/bench_fuse.py --configs 1x224 --modes inference \
         --variants eager fused fused-module-calls --out benchmarks/results/fuse_cpu_batch1.json
 
 Variant `fused-module-calls` is the fused model with its blocks' lean inference off (every layer
@@ -34,7 +34,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import minor_faults  # noqa: E402
+from common import batch_resolution, minor_faults  # noqa: E402
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 from regnet_ext.nn import folded_inference  # noqa: E402
 from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
@@ -229,16 +229,6 @@ def plot(rows, ratios, path):
     plt.close(fig)
 
 
-def _shape(text):
-    try:
-        batch, resolution = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected BATCHxRESOLUTION such as 8x224, got {text!r}") from None
-    if batch < 1 or resolution < 32:
-        raise argparse.ArgumentTypeError(f"batch must be >= 1 and resolution >= 32, got {text!r}")
-    return batch, resolution
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over rounds)")
@@ -251,8 +241,8 @@ def main(argv=None):
                                      "the process, so all get it; recorded as malloc_tuned)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="NAME",
                         help=f"standard RegNet names (default: {' '.join(MODELS)})")
-    parser.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="BxR",
-                        help="batch x resolution, e.g. 1x224 (default: 8x224 32x128)")
+    parser.add_argument("--configs", nargs="+", type=batch_resolution, default=None, metavar="BATCHxRESOLUTION",
+                        help="e.g. 1x224 (default: 8x224 32x128)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(VARIANTS),
                         help="fused-module-calls: fused with the blocks' lean inference off")
@@ -263,7 +253,7 @@ def main(argv=None):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
 
-    models, shapes, variants = args.models, args.shapes or SHAPES, args.variants
+    models, shapes, variants = args.models, args.configs or SHAPES, args.variants
     if args.quick:
         models, shapes, variants = ("RegNetX-400MF",), ((4, 64),), ("eager", "fused")
         args.rounds, args.reps, args.warmup = 2, 1, 1

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEVICES, DTYPES, check_dtypes, checked_device, cpu_conv_autotune_choices,  # noqa: E402
                     device_record, format_table, hardware_name, machine_record, print_autotune_summary,
                     time_interleaved_on, write_json, write_ratio_png)
+from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 
 DEFAULT_MODELS = ("RegNetX-400MF", "RegNetY-400MF", "RegNetY-4.0GF")
 OPS = ("conv_bn_act", "squeeze_excite")
@@ -397,6 +398,9 @@ def parse_args(argv):
     p.add_argument("--sample-s", type=float, default=None,
                    help="seconds per timing sample (default 0.005, quick 0.001)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_tune_malloc_argument(p, "regnet_ext.allocator.tune_malloc(use_mmap=False) first, so that outputs of "
+                                "several MB are not timed with first-touch page faults (as the model "
+                                "benchmarks do; recorded as malloc_tuned)")
     p.add_argument("--out", default=None,
                    help="output path without extension: writes .json and .png (default "
                         "benchmarks/results/kernels_<device>[_<dtypes>][_<layouts>][_quick])")
@@ -442,6 +446,7 @@ def quick_subset(shapes):
 
 def main(argv=None):
     args = parse_args(argv)
+    malloc_tuned = apply_tune_malloc(args, "bench_kernels.py", use_mmap=False)
     if args.threads:
         torch.set_num_threads(args.threads)
     import torch._inductor.config as inductor_config
@@ -463,7 +468,7 @@ def main(argv=None):
     doc = {"benchmark": "kernels", "quick": args.quick, "models": args.models, "batches": args.batch,
            "modes": args.modes, "ops": args.ops, "compile": args.compile_ops,
            "resolution": RESOLUTION, "rounds": args.rounds, "device": args.device.type,
-           "dtypes": args.dtypes, "stock_layouts": args.stock_layouts,
+           "dtypes": args.dtypes, "stock_layouts": args.stock_layouts, "malloc_tuned": malloc_tuned,
            "machine": machine_record(**device_record(args.device)), "rows": rows,
            "summary": summarise(rows), "cpu_conv_autotune": cpu_conv_autotune_choices()}
     print()

@@ -21,6 +21,21 @@ DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# ---- options --------------------------------------------------------------------------------
+
+def batch_resolution(text):
+    """argparse type of a BATCHxRESOLUTION option value: '8x224' -> (8, 224)."""
+    import argparse
+
+    try:
+        batch, resolution = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxRESOLUTION such as 8x224, got {text!r}") from None
+    if batch < 1 or resolution < 1:
+        raise argparse.ArgumentTypeError(f"BATCHxRESOLUTION needs both >= 1, got {text!r}")
+    return batch, resolution
+
+
 # ---- device and dtype options ---------------------------------------------------------------
 
 def checked_device(parser, name):
