@@ -15,6 +15,9 @@ met or not, never asserted. Writes benchmarks/results/fuse_cpu.json and .png.
     .venv/bin/python benchmarks/bench_fuse.py --configs 1x224 --modes inference \
         --variants eager fused fused-module-calls --out benchmarks/results/fuse_cpu_batch1.json
 
+--autocast bfloat16 runs every call under torch.autocast("cpu", dtype=torch.bfloat16) (the models
+stay float32), the way CPUs with AVX-512 BF16 serve and train in 16 bits.
+
 Variant `fused-module-calls` is the fused model with its blocks' lean inference off (every layer
 through its module call, folded_inference.lean_blocks = False): the A/B of that path.
 """
@@ -51,6 +54,8 @@ GOALS = {("inference", "eager"): 1.6, ("inference", "compile"): 1.1, ("training"
 class Case:
     """One (model, shape, mode, variant): a callable that runs one inference batch or train step."""
 
+    autocast = None  # a dtype: every call runs under CPU autocast to it
+
     def __init__(self, model_name, batch, resolution, mode, variant, model):
         self.model_name, self.batch, self.resolution = model_name, batch, resolution
         self.mode, self.variant = mode, variant
@@ -78,6 +83,12 @@ class Case:
         return self._run()
 
     def _run(self):
+        if self.autocast is not None:
+            with torch.autocast("cpu", dtype=self.autocast):
+                return self._step()
+        return self._step()
+
+    def _step(self):
         if self.mode == "inference":
             with torch.no_grad():
                 self.model(self.x)
@@ -194,7 +205,7 @@ def print_table(rows, ratios):
             for r in faulting))
 
 
-def plot(rows, ratios, path):
+def plot(rows, ratios, path, dtype_label="float32"):
     try:
         import matplotlib
     except ImportError as exc:
@@ -223,7 +234,7 @@ def plot(rows, ratios, path):
         ax.set_ylabel("images/s")
         ax.set_title(f"{mode} (fused ratio below bars)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"regnet_ext.fuse on {cpu_name()}, {torch.get_num_threads()} threads, float32 channels_last")
+    fig.suptitle(f"regnet_ext.fuse on {cpu_name()}, {torch.get_num_threads()} threads, {dtype_label} channels_last")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -246,6 +257,8 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(VARIANTS),
                         help="fused-module-calls: fused with the blocks' lean inference off")
+    parser.add_argument("--autocast", choices=["bfloat16"], default=None,
+                        help="run every call under CPU autocast to this dtype (models stay float32)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default results/fuse_cpu.json; --quick: results/fuse_cpu_quick.json)")
     args = parser.parse_args(argv)
@@ -259,6 +272,8 @@ def main(argv=None):
         args.rounds, args.reps, args.warmup = 2, 1, 1
     if args.out is None:  # a quick pipeline check must not overwrite the committed results
         args.out = RESULTS / ("fuse_cpu_quick.json" if args.quick else "fuse_cpu.json")
+    Case.autocast = None if args.autocast is None else getattr(torch, args.autocast)
+    dtype_label = "float32" if args.autocast is None else f"{args.autocast} (autocast)"
     malloc_tuned = apply_tune_malloc(args, "bench_fuse.py", use_mmap=False)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -268,14 +283,14 @@ def main(argv=None):
     print_table(rows, ratios)
     result = dict(
         benchmark="bench_fuse", cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
-        python=platform.python_version(), dtype="float32", memory_format="channels_last",
+        python=platform.python_version(), dtype=dtype_label, memory_format="channels_last",
         rounds=args.rounds, reps=args.reps, warmup=args.warmup, quick=args.quick, malloc_tuned=malloc_tuned,
         load_average_before=load_before, load_average_after=os.getloadavg(),
         wall_s=time.perf_counter() - t0, goals={f"{m} fused vs {o}": g for (m, o), g in GOALS.items()},
         results=rows, ratios=ratios)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    plot(rows, ratios, args.out.with_suffix(".png"))
+    plot(rows, ratios, args.out.with_suffix(".png"), dtype_label)
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 

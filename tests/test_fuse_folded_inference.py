@@ -159,3 +159,17 @@ def test_alternating_resolutions_pack_each_shape_once(monkeypatch):
     assert {shape[1] for shape in stem_shapes} == {3}, "layers[0] should be the stem"
     assert len(stem_shapes) == folded_inference.FoldedConv.MAX_SHAPES
     assert all(shape[2] != 64 for shape in stem_shapes), stem_shapes
+
+
+@pytest.mark.skipif(torch.bfloat16 not in folded_inference._DTYPES, reason="oneDNN runs no bfloat16 on this CPU")
+@pytest.mark.parametrize("name", ["RegNetY-400MF", "RegNetX-400MF"])
+def test_autocast_bfloat16_inference_takes_the_cached_fold_in_every_layer(name):
+    # Residual layers included (ungrouped: oneDNN fuses their 16-bit residual); until 2026-12-05
+    # they folded, cast and repacked their weights on every call.
+    stock, fused = _pair(name)
+    x = _cl(images(2, 64))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, actual = stock(x), fused(x)
+    assert actual.dtype == torch.bfloat16
+    assert _cached_layers(fused) == sum(isinstance(m, FusedConvBNAct) for m in fused.modules())
+    assert_rel_close(actual.float(), expected.float(), 3e-2, "autocast bfloat16")

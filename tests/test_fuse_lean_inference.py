@@ -1,8 +1,8 @@
-"""A fused block's lean inference (FusedResBottleneck._lean_forward): in float32 CPU inference
-without autograd the block calls its layers' inference_call instead of the layer modules. It
-must give exactly what the module calls give, keep every forward hook, and step aside wherever
-the module path does something else (autograd, autocast, float64, NCHW, a layer in training
-mode, SyncBatchNorm)."""
+"""A fused block's lean inference (FusedResBottleneck._lean_forward): in CPU inference without
+autograd (float32, or bfloat16 and bfloat16 autocast where oneDNN runs bfloat16) the block calls
+its layers' inference_call instead of the layer modules. It must give exactly what the module
+calls give, keep every forward hook, and step aside wherever the module path does something
+else (autograd, float64, NCHW, a layer in training mode, SyncBatchNorm)."""
 import copy
 
 import pytest
@@ -83,15 +83,13 @@ def test_layers_are_not_called_as_modules_but_their_hooks_still_run(monkeypatch)
     assert len(layer_calls) == len(seen) == len(layers)
 
 
-def test_not_taken_with_autograd_autocast_float64_or_nchw(monkeypatch):
+def test_not_taken_with_autograd_float64_or_nchw(monkeypatch):
     _, fused = make_pair("ours_regnetx_400mf")
     fused.eval().to(memory_format=torch.channels_last)
     x = _cl(images(2, 64))
     lean_calls = _count_calls(monkeypatch, FusedResBottleneck, "_lean_forward")
     fused(x)  # parameters need gradients
     with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fused(x)
         copy.deepcopy(fused).double()(x.double())
         make_pair("ours_regnetx_400mf")[1].eval()(x.contiguous())  # an NCHW model and input
         # (A channels_last model turns NCHW images channels_last in its stem, as stock does,
@@ -130,3 +128,28 @@ def test_autocast_inference_after_bfloat16_layers_casts_the_parameters():
         expected, actual = stock(x), fused(x)
     assert actual.dtype == expected.dtype == torch.bfloat16
     assert (actual.float() - expected.float()).abs().max() <= 0.05 * expected.float().abs().max()
+
+
+@pytest.mark.skipif(torch.bfloat16 not in folded_inference._DTYPES, reason="oneDNN runs no bfloat16 on this CPU")
+@pytest.mark.parametrize("how", ["autocast", "bfloat16 model"])
+def test_bfloat16_lean_blocks_give_exactly_the_module_path_output(how, monkeypatch):
+    stock, fused = make_pair("ours_regnety_400mf")
+    x = _cl(images(2, 64, seed=7))
+    for model in (stock, fused):
+        model.eval().to(memory_format=torch.channels_last)
+    if how == "bfloat16 model":
+        stock, fused, x = stock.bfloat16(), fused.bfloat16(), x.bfloat16()
+    lean_calls = _count_calls(monkeypatch, FusedResBottleneck, "_lean_forward")
+
+    def run(model):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
+            return model(x)
+
+    lean, expected = run(fused), run(stock)
+    assert len(lean_calls) == sum(isinstance(m, FusedResBottleneck) for m in fused.modules())
+    with monkeypatch.context() as m:
+        m.setattr(folded_inference, "lean_blocks", False)
+        module_path = run(fused)
+    assert lean.dtype == module_path.dtype == torch.bfloat16
+    torch.testing.assert_close(lean, module_path, rtol=0, atol=0)
+    assert (lean.float() - expected.float()).abs().max() <= 0.05 * expected.float().abs().max()

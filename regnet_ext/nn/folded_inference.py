@@ -18,8 +18,9 @@ Layers whose conv one of our CPU kernels can compute (1x1 convs, the narrow-grou
 grouped convs) call the operator instead, which keeps its own cache of the folded weight packed
 for whichever kernel it chose (csrc/cpu/folded_weight_cache.h).
 
-Used only where it applies: CPU, float32 or bfloat16 (residual: float32 only, the dtypes oneDNN
-fuses; bfloat16 only on CPUs where oneDNN runs it), a channels_last input, no gradient needed,
+Used only where it applies: CPU, float32 or bfloat16 (bfloat16 only on CPUs where oneDNN runs it,
+and with a residual only for ungrouped convs, as csrc/cpu/onednn_fused_conv.h says), a
+channels_last input, no gradient needed,
 and not while torch.compile, torch.export or torch.jit trace the model (they see the conv_bn_act
 operator, whose fold is part of the graph).
 """
@@ -56,25 +57,24 @@ def _plain_cpu_inference(x, dtype, available, tensors):
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
-def applies(x, params, residual, dtype):
+def applies(x, params, residual, dtype, groups=1):
     """Whether the cached-fold path can run this call (see the module docstring). It runs on
     every layer call, so the cheap tests come first."""
-    if residual is not None and dtype != torch.float32:
-        return False
+    if residual is not None and dtype != torch.float32 and groups != 1:
+        return False  # ATen fuses a 16-bit residual into ungrouped convs only (onednn_fused_conv.h)
     if not x.is_contiguous(memory_format=torch.channels_last):
         return False
     return _plain_cpu_inference(x, dtype, _AVAILABLE, (x, residual, *params))
 
 
-def lean_block_inference(x):
+def lean_block_inference(x, dtype):
     """Whether a fused block may call its layers' inference_call directly: applies()'s tests
-    that do not depend on the layer, for a float32 input (no autocast) with autograd off, made
-    once per block. Each layer then tests only its own state. `lean_blocks = False` turns the
-    path off for the process (benchmarks compare both ways)."""
-    if not lean_blocks or torch.is_grad_enabled() or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+    that do not depend on the layer, with autograd off, made once per block for its compute
+    dtype (compute_dtype(x)). Each layer then tests only its own state. `lean_blocks = False`
+    turns the path off for the process (benchmarks compare both ways)."""
+    if not lean_blocks or torch.is_grad_enabled() or dtype not in _DTYPES:
         return False
-    return x.is_contiguous(memory_format=torch.channels_last) and \
-        _plain_cpu_inference(x, torch.float32, _AVAILABLE, ())
+    return x.is_contiguous(memory_format=torch.channels_last) and _plain_cpu_inference(x, dtype, _AVAILABLE, ())
 
 
 def linear_applies(x, weight, bias, dtype):

@@ -186,7 +186,7 @@ class FusedConvBNAct(_HoldsStock):
         batch_stats = bn.training or running_mean is None
         if not batch_stats:
             params = (conv.weight, conv.bias, bn.weight, bn.bias, running_mean, bn.running_var)
-            if folded_inference.applies(x, params[:4], residual, dtype):
+            if folded_inference.applies(x, params[:4], residual, dtype, self.groups):
                 # The operator takes tensors of one dtype: under autocast (float32 parameters,
                 # bfloat16 activations) the cached fold casts them instead.
                 if dtype in self._own_cpu_kernel_dtypes and _all_of_dtype(dtype, x, *params):
@@ -222,14 +222,16 @@ class FusedConvBNAct(_HoldsStock):
                     0.0 if momentum is None else float(momentum), momentum is None)
         return y
 
-    def inference_call(self, x, residual=None, relu=None):
-        """This layer in a block's lean inference (FusedResBottleneck): forward's float32 CPU
-        inference path without its per-call tests, which the block made once for all its
-        layers, and without nn.Module's call. Layers whose own state needs more (BN in training
-        mode or without running statistics, SyncBatchNorm, a forward hook, a subclassed or
-        parametrized conv or BN) take the module call."""
+    def inference_call(self, x, residual, relu, dtype):
+        """This layer in a block's lean inference (FusedResBottleneck): forward's CPU inference
+        path in `dtype` (compute_dtype(x)) without its per-call tests, which the block made once
+        for all its layers, and without nn.Module's call. Layers whose own state needs more (BN
+        in training mode or without running statistics, SyncBatchNorm, a forward hook, a
+        subclassed or parametrized conv or BN, a 16-bit residual into a grouped conv) take the
+        module call."""
         conv, bn = self._modules[self._conv_name], self._modules[self._bn_name]
-        if bn.training or type(bn) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d or hooked(self):
+        if bn.training or type(bn) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d or hooked(self) or \
+                (residual is not None and dtype != torch.float32 and self.groups != 1):
             return self(x, residual=residual, relu=relu)
         stats = bn._buffers
         running_mean, running_var = stats["running_mean"], stats["running_var"]
@@ -238,10 +240,9 @@ class FusedConvBNAct(_HoldsStock):
         relu = self.relu if relu is None else relu
         params = (conv._parameters["weight"], conv._parameters["bias"], bn._parameters["weight"],
                   bn._parameters["bias"], running_mean, running_var)
-        if torch.float32 in self._own_cpu_kernel_dtypes and _all_of_dtype(torch.float32, *params):
+        if dtype in self._own_cpu_kernel_dtypes and _all_of_dtype(dtype, x, *params):
             return _EVAL_OP(x, *params, residual, self.stride, self.padding, self.groups, float(bn.eps), relu)
-        return self._folded(params, bn.eps, x, residual, relu, self.stride, self.padding, self.groups,
-                            torch.float32)
+        return self._folded(params, bn.eps, x, residual, relu, self.stride, self.padding, self.groups, dtype)
 
     @staticmethod
     def _stock_forward(conv, bn, x, residual, relu):
@@ -288,8 +289,8 @@ class FusedSqueezeExcite(_HoldsStock):
             return self(x)
         r, e = reduce._parameters, expand._parameters
         params = (r["weight"], r["bias"], e["weight"], e["bias"])
-        if any(p.dtype != torch.float32 for p in params):
-            return self(x)
+        if not _all_of_dtype(x.dtype, *params):  # autocast: forward casts them
+            return self.forward(x)
         return squeeze_excite(x, *params)
 
 
@@ -404,8 +405,9 @@ class FusedResBottleneck(_HoldsStock):
         return module
 
     def forward(self, x):
-        if folded_inference.lean_block_inference(x):
-            return self._lean_forward(x)
+        dtype = compute_dtype(x)
+        if folded_inference.lean_block_inference(x, dtype):
+            return self._lean_forward(x, dtype)
         if self.shortcut == "proj":
             shortcut = self.part("proj")(x)
         else:
@@ -417,21 +419,22 @@ class FusedResBottleneck(_HoldsStock):
             y = self.part("se")(y)
         return self.part("c")(y, residual=shortcut, relu=self.final_relu)
 
-    def _lean_forward(self, x):
-        """forward in float32 CPU inference: each layer's inference_call in place of its module
-        call (at batch 1, RegNetY-400MF's 16 blocks spent over 1 ms in the calls and their
-        per-layer tests)."""
+    def _lean_forward(self, x, dtype):
+        """forward in CPU inference: each layer's inference_call in place of its module call (at
+        batch 1, RegNetY-400MF's 16 blocks spent over 1 ms in the calls and their per-layer
+        tests)."""
         a, b = self.part("a"), self.part("b")
         if self.shortcut == "proj":
-            shortcut = self.part("proj").inference_call(x)
+            proj = self.part("proj")
+            shortcut = proj.inference_call(x, None, proj.relu, dtype)
         else:
             shortcut = x if self.shortcut == "identity" else None
         y = None if self._pair is None else self._pair(a, b, x)
         if y is None:
-            y = b.inference_call(a.inference_call(x))
+            y = b.inference_call(a.inference_call(x, None, a.relu, dtype), None, b.relu, dtype)
         if self.has_se:
             y = self.part("se").inference_call(y)
-        return self.part("c").inference_call(y, shortcut, self.final_relu)
+        return self.part("c").inference_call(y, shortcut, self.final_relu, dtype)
 
     def extra_repr(self):
         return f"shortcut={self.shortcut}, final_relu={self.final_relu}"
