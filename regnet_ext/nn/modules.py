@@ -237,7 +237,6 @@ class FusedConvBNAct(_HoldsStock):
         running_mean, running_var = stats["running_mean"], stats["running_var"]
         if running_mean is None:
             return self(x, residual=residual, relu=relu)
-        relu = self.relu if relu is None else relu
         params = (conv._parameters["weight"], conv._parameters["bias"], bn._parameters["weight"],
                   bn._parameters["bias"], running_mean, running_var)
         if dtype in self._own_cpu_kernel_dtypes and _all_of_dtype(dtype, x, *params):
