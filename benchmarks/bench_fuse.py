@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 from common import batch_resolution, minor_faults  # noqa: E402
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
+from regnet_ext.models.zoo import canonical_name  # noqa: E402
 from regnet_ext.nn import folded_inference  # noqa: E402
 from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
 
@@ -265,6 +266,11 @@ def main(argv=None):
     for name in ("rounds", "reps", "warmup"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    for name in args.models:
+        try:
+            canonical_name(name)
+        except ValueError as exc:
+            parser.error(f"--models: {exc}")
 
     models, shapes, variants = args.models, args.configs or SHAPES, args.variants
     if args.quick:

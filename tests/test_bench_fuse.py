@@ -27,9 +27,12 @@ def test_quick_run_structure(tmp_path, capsys):
     assert "f/eager" in capsys.readouterr().out
 
 
-def test_configs_option_parses_and_refuses_clearly(capsys):
+def test_bad_configs_and_models_are_refused_clearly(capsys):
     bench = benchmark_scripts.load("bench_fuse")
     for bad in ("8", "0x224", "ax224"):
         with pytest.raises(SystemExit):
             bench.main(["--configs", bad])
         assert "BATCHxRESOLUTION" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "RegNetZ-1GF"])
+    assert "--models: name: unknown RegNet model" in capsys.readouterr().err
