@@ -49,17 +49,18 @@ SHAPES = ((8, 224), (32, 128))  # (batch, resolution)
 VARIANTS = ("eager", "fused", "compile")
 ALL_VARIANTS = VARIANTS + ("fused-module-calls",)
 MODES = ("inference", "training")
+# What the fused variant's ratios compare against, with their table headings.
+BASELINES = {"eager": "f/eager", "compile": "f/comp", "fused-module-calls": "f/modcall"}
 GOALS = {("inference", "eager"): 1.6, ("inference", "compile"): 1.1, ("training", "eager"): 1.3}
 
 
 class Case:
     """One (model, shape, mode, variant): a callable that runs one inference batch or train step."""
 
-    autocast = None  # a dtype: every call runs under CPU autocast to it
-
-    def __init__(self, model_name, batch, resolution, mode, variant, model):
+    def __init__(self, model_name, batch, resolution, mode, variant, model, autocast=None):
         self.model_name, self.batch, self.resolution = model_name, batch, resolution
         self.mode, self.variant = mode, variant
+        self.autocast = autocast  # a dtype: every call runs under CPU autocast to it
         cl = torch.channels_last
         gen = torch.Generator().manual_seed(0)
         self.x = torch.randn(batch, 3, resolution, resolution, generator=gen).contiguous(memory_format=cl)
@@ -99,7 +100,7 @@ class Case:
         self.optimizer.step()
 
 
-def build_cases(models, shapes, variants, modes=MODES):
+def build_cases(models, shapes, variants, modes=MODES, autocast=None):
     from regnet_ext.models import regnet
     from regnet_ext.nn import fuse
 
@@ -117,7 +118,7 @@ def build_cases(models, shapes, variants, modes=MODES):
                     model = _compiled(model, freezing=mode == "inference")
                 built[variant] = model
             for batch, resolution in shapes:
-                cases += [Case(name, batch, resolution, mode, v, built[v]) for v in variants]
+                cases += [Case(name, batch, resolution, mode, v, built[v], autocast) for v in variants]
     return cases
 
 
@@ -173,7 +174,7 @@ def summarise(cases):
                          page_faults_per_call=statistics.median(case.faults_per_call)))
     for (model, batch, resolution, mode), by_variant in groups.items():
         fused = by_variant.get("fused")
-        for other in ("eager", "compile", "fused-module-calls"):
+        for other in BASELINES:
             if fused is None or other not in by_variant:
                 continue
             per_round = [f / o for f, o in zip(fused.per_round, by_variant[other].per_round)]
@@ -187,12 +188,11 @@ def summarise(cases):
 
 def print_table(rows, ratios):
     variants = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
-    others = [o for o in ("eager", "compile", "fused-module-calls") if any(r["fused_vs"] == o for r in ratios)]
+    others = [o for o in BASELINES if any(r["fused_vs"] == o for r in ratios)]
     ips = {(r["model"], r["batch"], r["resolution"], r["mode"], r["variant"]): r["images_per_s"] for r in rows}
     rat = {(r["model"], r["batch"], r["resolution"], r["mode"], r["fused_vs"]): r["ratio"] for r in ratios}
-    short = {"eager": "f/eager", "compile": "f/comp", "fused-module-calls": "f/modcall"}
     header = (f"{'model':<14} {'shape':<9} {'mode':<9} " + " ".join(f"{v[:9]:>9}" for v in variants) + " "
-              + " ".join(f"{short[o]:>9}" for o in others))
+              + " ".join(f"{BASELINES[o]:>9}" for o in others))
     print(header)
     print("-" * len(header))
     for key in dict.fromkeys((r["model"], r["batch"], r["resolution"], r["mode"]) for r in rows):
@@ -278,12 +278,11 @@ def main(argv=None):
         args.rounds, args.reps, args.warmup = 2, 1, 1
     if args.out is None:  # a quick pipeline check must not overwrite the committed results
         args.out = RESULTS / ("fuse_cpu_quick.json" if args.quick else "fuse_cpu.json")
-    Case.autocast = None if args.autocast is None else getattr(torch, args.autocast)
     dtype_label = "float32" if args.autocast is None else f"{args.autocast} (autocast)"
     malloc_tuned = apply_tune_malloc(args, "bench_fuse.py", use_mmap=False)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    cases = build_cases(models, shapes, variants, args.modes)
+    cases = build_cases(models, shapes, variants, args.modes, None if args.autocast is None else getattr(torch, args.autocast))
     measure(cases, args.rounds, args.reps, args.warmup, progress=lambda s: print(s, file=sys.stderr, flush=True))
     rows, ratios = summarise(cases)
     print_table(rows, ratios)

@@ -11,7 +11,6 @@ FoldedConv's, keyed on every tensor the folds read.
 """
 import torch
 from torch import nn
-from torch.nn.modules import module as module_impl
 
 from .._extension import compiled_with_narrow_group_kernel
 from . import folded_inference
@@ -36,13 +35,6 @@ def pair_fits(a, b):
             and cb.in_channels == cb.out_channels == ca.out_channels
             and cb.in_channels // b.groups in (8, 16)
             and isinstance(a.bn_module, nn.BatchNorm2d) and isinstance(b.bn_module, nn.BatchNorm2d))
-
-
-def hooked(module):
-    """Whether calling the module would run a forward hook (its own or a global one), which the
-    pair, bypassing the module, would skip."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module_impl._global_forward_hooks
-                or module_impl._global_forward_pre_hooks)
 
 
 def _tensors(layer):
@@ -71,7 +63,7 @@ class FoldedPair(folded_inference._OneEntryCache):
         if x.shape[1] > MAX_IN_CHANNELS or \
                 x.numel() // max(x.shape[1], 1) * a.conv_module.out_channels * x.element_size() < MIN_INTERMEDIATE_BYTES:
             return None
-        if a.bn_module.training or b.bn_module.training or hooked(a) or hooked(b):
+        if a.bn_module.training or b.bn_module.training or folded_inference.hooked(a) or folded_inference.hooked(b):
             return None
         ta, tb = _tensors(a), _tensors(b)
         if not folded_inference.applies(x, ta[:4] + tb[:4], None, torch.float32) or x.dtype != torch.float32 \

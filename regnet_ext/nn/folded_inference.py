@@ -25,6 +25,7 @@ and not while torch.compile, torch.export or torch.jit trace the model (they see
 operator, whose fold is part of the graph).
 """
 import torch
+from torch.nn.modules import module as module_impl
 
 _PACK = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
 _POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
@@ -57,11 +58,24 @@ def _plain_cpu_inference(x, dtype, available, tensors):
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
+def residual_fusable(residual, dtype, groups):
+    """Whether oneDNN's conv can add this residual: ATen fuses a 16-bit residual into ungrouped
+    convs only (csrc/cpu/onednn_fused_conv.h)."""
+    return residual is None or dtype == torch.float32 or groups == 1
+
+
+def hooked(module):
+    """Whether calling the module would run a forward hook (its own or a global one), which a
+    path that bypasses the module would skip."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module_impl._global_forward_hooks
+                or module_impl._global_forward_pre_hooks)
+
+
 def applies(x, params, residual, dtype, groups=1):
     """Whether the cached-fold path can run this call (see the module docstring). It runs on
     every layer call, so the cheap tests come first."""
-    if residual is not None and dtype != torch.float32 and groups != 1:
-        return False  # ATen fuses a 16-bit residual into ungrouped convs only (onednn_fused_conv.h)
+    if not residual_fusable(residual, dtype, groups):
+        return False
     if not x.is_contiguous(memory_format=torch.channels_last):
         return False
     return _plain_cpu_inference(x, dtype, _AVAILABLE, (x, residual, *params))

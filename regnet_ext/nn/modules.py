@@ -23,7 +23,7 @@ from .._extension import (compiled_with_narrow_group_bf16_kernel, compiled_with_
                           compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite
 from . import conv_pair, folded_inference
-from .conv_pair import hooked
+from .folded_inference import hooked
 
 _ops = torch.ops.regnet_ext
 # The overload itself: calling it skips the packet's overload resolution (about 1 us a call).
@@ -187,13 +187,7 @@ class FusedConvBNAct(_HoldsStock):
         if not batch_stats:
             params = (conv.weight, conv.bias, bn.weight, bn.bias, running_mean, bn.running_var)
             if folded_inference.applies(x, params[:4], residual, dtype, self.groups):
-                # The operator takes tensors of one dtype: under autocast (float32 parameters,
-                # bfloat16 activations) the cached fold casts them instead.
-                if dtype in self._own_cpu_kernel_dtypes and _all_of_dtype(dtype, x, *params):
-                    return _EVAL_OP(x, *params, residual, self.stride, self.padding, self.groups,
-                                    float(bn.eps), relu)
-                return self._folded(params, bn.eps, x, residual, relu, self.stride, self.padding,
-                                    self.groups, dtype)
+                return self._cpu_inference(x, params, bn.eps, residual, relu, dtype)
         x, residual = x.to(dtype), _cast(residual, dtype)
         weight, bias = conv.weight.to(dtype), _cast(conv.bias, dtype)
         gamma, beta = bn.weight.to(dtype), bn.bias.to(dtype)
@@ -231,7 +225,7 @@ class FusedConvBNAct(_HoldsStock):
         module call."""
         conv, bn = self._modules[self._conv_name], self._modules[self._bn_name]
         if bn.training or type(bn) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d or hooked(self) or \
-                (residual is not None and dtype != torch.float32 and self.groups != 1):
+                not folded_inference.residual_fusable(residual, dtype, self.groups):
             return self(x, residual=residual, relu=relu)
         stats = bn._buffers
         running_mean, running_var = stats["running_mean"], stats["running_var"]
@@ -239,9 +233,16 @@ class FusedConvBNAct(_HoldsStock):
             return self(x, residual=residual, relu=relu)
         params = (conv._parameters["weight"], conv._parameters["bias"], bn._parameters["weight"],
                   bn._parameters["bias"], running_mean, running_var)
+        return self._cpu_inference(x, params, bn.eps, residual, relu, dtype)
+
+    def _cpu_inference(self, x, params, eps, residual, relu, dtype):
+        """The folded-BN CPU inference both forward and inference_call end in. params: conv
+        weight and bias, BN weight, bias, running mean and variance. The operator (its own
+        weight cache, our kernels) takes tensors of one dtype; otherwise, as under autocast
+        (float32 parameters, bfloat16 activations), the cached fold casts them."""
         if dtype in self._own_cpu_kernel_dtypes and _all_of_dtype(dtype, x, *params):
-            return _EVAL_OP(x, *params, residual, self.stride, self.padding, self.groups, float(bn.eps), relu)
-        return self._folded(params, bn.eps, x, residual, relu, self.stride, self.padding, self.groups, dtype)
+            return _EVAL_OP(x, *params, residual, self.stride, self.padding, self.groups, float(eps), relu)
+        return self._folded(params, eps, x, residual, relu, self.stride, self.padding, self.groups, dtype)
 
     @staticmethod
     def _stock_forward(conv, bn, x, residual, relu):
@@ -276,7 +277,7 @@ class FusedSqueezeExcite(_HoldsStock):
         reduce, expand = self._modules[self._reduce_name], self._modules[self._expand_name]
         dtype = compute_dtype(x)
         params = (reduce.weight, reduce.bias, expand.weight, expand.bias)
-        if x.dtype == dtype and all(p.dtype == dtype for p in params):  # nothing to cast
+        if _all_of_dtype(dtype, x, *params):  # nothing to cast
             return squeeze_excite(x, *params)
         return squeeze_excite(x.to(dtype), reduce.weight.to(dtype), reduce.bias.to(dtype),
                               expand.weight.to(dtype), expand.bias.to(dtype))
