@@ -156,18 +156,24 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   //    conv(x, W') + b' and our epilogue pass in place.
   auto run_eval = [&](ConvKernel kernel) -> at::Tensor {
     if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      if (kernel == ConvKernel::kNarrow) {  // the bfloat16 narrow kernel, its bias in float
-        auto make = [&] {
-          at::Tensor shift_f = at::empty({g.out_c}, weight.options().dtype(at::kFloat));
-          std::copy(shift.begin(), shift.end(), shift_f.data_ptr<float>());
-          return FoldedWeights{pack_narrow_group_weight_bf16(fold().first, g), shift_f};
+      // The bfloat16 narrow kernel with BN's scale and shift in float32 in its epilogue, the
+      // weight as given: folding the scale into a bfloat16 weight rounds it, which sent 1.3x as
+      // many pre-activations near zero across the ReLU as plain PyTorch's bfloat16 conv and BN
+      // (against float64, 30 random cases), and 1.9x through oneDNN's folded conv.
+      if (kernel == ConvKernel::kNarrow) {
+        auto make = [&] {  // bias: [scale; shift], float
+          at::Tensor affine = at::empty({2, g.out_c}, weight.options().dtype(at::kFloat));
+          std::copy(scale.begin(), scale.end(), affine.data_ptr<float>());
+          std::copy(shift.begin(), shift.end(), affine.data_ptr<float>() + g.out_c);
+          return FoldedWeights{pack_narrow_group_weight_bf16(weight, g), affine};
         };
         const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                                     g, eps, kNarrowGroupLayout);
         const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
         at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+        const float* affine = w.bias.const_data_ptr<float>();
         grouped_conv_narrow_bf16(g, xc.const_data_ptr<c10::BFloat16>(), w.packed_weight.const_data_ptr<c10::BFloat16>(),
-                                 w.bias.const_data_ptr<float>(), rp, out.data_ptr<c10::BFloat16>(), relu);
+                                 affine, affine + g.out_c, rp, out.data_ptr<c10::BFloat16>(), relu);
         return out;
       }
     }
@@ -321,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
       if constexpr (std::is_same_v<T, c10::BFloat16>) {
         const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
         grouped_conv_narrow_bf16(g, xc.const_data_ptr<c10::BFloat16>(),
-                                 pack_narrow_group_weight_bf16(weight, g).const_data_ptr<c10::BFloat16>(),
+                                 pack_narrow_group_weight_bf16(weight, g).const_data_ptr<c10::BFloat16>(), nullptr,
                                  b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr,
                                  out.data_ptr<c10::BFloat16>(), false);
       }

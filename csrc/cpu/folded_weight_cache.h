@@ -92,7 +92,8 @@ struct FoldKey {
 
 struct FoldedWeights {
   at::Tensor packed_weight;  // in the layout of the kernel that FoldKey::layout names
-  at::Tensor bias;           // folded shift (undefined where the kernel takes it per call)
+  at::Tensor bias;           // folded shift (undefined where the kernel takes it per call; the
+                             // bfloat16 narrow kernel's: [scale; shift], its weight unfolded)
 };
 
 inline bool folded_weight_cache_enabled() {

@@ -66,16 +66,17 @@ inline __m512 load_widened(const c10::BFloat16* p, __mmask16 lanes) {
 
 // Epilogue of a tile: + bias [+ residual] [ReLU], rounded to bfloat16 and stored to y.
 template <int kPixels, typename Acc>
-inline void store_tile(const kernels::ConvGeometry& g, const Acc& acc, const float* bias16,
+inline void store_tile(const kernels::ConvGeometry& g, const Acc& acc, const float* scale16, const float* bias16,
                        const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho, int64_t wo0,
                        int npix, int64_t c0, __mmask16 lanes, bool relu) {
   const __m512 b = _mm512_maskz_loadu_ps(lanes, bias16);
+  const __m512 sc = scale16 ? _mm512_maskz_loadu_ps(lanes, scale16) : _mm512_set1_ps(1.f);
   const __m512 zero = _mm512_setzero_ps();
 #pragma GCC unroll 16
   for (int p = 0; p < kPixels; ++p) {
     if (p >= npix) break;
     const int64_t at = ((n * g.out_h + ho) * g.out_w + wo0 + p) * g.out_c + c0;
-    __m512 v = _mm512_add_ps(acc(p), b);
+    __m512 v = _mm512_fmadd_ps(acc(p), sc, b);
     if (residual) v = _mm512_add_ps(v, load_widened(residual + at, lanes));
     // Only lanes below zero become zero: NaN passes, as through torch.relu.
     if (relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
@@ -86,8 +87,8 @@ inline void store_tile(const kernels::ConvGeometry& g, const Acc& acc, const flo
 // 8 per group: y[n, ho, wo0 .. wo0+npix) for one pair of groups.
 template <int kPixels>
 inline void tile8(const kernels::ConvGeometry& g, const c10::BFloat16* x, const c10::BFloat16* packed_pair,
-                  const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho,
-                  int64_t wo0, int npix, int64_t c0, __mmask16 lanes, bool relu, const __m512i (&idx)[4]) {
+                  const float* scale16, const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y,
+                  int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0, __mmask16 lanes, bool relu, const __m512i (&idx)[4]) {
   __m512 acc[kPixels];
   for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
   narrow::for_each_tap<kPixels>(g, x, n, ho, wo0, npix, c0,
@@ -102,14 +103,15 @@ inline void tile8(const kernels::ConvGeometry& g, const c10::BFloat16* x, const 
                                   (__m512bh)_mm512_loadu_si512(w + 32 * k));
     }
   });
-  store_tile<kPixels>(g, [&](int p) { return acc[p]; }, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
+  store_tile<kPixels>(g, [&](int p) { return acc[p]; }, scale16, bias16, residual, y, n, ho, wo0, npix, c0,
+                      lanes, relu);
 }
 
 // 16 per group, one group: each input pair is broadcast from memory.
 template <int kPixels>
 inline void tile16(const kernels::ConvGeometry& g, const c10::BFloat16* x, const c10::BFloat16* packed_group,
-                   const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho,
-                   int64_t wo0, int npix, int64_t c0, bool relu) {
+                   const float* scale16, const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y,
+                   int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0, bool relu) {
   __m512 acc[kPixels];
   for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
   narrow::for_each_tap<kPixels>(g, x, n, ho, wo0, npix, c0,
@@ -126,7 +128,8 @@ inline void tile16(const kernels::ConvGeometry& g, const c10::BFloat16* x, const
       }
     }
   });
-  store_tile<kPixels>(g, [&](int p) { return acc[p]; }, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
+  store_tile<kPixels>(g, [&](int p) { return acc[p]; }, scale16, bias16, residual, y, n, ho, wo0, npix, c0,
+                      __mmask16(0xFFFF), relu);
 }
 
 // 3x3, 8 per group: tile8 with the window walked column by column (narrow::walk_columns, as the
@@ -134,8 +137,8 @@ inline void tile16(const kernels::ConvGeometry& g, const c10::BFloat16* x, const
 // reads it.
 template <int kPixels, int kStride, bool kFull>
 inline void tile8_k3(const kernels::ConvGeometry& g, const c10::BFloat16* x, const c10::BFloat16* packed_pair,
-                     const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho,
-                     int64_t wo0, int npix, int64_t c0, bool relu, const __m512i (&idx)[4]) {
+                     const float* scale16, const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y,
+                     int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0, bool relu, const __m512i (&idx)[4]) {
   const __mmask16 lanes = narrow::block_lanes(kFull);
   narrow::SplitAccumulators<kPixels> acc;
   narrow::for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const c10::BFloat16* row,
@@ -158,15 +161,15 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const c10::BFloat16* x, con
       }
     });
   });
-  store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
+  store_tile<kPixels>(g, acc, scale16, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
 }
 
 // 3x3, 16 per group: tile16 with the column walk (each input pair broadcast once for the taps
 // that read it).
 template <int kPixels, int kStride>
 inline void tile16_k3(const kernels::ConvGeometry& g, const c10::BFloat16* x, const c10::BFloat16* packed_group,
-                      const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho,
-                      int64_t wo0, int npix, int64_t c0, bool relu) {
+                      const float* scale16, const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y,
+                      int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0, bool relu) {
   narrow::SplitAccumulators<kPixels> acc;
   narrow::for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const c10::BFloat16* row,
                                                                           int64_t j_lo, int64_t j_hi) {
@@ -187,17 +190,19 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const c10::BFloat16* x, co
       }
     });
   });
-  store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
+  store_tile<kPixels>(g, acc, scale16, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
 }
 
 }  // namespace narrow_bf16
 #endif
 
-// y = act(conv(x, W) + bias [+ residual]) for channels_last bfloat16 x, y and residual with 8 or 16
-// channels per group; `packed` from pack_narrow_group_weight_bf16, bias (float, may be null: zero)
-// and residual (may be null).
+// y = act(conv(x, W) * scale + bias [+ residual]) for channels_last bfloat16 x, y and residual
+// with 8 or 16 channels per group; `packed` from pack_narrow_group_weight_bf16, scale and bias
+// (float, per output channel; may be null: one and zero) and residual (may be null). Eval passes
+// BN's scale here rather than folding it into the bfloat16 weight, whose rounding would move the
+// result by 2^-9 of the products' magnitude even where it is near zero.
 inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::BFloat16* x,
-                                     const c10::BFloat16* packed, const float* bias,
+                                     const c10::BFloat16* packed, const float* scale, const float* bias,
                                      const c10::BFloat16* residual, c10::BFloat16* y, bool relu) {
   TORCH_INTERNAL_ASSERT((g.in_c_per_group == 8 || g.in_c_per_group == 16) && g.out_c_per_group == g.in_c_per_group,
                         "grouped_conv_narrow_bf16: needs 8 or 16 channels per group in and out, got ",
@@ -205,6 +210,12 @@ inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   __m512i idx[4];  // input channel pair k of both groups
   narrow::half_broadcast_indices(idx);
+  std::vector<float> scale_pad;  // per block of 16 output channels, as for_each_tile pads the bias
+  if (scale) {
+    scale_pad.assign((g.out_c + 15) / 16 * 16, 1.f);
+    std::copy(scale, scale + g.out_c, scale_pad.begin());
+  }
+  auto scale16 = [&](int64_t c0) { return scale ? scale_pad.data() + c0 : nullptr; };
   // 3x3 (RegNet's): the column walk, tiles as in grouped_conv_narrow, except for 8 per group at
   // stride 2 on rows under 56 pixels, where it lost to the per-tap tiles (interleaved A/B, AMD EPYC
   // with AVX512-BF16, batch 1 and 8: 0.78-0.86x at 7 px out, 0.95-1.01x at 14, 1.00-1.07x at 28;
@@ -217,10 +228,10 @@ inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::
       if (g.in_c_per_group == 8)
         (g.stride == 1 ? (full ? narrow_bf16::tile8_k3<P, 1, true> : narrow_bf16::tile8_k3<P, 1, false>)
                        : (full ? narrow_bf16::tile8_k3<P, 2, true> : narrow_bf16::tile8_k3<P, 2, false>))(
-            g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, relu, idx);
+            g, x, pk, scale16(c0), bias16, residual, y, n, ho, wo0, npix, c0, relu, idx);
       else
         (g.stride == 1 ? narrow_bf16::tile16_k3<P, 1> : narrow_bf16::tile16_k3<P, 2>)(
-            g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, relu);
+            g, x, pk, scale16(c0), bias16, residual, y, n, ho, wo0, npix, c0, relu);
     };
     if (g.out_w == 14 || g.out_w == 16)
       narrow::for_each_tile<16, 14>(g, packed, bias, k3tile);
@@ -233,13 +244,13 @@ inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::
                             int64_t wo0, int npix, int64_t c0, bool full) {
     constexpr int P = decltype(pixels)::value;
     if (g.in_c_per_group == 8)
-      narrow_bf16::tile8<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, narrow::block_lanes(full), relu,
-                            idx);
+      narrow_bf16::tile8<P>(g, x, pk, scale16(c0), bias16, residual, y, n, ho, wo0, npix, c0,
+                            narrow::block_lanes(full), relu, idx);
     else
-      narrow_bf16::tile16<P>(g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, relu);
+      narrow_bf16::tile16<P>(g, x, pk, scale16(c0), bias16, residual, y, n, ho, wo0, npix, c0, relu);
   });
 #else
-  (void)g, (void)x, (void)packed, (void)bias, (void)residual, (void)y, (void)relu;
+  (void)g, (void)x, (void)packed, (void)scale, (void)bias, (void)residual, (void)y, (void)relu;
   TORCH_CHECK(false, "grouped_conv_narrow_bf16: this build has no AVX512-BF16 kernel");
 #endif
 }
