@@ -149,8 +149,8 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
 
   // The whole call with one kernel (conv_autotune.h), y in NHWC:
   //  * ours: 8 or 16 channels per group (narrow; AVX-512 or AVX2), or 32-128 at stride 1 (Winograd,
-  //    AVX-512),
-  //    the folded weight packed for the kernel once per change;
+  //    AVX-512), the folded weight packed for the kernel once per change (bfloat16 narrow: the
+  //    weight unfolded, BN's scale in the epilogue);
   //  * oneDNN: act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per change of
   //    the parameters where the cache applies; where oneDNN cannot fuse the epilogue (float64),
   //    conv(x, W') + b' and our epilogue pass in place.

@@ -8,7 +8,7 @@
 // the 16 lanes' weights for that pair: 4 permutes and 4 dot products per pixel and tap where
 // float32 needs 8 and 8. 16 per group: each pair is broadcast from memory, 8 dot products. The
 // products are exact and summed in float32, as in oneDNN's bfloat16 convs (which use the same
-// instruction); the result is rounded to bfloat16 once, after bias, residual and ReLU.
+// instruction); the result is rounded to bfloat16 once, after scale, bias, residual and ReLU.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -64,7 +64,8 @@ inline __m512 load_widened(const c10::BFloat16* p, __mmask16 lanes) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-// Epilogue of a tile: + bias [+ residual] [ReLU], rounded to bfloat16 and stored to y.
+// Epilogue of a tile: * scale (where given) + bias [+ residual] [ReLU], rounded to bfloat16 and
+// stored to y.
 template <int kPixels, typename Acc>
 inline void store_tile(const kernels::ConvGeometry& g, const Acc& acc, const float* scale16, const float* bias16,
                        const c10::BFloat16* residual, c10::BFloat16* y, int64_t n, int64_t ho, int64_t wo0,
@@ -88,7 +89,8 @@ inline void store_tile(const kernels::ConvGeometry& g, const Acc& acc, const flo
 template <int kPixels>
 inline void tile8(const kernels::ConvGeometry& g, const c10::BFloat16* x, const c10::BFloat16* packed_pair,
                   const float* scale16, const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y,
-                  int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0, __mmask16 lanes, bool relu, const __m512i (&idx)[4]) {
+                  int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0, __mmask16 lanes, bool relu,
+                  const __m512i (&idx)[4]) {
   __m512 acc[kPixels];
   for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_ps();
   narrow::for_each_tap<kPixels>(g, x, n, ho, wo0, npix, c0,
