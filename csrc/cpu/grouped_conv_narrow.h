@@ -29,6 +29,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -218,6 +219,25 @@ inline void with_clipping(int64_t j_lo, int64_t j_hi, const Body& body) {
     body(std::false_type{});
 }
 
+// The 3x3 column-walk tiles' loop: for each window row kh inside the image and each of
+// `channels` input channels (or bfloat16 pairs) c, wk = weights(kh, c) (the three taps kw of row
+// kh), then every column j's load(row, c, j) handed to fma(v, wk[kw], p) for the taps that read it.
+template <int kPixels, int kStride, typename T, typename Weights, typename Load, typename Fma>
+inline void walk_window(const kernels::ConvGeometry& g, const T* x, int64_t n, int64_t ho, int64_t wo0, int64_t c0,
+                        int channels, const Weights& weights, const Load& load, const Fma& fma) {
+  for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const T* row, int64_t j_lo,
+                                                                  int64_t j_hi) {
+    with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
+#pragma GCC unroll 1
+      for (int c = 0; c < channels; ++c) {
+        const auto wk = weights(kh, c);
+        walk_columns<kPixels, kStride, clipped>(j_lo, j_hi, [&](int j) { return load(row, c, j); },
+                                                [&](auto v, int kw, int p) { fma(v, wk[kw], p); });
+      }
+    });
+  });
+}
+
 }  // namespace narrow
 
 #if defined(__AVX512F__)
@@ -318,25 +338,17 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
                      int64_t wo0, int npix, int64_t c0, bool relu, const __m512i (&idx)[8]) {
   const __mmask16 lanes = block_lanes(kFull);
   SplitAccumulators<kPixels> acc;
-  for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const float* row, int64_t j_lo,
-                                                                  int64_t j_hi) {
-    const float* w = packed_pair + kh * 3 * 128;  // taps (kh, 0..2), 8 input channels x 16 lanes each
-    with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
-#pragma GCC unroll 1
-      for (int c = 0; c < 8; ++c) {
-        __m512 wk[3];
-        for (int kw = 0; kw < 3; ++kw) wk[kw] = _mm512_loadu_ps(w + kw * 128 + 16 * c);
-        const auto load = [&](int j) {
-          // A whole block's load folds into the permute; a half block's must not read past its 8.
-          const float* at = row + j * g.in_c;
-          return _mm512_permutexvar_ps(idx[c], kFull ? _mm512_loadu_ps(at) : _mm512_maskz_loadu_ps(lanes, at));
-        };
-        walk_columns<kPixels, kStride, clipped>(j_lo, j_hi, load, [&](__m512 v, int kw, int p) {
-          acc(p) = _mm512_fmadd_ps(v, wk[kw], acc(p));
-        });
-      }
-    });
-  });
+  const auto weights = [&](int64_t kh, int c) {  // taps (kh, 0..2): 8 input channels x 16 lanes each
+    const float* w = packed_pair + kh * 3 * 128 + 16 * c;
+    return std::array<__m512, 3>{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 128), _mm512_loadu_ps(w + 256)};
+  };
+  const auto load = [&](const float* row, int c, int j) {
+    // A whole block's load folds into the permute; a half block's must not read past its 8.
+    const float* at = row + j * g.in_c;
+    return _mm512_permutexvar_ps(idx[c], kFull ? _mm512_loadu_ps(at) : _mm512_maskz_loadu_ps(lanes, at));
+  };
+  walk_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 8, weights, load,
+                                [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
 }
 
@@ -347,21 +359,13 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
                       const float* bias16, const float* residual, float* y, int64_t n, int64_t ho,
                       int64_t wo0, int npix, int64_t c0, bool relu) {
   SplitAccumulators<kPixels> acc;
-  for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const float* row, int64_t j_lo,
-                                                                  int64_t j_hi) {
-    const float* w = packed_group + kh * 3 * 256;  // taps (kh, 0..2), 16 input channels x 16 lanes each
-    with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
-#pragma GCC unroll 1
-      for (int c = 0; c < 16; ++c) {
-        __m512 wk[3];
-        for (int kw = 0; kw < 3; ++kw) wk[kw] = _mm512_loadu_ps(w + kw * 256 + 16 * c);
-        const auto load = [&](int j) { return _mm512_set1_ps(row[j * g.in_c + c]); };
-        walk_columns<kPixels, kStride, clipped>(j_lo, j_hi, load, [&](__m512 v, int kw, int p) {
-          acc(p) = _mm512_fmadd_ps(v, wk[kw], acc(p));
-        });
-      }
-    });
-  });
+  const auto weights = [&](int64_t kh, int c) {  // taps (kh, 0..2): 16 input channels x 16 lanes each
+    const float* w = packed_group + kh * 3 * 256 + 16 * c;
+    return std::array<__m512, 3>{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 256), _mm512_loadu_ps(w + 512)};
+  };
+  const auto load = [&](const float* row, int c, int j) { return _mm512_set1_ps(row[j * g.in_c + c]); };
+  walk_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 16, weights, load,
+                                [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
 }
 

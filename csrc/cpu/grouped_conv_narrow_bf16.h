@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -143,25 +144,18 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const c10::BFloat16* x, con
                      int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0, bool relu, const __m512i (&idx)[4]) {
   const __mmask16 lanes = narrow::block_lanes(kFull);
   narrow::SplitAccumulators<kPixels> acc;
-  narrow::for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const c10::BFloat16* row,
-                                                                          int64_t j_lo, int64_t j_hi) {
-    const c10::BFloat16* w = packed_pair + kh * 3 * 128;  // taps (kh, 0..2), 4 pairs x 16 lanes x 2 each
-    narrow::with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
-#pragma GCC unroll 1
-      for (int k = 0; k < 4; ++k) {
-        __m512i wk[3];
-        for (int kw = 0; kw < 3; ++kw) wk[kw] = _mm512_loadu_si512(w + kw * 128 + 32 * k);
-        const auto load = [&](int j) {
-          const c10::BFloat16* at = row + j * g.in_c;
-          const __m256i v = kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at))
-                                  : _mm256_maskz_loadu_epi16(lanes, at);
-          return _mm512_permutexvar_epi32(idx[k], _mm512_castsi256_si512(v));
-        };
-        narrow::walk_columns<kPixels, kStride, clipped>(j_lo, j_hi, load, [&](__m512i v, int kw, int p) {
-          acc(p) = _mm512_dpbf16_ps(acc(p), (__m512bh)v, (__m512bh)wk[kw]);
-        });
-      }
-    });
+  const auto weights = [&](int64_t kh, int k) {  // taps (kh, 0..2): 4 pairs x 16 lanes x 2 each
+    const c10::BFloat16* w = packed_pair + kh * 3 * 128 + 32 * k;
+    return std::array<__m512i, 3>{_mm512_loadu_si512(w), _mm512_loadu_si512(w + 128), _mm512_loadu_si512(w + 256)};
+  };
+  const auto load = [&](const c10::BFloat16* row, int k, int j) {
+    const c10::BFloat16* at = row + j * g.in_c;
+    const __m256i v = kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at))
+                            : _mm256_maskz_loadu_epi16(lanes, at);
+    return _mm512_permutexvar_epi32(idx[k], _mm512_castsi256_si512(v));
+  };
+  narrow::walk_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 4, weights, load, [&](__m512i v, __m512i w, int p) {
+    acc(p) = _mm512_dpbf16_ps(acc(p), (__m512bh)v, (__m512bh)w);
   });
   store_tile<kPixels>(g, acc, scale16, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
 }
@@ -173,24 +167,17 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const c10::BFloat16* x, co
                       const float* scale16, const float* bias16, const c10::BFloat16* residual, c10::BFloat16* y,
                       int64_t n, int64_t ho, int64_t wo0, int npix, int64_t c0, bool relu) {
   narrow::SplitAccumulators<kPixels> acc;
-  narrow::for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const c10::BFloat16* row,
-                                                                          int64_t j_lo, int64_t j_hi) {
-    const c10::BFloat16* w = packed_group + kh * 3 * 256;  // taps (kh, 0..2), 8 pairs x 16 lanes x 2 each
-    narrow::with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
-#pragma GCC unroll 1
-      for (int k = 0; k < 8; ++k) {
-        __m512i wk[3];
-        for (int kw = 0; kw < 3; ++kw) wk[kw] = _mm512_loadu_si512(w + kw * 256 + 32 * k);
-        const auto load = [&](int j) {
-          int32_t pair;
-          std::memcpy(&pair, row + j * g.in_c + 2 * k, sizeof(pair));
-          return _mm512_set1_epi32(pair);
-        };
-        narrow::walk_columns<kPixels, kStride, clipped>(j_lo, j_hi, load, [&](__m512i v, int kw, int p) {
-          acc(p) = _mm512_dpbf16_ps(acc(p), (__m512bh)v, (__m512bh)wk[kw]);
-        });
-      }
-    });
+  const auto weights = [&](int64_t kh, int k) {  // taps (kh, 0..2): 8 pairs x 16 lanes x 2 each
+    const c10::BFloat16* w = packed_group + kh * 3 * 256 + 32 * k;
+    return std::array<__m512i, 3>{_mm512_loadu_si512(w), _mm512_loadu_si512(w + 256), _mm512_loadu_si512(w + 512)};
+  };
+  const auto load = [&](const c10::BFloat16* row, int k, int j) {
+    int32_t pair;
+    std::memcpy(&pair, row + j * g.in_c + 2 * k, sizeof(pair));
+    return _mm512_set1_epi32(pair);
+  };
+  narrow::walk_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 8, weights, load, [&](__m512i v, __m512i w, int p) {
+    acc(p) = _mm512_dpbf16_ps(acc(p), (__m512bh)v, (__m512bh)w);
   });
   store_tile<kPixels>(g, acc, scale16, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
 }
