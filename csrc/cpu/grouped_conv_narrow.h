@@ -329,7 +329,7 @@ struct SplitAccumulators {
 };
 
 // 3x3 (RegNet's), 8 per group: tile8's registers and weights, with the window walked column by
-// column (narrow::walk_columns): each input pixel's 16 channels are loaded and permuted once per
+// column (walk_window): each input pixel's 16 channels are loaded and permuted once per
 // input channel and feed every tap that reads them (three at stride 1, one or two at stride 2),
 // so permutes per FMA drop from 1 to about 1/3 (stride 1) or 2/3 (stride 2).
 template <int kPixels, int kStride, bool kFull>
@@ -367,6 +367,18 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
   walk_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 16, weights, load,
                                 [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
+}
+
+// for_each_tile for the column-walk tiles (float32 and bfloat16): one tile per row where the row
+// is 14 or 16 wide, else tiles of 8, 7 or 4. Against tiles of 8, 7 or 4 everywhere (interleaved
+// A/B, batch 8, AMD EPYC with AVX-512, float32): 1.04-1.09x at 14 and 16 px, but 0.95-0.97x at
+// 28-56 px (8 per group), where the row took two or more wide tiles.
+template <typename W, typename Tile>
+inline void for_each_k3_tile(const kernels::ConvGeometry& g, const W* packed, const float* bias, const Tile& tile) {
+  if (g.out_w == 14 || g.out_w == 16)
+    for_each_tile<16, 14>(g, packed, bias, tile);
+  else
+    for_each_tile<8, 7, 4>(g, packed, bias, tile);
 }
 
 // idx[k] for _mm512_permutexvar: lanes 0-7 take element k, lanes 8-15 element kHalf + k, so one
@@ -586,13 +598,7 @@ inline void grouped_conv_narrow(const kernels::ConvGeometry& g, const float* x, 
         (g.stride == 1 ? narrow::tile16_k3<P, 1> : narrow::tile16_k3<P, 2>)(g, x, pk, bias16, residual, y, n, ho,
                                                                             wo0, npix, c0, relu);
     };
-    // One tile per row where the row is 14 or 16 wide; else tiles of 8, 7 or 4. Against tiles of
-    // 8, 7 or 4 everywhere (interleaved A/B, batch 8, AMD EPYC with AVX-512): 1.04-1.09x at 14 and
-    // 16 px, but 0.95-0.97x at 28-56 px (8 per group), where the row took two or more wide tiles.
-    if (g.out_w == 14 || g.out_w == 16)
-      narrow::for_each_tile<16, 14>(g, packed, bias, k3tile);
-    else
-      narrow::for_each_tile<8, 7, 4>(g, packed, bias, k3tile);
+    narrow::for_each_k3_tile(g, packed, bias, k3tile);
     return;
   }
   narrow::for_each_tile<16, 14, 8, 7>(g, packed, bias,

@@ -135,7 +135,7 @@ inline void tile16(const kernels::ConvGeometry& g, const c10::BFloat16* x, const
                       __mmask16(0xFFFF), relu);
 }
 
-// 3x3, 8 per group: tile8 with the window walked column by column (narrow::walk_columns, as the
+// 3x3, 8 per group: tile8 with the window walked column by column (narrow::walk_window, as the
 // float32 tile8_k3): each pixel's pair k of both groups is permuted once and feeds every tap that
 // reads it.
 template <int kPixels, int kStride, bool kFull>
@@ -205,7 +205,7 @@ inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::
     std::copy(scale, scale + g.out_c, scale_pad.begin());
   }
   auto scale16 = [&](int64_t c0) { return scale ? scale_pad.data() + c0 : nullptr; };
-  // 3x3 (RegNet's): the column walk, tiles as in grouped_conv_narrow, except for 8 per group at
+  // 3x3 (RegNet's): the column walk (narrow::for_each_k3_tile), except for 8 per group at
   // stride 2 on rows under 56 pixels, where it lost to the per-tap tiles (interleaved A/B, AMD EPYC
   // with AVX512-BF16, batch 1 and 8: 0.78-0.86x at 7 px out, 0.95-1.01x at 14, 1.00-1.07x at 28;
   // 1.16-1.55x at 56). Elsewhere 1.12-1.39x at stride 1 (batch 8) and 1.01-1.21x at stride 2.
@@ -222,10 +222,7 @@ inline void grouped_conv_narrow_bf16(const kernels::ConvGeometry& g, const c10::
         (g.stride == 1 ? narrow_bf16::tile16_k3<P, 1> : narrow_bf16::tile16_k3<P, 2>)(
             g, x, pk, scale16(c0), bias16, residual, y, n, ho, wo0, npix, c0, relu);
     };
-    if (g.out_w == 14 || g.out_w == 16)
-      narrow::for_each_tile<16, 14>(g, packed, bias, k3tile);
-    else
-      narrow::for_each_tile<8, 7, 4>(g, packed, bias, k3tile);
+    narrow::for_each_k3_tile(g, packed, bias, k3tile);
     return;
   }
   narrow::for_each_tile<16, 14, 8, 7>(g, packed, bias,
