@@ -120,6 +120,9 @@ TORCH_LIBRARY(regnet_ext, m) {
   // y = x * sigmoid(w2 . relu(w1 . mean_hw(x) + b1) + b2); w1 [C_se, C] or [C_se, C, 1, 1],
   // w2 [C, C_se] or [C, C_se, 1, 1]. The backward recomputes the pooled means from x.
   m.def("squeeze_excite(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
+  // The same in place, for inference on the CPU (a fused block's lean path, whose conv output
+  // nobody else holds); no autograd.
+  m.def("squeeze_excite_(Tensor(a!) x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> ()");
   m.def(
       "squeeze_excite_backward(Tensor grad_y, Tensor x, Tensor w1, Tensor b1, Tensor w2, "
       "Tensor b2) -> (Tensor grad_x, Tensor grad_w1, Tensor grad_b1, Tensor grad_w2, "

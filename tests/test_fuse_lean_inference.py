@@ -83,6 +83,27 @@ def test_layers_are_not_called_as_modules_but_their_hooks_still_run(monkeypatch)
     assert len(layer_calls) == len(seen) == len(layers)
 
 
+def test_se_overwrites_only_a_conv_output_that_no_hook_has_seen():
+    # The lean SE writes its result over conv b's output (squeeze_excite_); a forward hook on b
+    # may keep that output, so then the SE must leave it as b returned it.
+    _, fused = make_pair("ours_regnety_400mf")
+    fused.eval().to(memory_format=torch.channels_last)
+    x = _cl(images(2, 64))
+    block = fused.s2.b2
+    with torch.no_grad():
+        expected = fused(x)
+        block_input = fused.s2.b1(fused.s1(fused.stem(x)))
+        b_output = block.b(block.a(block_input)).clone()
+    kept = []
+    handle = block.b.register_forward_hook(lambda mod, args, out: kept.append(out))
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), expected, rtol=0, atol=0)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(kept[0], b_output, rtol=0, atol=0)
+
+
 def test_not_taken_with_autograd_float64_or_nchw(monkeypatch):
     _, fused = make_pair("ours_regnetx_400mf")
     fused.eval().to(memory_format=torch.channels_last)

@@ -282,8 +282,10 @@ class FusedSqueezeExcite(_HoldsStock):
         return squeeze_excite(x.to(dtype), reduce.weight.to(dtype), reduce.bias.to(dtype),
                               expand.weight.to(dtype), expand.bias.to(dtype))
 
-    def inference_call(self, x):
-        """This SE in a block's lean inference (see FusedConvBNAct.inference_call)."""
+    def inference_call(self, x, overwrite=False):
+        """This SE in a block's lean inference (see FusedConvBNAct.inference_call). overwrite:
+        x is the block's own temporary, seen by nobody else, so the result may be written over
+        it (squeeze_excite_)."""
         reduce, expand = self._modules[self._reduce_name], self._modules[self._expand_name]
         if hooked(self) or type(reduce) not in _PLAIN_SE_LAYERS or type(expand) not in _PLAIN_SE_LAYERS:
             return self(x)
@@ -291,6 +293,9 @@ class FusedSqueezeExcite(_HoldsStock):
         params = (r["weight"], r["bias"], e["weight"], e["bias"])
         if not _all_of_dtype(x.dtype, *params):  # autocast: forward casts them
             return self.forward(x)
+        if overwrite:
+            _ops.squeeze_excite_(x, *params)
+            return x
         return squeeze_excite(x, *params)
 
 
@@ -433,7 +438,9 @@ class FusedResBottleneck(_HoldsStock):
         if y is None:
             y = b.inference_call(a.inference_call(x, None, a.relu, dtype), None, b.relu, dtype)
         if self.has_se:
-            y = self.part("se").inference_call(y)
+            # y is b's fresh output; only b's forward hooks (where b took its module call) could
+            # have kept it, so otherwise the SE writes its result over it.
+            y = self.part("se").inference_call(y, overwrite=not hooked(b))
         return self.part("c").inference_call(y, shortcut, self.final_relu, dtype)
 
     def extra_repr(self):

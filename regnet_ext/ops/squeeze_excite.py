@@ -36,7 +36,28 @@ def squeeze_excite(x, w1, b1, w2, b2):
     raise error
 
 
-# ---- argument checks (shared by the public function and the fake kernels) ----------------
+def squeeze_excite_(x, w1, b1, w2, b2):
+    """squeeze_excite in place, for inference on the CPU: x is overwritten with the result and
+    returned. Saves writing a fresh activation-sized buffer (what fused blocks use for their own
+    conv output, which nobody else holds). No autograd: call it under torch.no_grad() or with
+    tensors that do not require grad."""
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        raise ValueError(f"squeeze_excite_: x must be a CPU tensor (the in-place operator has a CPU "
+                         f"kernel only), got {x.device}")
+    tensors = (x, w1, b1, w2, b2)
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        raise RuntimeError("squeeze_excite_ is for inference and has no autograd: call it under "
+                           "torch.no_grad() or with tensors that do not require grad")
+    try:
+        _ops.squeeze_excite_(x, w1, b1, w2, b2)
+        return x
+    except (RuntimeError, TypeError) as exc:
+        error = exc
+    _check_args(x, w1, b1, w2, b2)
+    raise error
+
+
+# ---- argument checks (shared by the public functions and the fake kernels) ---------------
 
 def _check_same(t, name, x):
     if not isinstance(t, torch.Tensor):
@@ -96,6 +117,11 @@ def _like_x(x):
 def _squeeze_excite_fake(x, w1, b1, w2, b2):
     _check_args(x, w1, b1, w2, b2)
     return _like_x(x)
+
+
+@torch.library.register_fake("regnet_ext::squeeze_excite_")
+def _squeeze_excite_inplace_fake(x, w1, b1, w2, b2):
+    _check_args(x, w1, b1, w2, b2)
 
 
 @torch.library.register_fake("regnet_ext::squeeze_excite_backward")
