@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from .._extension import (compiled_with_narrow_group_bf16_kernel, compiled_with_narrow_group_kernel,
                           compiled_with_winograd_kernel)
-from ..ops import conv_bn_act, squeeze_excite
+from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
 from . import conv_pair, folded_inference
 from .folded_inference import hooked
 
@@ -293,10 +293,7 @@ class FusedSqueezeExcite(_HoldsStock):
         params = (r["weight"], r["bias"], e["weight"], e["bias"])
         if not _all_of_dtype(x.dtype, *params):  # autocast: forward casts them
             return self.forward(x)
-        if overwrite:
-            _ops.squeeze_excite_(x, *params)
-            return x
-        return squeeze_excite(x, *params)
+        return squeeze_excite_(x, *params) if overwrite else squeeze_excite(x, *params)
 
 
 # SE layers whose weight and bias are plain Parameters (subclasses may compute them).

@@ -4,18 +4,16 @@ The fused modules call it (regnet_ext.nn.conv_pair) where it applies; it is publ
 can be tested and benchmarked on its own. See csrc/cpu/conv_pair.cpp for why it exists."""
 import torch
 
+from ._cpu_only import require_cpu, require_no_grad
+
 
 def conv_pair_relu(x, weight_a, bias_a, weight_b, bias_b, *, stride=1, groups=1):
     """y = relu(conv2d(relu(conv2d(x, weight_a) + bias_a), weight_b, stride=stride, padding=1,
     groups=groups) + bias_b) for a float32 CPU x; weight_a [C, C_in, 1, 1], weight_b
     [C, C/groups, 3, 3] with 8 or 16 channels per group, biases [C]. The output is channels_last.
     Inference only: no autograd."""
-    if x.device.type != "cpu":
-        raise ValueError(f"conv_pair_relu: x must be a CPU tensor (the operator has a CPU kernel only), "
-                         f"got {x.device}")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight_a, bias_a, weight_b, bias_b)):
-        raise RuntimeError("conv_pair_relu is for inference and has no autograd: call it under "
-                           "torch.no_grad() or with tensors that do not require grad")
+    require_cpu("conv_pair_relu", x)
+    require_no_grad("conv_pair_relu", x, weight_a, bias_a, weight_b, bias_b)
     return torch.ops.regnet_ext.conv_pair_relu(x, weight_a, bias_a, weight_b, bias_b, stride, groups)
 
 

@@ -5,6 +5,8 @@ be tested and benchmarked on its own. See csrc/cpu/pool_linear.cpp for why it ex
 is registered in C++ (csrc/autograd.cpp) through pool_linear_backward, which refuses to be
 differentiated again."""
 import torch
+
+from ._cpu_only import require_cpu
 from torch._prims_common import suggest_memory_format
 
 
@@ -12,9 +14,7 @@ def pool_linear(x, weight, bias=None):
     """y = F.linear(x.mean((2, 3)), weight, bias) for a float32 or float64 CPU x [N, C, H, W]
     (any memory format; channels_last is the fast one); weight [classes, C], bias [classes] or
     None, of x's dtype. Returns [N, classes]. Differentiable in x, weight and bias, once."""
-    if not isinstance(x, torch.Tensor) or x.device.type != "cpu":
-        raise ValueError("pool_linear: x must be a CPU tensor (the operator has a CPU kernel only), got "
-                         f"{x.device if isinstance(x, torch.Tensor) else type(x).__name__}")
+    require_cpu("pool_linear", x)
     return torch.ops.regnet_ext.pool_linear(x, weight, bias)
 
 

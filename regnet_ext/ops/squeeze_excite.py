@@ -9,6 +9,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from .._extension import require
+from ._cpu_only import require_cpu, require_no_grad
 
 require()
 
@@ -41,13 +42,8 @@ def squeeze_excite_(x, w1, b1, w2, b2):
     returned. Saves writing a fresh activation-sized buffer (what fused blocks use for their own
     conv output, which nobody else holds). No autograd: call it under torch.no_grad() or with
     tensors that do not require grad."""
-    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
-        raise ValueError(f"squeeze_excite_: x must be a CPU tensor (the in-place operator has a CPU "
-                         f"kernel only), got {x.device}")
-    tensors = (x, w1, b1, w2, b2)
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
-        raise RuntimeError("squeeze_excite_ is for inference and has no autograd: call it under "
-                           "torch.no_grad() or with tensors that do not require grad")
+    require_cpu("squeeze_excite_", x)
+    require_no_grad("squeeze_excite_", x, w1, b1, w2, b2)
     try:
         _ops.squeeze_excite_(x, w1, b1, w2, b2)
         return x
