@@ -137,6 +137,55 @@ def test_resume_ends_in_the_same_state_as_an_uninterrupted_run(tmp_path):
     assert load_checkpoint(path)["epoch"] == 3
 
 
+def _sgd_implementation(path):
+    groups = load_checkpoint(path)["optimizer"]["param_groups"]
+    return {(g.get("fused"), g.get("foreach")) for g in groups}
+
+
+def test_fit_runs_pytorchs_fused_sgd_and_falls_back_where_it_is_refused(tmp_path, monkeypatch):
+    train, val = random_dataset(16), random_dataset(8, seed=2)
+    settings = dict(epochs=1, batch_size=8, progress=False)
+    fit(conv_net(), train, val, checkpoint=tmp_path / "fused.pt", **settings)
+    assert _sgd_implementation(tmp_path / "fused.pt") == {(True, None)}
+
+    plain_sgd = torch.optim.SGD
+
+    def refusing_fused(params, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("fused=True requires ... supported devices")  # as torch words it
+        return plain_sgd(params, fused=fused, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", refusing_fused)
+    result = fit(conv_net(), train, val, checkpoint=tmp_path / "plain.pt", **settings)
+    assert _sgd_implementation(tmp_path / "plain.pt") == {(None, None)}
+    assert math.isfinite(result["history"][-1]["train_loss"])
+
+
+def test_resume_keeps_this_runs_sgd_implementation(tmp_path):
+    # A checkpoint written by the default (unfused) SGD resumes on the fused one, and the reverse
+    # would too: both compute the same update, and the checkpoint's groups must not switch it.
+    train, val = random_dataset(16), random_dataset(8, seed=2)
+    settings = dict(epochs=2, batch_size=8, progress=False)
+    path = tmp_path / "ckpt.pt"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(epoch, record):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(conv_net(), train, val, checkpoint=path, on_epoch_end=stop, **settings)
+    state = load_checkpoint(path)
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None  # as written before fit() took the fused kernel
+    torch.save(state, path)
+    assert _sgd_implementation(path) == {(None, None)}
+    fit(conv_net(), train, val, checkpoint=path, resume=True, **settings)
+    assert load_checkpoint(path)["epoch"] == 2
+    assert _sgd_implementation(path) == {(True, None)}
+
+
 def test_resume_refuses_a_checkpoint_with_other_settings(tmp_path):
     train = random_dataset(16)
     path = tmp_path / "ckpt.pt"

@@ -24,7 +24,9 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
         num_workers=0, sync_batchnorm=False, channels_last=True, on_epoch_end=None):
     """Trains ``model`` on ``train_set``, evaluates on ``val_set`` after every epoch.
 
-    Recipe (pycls): SGD, momentum 0.9, Nesterov, weight decay on every parameter, cross entropy
+    Recipe (pycls): SGD (PyTorch's fused implementation where it takes the parameters: one kernel
+    per step instead of several per parameter), momentum 0.9, Nesterov, weight decay on every
+    parameter, cross entropy
     (``label_smoothing`` 0 by default), learning rate ``lr * 0.5 * (1 + cos(pi * t / T))`` updated
     every iteration t of T, times a linear warmup from ``warmup_factor`` to 1 over the first
     ``warmup_epochs`` (may be fractional). Training batches drop the last partial batch.
@@ -40,7 +42,8 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
 
     ``checkpoint``: a file written after every epoch (model, optimizer, scheduler, epoch, history,
     RNG state of every process; atomic). ``resume=True`` continues from it when it exists and ends
-    in the same state as an uninterrupted run. ``fused=True`` swaps in the fused kernels with
+    in the same state as an uninterrupted run (a checkpoint from the unfused SGD resumes on this
+    run's implementation: the same update, rounded differently). ``fused=True`` swaps in the fused kernels with
     ``regnet_ext.fuse(model)`` first. ``channels_last`` (default) trains in NHWC, the layout
     oneDNN and the fused kernels are fastest in. ``on_epoch_end(epoch, record)`` is called on
     every process after each epoch's checkpoint. The model is trained in place.
@@ -91,9 +94,7 @@ def _fit(model, train_set, val_set, settings, ctx, *, progress, fused, checkpoin
                                                  num_workers, ctx)
     steps_per_epoch = len(train_loader)
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"],
-                                momentum=settings["momentum"], nesterov=settings["nesterov"],
-                                weight_decay=settings["weight_decay"])
+    optimizer = _sgd(model, settings)
     schedule = CosineWithWarmup(epochs * steps_per_epoch,
                                 warmup_steps=int(round(settings["warmup_epochs"] * steps_per_epoch)),
                                 warmup_factor=settings["warmup_factor"])
@@ -249,6 +250,18 @@ def _save(path, settings, ctx, model, optimizer, scheduler, epochs_done, history
     ctx.barrier()
 
 
+def _sgd(model, settings):
+    """The recipe's SGD, as PyTorch's fused kernel (one call per step for every parameter) where
+    it takes the model's parameters, else the default implementation, which computes the same
+    update."""
+    hyper = dict(lr=settings["lr"], momentum=settings["momentum"], nesterov=settings["nesterov"],
+                 weight_decay=settings["weight_decay"])
+    try:
+        return torch.optim.SGD(model.parameters(), fused=True, **hyper)
+    except (RuntimeError, ValueError):  # a device or dtype the fused kernel does not take
+        return torch.optim.SGD(model.parameters(), **hyper)
+
+
 def _restore(path, settings, ctx, model, optimizer, scheduler):
     state = load_checkpoint(path, map_location=ctx.device)
     saved = state["settings"]
@@ -258,7 +271,12 @@ def _restore(path, settings, ctx, model, optimizer, scheduler):
                              f"{saved.get(key)!r} but this run has {key}={settings.get(key)!r}; "
                              f"use the same settings or a new checkpoint path")
     model.load_state_dict(state["model"])
+    # The checkpoint's groups carry the implementation they ran with (fused or not): keep this
+    # run's, which computes the same update.
+    implementation = [(group.get("fused"), group.get("foreach")) for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, (fused, foreach) in zip(optimizer.param_groups, implementation):
+        group["fused"], group["foreach"] = fused, foreach
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"]
     if len(rng) == ctx.world_size:
