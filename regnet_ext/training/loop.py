@@ -24,9 +24,9 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
         num_workers=0, sync_batchnorm=False, channels_last=True, on_epoch_end=None):
     """Trains ``model`` on ``train_set``, evaluates on ``val_set`` after every epoch.
 
-    Recipe (pycls): SGD (PyTorch's fused implementation where it takes the parameters: one kernel
-    per step instead of several per parameter), momentum 0.9, Nesterov, weight decay on every
-    parameter, cross entropy
+    Recipe (pycls): SGD (PyTorch's ``fused=True`` implementation where it takes the parameters:
+    one kernel per step instead of several per parameter), momentum 0.9, Nesterov, weight decay
+    on every parameter, cross entropy
     (``label_smoothing`` 0 by default), learning rate ``lr * 0.5 * (1 + cos(pi * t / T))`` updated
     every iteration t of T, times a linear warmup from ``warmup_factor`` to 1 over the first
     ``warmup_epochs`` (may be fractional). Training batches drop the last partial batch.
@@ -42,11 +42,12 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
 
     ``checkpoint``: a file written after every epoch (model, optimizer, scheduler, epoch, history,
     RNG state of every process; atomic). ``resume=True`` continues from it when it exists and ends
-    in the same state as an uninterrupted run (a checkpoint from the unfused SGD resumes on this
-    run's implementation: the same update, rounded differently). ``fused=True`` swaps in the fused kernels with
-    ``regnet_ext.fuse(model)`` first. ``channels_last`` (default) trains in NHWC, the layout
-    oneDNN and the fused kernels are fastest in. ``on_epoch_end(epoch, record)`` is called on
-    every process after each epoch's checkpoint. The model is trained in place.
+    in the same state as an uninterrupted run (a checkpoint written by PyTorch's other SGD
+    implementation resumes on this run's: the same update, rounded differently). ``fused=True``
+    (our kernels, unrelated to the optimizer's) swaps them in with ``regnet_ext.fuse(model)``
+    first. ``channels_last`` (default) trains in NHWC, the layout oneDNN and the fused kernels are
+    fastest in. ``on_epoch_end(epoch, record)`` is called on every process after each epoch's
+    checkpoint. The model is trained in place.
 
     Returns a dict: top1_acc and top1_error (percent, last epoch, on val_set), best_top1_acc,
     train_time_s (all epochs, including those before a resume), epochs, history (one record per
@@ -252,14 +253,28 @@ def _save(path, settings, ctx, model, optimizer, scheduler, epochs_done, history
 
 def _sgd(model, settings):
     """The recipe's SGD, as PyTorch's fused kernel (one call per step for every parameter) where
-    it takes the model's parameters, else the default implementation, which computes the same
-    update."""
-    hyper = dict(lr=settings["lr"], momentum=settings["momentum"], nesterov=settings["nesterov"],
-                 weight_decay=settings["weight_decay"])
+    it takes all the model's parameters, else the default implementation (the same update,
+    rounded differently)."""
+    params = list(model.parameters())
+    return torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
+                           nesterov=settings["nesterov"], weight_decay=settings["weight_decay"],
+                           fused=True if _fused_sgd_takes(params) else None)
+
+
+def _fused_sgd_takes(params):
+    """PyTorch's own test (devices and dtypes with fused kernels), which SGD(fused=True) makes
+    only at its first step, where a refusal would stop the run; False where this torch has no
+    such test."""
     try:
-        return torch.optim.SGD(model.parameters(), fused=True, **hyper)
-    except (RuntimeError, ValueError):  # a device or dtype the fused kernel does not take
-        return torch.optim.SGD(model.parameters(), **hyper)
+        from torch.optim.optimizer import _device_dtype_check_for_fused
+    except ImportError:
+        return False
+    try:
+        for p in params:
+            _device_dtype_check_for_fused(p)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _restore(path, settings, ctx, model, optimizer, scheduler):
@@ -273,7 +288,7 @@ def _restore(path, settings, ctx, model, optimizer, scheduler):
     model.load_state_dict(state["model"])
     # The checkpoint's groups carry the implementation they ran with (fused or not): keep this
     # run's, which computes the same update.
-    implementation = [(group.get("fused"), group.get("foreach")) for group in optimizer.param_groups]
+    implementation = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
     for group, (fused, foreach) in zip(optimizer.param_groups, implementation):
         group["fused"], group["foreach"] = fused, foreach
