@@ -448,10 +448,13 @@ at::Tensor squeeze_excite_cpu(const at::Tensor& x_in, const at::Tensor& w1_in,
 void squeeze_excite_inplace_cpu(at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                 const at::Tensor& w2, const at::Tensor& b2) {
   const SeShape s = check_inputs(x, w1, b1, w2, b2);
-  if (x.is_contiguous(layout_of(s)))
+  if (x.is_contiguous(layout_of(s))) {
     squeeze_excite_into(x, s, w1, b1, w2, b2, x);
-  else
-    x.copy_(squeeze_excite_cpu(x, w1, b1, w2, b2));
+  } else {
+    at::Tensor dense = x.contiguous(layout_of(s));  // a copy, computed in place, copied back
+    squeeze_excite_into(dense, s, w1, b1, w2, b2, dense);
+    x.copy_(dense);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_excite_backward_cpu(

@@ -5,9 +5,9 @@ be tested and benchmarked on its own. See csrc/cpu/pool_linear.cpp for why it ex
 is registered in C++ (csrc/autograd.cpp) through pool_linear_backward, which refuses to be
 differentiated again."""
 import torch
+from torch._prims_common import suggest_memory_format
 
 from ._cpu_only import require_cpu
-from torch._prims_common import suggest_memory_format
 
 
 def pool_linear(x, weight, bias=None):

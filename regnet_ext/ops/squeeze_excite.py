@@ -26,15 +26,7 @@ def squeeze_excite(x, w1, b1, w2, b2):
     All tensors share x's device and dtype (float32, float64, bfloat16 or float16; reduced
     precision accumulates in float32). Differentiable in x and all weights, once.
     """
-    try:
-        return _ops.squeeze_excite(x, w1, b1, w2, b2)
-    except (RuntimeError, TypeError) as exc:
-        error = exc
-    # Every kernel (and the fake kernel) checks all arguments; the Python checks, which name
-    # the argument in a ValueError, run only once the operator has refused them, since at
-    # batch 1 they cost 3.4 us of a 14 us call.
-    _check_args(x, w1, b1, w2, b2)
-    raise error
+    return _call_checked(_ops.squeeze_excite, x, w1, b1, w2, b2)
 
 
 def squeeze_excite_(x, w1, b1, w2, b2):
@@ -44,9 +36,16 @@ def squeeze_excite_(x, w1, b1, w2, b2):
     tensors that do not require grad."""
     require_cpu("squeeze_excite_", x)
     require_no_grad("squeeze_excite_", x, w1, b1, w2, b2)
+    _call_checked(_ops.squeeze_excite_, x, w1, b1, w2, b2)
+    return x
+
+
+def _call_checked(op, x, w1, b1, w2, b2):
+    """op(x, w1, b1, w2, b2). Every kernel (and the fake kernel) checks all arguments; the
+    Python checks, which name the argument in a ValueError, run only once the operator has
+    refused them, since at batch 1 they cost 3.4 us of a 14 us call."""
     try:
-        _ops.squeeze_excite_(x, w1, b1, w2, b2)
-        return x
+        return op(x, w1, b1, w2, b2)
     except (RuntimeError, TypeError) as exc:
         error = exc
     _check_args(x, w1, b1, w2, b2)
