@@ -2,8 +2,8 @@
 
 For RegNetY-400MF and RegNetX-400MF at batch 8 x 224 and batch 32 x 128 (channels_last, float32):
   * inference images/s (eval, no grad): stock eager, fused, torch.compile (inductor, freezing=True);
-  * training-step images/s (forward, cross-entropy, backward, SGD step): stock eager, fused,
-    torch.compile (inductor).
+  * training-step images/s (forward, cross-entropy, backward, SGD step; PyTorch's fused SGD, as
+    fit() takes it): stock eager, fused, torch.compile (inductor).
 Every variant runs once per round, rounds interleave all variants (so machine load hits them
 alike), each round takes the median of --reps calls, and the report gives the median over rounds
 of images/s and of the per-round ratios fused/eager and fused/compile. The goals of the issue
@@ -37,11 +37,12 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import batch_resolution, minor_faults  # noqa: E402
+from common import batch_resolution, minor_faults, sgd_implementations  # noqa: E402
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 from regnet_ext.models.zoo import canonical_name  # noqa: E402
 from regnet_ext.nn import folded_inference  # noqa: E402
 from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
+from regnet_ext.training import sgd  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("RegNetY-400MF", "RegNetX-400MF")
@@ -67,7 +68,7 @@ class Case:
         self.target = torch.randint(0, 1000, (batch,), generator=gen)
         self.model = model
         if mode == "training":
-            self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+            self.optimizer = sgd(model.parameters(), lr=1e-3, momentum=0.9)
         self.per_round = []
         self.faults_per_call = []  # minor page faults per call, one figure per round
 
@@ -290,6 +291,7 @@ def main(argv=None):
         benchmark="bench_fuse", cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
         python=platform.python_version(), dtype=dtype_label, memory_format="channels_last",
         rounds=args.rounds, reps=args.reps, warmup=args.warmup, quick=args.quick, malloc_tuned=malloc_tuned,
+        sgd=sgd_implementations([c.optimizer for c in cases if c.mode == "training"]),
         load_average_before=load_before, load_average_after=os.getloadavg(),
         wall_s=time.perf_counter() - t0, goals={f"{m} fused vs {o}": g for (m, o), g in GOALS.items()},
         results=rows, ratios=ratios)

@@ -3,8 +3,9 @@
 Pairs (paper's matching): 400MF-B0, 600MF/800MF-B1, 1.6GF-B2, 3.2GF/4.0GF-B3/B4, 8.0GF-B5. RegNets
 run at 224, each EfficientNet at its native resolution (B0 224, B1 240, B2 260, B3 300, B4 380,
 B5 456). For every model: inference images/s (eval, no grad) and training images/s (forward,
-cross-entropy, backward, SGD step), peak memory of each, activations and flops per image (pycls
-conventions, counted with hooks on the stock model). RegNets run stock, fused (regnet_ext.fuse,
+cross-entropy, backward, SGD step: PyTorch's fused SGD where it takes the parameters, as fit()
+takes it), peak memory of each, activations and flops per image (pycls conventions, counted with
+hooks on the stock model). RegNets run stock, fused (regnet_ext.fuse,
 when available) and torch.compile (inductor; freezing for inference). Rounds are interleaved
 (every model and variant once per round, in one process) and medians are reported, with
 per-round ratios to the group's EfficientNet. Writes JSON + PNG (images/s against activations and
@@ -42,8 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 from common import (DEVICES, DTYPES, check_dtypes, checked_device, counting_faults,  # noqa: E402
                     cpu_conv_autotune_choices, device_record, hardware_name, machine_record,
-                    print_autotune_summary, synchronised, time_interleaved, write_json)
+                    print_autotune_summary, sgd_implementations, synchronised, time_interleaved,
+                    write_json)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
+from regnet_ext.training import sgd  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EFFICIENTNET_RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456}
@@ -107,10 +110,6 @@ def fuse_or_reason(model):
 
 # ---------------------------------------------------------------- measurement
 
-def _sgd(model):
-    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-
 class Runner:
     """One model variant: its inference and (optionally) training steps on fixed random inputs."""
 
@@ -128,7 +127,7 @@ class Runner:
         self.infer_model.eval()
         if train_model is not None:
             train_model.train()
-        self.opt = _sgd(train_model) if train_model is not None else None
+        self.opt = None if train_model is None else sgd(train_model.parameters(), lr=1e-3, momentum=0.9)
         self.infer_times, self.train_times = [], []
 
     @property
@@ -281,7 +280,8 @@ def run_group(index, label, members, args, log):
                    infer_speedup=statistics.median(
                        a / b for a, b in zip(reference.infer_times, r.infer_times)))
         if r.trains:
-            rec.update(train_images_per_s=args.batch / statistics.median(r.train_times),
+            rec.update(sgd=sgd_implementations([r.opt]),
+                       train_images_per_s=args.batch / statistics.median(r.train_times),
                        train_round_s=r.train_times,
                        train_speedup=statistics.median(
                            a / b for a, b in zip(reference.train_times, r.train_times)))

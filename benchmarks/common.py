@@ -188,6 +188,12 @@ def write_json(path, doc):
     return path
 
 
+def sgd_implementations(optimizers):
+    """Which torch.optim.SGD implementations stepped the training rows: "fused" (PyTorch's fused
+    kernel) and/or "default"; recorded with the results, since the step is part of the time."""
+    return sorted({"fused" if opt.defaults.get("fused") else "default" for opt in optimizers})
+
+
 def format_table(headers, rows):
     """A fixed-width text table; cells are converted with str()."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]

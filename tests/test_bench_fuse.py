@@ -14,6 +14,7 @@ def test_quick_run_structure(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "bench_fuse" and doc["quick"] and doc["rounds"] == 2
     assert doc["malloc_tuned"] is False
+    assert doc["sgd"] == ["fused"]  # PyTorch's fused SGD on the CPU, as fit() steps
     rows = doc["results"]
     assert {(r["mode"], r["variant"]) for r in rows} == {
         (mode, variant) for mode in ("inference", "training") for variant in ("eager", "fused")}

@@ -56,6 +56,7 @@ def test_quick_run_structure(tmp_path):
             assert stock[key] > 0, (label, key)
         assert len(stock["infer_round_s"]) == doc["rounds"]
         assert stock["infer_page_faults_per_call"] >= 0 and stock["train_page_faults_per_call"] >= 0
+        assert stock["sgd"] == ["fused"]  # PyTorch's fused SGD on the CPU, as fit() steps
     assert models["EfficientNet-B0"]["variants"]["stock"]["infer_speedup"] == 1.0
     fused = models["RegNetY-400MF"]["variants"]["fused"]
     assert fused["available"] or fused["reason"]

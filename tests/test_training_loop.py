@@ -149,11 +149,11 @@ def test_fit_runs_pytorchs_fused_sgd_and_the_default_where_fused_is_refused(tmp_
 
     # PyTorch refuses fused=True only at the first step: the choice must be made before it.
     settings = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    from regnet_ext.training.loop import _sgd
+    from regnet_ext.training import sgd
 
-    assert _sgd(conv_net(), settings).defaults["fused"] is True
+    assert sgd(conv_net().parameters(), **settings).defaults["fused"] is True
     meta = conv_net().to("meta")  # a device without fused kernels
-    optimizer = _sgd(meta, settings)
+    optimizer = sgd(meta.parameters(), **settings)
     assert not optimizer.defaults["fused"]
     for p in meta.parameters():
         p.grad = torch.ones_like(p)

@@ -7,7 +7,8 @@
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_dataset, num_classes_of
 from .loop import fit
+from .optim import sgd
 from .schedule import CosineWithWarmup
 
-__all__ = ["load_dataset", "num_classes_of", "fit", "CosineWithWarmup", "save_checkpoint",
+__all__ = ["load_dataset", "num_classes_of", "fit", "sgd", "CosineWithWarmup", "save_checkpoint",
            "load_checkpoint"]

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .distributed import evaluation_shard, setup_distributed
+from .optim import sgd
 from .progress import Progress, log
 from .schedule import CosineWithWarmup
 
@@ -252,29 +253,8 @@ def _save(path, settings, ctx, model, optimizer, scheduler, epochs_done, history
 
 
 def _sgd(model, settings):
-    """The recipe's SGD, as PyTorch's fused kernel (one call per step for every parameter) where
-    it takes all the model's parameters, else the default implementation (the same update,
-    rounded differently)."""
-    params = list(model.parameters())
-    return torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
-                           nesterov=settings["nesterov"], weight_decay=settings["weight_decay"],
-                           fused=True if _fused_sgd_takes(params) else None)
-
-
-def _fused_sgd_takes(params):
-    """PyTorch's own test (devices and dtypes with fused kernels), which SGD(fused=True) makes
-    only at its first step, where a refusal would stop the run; False where this torch has no
-    such test."""
-    try:
-        from torch.optim.optimizer import _device_dtype_check_for_fused
-    except ImportError:
-        return False
-    try:
-        for p in params:
-            _device_dtype_check_for_fused(p)
-    except RuntimeError:
-        return False
-    return True
+    return sgd(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
+               nesterov=settings["nesterov"], weight_decay=settings["weight_decay"])
 
 
 def _restore(path, settings, ctx, model, optimizer, scheduler):
