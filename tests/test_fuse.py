@@ -402,3 +402,26 @@ def test_patterns_holding_hooked_modules_stay_stock_and_the_hooks_still_run():
     with torch.no_grad():
         assert_rel_close(model(x), expected, 1e-5, "fused around hooks")
     assert seen == [torch.Size([1, 48, 16, 16]), "s2.b1"]
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_an_empty_batch_gives_what_the_stock_model_gives(mode):
+    # Our operators refuse empty tensors; the fused layers hand an empty batch to the stock
+    # modules they hold, as in a detection pipeline whose crop list came back empty.
+    stock, fused = (m.train(mode == "train") for m in make_pair("ours_regnety_400mf"))
+    x = images(0, 64)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            expected, actual = stock(x), fused(x)
+        assert actual.shape == expected.shape == (0, 1000)
+    for (key, s), f in zip(stock.state_dict().items(), fused.state_dict().values()):
+        assert torch.equal(s, f), key
+
+
+def test_a_wrong_channel_count_is_refused_naming_the_channels():
+    _, fused = make_pair("ours_regnety_400mf")
+    gray = torch.randn(2, 1, 64, 64)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"x must have 3 channels .*got shape \[2, 1, 64, 64\]"):
+        fused.eval()(gray)  # (was oneDNN's "could not create a primitive descriptor")
+    with pytest.raises(RuntimeError, match=r"C_in/groups = 1"):
+        fused.train()(gray)

@@ -88,7 +88,9 @@ def lean_block_inference(x, dtype):
     turns the path off for the process (benchmarks compare both ways)."""
     if not lean_blocks or torch.is_grad_enabled() or dtype not in _DTYPES:
         return False
-    return x.is_contiguous(memory_format=torch.channels_last) and _plain_cpu_inference(x, dtype, _AVAILABLE, ())
+    # Empty batches take the layers' module calls, which hand them to the stock modules.
+    return x.is_contiguous(memory_format=torch.channels_last) and _plain_cpu_inference(x, dtype, _AVAILABLE, ()) \
+        and x.numel() > 0
 
 
 def linear_applies(x, weight, bias, dtype):
@@ -104,7 +106,8 @@ def pool_linear_applies(x, weight, bias):
     (no autocast), weights of its dtype, and not being traced. (The operator has autograd.)"""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or torch.is_autocast_enabled("cpu"):
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0 or \
+            torch.is_autocast_enabled("cpu"):
         return False
     return weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
 
@@ -175,6 +178,10 @@ class FoldedConv(_OneEntryCache):
         shape = tuple(x.shape)  # batch included: oneDNN packs for one input shape
         weight = packed_by_shape.get(shape)
         if weight is None:
+            # Once per input shape: oneDNN's own refusal of a wrong channel count names nothing.
+            if x.shape[1] != folded.shape[1] * groups:
+                raise ValueError(f"FusedConvBNAct: x must have {folded.shape[1] * groups} channels (the "
+                                 f"conv's in_channels), got shape {list(x.shape)}")
             weight = _PACK(folded, pads, strides, [1, 1], groups, list(x.shape))
             self._entry = (key, folded, bias, _with_newest(packed_by_shape, shape, weight, self.MAX_SHAPES))
         if x.dtype != dtype:
