@@ -404,11 +404,12 @@ def test_patterns_holding_hooked_modules_stay_stock_and_the_hooks_still_run():
     assert seen == [torch.Size([1, 48, 16, 16]), "s2.b1"]
 
 
+@pytest.mark.parametrize("name", BUILDERS)
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_an_empty_batch_gives_what_the_stock_model_gives(mode):
+def test_an_empty_batch_gives_what_the_stock_model_gives(name, mode):
     # Our operators refuse empty tensors; the fused layers hand an empty batch to the stock
     # modules they hold, as in a detection pipeline whose crop list came back empty.
-    stock, fused = (m.train(mode == "train") for m in make_pair("ours_regnety_400mf"))
+    stock, fused = (m.train(mode == "train") for m in make_pair(name))
     x = images(0, 64)
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
