@@ -10,7 +10,7 @@
 // CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel` /
 // `narrow_group_bf16_kernel`, whether it has our grouped convs (csrc/cpu/grouped_conv_*.h: the
 // narrow-group one with AVX-512 or AVX2+FMA, Winograd with AVX-512, the bfloat16 one with
-// AVX512-BF16); three functions of the CPU conv autotuner (csrc/cpu/conv_autotune.cpp); and one
+// AVX512-BF16), and `gemm_tiles_kernel`, our 1x1 conv (csrc/cpu/gemm_1x1_tiles.h, AVX-512); three functions of the CPU conv autotuner (csrc/cpu/conv_autotune.cpp); and one
 // listing the folded-weight cache's shapes (csrc/cpu/folded_weight_cache.cpp).
 namespace regnet_ext::cpu {
 PyObject* conv_autotune_enabled_py(PyObject*, PyObject*);
@@ -44,8 +44,10 @@ extern "C" PyObject* PyInit__C(void) {
 #endif
 #if defined(__AVX512F__)
   constexpr long kWinogradKernel = 1;  // grouped_conv_winograd.h
+  constexpr long kGemmTilesKernel = 1;  // gemm_1x1_tiles.h
 #else
   constexpr long kWinogradKernel = 0;
+  constexpr long kGemmTilesKernel = 0;
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   constexpr long kBf16Kernel = 1;  // grouped_conv_narrow_bf16.h
@@ -55,7 +57,8 @@ extern "C" PyObject* PyInit__C(void) {
   if (module && (PyModule_AddIntConstant(module, "openmp", kOpenMP) != 0 ||
                  PyModule_AddIntConstant(module, "narrow_group_kernel", kNarrowKernel) != 0 ||
                  PyModule_AddIntConstant(module, "narrow_group_bf16_kernel", kBf16Kernel) != 0 ||
-                 PyModule_AddIntConstant(module, "winograd_kernel", kWinogradKernel) != 0)) {
+                 PyModule_AddIntConstant(module, "winograd_kernel", kWinogradKernel) != 0 ||
+                 PyModule_AddIntConstant(module, "gemm_tiles_kernel", kGemmTilesKernel) != 0)) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -55,6 +55,11 @@ def compiled_with_winograd_kernel():
     return _build_flag("winograd_kernel")
 
 
+def compiled_with_gemm_tiles_kernel():
+    """Whether _C has the AVX-512 register-tiled GEMM for stride-1 1x1 convs in eval."""
+    return _build_flag("gemm_tiles_kernel")
+
+
 def build_config():
     """What setup.py recorded at build time (empty dict when the package was never built)."""
     try:

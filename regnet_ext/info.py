@@ -47,6 +47,7 @@ def collect():
         "cpu_narrow_group_kernel": _extension.compiled_with_narrow_group_kernel(),
         "cpu_narrow_group_bf16_kernel": _extension.compiled_with_narrow_group_bf16_kernel(),
         "cpu_winograd_kernel": _extension.compiled_with_winograd_kernel(),
+        "cpu_gemm_tiles_kernel": _extension.compiled_with_gemm_tiles_kernel(),
         # Whether those kernels are timed against oneDNN per shape (regnet_ext/ops/cpu_autotune.py).
         "cpu_conv_autotune": _cpu_conv_autotune(),
         "cuda_compiled": bool(config.get("CUDA_COMPILED")),

@@ -22,4 +22,5 @@ def test_info_json_reports_kernels_and_parallel_passes(capsys):
     assert info["cpu_kernels_parallel"] is _extension.compiled_with_openmp()
     assert info["cpu_narrow_group_kernel"] is _extension.compiled_with_narrow_group_kernel()
     assert info["cpu_winograd_kernel"] is _extension.compiled_with_winograd_kernel()
+    assert info["cpu_gemm_tiles_kernel"] is _extension.compiled_with_gemm_tiles_kernel()
     assert isinstance(info["cuda_gpu_verified"], bool)

@@ -52,6 +52,7 @@ enum class ConvKernel : int {
   kGemm = 6,
   kNarrowDx = 7,
   kNarrowDxOwnWeightGrad = 8,
+  kGemmTiles = 9,
 };
 // The backward passes differ in what they compute: both gradients, or only one of them.
 enum class ConvPass : int { kEval = 0, kTrainForward = 1, kBackward = 2, kBackwardInput = 3, kBackwardWeight = 4 };
@@ -61,6 +62,7 @@ inline const char* conv_kernel_name(ConvKernel k) {
     case ConvKernel::kNarrow: return "narrow";
     case ConvKernel::kWinograd: return "winograd";
     case ConvKernel::kGemm: return "gemm";
+    case ConvKernel::kGemmTiles: return "gemm_tiles";
     case ConvKernel::kOwnWeightGrad: return "onednn_input_grad+own_weight_grad";
     case ConvKernel::kWinogradDx: return "winograd_input_grad+onednn_weight_grad";
     case ConvKernel::kWinogradDxOwnWeightGrad: return "winograd_input_grad+own_weight_grad";
@@ -90,8 +92,9 @@ inline const char* conv_pass_name(ConvPass p) {
 // since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; =own
 // selects our grouped-conv kernels wherever they apply, the whole-tensor GEMM for 1x1 convs and our
 // weight-gradient tiles for every grouped conv, oneDNN elsewhere (so the tests cover them on any
-// shape); unset (or anything else) is the measured mix: the autotuner's choice, or the fixed
-// rules of conv_bn_act_cpu.h.
+// shape); =gemm_tiles is =own with our GEMM tiles (gemm_1x1_tiles.h) in place of the
+// whole-tensor GEMM for the 1x1 eval convs they compute; unset (or anything else) is the measured
+// mix: the autotuner's choice, or the fixed rules of conv_bn_act_cpu.h.
 enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
 
 inline ConvBackend conv_backend() {
@@ -99,7 +102,13 @@ inline ConvBackend conv_backend() {
   if (!choice) return ConvBackend::kMixed;
   const std::string_view c(choice);
   return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten
-         : c == "own" ? ConvBackend::kOwn : ConvBackend::kMixed;
+         : c == "own" || c == "gemm_tiles" ? ConvBackend::kOwn : ConvBackend::kMixed;
+}
+
+// REGNET_EXT_CPU_CONV=gemm_tiles (see above).
+inline bool gemm_tiles_forced() {
+  const char* choice = std::getenv("REGNET_EXT_CPU_CONV");
+  return choice != nullptr && std::string_view(choice) == "gemm_tiles";
 }
 
 // The switches in this file's header comment; regnet_ext.ops.cpu_conv_autotune_enabled asks this.

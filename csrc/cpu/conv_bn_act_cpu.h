@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/conv_autotune.h"
+#include "cpu/gemm_1x1_tiles.h"
 #include "cpu/grouped_conv_narrow.h"
 #include "cpu/grouped_conv_narrow_dx.h"
 #include "cpu/grouped_conv_narrow_bf16.h"
@@ -148,6 +149,17 @@ inline bool use_gemm_kernel(const ConvGeometry& g, at::ScalarType dtype) {
   return conv_backend() == ConvBackend::kOwn && gemm_kernel_applies(g, dtype);
 }
 
+// Stride-1 1x1 ungrouped convs in eval, float32, AVX-512: our GEMM tiles with the epilogue in
+// registers (gemm_1x1_tiles.h), timed by the autotuner against oneDNN (and the whole-tensor GEMM
+// where that applies); the rule only under REGNET_EXT_CPU_CONV=gemm_tiles (tests).
+inline bool gemm_tiles_apply(const ConvGeometry& g, at::ScalarType dtype) {
+  return kHaveGemmTiles && is_plain_gemm(g) && g.stride == 1 && dtype == at::kFloat;
+}
+
+inline bool use_gemm_tiles(const ConvGeometry& g, at::ScalarType dtype) {
+  return gemm_tiles_forced() && gemm_tiles_apply(g, dtype);
+}
+
 // The kernel of ours that can run this conv's forward in place of oneDNN, for the autotuner
 // (which runs in the measured mix only, conv_autotune_enabled): the narrow-group kernel for 8 or 16 channels per group (float32, or bfloat16 on CPUs
 // with AVX512-BF16), Winograd for 32 and more at stride 1 (float32). Autotuning
@@ -163,11 +175,13 @@ inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::Scal
   return std::nullopt;
 }
 
-// What the autotuner compares for the forward: oneDNN and our kernel, or nothing.
-inline std::vector<ConvKernel> forward_conv_kernels(const ConvGeometry& g, at::ScalarType dtype) {
-  const std::optional<ConvKernel> own = own_conv_kernel(g, dtype);
-  if (!own) return {};
-  return {ConvKernel::kOneDnn, *own};
+// What the autotuner compares for a forward pass: oneDNN and our kernel(s), or nothing.
+inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeometry& g, at::ScalarType dtype) {
+  std::vector<ConvKernel> kernels{ConvKernel::kOneDnn};
+  if (const std::optional<ConvKernel> own = own_conv_kernel(g, dtype)) kernels.push_back(*own);
+  if (pass == ConvPass::kEval && gemm_tiles_apply(g, dtype)) kernels.push_back(ConvKernel::kGemmTiles);
+  if (kernels.size() < 2) return {};
+  return kernels;
 }
 
 // The weight gradient of a grouped KxK conv over a large activation comes from our tiles, the

@@ -84,7 +84,8 @@ inline at::Tensor gemm_conv(const at::Tensor& x_nhwc, const at::Tensor& w_t, con
 }
 
 // Layouts of a cached folded weight (FoldKey::layout).
-enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1, kWinogradLayout = 2, kGemmLayout = 3 };
+enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1, kWinogradLayout = 2, kGemmLayout = 3,
+                        kGemmTilesLayout = 4 };
 
 // The cache key of this call's folded weight, or nullopt where the cache is turned off or a
 // tensor has no version counter (an inference tensor).
@@ -187,6 +188,25 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       epilogue_in_place(out, ones.data(), shift.data());
       return out;
     }
+    if (kernel == ConvKernel::kGemmTiles) {  // float32 only (gemm_tiles_apply)
+      at::Tensor out;
+      if constexpr (std::is_same_v<T, float>) {
+        auto make = [&] {  // the bias padded to whole vectors: the tiles load it so
+          auto [folded, folded_bias] = fold();
+          at::Tensor padded = at::zeros({(g.out_c + 15) / 16 * 16}, folded_bias.options());
+          padded.narrow(0, 0, g.out_c).copy_(folded_bias);
+          return FoldedWeights{pack_gemm_tiles_weight(folded), padded};
+        };
+        const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                                    g, eps, kGemmTilesLayout);
+        const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
+        out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+        gemm_1x1_tiles(xc.const_data_ptr<float>(), g.batch * g.out_h * g.out_w, g.in_c,
+                       w.packed_weight.const_data_ptr<float>(), w.bias.const_data_ptr<float>(), rp,
+                       out.data_ptr<float>(), g.out_c, relu);
+      }
+      return out;
+    }
     if (kernel != ConvKernel::kOneDnn) {
       at::Tensor out;
       if constexpr (std::is_same_v<T, float>) {
@@ -259,10 +279,11 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   } else {
     const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type()) ? ConvKernel::kNarrow
                             : use_winograd_kernel(g, x.scalar_type())  ? ConvKernel::kWinograd
+                            : use_gemm_tiles(g, x.scalar_type())       ? ConvKernel::kGemmTiles
                             : use_gemm_kernel(g, x.scalar_type())      ? ConvKernel::kGemm
                                                                         : ConvKernel::kOneDnn;
     const ConvKernel kernel = choose_conv_kernel(ConvPass::kEval, x.scalar_type(), g, relu, res.defined(),
-                                                 forward_conv_kernels(g, x.scalar_type()), rule,
+                                                 forward_conv_kernels(ConvPass::kEval, g, x.scalar_type()), rule,
                                                  [&](ConvKernel k) { run_eval(k); });
     if (kernel != ConvKernel::kOneDnn || !use_own_conv_tiles(g))
       return in_memory_format(run_eval(kernel), output_memory_format(x));
@@ -346,7 +367,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
                             : use_gemm_kernel(g, x.scalar_type())       ? ConvKernel::kGemm
                                                                          : ConvKernel::kOneDnn;
     z = conv(choose_conv_kernel(ConvPass::kTrainForward, x.scalar_type(), g, /*relu=*/false, /*residual=*/false,
-                                forward_conv_kernels(g, x.scalar_type()), rule, [&](ConvKernel k) { conv(k); }));
+                                forward_conv_kernels(ConvPass::kTrainForward, g, x.scalar_type()), rule,
+                                [&](ConvKernel k) { conv(k); }));
   }
   zp = z.data_ptr<T>();
   if (!tiles) {
