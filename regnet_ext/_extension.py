@@ -56,7 +56,7 @@ def compiled_with_winograd_kernel():
 
 
 def compiled_with_gemm_tiles_kernel():
-    """Whether _C has the AVX-512 register-tiled GEMM for stride-1 1x1 convs in eval."""
+    """Whether _C has the AVX-512 register-tiled GEMM for 1x1 convs in eval."""
     return _build_flag("gemm_tiles_kernel")
 
 

@@ -1,8 +1,9 @@
-"""Our register-tiled GEMM for stride-1 1x1 convs in eval (ConvKernel::kGemmTiles,
+"""Our register-tiled GEMM for 1x1 convs in eval (ConvKernel::kGemmTiles,
 csrc/cpu/gemm_1x1_tiles.h; float32, AVX-512): against the float64 reference where the output
 channels fill whole 4-vector blocks, end in a 1-, 2- or 3-vector block, or end mid-vector (masked
-stores), where the rows fill whole tiles or leave single rows (batch 1 to 3, odd sizes), with and
-without residual, ReLU and conv bias, NCHW and channels_last; NaN through ReLU as torch.relu;
+stores), where the rows fill whole tiles or leave single rows (batch 1 to 3, odd sizes), at
+stride 1 and 2, with and without residual, ReLU and conv bias, NCHW and channels_last; NaN
+through ReLU as torch.relu;
 its cached packed weight after in-place changes; and the fused module's eval through it.
 REGNET_EXT_CPU_CONV=gemm_tiles makes the rules choose it (the autotuner times it against oneDNN,
 tested in test_conv_bn_act_autotune.py)."""
@@ -36,14 +37,15 @@ def _args(case):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}-{s[2]}h{s[3]}" for s in SHAPES])
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_matches_float64_reference(shape, channels_last):
+def test_matches_float64_reference(shape, stride, channels_last):
     batch, c_in, c_out, size = shape
     for i, (relu, residual, bias) in enumerate([(True, False, True), (False, True, False), (True, True, True)]):
-        case = make_case(batch, c_in, c_out, size, 1, 1, 1, channels_last=channels_last, residual=residual,
+        case = make_case(batch, c_in, c_out, size, 1, stride, 1, channels_last=channels_last, residual=residual,
                          bias=bias, seed=10 * size + i)
         with torch.no_grad():
-            _run_and_compare(case, stride=1, groups=1, training=False, relu=relu, backward=False)
+            _run_and_compare(case, stride=stride, groups=1, training=False, relu=relu, backward=False)
 
 
 def test_nan_passes_through_relu_as_in_torch():

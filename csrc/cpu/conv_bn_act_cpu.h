@@ -149,11 +149,11 @@ inline bool use_gemm_kernel(const ConvGeometry& g, at::ScalarType dtype) {
   return conv_backend() == ConvBackend::kOwn && gemm_kernel_applies(g, dtype);
 }
 
-// Stride-1 1x1 ungrouped convs in eval, float32, AVX-512: our GEMM tiles with the epilogue in
-// registers (gemm_1x1_tiles.h), timed by the autotuner against oneDNN (and the whole-tensor GEMM
-// where that applies); the rule only under REGNET_EXT_CPU_CONV=gemm_tiles (tests).
+// 1x1 ungrouped convs in eval, float32, AVX-512: our GEMM tiles with the epilogue in registers
+// (gemm_1x1_tiles.h), timed by the autotuner against oneDNN (and the whole-tensor GEMM where that
+// applies); the rule only under REGNET_EXT_CPU_CONV=gemm_tiles (tests).
 inline bool gemm_tiles_apply(const ConvGeometry& g, at::ScalarType dtype) {
-  return kHaveGemmTiles && is_plain_gemm(g) && g.stride == 1 && dtype == at::kFloat;
+  return kHaveGemmTiles && is_plain_gemm(g) && dtype == at::kFloat;
 }
 
 inline bool use_gemm_tiles(const ConvGeometry& g, at::ScalarType dtype) {

@@ -9,9 +9,10 @@
 //    the same epilogue. With REGNET_EXT_CPU_CONV=tiles,
 //    each register tile of our own conv (kernels::conv_tile) gets shift, residual and ReLU in
 //    registers and is stored once.
-//  * eval, 1x1 ungrouped conv: oneDNN as above, or where the autotuner found it faster one GEMM
-//    over all N*H*W rows through ATen (the folded weight transposed once per change) and our
-//    epilogue pass (shift, residual, ReLU) in place; the training forward likewise for z.
+//  * eval, 1x1 ungrouped conv: oneDNN as above, or where the autotuner found it faster our GEMM
+//    tiles with the epilogue in registers (float32, AVX-512: gemm_1x1_tiles.h) or one GEMM over
+//    all N*H*W rows through ATen (the folded weight transposed once per change) and our epilogue
+//    pass (shift, residual, ReLU) in place; the training forward likewise for z (oneDNN or ATen).
 //  * eval, 1x1 ungrouped conv with REGNET_EXT_CPU_CONV=tiles: a GEMM with the folded weights
 //    through ATen, one block of rows at a time, the epilogue applied while the block is in cache.
 //  * training: oneDNN (or, as in eval, one of our kernels) computes z = conv(x) + b; pass 1
@@ -150,8 +151,8 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
 
   // The whole call with one kernel (conv_autotune.h), y in NHWC:
   //  * ours: 8 or 16 channels per group (narrow; AVX-512 or AVX2), or 32-128 at stride 1 (Winograd,
-  //    AVX-512), the folded weight packed for the kernel once per change (bfloat16 narrow: the
-  //    weight unfolded, BN's scale in the epilogue);
+  //    AVX-512), or a 1x1 conv (GEMM tiles, AVX-512), the folded weight packed for the kernel
+  //    once per change (bfloat16 narrow: the weight unfolded, BN's scale in the epilogue);
   //  * oneDNN: act(conv(x, W') + b' [+ residual]) in one pass, with W' packed once per change of
   //    the parameters where the cache applies; where oneDNN cannot fuse the epilogue (float64),
   //    conv(x, W') + b' and our epilogue pass in place.
@@ -201,7 +202,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                                                     g, eps, kGemmTilesLayout);
         const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
         out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-        gemm_1x1_tiles(xc.const_data_ptr<float>(), g.batch * g.out_h * g.out_w, g.in_c,
+        gemm_1x1_tiles(xc.const_data_ptr<float>(), g.batch, g.in_h, g.in_w, g.in_c, g.stride,
                        w.packed_weight.const_data_ptr<float>(), w.bias.const_data_ptr<float>(), rp,
                        out.data_ptr<float>(), g.out_c, relu);
       }

@@ -1,6 +1,6 @@
-// Stride-1 1x1 convs (float32, channels_last) as our own GEMM with the epilogue in registers:
-// y[p, :] = act(x[p, :] . W'^T + b' [+ residual[p, :]]) over the N*H*W pixel rows, W' the folded
-// weight. AVX-512 register tiles of MR rows x NV vectors of 16 output channels (MR x NV = 24
+// 1x1 convs (float32, channels_last) as our own GEMM with the epilogue in registers:
+// y[p, :] = act(x[p', :] . W'^T + b' [+ residual[p, :]]) over the N*H*W output pixel rows p, p'
+// the input pixel p reads (every stride-th), W' the folded weight. AVX-512 register tiles of MR rows x NV vectors of 16 output channels (MR x NV = 24
 // accumulators of the 32 registers, or 12 at one vector): per input channel k, NV weight vectors
 // are loaded once and each row's x[p, k] is broadcast from memory into NV FMAs.
 //
@@ -73,11 +73,11 @@ inline at::Tensor pack_gemm_tiles_weight(const at::Tensor& folded) {
 #if defined(__AVX512F__)
 namespace gemm_tiles {
 
-// Rows r0 .. r0+MR-1 times the block's NV vectors; `last` masks the block's last vector (the
-// channels past C_out).
+// Rows r0 .. r0+MR-1 (their inputs at x[r]) times the block's NV vectors; `last` masks the
+// block's last vector (the channels past C_out).
 template <int MR, int NV>
-inline void tile(const float* x, int64_t in_c, const float* panel, const float* bias, const float* residual,
-                 float* y, int64_t out_c, __mmask16 last, bool relu) {
+inline void tile(const float* const (&x)[MR], int64_t in_c, const float* panel, const float* bias,
+                 const float* residual, float* y, int64_t out_c, __mmask16 last, bool relu) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 24
   for (int r = 0; r < MR; ++r)
@@ -89,7 +89,7 @@ inline void tile(const float* x, int64_t in_c, const float* panel, const float* 
     for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(panel + (k * NV + v) * kLanes);
 #pragma GCC unroll 24
     for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(x[r * in_c + k]);
+      const __m512 a = _mm512_set1_ps(x[r][k]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
     }
@@ -115,28 +115,54 @@ constexpr int rows_per_tile() {
   return NV == 1 ? 12 : 24 / NV;
 }
 
+// Where output row r (pixel n, ho, wo) reads its input: every stride-th pixel of x's rows.
+struct InputRows {
+  const float* x;
+  int64_t in_c, in_h, in_w, out_h, out_w, stride;
+  const float* operator()(int64_t r) const {
+    if (stride == 1) return x + r * in_c;
+    const int64_t per_image = out_h * out_w, n = r / per_image, p = r % per_image;
+    return x + ((n * in_h + p / out_w * stride) * in_w + p % out_w * stride) * in_c;
+  }
+};
+
+template <int MR>
+inline void tile_inputs(const InputRows& input, int64_t r, const float* (&x)[MR]) {
+#pragma GCC unroll 24
+  for (int i = 0; i < MR; ++i) x[i] = input(r + i);
+}
+
 // Rows [r0, r1) of one block of NV vectors: whole tiles, then single rows.
 template <int NV>
-inline void block_rows(const float* x, int64_t in_c, const float* panel, const float* bias, const float* residual,
+inline void block_rows(const InputRows& input, const float* panel, const float* bias, const float* residual,
                        float* y, int64_t out_c, __mmask16 last, bool relu, int64_t r0, int64_t r1) {
   constexpr int MR = rows_per_tile<NV>();
   int64_t r = r0;
   const auto at = [&](const float* base, int64_t row, int64_t stride) { return base ? base + row * stride : nullptr; };
-  for (; r + MR <= r1; r += MR)
-    tile<MR, NV>(x + r * in_c, in_c, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
-  for (; r < r1; ++r)
-    tile<1, NV>(x + r * in_c, in_c, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
+  for (; r + MR <= r1; r += MR) {
+    const float* x[MR];
+    tile_inputs(input, r, x);
+    tile<MR, NV>(x, input.in_c, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
+  }
+  for (; r < r1; ++r) {
+    const float* x[1] = {input(r)};
+    tile<1, NV>(x, input.in_c, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
+  }
 }
 
 }  // namespace gemm_tiles
 #endif
 
-// y[rows, out_c] = act(x[rows, in_c] . W'^T + bias [+ residual]): x, residual and y dense rows
-// (NHWC pixels), `packed` from pack_gemm_tiles_weight, bias padded to whole vectors.
-inline void gemm_1x1_tiles(const float* x, int64_t rows, int64_t in_c, const float* packed, const float* bias,
-                           const float* residual, float* y, int64_t out_c, bool relu) {
+// y = act(conv1x1(x, W', stride) + bias [+ residual]) for a dense NHWC x [batch, in_h, in_w,
+// in_c] and y, residual [batch, out_h, out_w, out_c] (rows = batch * out_h * out_w); `packed`
+// from pack_gemm_tiles_weight, bias padded to whole vectors.
+inline void gemm_1x1_tiles(const float* x, int64_t batch, int64_t in_h, int64_t in_w, int64_t in_c, int64_t stride,
+                           const float* packed, const float* bias, const float* residual, float* y, int64_t out_c,
+                           bool relu) {
 #if defined(__AVX512F__)
   using namespace gemm_tiles;
+  const int64_t out_h = (in_h - 1) / stride + 1, out_w = (in_w - 1) / stride + 1, rows = batch * out_h * out_w;
+  const InputRows input{x, in_c, in_h, in_w, out_h, out_w, stride};
   const int64_t vectors = vectors_of(out_c), blocks = (vectors + kBlockVectors - 1) / kBlockVectors;
   const __mmask16 last = static_cast<__mmask16>((1u << (out_c - (vectors - 1) * kLanes)) - 1u);
   // Each thread one contiguous band of rows (a multiple of 24, so that every block's tiles fit
@@ -154,16 +180,17 @@ inline void gemm_1x1_tiles(const float* x, int64_t rows, int64_t in_c, const flo
         const int64_t c0 = v0 * kLanes;
         const float* res = residual ? residual + c0 : nullptr;
         switch (nv) {
-          case 4: block_rows<4>(x, in_c, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
-          case 3: block_rows<3>(x, in_c, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
-          case 2: block_rows<2>(x, in_c, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
-          default: block_rows<1>(x, in_c, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
+          case 4: block_rows<4>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
+          case 3: block_rows<3>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
+          case 2: block_rows<2>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
+          default: block_rows<1>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
         }
       }
     }
   });
 #else
-  (void)x, (void)rows, (void)in_c, (void)packed, (void)bias, (void)residual, (void)y, (void)out_c, (void)relu;
+  (void)x, (void)batch, (void)in_h, (void)in_w, (void)in_c, (void)stride, (void)packed, (void)bias, (void)residual,
+      (void)y, (void)out_c, (void)relu;
   TORCH_CHECK(false, "gemm_1x1_tiles: this build has no AVX-512 kernel");
 #endif
 }
