@@ -5,11 +5,10 @@ autotuner's choice between it and oneDNN is tested in test_conv_bn_act_autotune.
 import pytest
 import torch
 
-from conv_bn_act_reference import assert_bfloat16_within_plain_pytorch_error, make_case, reference_conv_bn_act
+from conv_bn_act_reference import assert_bfloat16_within_plain_pytorch_error, make_case
 from regnet_ext.nn import FusedConvBNAct
 from regnet_ext.ops import conv_bn_act
-from test_conv_bn_act import _run_and_compare
-from tolerances import assert_close_to_reference
+from test_conv_bn_act import _run_and_compare, assert_eval_follows_parameter_changes
 
 # (batch, c_in, c_out, size, stride): odd and even sizes, strides 1 and 2, batch 1 and more.
 SHAPES = [(3, 16, 24, 13, 1), (1, 24, 16, 14, 2), (2, 48, 104, 7, 1)]
@@ -46,17 +45,8 @@ def test_bfloat16_within_plain_pytorch_error(gemm_rule, training):
 def test_cached_fold_follows_parameter_changes(gemm_rule):
     """The transposed folded weight is cached per parameter version: an in-place change (an
     optimizer step, a load_state_dict) must be seen by the next call."""
-    case = make_case(1, 16, 24, 7, 1, 1, 1, channels_last=True, residual=False, seed=1)
-    args = [case[k] for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
-    with torch.no_grad():
-        first = conv_bn_act(*args, bias=case["bias"])
-        for name in ("weight", "bn_weight", "running_var"):
-            case[name].mul_(1.5)
-            again = conv_bn_act(*args, bias=case["bias"])
-            expected = reference_conv_bn_act(*[a.double() for a in args], bias=case["bias"].double())
-            assert not torch.equal(again, first), f"a change of {name} was not seen"
-            assert_close_to_reference(again, expected, name=f"y after changing {name}")
-            first = again
+    assert_eval_follows_parameter_changes(make_case(1, 16, 24, 7, 1, 1, 1, channels_last=True, residual=False,
+                                                    seed=1))
 
 
 def test_fused_module_runs_the_operator(gemm_rule):

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 import regnet_ext._C as compiled
-from conv_bn_act_reference import make_case, reference_conv_bn_act
+from conv_bn_act_reference import make_case
 from regnet_ext.nn import FusedConvBNAct
 from regnet_ext.ops import conv_bn_act
-from test_conv_bn_act import _run_and_compare
+from test_conv_bn_act import _run_and_compare, assert_eval_follows_parameter_changes
 from tolerances import assert_close_to_reference
 
 pytestmark = pytest.mark.skipif(not getattr(compiled, "gemm_tiles_kernel", 0), reason="built without AVX-512")
@@ -57,17 +57,8 @@ def test_nan_passes_through_relu_as_in_torch():
 
 
 def test_cached_weight_follows_parameter_changes():
-    case = make_case(2, 32, 48, 5, 1, 1, 1, channels_last=True, residual=False, seed=1)
-    args = _args(case)
-    with torch.no_grad():
-        first = conv_bn_act(*args, bias=case["bias"])
-        for name in ("weight", "bn_weight", "running_var"):
-            case[name].mul_(1.5)
-            again = conv_bn_act(*args, bias=case["bias"])
-            expected = reference_conv_bn_act(*[a.double() for a in args], bias=case["bias"].double())
-            assert not torch.equal(again, first), f"a change of {name} was not seen"
-            assert_close_to_reference(again, expected, name=f"y after changing {name}")
-            first = again
+    assert_eval_follows_parameter_changes(make_case(2, 32, 48, 5, 1, 1, 1, channels_last=True, residual=False,
+                                                    seed=1))
 
 
 def test_fused_module_eval_matches_stock():

@@ -1,15 +1,16 @@
 // 1x1 convs (float32, channels_last) as our own GEMM with the epilogue in registers:
 // y[p, :] = act(x[p', :] . W'^T + b' [+ residual[p, :]]) over the N*H*W output pixel rows p, p'
-// the input pixel p reads (every stride-th), W' the folded weight. AVX-512 register tiles of MR rows x NV vectors of 16 output channels (MR x NV = 24
-// accumulators of the 32 registers, or 12 at one vector): per input channel k, NV weight vectors
-// are loaded once and each row's x[p, k] is broadcast from memory into NV FMAs.
+// the input pixel p reads (every stride-th), W' the folded weight. AVX-512 register tiles of MR
+// rows x NV vectors of 16 output channels (MR x NV = 24 accumulators of the 32 registers, or 12
+// at one vector): per input channel k, NV weight vectors are loaded once and each row's x[p', k]
+// is broadcast from memory into NV FMAs.
 //
 // Why: oneDNN's 1x1 conv ran RegNetY-400MF's 440 -> 440 channels at 7px, batch 8, at 179 GFLOP/s
 // and 208 -> 208 at 14px at 194 in the fused forward (2-core AMD EPYC Zen 4 VM, 2026-12-05),
 // 77-83% of the 233 GFLOP/s this CPU's FMA units peak at; a standalone prototype of these tiles
 // ran the first at 220. In the operator, against oneDNN with the same epilogue (interleaved, same
-// VM): 1.00-1.25x at batch 8 (the least from 512 channels at 14px and 128 at 56px up), 1.32-1.51x
-// at batch 1; the autotuner keeps whichever is faster per shape.
+// VM): 1.00-1.25x at batch 8 (the least from 512 channels at 14px and 128 at 56px up), 1.32-1.56x
+// at batch 1, strided ones included; the autotuner keeps whichever is faster per shape.
 //
 // Layout of the packed weight (pack_gemm_tiles_weight): output channels in blocks of up to 4
 // vectors (64 channels; the last block takes the remaining 1-3 vectors), each block a [C_in][16 NV]
