@@ -18,6 +18,11 @@ def reference_conv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_v
     return F.relu(y) if relu else y
 
 
+def positional_args(case):
+    """A make_case dict's tensors in the order of conv_bn_act's positional arguments."""
+    return [case[k] for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
+
+
 def make_case(batch, c_in, c_out, size, kernel, stride, groups, *, dtype=torch.float32,
               channels_last=False, bias=True, residual=True, seed=0):
     """Fresh random inputs (never zeros) for one conv_bn_act call, as a dict of tensors."""

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from conv_bn_act_reference import make_case, reference_conv_bn_act
+from conv_bn_act_reference import make_case, positional_args, reference_conv_bn_act
 from regnet_ext.ops import conv_bn_act
 from tolerances import assert_close_to_reference
 
@@ -23,7 +23,7 @@ def assert_eval_follows_parameter_changes(case):
     """Eval calls of a 1x1 conv with an in-place change (an optimizer step, a load_state_dict) of
     its weight, BN scale and running variance before each: a kernel's cached (folded, packed)
     weight must see every change."""
-    args = [case[k] for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
+    args = positional_args(case)
     with torch.no_grad():
         first = conv_bn_act(*args, bias=case["bias"])
         for name in ("weight", "bn_weight", "running_var"):

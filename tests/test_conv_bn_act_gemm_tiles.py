@@ -3,8 +3,8 @@ csrc/cpu/gemm_1x1_tiles.h; float32, AVX-512): against the float64 reference wher
 channels fill whole 4-vector blocks, end in a 1-, 2- or 3-vector block, or end mid-vector (masked
 stores), where the rows fill whole tiles or leave single rows (batch 1 to 3, odd sizes), at
 stride 1 and 2, with and without residual, ReLU and conv bias, NCHW and channels_last; NaN
-through ReLU as torch.relu;
-its cached packed weight after in-place changes; and the fused module's eval through it.
+through ReLU as torch.relu; its cached packed weight after in-place changes; and the fused
+module's eval through it.
 REGNET_EXT_CPU_CONV=gemm_tiles makes the rules choose it (the autotuner times it against oneDNN,
 tested in test_conv_bn_act_autotune.py)."""
 import copy
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import regnet_ext._C as compiled
-from conv_bn_act_reference import make_case
+from conv_bn_act_reference import make_case, positional_args
 from regnet_ext.nn import FusedConvBNAct
 from regnet_ext.ops import conv_bn_act
 from test_conv_bn_act import _run_and_compare, assert_eval_follows_parameter_changes
@@ -30,10 +30,6 @@ SHAPES = [(1, 3, 5, 1), (1, 16, 64, 3), (2, 24, 80, 7), (3, 48, 104, 13), (1, 10
 @pytest.fixture(autouse=True)
 def gemm_tiles_rule(monkeypatch):
     monkeypatch.setenv("REGNET_EXT_CPU_CONV", "gemm_tiles")
-
-
-def _args(case):
-    return [case[k] for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}-{s[2]}h{s[3]}" for s in SHAPES])
@@ -52,7 +48,7 @@ def test_nan_passes_through_relu_as_in_torch():
     case = make_case(1, 16, 32, 3, 1, 1, 1, channels_last=True, residual=False, seed=4)
     case["x"][0, 3, 1, 2] = float("nan")  # every output channel of that pixel is NaN
     with torch.no_grad():
-        y = conv_bn_act(*_args(case), bias=case["bias"], relu=True)
+        y = conv_bn_act(*positional_args(case), bias=case["bias"], relu=True)
     assert torch.isnan(y[0, :, 1, 2]).all() and not torch.isnan(y[0, :, 0, 0]).any()
 
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import regnet_ext._C as compiled
-from conv_bn_act_reference import assert_bfloat16_within_plain_pytorch_error, make_case, reference_conv_bn_act
+from conv_bn_act_reference import (assert_bfloat16_within_plain_pytorch_error, make_case, positional_args,
+                                   reference_conv_bn_act)
 from test_conv_bn_act import _run_and_compare
 from regnet_ext.ops import conv_bn_act
 
@@ -115,7 +116,7 @@ def test_bfloat16_eval_keeps_the_sign_of_every_preactivation(monkeypatch):
         for seed in range(6):
             case = make_case(batch, channels, channels, size, kernel, stride, channels // width,
                              dtype=torch.bfloat16, channels_last=True, residual=False, seed=seed)
-            args = [case[k] for k in ("x", "weight", "bn_weight", "bn_bias", "running_mean", "running_var")]
+            args = positional_args(case)
             kwargs = dict(bias=case["bias"], stride=stride, groups=channels // width, relu=False)
             with torch.no_grad():
                 ours = conv_bn_act(*args, **kwargs).double()

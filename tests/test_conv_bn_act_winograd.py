@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import regnet_ext._C as compiled
-from conv_bn_act_reference import make_case, reference_conv_bn_act
+from conv_bn_act_reference import make_case, positional_args, reference_conv_bn_act
 from test_conv_bn_act import _run_and_compare
 from regnet_ext.nn import FusedConvBNAct
 from regnet_ext.ops import conv_bn_act
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.skipif(not getattr(compiled, "winograd_kernel", 0), rea
 SHAPES = [(2, 64, 32, 9), (1, 128, 64, 7), (3, 96, 48, 8), (1, 64, 64, 1), (2, 128, 64, 2),
           (3, 64, 32, 13), (1, 192, 64, 16), (2, 256, 128, 5), (3, 120, 40, 5), (1, 120, 40, 10),
           (2, 112, 56, 5), (1, 240, 120, 6), (1, 80, 40, 9)]
-
-
-def _args(case):
-    return (case["x"], case["weight"], case["bn_weight"], case["bn_bias"], case["running_mean"],
-            case["running_var"])
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}" for s in SHAPES])
@@ -56,9 +51,9 @@ def test_forward_and_gradients_over_1024_pixels(shape, training):
 def test_agrees_with_onednn(batch, channels, groups, size, monkeypatch):
     case = make_case(batch, channels, channels, size, 3, 1, groups, channels_last=True, seed=5)
     with torch.no_grad():
-        ours = conv_bn_act(*_args(case), bias=case["bias"], groups=groups, residual=case["residual"])
+        ours = conv_bn_act(*positional_args(case), bias=case["bias"], groups=groups, residual=case["residual"])
         monkeypatch.setenv("REGNET_EXT_CPU_CONV", "aten")
-        onednn = conv_bn_act(*_args(case), bias=case["bias"], groups=groups, residual=case["residual"])
+        onednn = conv_bn_act(*positional_args(case), bias=case["bias"], groups=groups, residual=case["residual"])
     torch.testing.assert_close(ours, onednn, rtol=1e-5, atol=1e-5)
 
 
@@ -66,8 +61,8 @@ def test_cached_weight_follows_in_place_changes():
     case = make_case(1, 64, 64, 6, 3, 1, 2, channels_last=True, residual=False, seed=1)
     for step in range(3):
         with torch.no_grad():
-            y = conv_bn_act(*_args(case), groups=2)
-            expected = reference_conv_bn_act(*(t.double() for t in _args(case)), groups=2)
+            y = conv_bn_act(*positional_args(case), groups=2)
+            expected = reference_conv_bn_act(*(t.double() for t in positional_args(case)), groups=2)
             torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
             case["weight"].mul_(1.5 - step)  # an optimizer step or load_state_dict, in place
             case["running_var"].add_(0.25)
@@ -78,7 +73,7 @@ def test_nan_passes_relu_as_in_torch():
     x = case["x"].clone()
     x[0, 3, 2, 2] = float("nan")  # group 0; output tile rows/cols 1-2 and 2-3 hold its reach
     with torch.no_grad():
-        y = conv_bn_act(x, *_args(case)[1:], groups=2)
+        y = conv_bn_act(x, *positional_args(case)[1:], groups=2)
     assert torch.isnan(y[0, :32, 1:4, 1:4]).all() and not torch.isnan(y[0, 32:]).any()
     assert not torch.isnan(y[0, :32, 5, :]).any() and not torch.isnan(y[0, :32, :, 5]).any()
 

@@ -97,19 +97,19 @@ inline const char* conv_pass_name(ConvPass p) {
 // mix: the autotuner's choice, or the fixed rules of conv_bn_act_cpu.h.
 enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
 
-inline ConvBackend conv_backend() {
+inline std::string_view conv_backend_setting() {
   const char* choice = std::getenv("REGNET_EXT_CPU_CONV");
-  if (!choice) return ConvBackend::kMixed;
-  const std::string_view c(choice);
+  return choice ? std::string_view(choice) : std::string_view();
+}
+
+inline ConvBackend conv_backend() {
+  const std::string_view c = conv_backend_setting();
   return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten
          : c == "own" || c == "gemm_tiles" ? ConvBackend::kOwn : ConvBackend::kMixed;
 }
 
 // REGNET_EXT_CPU_CONV=gemm_tiles (see above).
-inline bool gemm_tiles_forced() {
-  const char* choice = std::getenv("REGNET_EXT_CPU_CONV");
-  return choice != nullptr && std::string_view(choice) == "gemm_tiles";
-}
+inline bool gemm_tiles_forced() { return conv_backend_setting() == "gemm_tiles"; }
 
 // The switches in this file's header comment; regnet_ext.ops.cpu_conv_autotune_enabled asks this.
 inline bool conv_autotune_enabled() {

@@ -96,7 +96,8 @@ def _fit(model, train_set, val_set, settings, ctx, *, progress, fused, checkpoin
                                                  num_workers, ctx)
     steps_per_epoch = len(train_loader)
 
-    optimizer = _sgd(model, settings)
+    optimizer = sgd(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
+                    nesterov=settings["nesterov"], weight_decay=settings["weight_decay"])
     schedule = CosineWithWarmup(epochs * steps_per_epoch,
                                 warmup_steps=int(round(settings["warmup_epochs"] * steps_per_epoch)),
                                 warmup_factor=settings["warmup_factor"])
@@ -250,11 +251,6 @@ def _save(path, settings, ctx, model, optimizer, scheduler, epochs_done, history
                                "history": history, "settings": settings,
                                "world_size": ctx.world_size, "rng": rng})
     ctx.barrier()
-
-
-def _sgd(model, settings):
-    return sgd(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
-               nesterov=settings["nesterov"], weight_decay=settings["weight_decay"])
 
 
 def _restore(path, settings, ctx, model, optimizer, scheduler):
