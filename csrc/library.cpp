@@ -10,7 +10,8 @@
 // CPU pass of ours silently runs on one thread), and `narrow_group_kernel` / `winograd_kernel` /
 // `narrow_group_bf16_kernel`, whether it has our grouped convs (csrc/cpu/grouped_conv_*.h: the
 // narrow-group one with AVX-512 or AVX2+FMA, Winograd with AVX-512, the bfloat16 one with
-// AVX512-BF16), and `gemm_tiles_kernel`, our 1x1 conv (csrc/cpu/gemm_1x1_tiles.h, AVX-512);
+// AVX512-BF16), and `gemm_tiles_kernel`, our register tiles for 1x1 convs and stems
+// (csrc/cpu/gemm_1x1_tiles.h, stem_conv_tiles.h, AVX-512);
 // three functions of the CPU conv autotuner (csrc/cpu/conv_autotune.cpp); and one
 // listing the folded-weight cache's shapes (csrc/cpu/folded_weight_cache.cpp).
 namespace regnet_ext::cpu {

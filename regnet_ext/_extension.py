@@ -56,7 +56,8 @@ def compiled_with_winograd_kernel():
 
 
 def compiled_with_gemm_tiles_kernel():
-    """Whether _C has the AVX-512 register-tiled GEMM for 1x1 convs in eval."""
+    """Whether _C has the AVX-512 register tiles of our 1x1 convs in eval and of our stem convs
+    (KxK with at most 4 input channels, eval and the training forward)."""
     return _build_flag("gemm_tiles_kernel")
 
 

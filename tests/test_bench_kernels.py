@@ -60,13 +60,18 @@ def test_quick_run_structure(tmp_path, monkeypatch):
     assert doc["summary"]["squeeze_excite_eval_vs_eager"]["rows"] == 1
     assert (tmp_path / "k.png").stat().st_size > 0
     # The conv autotuner's decisions: the quick set has RegNetY-400MF's first grouped conv (8 per
-    # group: oneDNN or the narrow kernel) and a small 1x1 conv (oneDNN or the GEMM).
+    # group: oneDNN or the narrow kernel), a small 1x1 conv (oneDNN or the GEMM) and, with
+    # AVX-512, the stem (oneDNN or the stem tiles, eval and training forward).
     assert doc["machine"]["regnet_ext_cpu_conv_autotune"] is True
     choices = doc["cpu_conv_autotune"]
     grouped = [c for c in choices if c["groups"] > 1]
     expected = {"eval", "train_forward", "backward"} if compiled.narrow_group_kernel else set()
     assert {c["pass"] for c in grouped} == expected and len(grouped) == len(expected)
-    pointwise = [c for c in choices if c["groups"] == 1]
+    stem = [c for c in choices if c["x_shape"][1] == 3]
+    expected = {"eval", "train_forward"} if compiled.gemm_tiles_kernel else set()
+    assert {c["pass"] for c in stem} == expected and len(stem) == len(expected)
+    assert all(set(c["median_us"]) == {"onednn", "stem_tiles"} for c in stem)
+    pointwise = [c for c in choices if c["groups"] == 1 and c not in stem]
     tiles = {"gemm_tiles"} if compiled.gemm_tiles_kernel else set()  # (eval, AVX-512)
     assert pointwise and all(c["kernel"] == 1 and set(c["median_us"]) == {"onednn", "gemm"} |
                              (tiles if c["pass"] == "eval" else set()) for c in pointwise)

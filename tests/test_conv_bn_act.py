@@ -19,17 +19,18 @@ GROUPINGS = [("dense", 8, 16, 1), ("gw8", 16, 16, 2), ("gw16", 32, 32, 2), ("gw2
 GEOMETRIES = list(itertools.product([1, 2], [1, 3], [7, 13, 14], [1, 3]))  # stride, kernel, size, batch
 
 
-def assert_eval_follows_parameter_changes(case):
-    """Eval calls of a 1x1 conv with an in-place change (an optimizer step, a load_state_dict) of
-    its weight, BN scale and running variance before each: a kernel's cached (folded, packed)
-    weight must see every change."""
+def assert_eval_follows_parameter_changes(case, stride=1):
+    """Eval calls of an ungrouped conv with an in-place change (an optimizer step, a
+    load_state_dict) of its weight, BN scale and running variance before each: a kernel's cached
+    (folded, packed) weight must see every change."""
     args = positional_args(case)
     with torch.no_grad():
-        first = conv_bn_act(*args, bias=case["bias"])
+        first = conv_bn_act(*args, bias=case["bias"], stride=stride)
         for name in ("weight", "bn_weight", "running_var"):
             case[name].mul_(1.5)
-            again = conv_bn_act(*args, bias=case["bias"])
-            expected = reference_conv_bn_act(*[a.double() for a in args], bias=case["bias"].double())
+            again = conv_bn_act(*args, bias=case["bias"], stride=stride)
+            expected = reference_conv_bn_act(*[a.double() for a in args], bias=case["bias"].double(),
+                                             stride=stride)
             assert not torch.equal(again, first), f"a change of {name} was not seen"
             assert_close_to_reference(again, expected, name=f"y after changing {name}")
             first = again

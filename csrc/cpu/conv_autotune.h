@@ -53,6 +53,7 @@ enum class ConvKernel : int {
   kNarrowDx = 7,
   kNarrowDxOwnWeightGrad = 8,
   kGemmTiles = 9,
+  kStemTiles = 10,
 };
 // The backward passes differ in what they compute: both gradients, or only one of them.
 enum class ConvPass : int { kEval = 0, kTrainForward = 1, kBackward = 2, kBackwardInput = 3, kBackwardWeight = 4 };
@@ -63,6 +64,7 @@ inline const char* conv_kernel_name(ConvKernel k) {
     case ConvKernel::kWinograd: return "winograd";
     case ConvKernel::kGemm: return "gemm";
     case ConvKernel::kGemmTiles: return "gemm_tiles";
+    case ConvKernel::kStemTiles: return "stem_tiles";
     case ConvKernel::kOwnWeightGrad: return "onednn_input_grad+own_weight_grad";
     case ConvKernel::kWinogradDx: return "winograd_input_grad+onednn_weight_grad";
     case ConvKernel::kWinogradDxOwnWeightGrad: return "winograd_input_grad+own_weight_grad";

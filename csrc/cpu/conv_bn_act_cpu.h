@@ -16,6 +16,7 @@
 #include "cpu/grouped_conv_narrow_dx.h"
 #include "cpu/grouped_conv_narrow_bf16.h"
 #include "cpu/grouped_conv_winograd.h"
+#include "cpu/stem_conv_tiles.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act.h"
 #include "kernels/conv_bn_act_backward.h"
@@ -160,6 +161,18 @@ inline bool use_gemm_tiles(const ConvGeometry& g, at::ScalarType dtype) {
   return gemm_tiles_forced() && gemm_tiles_apply(g, dtype);
 }
 
+// Dense KxK convs with at most kStemMaxInChannels inputs (the stem), float32, AVX-512: our tiles
+// (stem_conv_tiles.h), in eval and in the training forward; the rule wherever our kernels may
+// run, and a candidate for the autotuner.
+inline bool stem_tiles_apply(const ConvGeometry& g, at::ScalarType dtype) {
+  return kHaveGemmTiles && dtype == at::kFloat && g.groups == 1 && g.kernel > 1 && g.in_c <= kStemMaxInChannels;
+}
+
+inline bool use_stem_tiles(const ConvGeometry& g, at::ScalarType dtype) {
+  const ConvBackend backend = conv_backend();
+  return (backend == ConvBackend::kMixed || backend == ConvBackend::kOwn) && stem_tiles_apply(g, dtype);
+}
+
 // The kernel of ours that can run this conv's forward in place of oneDNN, for the autotuner
 // (which runs in the measured mix only, conv_autotune_enabled): the narrow-group kernel for 8 or 16 channels per group (float32, or bfloat16 on CPUs
 // with AVX512-BF16), Winograd for 32 and more at stride 1 (float32). Autotuning
@@ -180,6 +193,8 @@ inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeo
   std::vector<ConvKernel> kernels{ConvKernel::kOneDnn};
   if (const std::optional<ConvKernel> own = own_conv_kernel(g, dtype)) kernels.push_back(*own);
   if (pass == ConvPass::kEval && gemm_tiles_apply(g, dtype)) kernels.push_back(ConvKernel::kGemmTiles);
+  if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && stem_tiles_apply(g, dtype))
+    kernels.push_back(ConvKernel::kStemTiles);
   if (kernels.size() < 2) return {};
   return kernels;
 }

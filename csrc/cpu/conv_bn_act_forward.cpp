@@ -13,6 +13,8 @@
 //    tiles with the epilogue in registers (float32, AVX-512: gemm_1x1_tiles.h) or one GEMM over
 //    all N*H*W rows through ATen (the folded weight transposed once per change) and our epilogue
 //    pass (shift, residual, ReLU) in place; the training forward likewise for z (oneDNN or ATen).
+//  * eval and training, dense conv with a few input channels (the stem), float32, AVX-512: our
+//    tiles (stem_conv_tiles.h; eval with the epilogue in registers, training for z).
 //  * eval, 1x1 ungrouped conv with REGNET_EXT_CPU_CONV=tiles: a GEMM with the folded weights
 //    through ATen, one block of rows at a time, the epilogue applied while the block is in cache.
 //  * training: oneDNN (or, as in eval, one of our kernels) computes z = conv(x) + b; pass 1
@@ -75,6 +77,13 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
+// A bias [C] as float32 padded with zeros to whole vectors of 16: the tiles load it so.
+inline at::Tensor padded_to_vectors(const at::Tensor& bias, int64_t channels) {
+  at::Tensor padded = at::zeros({(channels + 15) / 16 * 16}, bias.options().dtype(at::kFloat));
+  padded.narrow(0, 0, channels).copy_(bias);
+  return padded;
+}
+
 // A 1x1 conv, no epilogue, as one GEMM over every output pixel: [N*Ho*Wo, C_in] x w_t ([C_in, C_out]),
 // written into a fresh NHWC tensor.
 inline at::Tensor gemm_conv(const at::Tensor& x_nhwc, const at::Tensor& w_t, const ConvGeometry& g) {
@@ -86,7 +95,7 @@ inline at::Tensor gemm_conv(const at::Tensor& x_nhwc, const at::Tensor& w_t, con
 
 // Layouts of a cached folded weight (FoldKey::layout).
 enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1, kWinogradLayout = 2, kGemmLayout = 3,
-                        kGemmTilesLayout = 4 };
+                        kGemmTilesLayout = 4, kStemTilesLayout = 5 };
 
 // The cache key of this call's folded weight, or nullopt where the cache is turned off or a
 // tensor has no version counter (an inference tensor).
@@ -189,22 +198,26 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       epilogue_in_place(out, ones.data(), shift.data());
       return out;
     }
-    if (kernel == ConvKernel::kGemmTiles) {  // float32 only (gemm_tiles_apply)
+    if (kernel == ConvKernel::kGemmTiles || kernel == ConvKernel::kStemTiles) {  // float32 only (*_apply)
       at::Tensor out;
       if constexpr (std::is_same_v<T, float>) {
-        auto make = [&] {  // the bias padded to whole vectors: the tiles load it so
+        const bool stem = kernel == ConvKernel::kStemTiles;
+        auto make = [&] {
           auto [folded, folded_bias] = fold();
-          at::Tensor padded = at::zeros({(g.out_c + 15) / 16 * 16}, folded_bias.options());
-          padded.narrow(0, 0, g.out_c).copy_(folded_bias);
-          return FoldedWeights{pack_gemm_tiles_weight(folded), padded};
+          return FoldedWeights{stem ? pack_stem_tiles_weight(folded) : pack_gemm_tiles_weight(folded),
+                               padded_to_vectors(folded_bias, g.out_c)};
         };
         const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-                                                    g, eps, kGemmTilesLayout);
+                                                    g, eps, stem ? kStemTilesLayout : kGemmTilesLayout);
         const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
         out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-        gemm_1x1_tiles(xc.const_data_ptr<float>(), g.batch, g.in_h, g.in_w, g.in_c, g.stride,
-                       w.packed_weight.const_data_ptr<float>(), w.bias.const_data_ptr<float>(), rp,
-                       out.data_ptr<float>(), g.out_c, relu);
+        if (stem)
+          stem_conv_tiles(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(),
+                          w.bias.const_data_ptr<float>(), rp, out.data_ptr<float>(), relu);
+        else
+          gemm_1x1_tiles(xc.const_data_ptr<float>(), g.batch, g.in_h, g.in_w, g.in_c, g.stride,
+                         w.packed_weight.const_data_ptr<float>(), w.bias.const_data_ptr<float>(), rp,
+                         out.data_ptr<float>(), g.out_c, relu);
       }
       return out;
     }
@@ -281,6 +294,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
     const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type()) ? ConvKernel::kNarrow
                             : use_winograd_kernel(g, x.scalar_type())  ? ConvKernel::kWinograd
                             : use_gemm_tiles(g, x.scalar_type())       ? ConvKernel::kGemmTiles
+                            : use_stem_tiles(g, x.scalar_type())       ? ConvKernel::kStemTiles
                             : use_gemm_kernel(g, x.scalar_type())      ? ConvKernel::kGemm
                                                                         : ConvKernel::kOneDnn;
     const ConvKernel kernel = choose_conv_kernel(ConvPass::kEval, x.scalar_type(), g, relu, res.defined(),
@@ -346,6 +360,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
         return out;
       }
       at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+      if (kernel == ConvKernel::kStemTiles) {  // float32 only (stem_tiles_apply)
+        if constexpr (std::is_same_v<T, float>) {
+          const at::Tensor b = bias.defined() ? bias : at::zeros({g.out_c}, weight.options());
+          stem_conv_tiles(g, xc.const_data_ptr<float>(), pack_stem_tiles_weight(weight).const_data_ptr<float>(),
+                          padded_to_vectors(b, g.out_c).const_data_ptr<float>(), nullptr, out.data_ptr<float>(),
+                          false);
+        }
+        return out;
+      }
       if constexpr (std::is_same_v<T, c10::BFloat16>) {
         const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
         grouped_conv_narrow_bf16(g, xc.const_data_ptr<c10::BFloat16>(),
@@ -365,6 +388,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     };
     const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type())  ? ConvKernel::kNarrow
                             : use_winograd_per_call(g, x.scalar_type()) ? ConvKernel::kWinograd
+                            : use_stem_tiles(g, x.scalar_type())        ? ConvKernel::kStemTiles
                             : use_gemm_kernel(g, x.scalar_type())       ? ConvKernel::kGemm
                                                                          : ConvKernel::kOneDnn;
     z = conv(choose_conv_kernel(ConvPass::kTrainForward, x.scalar_type(), g, /*relu=*/false, /*residual=*/false,

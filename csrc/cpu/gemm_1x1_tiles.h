@@ -74,25 +74,35 @@ inline at::Tensor pack_gemm_tiles_weight(const at::Tensor& folded) {
 #if defined(__AVX512F__)
 namespace gemm_tiles {
 
+// Where a row's reduction of length count x length reads its input: `count` runs of `length`
+// consecutive values, `pitch` apart (a 1x1 conv: one run of C_in; a KxK conv with few input
+// channels, stem_conv_tiles.h: K runs of K * C_in, one per kernel row).
+struct Runs {
+  int64_t count, length, pitch;
+};
+
 // Rows r0 .. r0+MR-1 (their inputs at x[r]) times the block's NV vectors; `last` masks the
 // block's last vector (the channels past C_out).
 template <int MR, int NV>
-inline void tile(const float* const (&x)[MR], int64_t in_c, const float* panel, const float* bias,
+inline void tile(const float* const (&x)[MR], const Runs& runs, const float* panel, const float* bias,
                  const float* residual, float* y, int64_t out_c, __mmask16 last, bool relu) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 24
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < in_c; ++k) {
-    __m512 w[NV];
+  for (int64_t run = 0; run < runs.count; ++run, panel += runs.length * NV * kLanes) {
+    const int64_t offset = run * runs.pitch;
+    for (int64_t k = 0; k < runs.length; ++k) {
+      __m512 w[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(panel + (k * NV + v) * kLanes);
+      for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(panel + (k * NV + v) * kLanes);
 #pragma GCC unroll 24
-    for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(x[r][k]);
+      for (int r = 0; r < MR; ++r) {
+        const __m512 a = _mm512_set1_ps(x[r][offset + k]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
+      }
     }
   }
   const __m512 zero = _mm512_setzero_ps();
@@ -138,16 +148,17 @@ template <int NV>
 inline void block_rows(const InputRows& input, const float* panel, const float* bias, const float* residual,
                        float* y, int64_t out_c, __mmask16 last, bool relu, int64_t r0, int64_t r1) {
   constexpr int MR = rows_per_tile<NV>();
+  const Runs runs{1, input.in_c, 0};
   int64_t r = r0;
   const auto at = [&](const float* base, int64_t row, int64_t stride) { return base ? base + row * stride : nullptr; };
   for (; r + MR <= r1; r += MR) {
     const float* x[MR];
     tile_inputs(input, r, x);
-    tile<MR, NV>(x, input.in_c, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
+    tile<MR, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
   }
   for (; r < r1; ++r) {
     const float* x[1] = {input(r)};
-    tile<1, NV>(x, input.in_c, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
+    tile<1, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
   }
 }
 

@@ -112,6 +112,10 @@ def pool_linear_applies(x, weight, bias):
     return weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
 
 
+def channel_count_message(in_channels, x):
+    return f"FusedConvBNAct: x must have {in_channels} channels (the conv's in_channels), got shape {list(x.shape)}"
+
+
 def _key(tensors):
     # A new storage (.to(), load_state_dict(assign=True), a dtype change) moves data_ptr; an
     # in-place write (optimizer step, copy_) bumps _version.
@@ -180,8 +184,7 @@ class FoldedConv(_OneEntryCache):
         if weight is None:
             # Once per input shape: oneDNN's own refusal of a wrong channel count names nothing.
             if x.shape[1] != folded.shape[1] * groups:
-                raise ValueError(f"FusedConvBNAct: x must have {folded.shape[1] * groups} channels (the "
-                                 f"conv's in_channels), got shape {list(x.shape)}")
+                raise ValueError(channel_count_message(folded.shape[1] * groups, x))
             weight = _PACK(folded, pads, strides, [1, 1], groups, list(x.shape))
             self._entry = (key, folded, bias, _with_newest(packed_by_shape, shape, weight, self.MAX_SHAPES))
         if x.dtype != dtype:

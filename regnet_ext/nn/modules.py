@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._extension import (compiled_with_narrow_group_bf16_kernel, compiled_with_narrow_group_kernel,
-                          compiled_with_winograd_kernel)
+from .._extension import (compiled_with_gemm_tiles_kernel, compiled_with_narrow_group_bf16_kernel,
+                          compiled_with_narrow_group_kernel, compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
 from . import conv_pair, folded_inference
 from .folded_inference import hooked
@@ -118,10 +118,16 @@ def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
     bfloat16 too where the build has grouped_conv_narrow_bf16.h), or a 3x3 stride-1 conv with a multiple
     of 8 channels per group from 32 to 64, or 120 or 128 (Winograd,
     csrc/cpu/grouped_conv_winograd.h; float32); for 1x1 ungrouped convs one whole-tensor GEMM
-    (float32, bfloat16; the autotuner's choice, csrc/cpu/conv_bn_act_cpu.h)."""
+    (float32, bfloat16; the autotuner's choice, csrc/cpu/conv_bn_act_cpu.h) or our GEMM tiles;
+    for the stem (ungrouped, at most 4 input channels) our stem tiles (csrc/cpu/stem_conv_tiles.h,
+    float32, AVX-512: at batch 1 RegNetY-400MF's stem took 0.19 ms against 0.33 ms through the
+    packed oneDNN conv, and the whole forward 6.35 against 6.59 ms)."""
     if groups == 1:
         plain_gemm = conv.kernel_size == (1, 1) and padding == 0
-        return frozenset({torch.float32, torch.bfloat16}) if plain_gemm else frozenset()
+        if plain_gemm:
+            return frozenset({torch.float32, torch.bfloat16})
+        stem = conv.in_channels <= 4 and conv.kernel_size[0] > 1 and compiled_with_gemm_tiles_kernel()
+        return frozenset({torch.float32}) if stem else frozenset()
     width = conv.in_channels // groups
     if conv.out_channels != conv.in_channels:
         return frozenset()
@@ -244,6 +250,8 @@ class FusedConvBNAct(_HoldsStock):
         weight cache, our kernels) takes tensors of one dtype; otherwise, as under autocast
         (float32 parameters, bfloat16 activations), the cached fold casts them."""
         if dtype in self._own_cpu_kernel_dtypes and _all_of_dtype(dtype, x, *params):
+            if x.shape[1] != params[0].shape[1] * self.groups:  # (the packed path checks it too)
+                raise ValueError(folded_inference.channel_count_message(params[0].shape[1] * self.groups, x))
             return _EVAL_OP(x, *params, residual, self.stride, self.padding, self.groups, float(eps), relu)
         return self._folded(params, eps, x, residual, relu, self.stride, self.padding, self.groups, dtype)
 

@@ -3,7 +3,8 @@
 Where oneDNN and our kernels can both compute a conv (grouped: 8 or 16 channels per group in
 float32 with AVX-512 or AVX2+FMA, or in bfloat16 on CPUs with AVX512-BF16; 32 to 128 at stride 1
 for Winograd, float32, with AVX-512; 1x1: our GEMM tiles in eval, float32, with AVX-512, and the
-whole-tensor GEMM for small ones), the first call of each shape times the candidates and the
+whole-tensor GEMM for small ones; KxK with at most 4 input channels, a stem: our stem tiles in eval
+and the training forward, float32, with AVX-512), the first call of each shape times the candidates and the
 process keeps the fastest, as torch.backends.cudnn.benchmark does on GPUs: for the eval and
 training forward (oneDNN or ours), and for the backward (which of oneDNN, our weight-gradient
 tiles and Winograd compute the two gradients). It is on unless
@@ -27,7 +28,8 @@ def cpu_conv_autotune_records():
     eval epilogue's; False for the other passes, whose timing covers the conv alone), threads
     (torch's intra-op thread count, part of the key: a new count times again), chosen and
     median_us (each candidate's median time in microseconds, by name: "onednn", "narrow",
-    "winograd", "gemm" (small 1x1 convs), "gemm_tiles" (1x1 convs in eval, AVX-512), or for the
+    "winograd", "gemm" (small 1x1 convs), "gemm_tiles" (1x1 convs in eval, AVX-512), "stem_tiles"
+    (convs with at most 4 input channels, AVX-512), or for the
     backward "onednn_input_grad+own_weight_grad" and the like)."""
     records = _C.cpu_conv_autotune_records()
     for r in records:
