@@ -87,9 +87,10 @@ std::vector<acc_t<T>> conv_weight_grad(const ConvGeometry& g, const T* x, const 
   using A = acc_t<T>;
   const int64_t size = g.groups * g.kernel * g.kernel * g.in_c_per_group * g.out_c_per_group;
   const int64_t rows = g.batch * g.out_h, chunks = chunk_count(rows);
-  std::vector<A> partial(chunks * size, A(0));
+  const int64_t stride = chunk_stride<A>(size);
+  std::vector<A> partial(chunks * stride, A(0));
   for_each_chunk(rows, chunks, [&](int64_t chunk, int64_t row0, int64_t row1) {
-    A* buf = partial.data() + chunk * size;
+    A* buf = partial.data() + chunk * stride;
     using V = lane_t<A, COB>;
     V acc[CIB];
     for (int64_t row = row0; row < row1; ++row) {
@@ -111,7 +112,7 @@ std::vector<acc_t<T>> conv_weight_grad(const ConvGeometry& g, const T* x, const 
     }
   });
   for (int64_t chunk = 1; chunk < chunks; ++chunk)
-    for (int64_t i = 0; i < size; ++i) partial[i] += partial[chunk * size + i];
+    for (int64_t i = 0; i < size; ++i) partial[i] += partial[chunk * stride + i];
   partial.resize(size);
   return partial;
 }
@@ -145,10 +146,11 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const T* yp = relu ? yc.const_data_ptr<T>() : nullptr;
   const T* zp = training ? zc.data_ptr<T>() : nullptr;
   const int64_t grain = pass_grain(C), chunks = chunk_count((pixels + grain - 1) / grain);
-  std::vector<A> sum_g(chunks * C, A(0)), sum_gx(chunks * C, A(0));
+  const int64_t stride = chunk_stride<A>(C);
+  std::vector<A> sum_g(chunks * stride, A(0)), sum_gx(chunks * stride, A(0));
   for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t p0, int64_t p1) {
-    A* sg = sum_g.data() + chunk * C;
-    A* sgx = sum_gx.data() + chunk * C;
+    A* sg = sum_g.data() + chunk * stride;
+    A* sgx = sum_gx.data() + chunk * stride;
     const auto rows_of = [&](auto* base) { return base ? base + p0 * C : nullptr; };
     passes::relu_grad_sums(rows_of(gp), dyp + p0 * C, rows_of(yp), rows_of(zp), mean.data(), invstd.data(),
                            p1 - p0, C, relu, sg, sgx);
@@ -157,7 +159,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   for (int64_t c = 0; c < C; ++c) {
     sums[c] = {sum_g[c], sum_gx[c]};
     for (int64_t chunk = 1; chunk < chunks; ++chunk)
-      kernels::bn_grad_sums_merge(sums[c], kernels::BnGradSums<A>{sum_g[chunk * C + c], sum_gx[chunk * C + c]});
+      kernels::bn_grad_sums_merge(sums[c],
+                                  kernels::BnGradSums<A>{sum_g[chunk * stride + c], sum_gx[chunk * stride + c]});
   }
 
   // Training: dz from the batch-statistics backward (pass 2); eval: the conv sees g itself.

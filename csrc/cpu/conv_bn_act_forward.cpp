@@ -346,6 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   // Pass 1: z and its per-channel moments, per chunk.
   int64_t chunks;
   std::vector<MomentStats<A>> stats;
+  const int64_t stride = chunk_stride<MomentStats<A>>(g.out_c);
   const bool gemm = use_blocked_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
   if (gemm || tiles) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
@@ -403,9 +404,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     const int64_t row_block = gemm ? gemm_row_block(pixels, g.in_c, g.out_c, x.element_size())
                                    : std::min(kGemmRowBlock, pass_grain(g.out_c));
     chunks = chunk_count((pixels + row_block - 1) / row_block);
-    stats.assign(chunks * g.out_c, kernels::moment_stats_empty<A>());
+    stats.assign(chunks * stride, kernels::moment_stats_empty<A>());
     for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t r_begin, int64_t r_end) {
-      MomentStats<A>* cs = stats.data() + chunk * g.out_c;
+      MomentStats<A>* cs = stats.data() + chunk * stride;
       std::vector<A> mean(g.out_c), m2(g.out_c);
       for (int64_t r0 = r_begin; r0 < r_end; r0 += row_block) {
         const int64_t r1 = std::min(r_end, r0 + row_block), nr = r1 - r0;
@@ -429,11 +430,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     const T* xp = xc.data_ptr<T>();
     const int64_t rows = g.batch * g.out_h;
     chunks = chunk_count(rows);
-    stats.assign(chunks * g.out_c, kernels::moment_stats_empty<A>());
+    stats.assign(chunks * stride, kernels::moment_stats_empty<A>());
     dispatch_block(channel_block(g.out_c_per_group), [&](auto block) {
       constexpr int COB = decltype(block)::value;
       for_each_chunk(rows, chunks, [&](int64_t chunk, int64_t row0, int64_t row1) {
-        MomentStats<A>* cs = stats.data() + chunk * g.out_c;
+        MomentStats<A>* cs = stats.data() + chunk * stride;
         conv_rows<COB>(g, xp, wp, row0, row1,
                        [&](int64_t n, int64_t ho, int64_t wo0, int npix, int64_t co,
                            const auto& acc) {
@@ -460,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   std::vector<A> scale(g.out_c), shift(g.out_c);
   for (int64_t c = 0; c < g.out_c; ++c) {
     MomentStats<A> total = stats[c];
-    for (int64_t chunk = 1; chunk < chunks; ++chunk) kernels::chan_merge(total, stats[chunk * g.out_c + c]);
+    for (int64_t chunk = 1; chunk < chunks; ++chunk) kernels::chan_merge(total, stats[chunk * stride + c]);
     const A v = kernels::biased_variance(total);
     mean.data_ptr<A>()[c] = total.mean;
     var.data_ptr<A>()[c] = v;
