@@ -77,10 +77,11 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
-// A bias [C] as float32 padded with zeros to whole vectors of 16: the tiles load it so.
-inline at::Tensor padded_to_vectors(const at::Tensor& bias, int64_t channels) {
-  at::Tensor padded = at::zeros({(channels + 15) / 16 * 16}, bias.options().dtype(at::kFloat));
-  padded.narrow(0, 0, channels).copy_(bias);
+// A bias [C] (undefined: none) as float32 padded with zeros to whole vectors of 16: the tiles
+// load it so.
+inline at::Tensor padded_to_vectors(const at::Tensor& bias, int64_t channels, const at::TensorOptions& options) {
+  at::Tensor padded = at::zeros({(channels + 15) / 16 * 16}, options.dtype(at::kFloat));
+  if (bias.defined()) padded.narrow(0, 0, channels).copy_(bias);
   return padded;
 }
 
@@ -205,7 +206,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
         auto make = [&] {
           auto [folded, folded_bias] = fold();
           return FoldedWeights{stem ? pack_stem_tiles_weight(folded) : pack_gemm_tiles_weight(folded),
-                               padded_to_vectors(folded_bias, g.out_c)};
+                               padded_to_vectors(folded_bias, g.out_c, folded_bias.options())};
         };
         const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                                     g, eps, stem ? kStemTilesLayout : kGemmTilesLayout);
@@ -363,10 +364,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
       at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
       if (kernel == ConvKernel::kStemTiles) {  // float32 only (stem_tiles_apply)
         if constexpr (std::is_same_v<T, float>) {
-          const at::Tensor b = bias.defined() ? bias : at::zeros({g.out_c}, weight.options());
           stem_conv_tiles(g, xc.const_data_ptr<float>(), pack_stem_tiles_weight(weight).const_data_ptr<float>(),
-                          padded_to_vectors(b, g.out_c).const_data_ptr<float>(), nullptr, out.data_ptr<float>(),
-                          false);
+                          padded_to_vectors(bias, g.out_c, weight.options()).const_data_ptr<float>(), nullptr,
+                          out.data_ptr<float>(), false);
         }
         return out;
       }

@@ -112,10 +112,6 @@ def pool_linear_applies(x, weight, bias):
     return weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
 
 
-def channel_count_message(in_channels, x):
-    return f"FusedConvBNAct: x must have {in_channels} channels (the conv's in_channels), got shape {list(x.shape)}"
-
-
 def _key(tensors):
     # A new storage (.to(), load_state_dict(assign=True), a dtype change) moves data_ptr; an
     # in-place write (optimizer step, copy_) bumps _version.
@@ -181,10 +177,7 @@ class FoldedConv(_OneEntryCache):
         _, folded, bias, packed_by_shape = entry
         shape = tuple(x.shape)  # batch included: oneDNN packs for one input shape
         weight = packed_by_shape.get(shape)
-        if weight is None:
-            # Once per input shape: oneDNN's own refusal of a wrong channel count names nothing.
-            if x.shape[1] != folded.shape[1] * groups:
-                raise ValueError(channel_count_message(folded.shape[1] * groups, x))
+        if weight is None:  # (the caller, FusedConvBNAct, has checked x's channel count)
             weight = _PACK(folded, pads, strides, [1, 1], groups, list(x.shape))
             self._entry = (key, folded, bias, _with_newest(packed_by_shape, shape, weight, self.MAX_SHAPES))
         if x.dtype != dtype:

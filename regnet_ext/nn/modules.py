@@ -111,6 +111,9 @@ def set_submodule(root, path, module):
     parent._modules[name] = module
 
 
+_STEM_MAX_IN_CHANNELS = 4  # kStemMaxInChannels, csrc/cpu/stem_conv_tiles.h
+
+
 def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
     """The dtypes in which the operator may run one of our kernels for this layer (it decides
     per call, and caches the weight packed for that kernel itself): for grouped convs our
@@ -126,7 +129,8 @@ def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
         plain_gemm = conv.kernel_size == (1, 1) and padding == 0
         if plain_gemm:
             return frozenset({torch.float32, torch.bfloat16})
-        stem = conv.in_channels <= 4 and conv.kernel_size[0] > 1 and compiled_with_gemm_tiles_kernel()
+        stem = (conv.in_channels <= _STEM_MAX_IN_CHANNELS and conv.kernel_size[0] > 1
+                and compiled_with_gemm_tiles_kernel())
         return frozenset({torch.float32}) if stem else frozenset()
     width = conv.in_channels // groups
     if conv.out_channels != conv.in_channels:
@@ -249,9 +253,11 @@ class FusedConvBNAct(_HoldsStock):
         weight and bias, BN weight, bias, running mean and variance. The operator (its own
         weight cache, our kernels) takes tensors of one dtype; otherwise, as under autocast
         (float32 parameters, bfloat16 activations), the cached fold casts them."""
+        in_channels = params[0].shape[1] * self.groups
+        if x.shape[1] != in_channels:  # oneDNN's own refusal (the packed path) names nothing
+            raise ValueError(f"FusedConvBNAct: x must have {in_channels} channels (the conv's in_channels), "
+                             f"got shape {list(x.shape)}")
         if dtype in self._own_cpu_kernel_dtypes and _all_of_dtype(dtype, x, *params):
-            if x.shape[1] != params[0].shape[1] * self.groups:  # (the packed path checks it too)
-                raise ValueError(folded_inference.channel_count_message(params[0].shape[1] * self.groups, x))
             return _EVAL_OP(x, *params, residual, self.stride, self.padding, self.groups, float(eps), relu)
         return self._folded(params, eps, x, residual, relu, self.stride, self.padding, self.groups, dtype)
 
