@@ -161,3 +161,26 @@ def test_clear_forgets(autotune):
     assert len(cpu_conv_autotune_records()) == (1 if HAVE_NARROW else 0)
     clear_cpu_conv_autotune()
     assert cpu_conv_autotune_records() == []
+
+
+def _median_without_faulted_rounds(rounds, faults):
+    kept = [t for t, f in zip(rounds, faults) if f == 0] or rounds
+    return sorted(kept)[len(kept) // 2]
+
+
+@pytest.mark.parametrize("size", [14, 56], ids=["small", "large_output"])
+def test_each_median_leaves_out_rounds_that_took_page_faults(autotune, size):
+    # The 56px output (1.6 MB) is where the heap grows into fresh pages during the first rounds.
+    case = make_case(2, 48, 64, size, 1, 1, 1, channels_last=True, residual=True, seed=size)
+    _run_and_compare(case, stride=1, groups=1, training=True, relu=True)
+    _eval_call(case, 1)
+    records = cpu_conv_autotune_records()
+    assert sorted(r["pass"] for r in records) == ["backward", "eval", "train_forward"]
+    for r in records:
+        assert set(r["rounds_us"]) == set(r["round_faults"]) == set(r["median_us"])
+        for name, rounds in r["rounds_us"].items():
+            faults = r["round_faults"][name]
+            assert 3 <= len(rounds) == len(faults) <= 15
+            assert all(t > 0 for t in rounds) and all(isinstance(f, int) and f >= 0 for f in faults)
+            assert r["median_us"][name] == pytest.approx(_median_without_faulted_rounds(rounds, faults), rel=1e-12)
+        assert r["chosen"] == min(r["median_us"], key=r["median_us"].get)

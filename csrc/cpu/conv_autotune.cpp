@@ -21,10 +21,48 @@ PyObject* record_dict(const ConvAutotuneRecord& r) {
   if (d == nullptr) return nullptr;
   const kernels::ConvGeometry& g = r.geometry;
   const std::string_view dtype = c10::getDtypeNames(r.dtype).first;  // torch's name, e.g. "float32"
-  PyObject* times = PyDict_New();
-  bool ok = times != nullptr;
-  for (const auto& [kernel, us] : r.median_us)
-    ok = ok && set_item(times, conv_kernel_name(kernel), PyFloat_FromDouble(us));
+  // Per candidate, by kernel name: the median, every round's time and page faults.
+  PyObject* medians = PyDict_New();
+  PyObject* rounds = PyDict_New();
+  PyObject* faults = PyDict_New();
+  bool ok = medians != nullptr && rounds != nullptr && faults != nullptr;
+  for (const auto& c : r.candidates) {
+    const char* name = conv_kernel_name(c.kernel);
+    PyObject* times = ok ? PyList_New(static_cast<Py_ssize_t>(c.rounds_us.size())) : nullptr;
+    PyObject* counts = ok ? PyList_New(static_cast<Py_ssize_t>(c.round_faults.size())) : nullptr;
+    ok = ok && times != nullptr && counts != nullptr;
+    for (size_t i = 0; ok && i < c.rounds_us.size(); ++i) {
+      PyObject* t = PyFloat_FromDouble(c.rounds_us[i]);
+      PyObject* f = PyLong_FromLongLong(c.round_faults[i]);
+      ok = t != nullptr && f != nullptr;
+      if (ok) {  // PyList_SET_ITEM takes the references
+        PyList_SET_ITEM(times, static_cast<Py_ssize_t>(i), t);
+        PyList_SET_ITEM(counts, static_cast<Py_ssize_t>(i), f);
+      } else {
+        Py_XDECREF(t);
+        Py_XDECREF(f);
+      }
+    }
+    if (!ok) {
+      Py_XDECREF(times);
+      Py_XDECREF(counts);
+      break;
+    }
+    ok = set_item(medians, name, PyFloat_FromDouble(c.median_us));
+    ok = set_item(rounds, name, times) && ok;
+    ok = set_item(faults, name, counts) && ok;
+  }
+  if (!ok) {
+    Py_XDECREF(medians);
+    Py_XDECREF(rounds);
+    Py_XDECREF(faults);
+    Py_DECREF(d);
+    return nullptr;
+  }
+  // set_item takes the three references from here on, whether or not it succeeds.
+  ok = set_item(d, "median_us", medians);
+  ok = set_item(d, "rounds_us", rounds) && ok;
+  ok = set_item(d, "round_faults", faults) && ok;
   ok = ok && set_item(d, "pass", PyUnicode_FromString(conv_pass_name(r.pass))) &&
        set_item(d, "dtype", PyUnicode_FromStringAndSize(dtype.data(), static_cast<Py_ssize_t>(dtype.size()))) &&
        set_item(d, "x_shape", Py_BuildValue("(LLLL)", (long long)g.batch, (long long)g.in_c, (long long)g.in_h,
@@ -34,9 +72,8 @@ PyObject* record_dict(const ConvAutotuneRecord& r) {
        set_item(d, "padding", PyLong_FromLongLong(g.padding)) && set_item(d, "groups", PyLong_FromLongLong(g.groups)) &&
        set_item(d, "relu", PyBool_FromLong(r.relu)) && set_item(d, "residual", PyBool_FromLong(r.residual)) &&
        set_item(d, "threads", PyLong_FromLong(r.threads)) &&
-       set_item(d, "chosen", PyUnicode_FromString(conv_kernel_name(r.chosen))) && set_item(d, "median_us", times);
+       set_item(d, "chosen", PyUnicode_FromString(conv_kernel_name(r.chosen)));
   if (!ok) {
-    Py_XDECREF(times);
     Py_DECREF(d);
     return nullptr;
   }

@@ -30,7 +30,10 @@ def cpu_conv_autotune_records():
     median_us (each candidate's median time in microseconds, by name: "onednn", "narrow",
     "winograd", "gemm" (small 1x1 convs), "gemm_tiles" (1x1 convs in eval, AVX-512), "stem_tiles"
     (convs with at most 4 input channels, AVX-512), or for the
-    backward "onednn_input_grad+own_weight_grad" and the like)."""
+    backward "onednn_input_grad+own_weight_grad" and the like); rounds_us and round_faults (by
+    the same names: each timed round, and the page faults the process took during it). A median
+    leaves out the rounds that took page faults where the candidate has rounds without: those
+    time the heap's growth into fresh pages, which only the first calls pay."""
     records = _C.cpu_conv_autotune_records()
     for r in records:
         r["dtype"] = getattr(torch, r["dtype"])  # torch's own name of it, e.g. "float32"
