@@ -79,13 +79,15 @@ def test_output_keeps_input_memory_format(layout):
     assert dx.shape == x.shape
 
 
+@pytest.mark.parametrize("channels", [64, 40])
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
-def test_small_batch_splits_pixels_across_threads(threads):
-    # N < threads: pooling is split into pixel chunks whose partial sums are merged.
+def test_small_batch_splits_pixels_across_threads(threads, channels):
+    # N < threads: pooling is split into pixel chunks whose partial sums are merged (their rows
+    # padded to whole cache lines: 40 channels are not a whole number of them).
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        inputs = make_inputs(1, 64, 29, 31, 16)
+        inputs = make_inputs(1, channels, 29, 31, channels // 4)
         grad_y = torch.randn(inputs[0].shape)
         y, got = grads(squeeze_excite, inputs, grad_y)
     finally:

@@ -106,13 +106,13 @@ REGNET_HD void se_pool_and_gate_grad_partial(const T* x, const T* dy, int64_t pi
   }
 }
 
-// out[c] = sum over `count` partial rows (row stride `channels`) of partial[k][c], times `scale`.
+// out[c] = sum over `count` partial rows (`row_stride` apart) of partial[k][c], times `scale`.
 template <typename A>
-REGNET_HD void se_merge_partials(const A* partials, int64_t count, int64_t channels, A scale,
-                                 A* out) {
+REGNET_HD void se_merge_partials(const A* partials, int64_t count, int64_t channels, int64_t row_stride,
+                                 A scale, A* out) {
   for (int64_t c = 0; c < channels; ++c) {
     A acc = A(0);
-    for (int64_t k = 0; k < count; ++k) acc = se_pool_step(acc, partials[k * channels + c]);
+    for (int64_t k = 0; k < count; ++k) acc = se_pool_step(acc, partials[k * row_stride + c]);
     out[c] = acc * scale;
   }
 }
