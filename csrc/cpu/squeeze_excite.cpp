@@ -232,15 +232,14 @@ struct Schedule {
   int64_t chunks;  // batch schedule, channels_last: pixel chunks per sample (else 1)
 };
 
-// Floats (of the accumulation type A) between the rows of per-task partial sums. channels_last:
+// Elements (of acc_bytes each) between the rows of per-task partial sums. channels_last:
 // whole cache lines, so that no line holds two tasks' sums (each task updates its row in place
 // every two pixel rows; against rows packed back to back, interleaved, batch 1, 2-core AMD EPYC
 // VM, 2026-12-05: the whole op 1.36-1.37x faster at 40 and 56 channels (56px), 1.17x at 104
 // and 120 (28px), unchanged where the rows were whole lines already or the sample not split).
 // NCHW: each plane's sum is written once, so rows stay packed.
-template <typename A>
-int64_t partial_row_stride(const SeShape& s) {
-  constexpr int64_t line = 64 / sizeof(A);
+int64_t partial_row_stride(const SeShape& s, int64_t acc_bytes) {
+  const int64_t line = 64 / acc_bytes;
   return s.channels_last ? (s.channels + line - 1) / line * line : s.channels;
 }
 
@@ -395,7 +394,7 @@ void squeeze_excite_into(const at::Tensor& x, const SeShape& s, const at::Tensor
   const AccWeights weights(w1_in, b1_in, w2_in, b2_in, s, acc);
   const Schedule sched = choose_schedule(s, x.element_size(), at::elementSize(acc));
   const auto opts = x.options().dtype(acc);
-  const int64_t row = acc == at::kDouble ? partial_row_stride<double>(s) : partial_row_stride<float>(s);
+  const int64_t row = partial_row_stride(s, at::elementSize(acc));
   at::Tensor partial = at::empty({s.batch * sched.chunks, row}, opts);
   at::Tensor mean = at::empty({s.batch, s.channels}, opts);
   at::Tensor z = at::empty({s.batch, s.hidden}, opts);
@@ -498,7 +497,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
   const AccWeights weights(w1_in, b1_in, w2_in, b2_in, s, acc);
   const Schedule sched = choose_schedule(s, x.element_size(), at::elementSize(acc));
   const int64_t rows = s.batch * sched.chunks;
-  const int64_t row = acc == at::kDouble ? partial_row_stride<double>(s) : partial_row_stride<float>(s);
+  const int64_t row = partial_row_stride(s, at::elementSize(acc));
   at::Tensor pool_partial = at::empty({rows, row}, opts);
   at::Tensor dgate_partial = at::empty({rows, row}, opts);
   at::Tensor mean = at::empty({s.batch, s.channels}, opts);
