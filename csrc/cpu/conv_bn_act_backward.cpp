@@ -87,7 +87,7 @@ std::vector<acc_t<T>> conv_weight_grad(const ConvGeometry& g, const T* x, const 
   using A = acc_t<T>;
   const int64_t size = g.groups * g.kernel * g.kernel * g.in_c_per_group * g.out_c_per_group;
   const int64_t rows = g.batch * g.out_h, chunks = chunk_count(rows);
-  const int64_t stride = chunk_stride<A>(size);
+  const int64_t stride = chunk_stride(size, sizeof(A));
   std::vector<A> partial(chunks * stride, A(0));
   for_each_chunk(rows, chunks, [&](int64_t chunk, int64_t row0, int64_t row1) {
     A* buf = partial.data() + chunk * stride;
@@ -146,7 +146,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const T* yp = relu ? yc.const_data_ptr<T>() : nullptr;
   const T* zp = training ? zc.data_ptr<T>() : nullptr;
   const int64_t grain = pass_grain(C), chunks = chunk_count((pixels + grain - 1) / grain);
-  const int64_t stride = chunk_stride<A>(C);
+  const int64_t stride = chunk_stride(C, sizeof(A));
   std::vector<A> sum_g(chunks * stride, A(0)), sum_gx(chunks * stride, A(0));
   for_each_chunk(pixels, chunks, [&](int64_t chunk, int64_t p0, int64_t p1) {
     A* sg = sum_g.data() + chunk * stride;

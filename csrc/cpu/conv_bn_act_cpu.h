@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "cpu/chunk_stride.h"
 #include "cpu/conv_autotune.h"
 #include "cpu/gemm_1x1_tiles.h"
 #include "cpu/grouped_conv_narrow.h"
@@ -365,20 +366,6 @@ inline int64_t pass_grain(int64_t channels) {
 // per-chunk partial sums merge in the same order on every run.
 inline int64_t chunk_count(int64_t items) {
   return std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
-}
-
-// Elements between the starts of neighbouring chunks' partial results in one buffer: `size`
-// values and then at least a cache line (64 bytes) of spare, so that no cache line holds values
-// of two chunks, which two threads would write at once (false sharing). Packed back to back, the
-// backward's pass 1 for 128 channels (batch 8, 56px; partial sums updated in L1 row by row) took
-// 2.7 ms on two threads and 0.64 ms on one (2-core AMD EPYC VM), as malloc happened to place the
-// buffer. Padded, interleaved against packed in one process: training rows of the kernel
-// benchmark 1.00-1.05x (32 -> 128 channels 1x1 stride 2 at 112px, batch 8: 9.31 vs 9.48 ms),
-// whole fused training steps at batch 8 1.008x (RegNetX-400MF) and 1.004x (RegNetY-400MF).
-template <typename A>
-constexpr int64_t chunk_stride(int64_t size) {
-  constexpr int64_t line = (64 + sizeof(A) - 1) / sizeof(A);
-  return size + line;
 }
 
 template <typename F>

@@ -347,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   // Pass 1: z and its per-channel moments, per chunk.
   int64_t chunks;
   std::vector<MomentStats<A>> stats;
-  const int64_t stride = chunk_stride<MomentStats<A>>(g.out_c);
+  const int64_t stride = chunk_stride(g.out_c, sizeof(MomentStats<A>));
   const bool gemm = use_blocked_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
   if (gemm || tiles) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -162,6 +163,18 @@ inline void block_rows(const InputRows& input, const float* panel, const float* 
   }
 }
 
+// body(std::integral_constant<int, NV>) for a block's vector count nv (1-4, block_of): each NV
+// compiles its own tiles.
+template <typename Body>
+inline void with_block_vectors(int nv, const Body& body) {
+  switch (nv) {
+    case 4: body(std::integral_constant<int, 4>{}); break;
+    case 3: body(std::integral_constant<int, 3>{}); break;
+    case 2: body(std::integral_constant<int, 2>{}); break;
+    default: body(std::integral_constant<int, 1>{}); break;
+  }
+}
+
 }  // namespace gemm_tiles
 #endif
 
@@ -191,12 +204,9 @@ inline void gemm_1x1_tiles(const float* x, int64_t batch, int64_t in_h, int64_t 
         const __mmask16 mask = v0 + nv == vectors ? last : __mmask16(0xFFFF);
         const int64_t c0 = v0 * kLanes;
         const float* res = residual ? residual + c0 : nullptr;
-        switch (nv) {
-          case 4: block_rows<4>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
-          case 3: block_rows<3>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
-          case 2: block_rows<2>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
-          default: block_rows<1>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1); break;
-        }
+        with_block_vectors(nv, [&](auto vectors) {
+          block_rows<decltype(vectors)::value>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1);
+        });
       }
     }
   });

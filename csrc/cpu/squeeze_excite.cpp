@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "cpu/channel_sums.h"
+#include "cpu/chunk_stride.h"
 #include "kernels/squeeze_excite.h"
 
 namespace regnet_ext::cpu {
@@ -232,15 +233,11 @@ struct Schedule {
   int64_t chunks;  // batch schedule, channels_last: pixel chunks per sample (else 1)
 };
 
-// Elements (of acc_bytes each) between the rows of per-task partial sums. channels_last:
-// whole cache lines, so that no line holds two tasks' sums (each task updates its row in place
-// every two pixel rows; against rows packed back to back, interleaved, batch 1, 2-core AMD EPYC
-// VM, 2026-12-05: the whole op 1.36-1.37x faster at 40 and 56 channels (56px), 1.17x at 104
-// and 120 (28px), unchanged where the rows were whole lines already or the sample not split).
-// NCHW: each plane's sum is written once, so rows stay packed.
+// Elements (of acc_bytes each) between the rows of per-task partial sums: channels_last tasks
+// update their rows in place every two pixel rows, so the rows sit chunk_stride apart; NCHW
+// writes each plane's sum once, at n * C + c (pool_planes), so its rows stay packed.
 int64_t partial_row_stride(const SeShape& s, int64_t acc_bytes) {
-  const int64_t line = 64 / acc_bytes;
-  return s.channels_last ? (s.channels + line - 1) / line * line : s.channels;
+  return s.channels_last ? chunk_stride(s.channels, acc_bytes) : s.channels;
 }
 
 Schedule choose_schedule(const SeShape& s, int64_t element_bytes, int64_t acc_bytes) {

@@ -105,12 +105,10 @@ inline void stem_conv_tiles(const kernels::ConvGeometry& g, const float* x, cons
         const float* res = residual ? residual + first + c0 : nullptr;
         float* out = y + first + c0;
         const int64_t step = g.stride * in_c;
-        switch (nv) {
-          case 4: row_tiles<4>(rows.data(), step, runs, panel, bias + c0, res, out, out_c, mask, relu, g.out_w); break;
-          case 3: row_tiles<3>(rows.data(), step, runs, panel, bias + c0, res, out, out_c, mask, relu, g.out_w); break;
-          case 2: row_tiles<2>(rows.data(), step, runs, panel, bias + c0, res, out, out_c, mask, relu, g.out_w); break;
-          default: row_tiles<1>(rows.data(), step, runs, panel, bias + c0, res, out, out_c, mask, relu, g.out_w); break;
-        }
+        with_block_vectors(nv, [&](auto vectors) {
+          row_tiles<decltype(vectors)::value>(rows.data(), step, runs, panel, bias + c0, res, out, out_c, mask, relu,
+                                              g.out_w);
+        });
       }
     }
   });
