@@ -72,9 +72,9 @@ def test_quick_run_structure(tmp_path, monkeypatch):
     assert {c["pass"] for c in stem} == expected and len(stem) == len(expected)
     assert all(set(c["median_us"]) == {"onednn", "stem_tiles"} for c in stem)
     pointwise = [c for c in choices if c["groups"] == 1 and c not in stem]
-    tiles = {"gemm_tiles"} if compiled.gemm_tiles_kernel else set()  # (eval, AVX-512)
-    assert pointwise and all(c["kernel"] == 1 and set(c["median_us"]) == {"onednn", "gemm"} |
-                             (tiles if c["pass"] == "eval" else set()) for c in pointwise)
+    tiles = {"gemm_tiles"} if compiled.gemm_tiles_kernel else set()  # (AVX-512)
+    assert pointwise and all(c["kernel"] == 1 and set(c["median_us"]) == {"onednn", "gemm"} | tiles
+                             for c in pointwise)
     for c in choices:
         assert c["dtype"] == "float32" and c["groups"] in (1, 6) and c["chosen"] in c["median_us"]
     clear_cpu_conv_autotune()

@@ -1,10 +1,13 @@
-"""Our register-tiled GEMM for 1x1 convs in eval (ConvKernel::kGemmTiles,
-csrc/cpu/gemm_1x1_tiles.h; float32, AVX-512): against the float64 reference where the output
-channels fill whole 4-vector blocks, end in a 1-, 2- or 3-vector block, or end mid-vector (masked
-stores), where the rows fill whole tiles or leave single rows (batch 1 to 3, odd sizes), at
-stride 1 and 2, with and without residual, ReLU and conv bias, NCHW and channels_last; NaN
-through ReLU as torch.relu; its cached packed weight after in-place changes; and the fused
-module's eval through it.
+"""Our register-tiled GEMMs for 1x1 convs (ConvKernel::kGemmTiles; float32, AVX-512): the eval
+forward and the training forward's z (csrc/cpu/gemm_1x1_tiles.h), and at stride 1 both gradients
+of the backward, the input gradient through the same tiles and the weight gradient through
+csrc/cpu/gemm_1x1_weight_grad.h. Against the float64 reference where the output channels fill
+whole 4-vector blocks, end in a 1-, 2- or 3-vector block, or end mid-vector (masked stores), where
+the rows fill whole tiles or leave single rows (batch 1 to 3, odd sizes), at stride 1 and 2, with
+and without residual, ReLU and conv bias, NCHW and channels_last; the weight gradient where its
+input channels end mid-vector in blocks of 1 to 4 vectors, its output channels leave single rows
+after whole tiles, and its pixel rows span more than one chunk; NaN through ReLU as torch.relu;
+its cached packed weight after in-place changes; and the fused module's eval through it.
 REGNET_EXT_CPU_CONV=gemm_tiles makes the rules choose it (the autotuner times it against oneDNN,
 tested in test_conv_bn_act_autotune.py)."""
 import copy
@@ -42,6 +45,26 @@ def test_matches_float64_reference(shape, stride, channels_last):
                          bias=bias, seed=10 * size + i)
         with torch.no_grad():
             _run_and_compare(case, stride=stride, groups=1, training=False, relu=relu, backward=False)
+
+
+# (batch, c_in, c_out, size) for the training forward and the backward; per shape the weight
+# gradient's input-channel blocks (vectors) and output-channel tiles (8 rows at 1-3 vectors, 6 at
+# 4): 24 -> 44: one block of 2 (masked), 5 tiles + 4 single rows, 578 pixel rows (two chunks of
+# 512); 48 -> 104: 3 vectors (whole); 104 -> 208: 4 + 3 (masked), 34 tiles + 4 rows; 40 -> 440:
+# 3 (masked); 16 -> 30: 1, 3 tiles + 6 rows; 200 -> 24: 4 + 4 + 4 + 1 (masked), 529 rows.
+TRAIN_SHAPES = [(2, 24, 44, 17), (3, 48, 104, 13), (1, 104, 208, 7), (2, 40, 440, 5), (2, 16, 30, 9), (1, 200, 24, 23)]
+
+
+@pytest.mark.parametrize("shape", TRAIN_SHAPES, ids=[f"n{s[0]}c{s[1]}-{s[2]}h{s[3]}" for s in TRAIN_SHAPES])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_training_and_backward_match_float64_reference(shape, stride, channels_last):
+    batch, c_in, c_out, size = shape
+    settings = [(True, True, False, True), (False, False, True, False), (True, True, True, True)]
+    for i, (training, relu, residual, bias) in enumerate(settings):
+        case = make_case(batch, c_in, c_out, size, 1, stride, 1, channels_last=channels_last, residual=residual,
+                         bias=bias, seed=100 * size + i)
+        _run_and_compare(case, stride=stride, groups=1, training=training, relu=relu)
 
 
 def test_nan_passes_through_relu_as_in_torch():

@@ -101,8 +101,8 @@ inline const char* conv_pass_name(ConvPass p) {
 // since they are the arithmetic the CUDA kernels share); =aten selects ATen everywhere; =own
 // selects our grouped-conv kernels wherever they apply, the whole-tensor GEMM for 1x1 convs and our
 // weight-gradient tiles for every grouped conv, oneDNN elsewhere (so the tests cover them on any
-// shape); =gemm_tiles is =own with our GEMM tiles (gemm_1x1_tiles.h) in place of the
-// whole-tensor GEMM for 1x1 convs in eval; unset (or anything else) is the measured
+// shape); =gemm_tiles is =own with our GEMM tiles (gemm_1x1_tiles.h, gemm_1x1_weight_grad.h)
+// in place of the whole-tensor GEMM for 1x1 convs; unset (or anything else) is the measured
 // mix: the autotuner's choice, or the fixed rules of conv_bn_act_cpu.h.
 enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
 

@@ -5,9 +5,11 @@
 // dz (the batch-statistics backward); eval differentiates through the folded weights instead,
 // so g feeds the conv gradients directly. The conv gradients come from oneDNN through ATen,
 // with, for grouped convs, the weight gradient from our register tiles and the input gradient
-// from Winograd or the narrow-group kernel where the autotuner (conv_autotune.h) or the rules
-// (conv_bn_act_cpu.h) say so; with REGNET_EXT_CPU_CONV=tiles, from GEMMs for 1x1 ungrouped convs and our register tiles
-// (kernels/conv_bn_act_backward.h) otherwise. The two passes are vectorised in channel_passes.h.
+// from Winograd or the narrow-group kernel, and for stride-1 1x1 convs both gradients from ATen's
+// GEMMs or our AVX-512 GEMM tiles, where the autotuner (conv_autotune.h) or the rules
+// (conv_bn_act_cpu.h) say so; with REGNET_EXT_CPU_CONV=tiles, from GEMMs for 1x1 ungrouped convs
+// and our register tiles (kernels/conv_bn_act_backward.h) otherwise. The two passes are
+// vectorised in channel_passes.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -19,6 +21,7 @@
 #include "checks.h"
 #include "cpu/channel_passes.h"
 #include "cpu/conv_bn_act_cpu.h"
+#include "cpu/gemm_1x1_weight_grad.h"
 #include "tensor_layout.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act_backward.h"
@@ -49,6 +52,37 @@ at::Tensor tensor_of(const std::vector<A>& v, const at::TensorOptions& options) 
 
 inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).reshape({-1, nhwc.size(1)});
+}
+
+// Both gradients of a stride-1 1x1 conv from our AVX-512 tiles (float32; gemm_tiles_apply and
+// gemm_backward_applies hold): grad_x = dz W' (gemm_1x1_tiles.h, W' transposed: the weight, scaled
+// by the folded BN's scale in eval, is already the panels' [K, N]) and raw = dz^T x (gemm_1x1_weight_grad.h). Either is an empty
+// tensor where not asked for.
+template <typename T>
+std::pair<at::Tensor, at::Tensor> gemm_tiles_grads(const at::Tensor& dz, const at::Tensor& xc, const at::Tensor& weight,
+                                                   const at::Tensor& scale, const ConvGeometry& g, bool training,
+                                                   bool input_grad, bool param_grads, at::MemoryFormat format) {
+  at::Tensor grad_x = at::empty({0}, xc.options()), raw;
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t C = g.out_c;
+    if (input_grad) {
+      at::Tensor w = weight.reshape({C, g.in_c}).to(at::kFloat);
+      if (!training) w = w * scale.unsqueeze(1);
+      const at::Tensor zeros =
+          at::zeros({gemm_tiles::vectors_of(g.in_c) * gemm_tiles::kLanes}, xc.options().dtype(at::kFloat));
+      grad_x = empty_nhwc(xc, g.batch, g.in_c, g.in_h, g.in_w);
+      gemm_1x1_tiles(dz.const_data_ptr<float>(), g.batch, g.out_h, g.out_w, C, 1,
+                     pack_gemm_tiles_panels(w).const_data_ptr<float>(), zeros.const_data_ptr<float>(), nullptr,
+                     grad_x.data_ptr<float>(), g.in_c, false);
+      grad_x = in_memory_format(grad_x, format);
+    }
+    if (param_grads) {
+      raw = at::empty(weight.sizes(), xc.options().dtype(at::kFloat));
+      gemm_1x1_weight_grad(dz.const_data_ptr<float>(), xc.const_data_ptr<float>(), g.batch * g.out_h * g.out_w, C,
+                           g.in_c, raw.data_ptr<float>());
+    }
+  }
+  return {grad_x, raw};
 }
 
 // dx for the grouped/KxK conv: register tiles over input rows, stride-spaced pixels.
@@ -201,6 +235,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   // the subsampled input instead (see below); RegNets' strided 1x1 convs have 32 or more.
   const bool strided_gemm_unsafe = is_plain_gemm(g) && g.stride > 1 && g.in_c < 32;
   auto conv_grads = [&](ConvKernel plan) -> std::pair<at::Tensor, at::Tensor> {
+    if (plan == ConvKernel::kGemmTiles) return gemm_tiles_grads<T>(dz, xc, weight, scale_t, g, training, input_grad,
+                                                                   param_grads, format);
     const bool aten = !tiles && plan != ConvKernel::kGemm;  // else our code or ATen's GEMMs
     const bool own_weight_grad = plan == ConvKernel::kOwnWeightGrad || plan == ConvKernel::kWinogradDxOwnWeightGrad ||
                                  plan == ConvKernel::kNarrowDxOwnWeightGrad;
@@ -322,7 +358,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   const bool rule_winograd_dx = input_grad && !tiles && use_winograd_per_call(g, x.scalar_type());
   const bool rule_narrow_dx = input_grad && !tiles && use_narrow_input_grad(g, x.scalar_type());
   const ConvKernel rule =
-      use_gemm_backward(g, x.scalar_type()) ? ConvKernel::kGemm
+      use_gemm_tiles(g, x.scalar_type()) && gemm_backward_applies(g, x.scalar_type()) ? ConvKernel::kGemmTiles
+      : use_gemm_backward(g, x.scalar_type()) ? ConvKernel::kGemm
       : rule_winograd_dx ? (rule_own_weight_grad ? ConvKernel::kWinogradDxOwnWeightGrad : ConvKernel::kWinogradDx)
       : rule_narrow_dx ? (rule_own_weight_grad ? ConvKernel::kNarrowDxOwnWeightGrad : ConvKernel::kNarrowDx)
       : rule_own_weight_grad ? ConvKernel::kOwnWeightGrad : ConvKernel::kOneDnn;

@@ -151,9 +151,15 @@ inline bool use_gemm_kernel(const ConvGeometry& g, at::ScalarType dtype) {
   return conv_backend() == ConvBackend::kOwn && gemm_kernel_applies(g, dtype);
 }
 
-// 1x1 ungrouped convs in eval, float32, AVX-512: our GEMM tiles with the epilogue in registers
-// (gemm_1x1_tiles.h), timed by the autotuner against oneDNN (and the whole-tensor GEMM where that
-// applies); the rule only under REGNET_EXT_CPU_CONV=gemm_tiles (tests).
+// 1x1 ungrouped convs, float32, AVX-512: our GEMM tiles (gemm_1x1_tiles.h) for the eval forward
+// (epilogue in registers) and the training forward's z, and at stride 1 for both gradients of the
+// backward (the input gradient through the same tiles, the weight gradient through
+// gemm_1x1_weight_grad.h), timed by the autotuner against oneDNN (and the whole-tensor GEMM where
+// that applies); the rule only under REGNET_EXT_CPU_CONV=gemm_tiles (tests). In training, per
+// call against oneDNN (interleaved medians, batch 8, the BN passes included, 2-core Zen 4 VM,
+// 2026-12-05): the weight gradient 1.10-1.36x on RegNetX/Y-400MF's 1x1 shapes but 208 at 14px
+// (0.98x), the input gradient 1.04-1.21x, the forward 1.01-1.17x; whole training steps at batch
+// 8, in one process with and without these candidates: 1.033x (RegNetX-400MF), 1.035x (Y).
 inline bool gemm_tiles_apply(const ConvGeometry& g, at::ScalarType dtype) {
   return kHaveGemmTiles && is_plain_gemm(g) && dtype == at::kFloat;
 }
@@ -193,7 +199,8 @@ inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::Scal
 inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeometry& g, at::ScalarType dtype) {
   std::vector<ConvKernel> kernels{ConvKernel::kOneDnn};
   if (const std::optional<ConvKernel> own = own_conv_kernel(g, dtype)) kernels.push_back(*own);
-  if (pass == ConvPass::kEval && gemm_tiles_apply(g, dtype)) kernels.push_back(ConvKernel::kGemmTiles);
+  if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && gemm_tiles_apply(g, dtype))
+    kernels.push_back(ConvKernel::kGemmTiles);
   if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && stem_tiles_apply(g, dtype))
     kernels.push_back(ConvKernel::kStemTiles);
   if (kernels.size() < 2) return {};
@@ -291,7 +298,10 @@ inline bool use_narrow_input_grad(const ConvGeometry& g, at::ScalarType dtype) {
 // gradient where they run the forward (the narrow one at stride 1), or both of ours.
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
                                                    bool param_grads) {
-  if (gemm_backward_applies(g, dtype)) return {ConvKernel::kOneDnn, ConvKernel::kGemm};
+  if (gemm_backward_applies(g, dtype)) {
+    if (gemm_tiles_apply(g, dtype)) return {ConvKernel::kOneDnn, ConvKernel::kGemm, ConvKernel::kGemmTiles};
+    return {ConvKernel::kOneDnn, ConvKernel::kGemm};
+  }
   if (dtype != at::kFloat || g.groups == 1) return {};
   const bool winograd = input_grad && own_conv_kernel(g, dtype) == ConvKernel::kWinograd;
   const bool narrow = input_grad && narrow_input_grad_applies(g, dtype);

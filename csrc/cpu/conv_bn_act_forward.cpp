@@ -12,7 +12,8 @@
 //  * eval, 1x1 ungrouped conv: oneDNN as above, or where the autotuner found it faster our GEMM
 //    tiles with the epilogue in registers (float32, AVX-512: gemm_1x1_tiles.h) or one GEMM over
 //    all N*H*W rows through ATen (the folded weight transposed once per change) and our epilogue
-//    pass (shift, residual, ReLU) in place; the training forward likewise for z (oneDNN or ATen).
+//    pass (shift, residual, ReLU) in place; the training forward likewise for z (oneDNN, ATen
+//    or the GEMM tiles, packing the weight on each call).
 //  * eval and training, dense conv with a few input channels (the stem), float32, AVX-512: our
 //    tiles (stem_conv_tiles.h; eval with the epilogue in registers, training for z).
 //  * eval, 1x1 ungrouped conv with REGNET_EXT_CPU_CONV=tiles: a GEMM with the folded weights
@@ -362,6 +363,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
         return out;
       }
       at::Tensor out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
+      if (kernel == ConvKernel::kGemmTiles) {  // float32 only (gemm_tiles_apply)
+        if constexpr (std::is_same_v<T, float>) {
+          gemm_1x1_tiles(xc.const_data_ptr<float>(), g.batch, g.in_h, g.in_w, g.in_c, g.stride,
+                         pack_gemm_tiles_weight(weight).const_data_ptr<float>(),
+                         padded_to_vectors(bias, g.out_c, weight.options()).const_data_ptr<float>(), nullptr,
+                         out.data_ptr<float>(), g.out_c, false);
+        }
+        return out;
+      }
       if (kernel == ConvKernel::kStemTiles) {  // float32 only (stem_tiles_apply)
         if constexpr (std::is_same_v<T, float>) {
           stem_conv_tiles(g, xc.const_data_ptr<float>(), pack_stem_tiles_weight(weight).const_data_ptr<float>(),
@@ -390,6 +400,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type())  ? ConvKernel::kNarrow
                             : use_winograd_per_call(g, x.scalar_type()) ? ConvKernel::kWinograd
                             : use_stem_tiles(g, x.scalar_type())        ? ConvKernel::kStemTiles
+                            : use_gemm_tiles(g, x.scalar_type())        ? ConvKernel::kGemmTiles
                             : use_gemm_kernel(g, x.scalar_type())       ? ConvKernel::kGemm
                                                                          : ConvKernel::kOneDnn;
     z = conv(choose_conv_kernel(ConvPass::kTrainForward, x.scalar_type(), g, /*relu=*/false, /*residual=*/false,
