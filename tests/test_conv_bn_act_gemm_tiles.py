@@ -1,5 +1,6 @@
 """Our register-tiled GEMMs for 1x1 convs (ConvKernel::kGemmTiles; float32, AVX-512): the eval
-forward and the training forward's z (csrc/cpu/gemm_1x1_tiles.h), and at stride 1 both gradients
+forward and the training forward's z with its batch moments (csrc/cpu/gemm_1x1_tiles.h; y and
+the running statistics follow from them), and at stride 1 both gradients
 of the backward, the input gradient through the same tiles and the weight gradient through
 csrc/cpu/gemm_1x1_weight_grad.h. Against the float64 reference where the output channels fill
 whole 4-vector blocks, end in a 1-, 2- or 3-vector block, or end mid-vector (masked stores), where

@@ -22,8 +22,9 @@
 //    takes z's moments per block of rows (mean, then squared deviations), merged per chunk with
 //    Chan's formula; pass 2 normalises z (+ residual, ReLU) into y. With
 //    REGNET_EXT_CPU_CONV=tiles our conv tiles (or the blocked GEMM for 1x1 convs) produce z and
-//    the moments come from the same cache-hot tiles. z is kept for the backward, which needs it
-//    for x-hat.
+//    the moments come from the same cache-hot tiles; so do our 1x1 GEMM tiles where they compute
+//    z (float32, AVX-512), their moments merged per tile in registers (no pass 1). z is kept
+//    for the backward, which needs it for x-hat.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -350,12 +351,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   std::vector<MomentStats<A>> stats;
   const int64_t stride = chunk_stride(g.out_c, sizeof(MomentStats<A>));
   const bool gemm = use_blocked_gemm(g), tiles = !gemm && use_own_conv_tiles(g);
+  bool moments_taken = false;
   if (gemm || tiles) {
     z = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
   } else {
     // z = conv(x) + b from oneDNN or our kernels (see eval_forward), which pack the
     // weight on every call; the timing (conv_autotune.h) includes that.
-    auto conv = [&](ConvKernel kernel) -> at::Tensor {
+    auto conv = [&](ConvKernel kernel, MomentStats<A>* tile_stats = nullptr) -> at::Tensor {
       if (kernel == ConvKernel::kOneDnn) return aten_conv(xc, weight, bias, g);
       if (kernel == ConvKernel::kGemm) {  // one GEMM over every output pixel (+ b in place)
         at::Tensor out = gemm_conv(xc, weight.reshape({g.out_c, g.in_c}).t(), g);
@@ -368,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
           gemm_1x1_tiles(xc.const_data_ptr<float>(), g.batch, g.in_h, g.in_w, g.in_c, g.stride,
                          pack_gemm_tiles_weight(weight).const_data_ptr<float>(),
                          padded_to_vectors(bias, g.out_c, weight.options()).const_data_ptr<float>(), nullptr,
-                         out.data_ptr<float>(), g.out_c, false);
+                         out.data_ptr<float>(), g.out_c, false, tile_stats, stride);
         }
         return out;
       }
@@ -403,12 +405,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
                             : use_gemm_tiles(g, x.scalar_type())        ? ConvKernel::kGemmTiles
                             : use_gemm_kernel(g, x.scalar_type())       ? ConvKernel::kGemm
                                                                          : ConvKernel::kOneDnn;
-    z = conv(choose_conv_kernel(ConvPass::kTrainForward, x.scalar_type(), g, /*relu=*/false, /*residual=*/false,
-                                forward_conv_kernels(ConvPass::kTrainForward, g, x.scalar_type()), rule,
-                                [&](ConvKernel k) { conv(k); }));
+    const ConvKernel kernel =
+        choose_conv_kernel(ConvPass::kTrainForward, x.scalar_type(), g, /*relu=*/false, /*residual=*/false,
+                           forward_conv_kernels(ConvPass::kTrainForward, g, x.scalar_type()), rule,
+                           [&](ConvKernel k) { conv(k); });
+    if (kernel == ConvKernel::kGemmTiles) {  // the moments from the tiles' registers, per band
+      chunks = at::get_num_threads();
+      stats.assign(chunks * stride, kernels::moment_stats_empty<A>());
+      z = conv(kernel, stats.data());
+      moments_taken = true;
+    } else {
+      z = conv(kernel);
+    }
   }
   zp = z.data_ptr<T>();
-  if (!tiles) {
+  if (!tiles && !moments_taken) {
     const at::Tensor w_t = gemm ? weight.reshape({g.out_c, g.in_c}).t() : at::Tensor();
     const at::Tensor rows = gemm ? gemm_rows(xc, g) : at::Tensor();
     const at::Tensor z_rows = as_rows(z);
@@ -435,7 +446,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
           kernels::chan_merge(cs[c], MomentStats<A>{static_cast<A>(nr), mean[c], m2[c]});
       }
     });
-  } else {
+  } else if (tiles) {
     const at::Tensor packed = pack_weight<T>(weight, g, nullptr, /*transposed=*/false);
     const A* wp = packed.data_ptr<A>();
     const T* xp = xc.data_ptr<T>();

@@ -24,6 +24,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/bn_stats.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -114,11 +116,47 @@ struct Runs {
   int64_t count, length, pitch;
 };
 
+// One band's running per-channel moments of one block's outputs (the training forward's z):
+// mean and m2 of NV * 16 channels over the `count` rows merged so far.
+struct BlockMoments {
+  float* mean;
+  float* m2;
+  int64_t count;
+};
+
+// Chan's merge (kernels::chan_merge) of the tile's outputs z[r][v] into m, lane by lane: the
+// tile's mean first, then its squared deviations from it (kernels::tile_moments).
+template <int MR, int NV>
+inline void merge_tile_moments(const __m512 (&z)[MR][NV], BlockMoments& m) {
+  const float tile_rows = MR, merged = static_cast<float>(m.count) + tile_rows;
+  const __m512 inv_rows = _mm512_set1_ps(1.0f / tile_rows), w = _mm512_set1_ps(tile_rows / merged);
+  const __m512 w_cross = _mm512_set1_ps(static_cast<float>(m.count) * tile_rows / merged);
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    __m512 sum = z[0][v];
+#pragma GCC unroll 24
+    for (int r = 1; r < MR; ++r) sum = _mm512_add_ps(sum, z[r][v]);
+    const __m512 tile_mean = _mm512_mul_ps(sum, inv_rows);
+    __m512 tile_m2 = _mm512_setzero_ps();
+#pragma GCC unroll 24
+    for (int r = 0; r < MR; ++r) {
+      const __m512 d = _mm512_sub_ps(z[r][v], tile_mean);
+      tile_m2 = _mm512_fmadd_ps(d, d, tile_m2);
+    }
+    const __m512 mean = _mm512_loadu_ps(m.mean + v * kLanes), delta = _mm512_sub_ps(tile_mean, mean);
+    _mm512_storeu_ps(m.mean + v * kLanes, _mm512_fmadd_ps(delta, w, mean));
+    const __m512 m2 = _mm512_add_ps(_mm512_loadu_ps(m.m2 + v * kLanes), tile_m2);
+    _mm512_storeu_ps(m.m2 + v * kLanes, _mm512_fmadd_ps(_mm512_mul_ps(delta, delta), w_cross, m2));
+  }
+  m.count += MR;
+}
+
 // Rows r0 .. r0+MR-1 (their inputs at x[r]) times the block's NV vectors; `last` masks the
-// block's last vector (the channels past C_out).
+// block's last vector (the channels past C_out); `moments`, where given, takes the outputs.
 template <int MR, int NV>
 inline void tile(const float* const (&x)[MR], const Runs& runs, const float* panel, const float* bias,
-                 const float* residual, float* y, int64_t out_c, __mmask16 last, bool relu) {
+                 const float* residual, float* y, int64_t out_c, __mmask16 last, bool relu,
+                 BlockMoments* moments = nullptr) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 24
   for (int r = 0; r < MR; ++r)
@@ -149,7 +187,9 @@ inline void tile(const float* const (&x)[MR], const Runs& runs, const float* pan
       // max(0, v) returns its second operand where that is NaN, so a NaN stays NaN as in torch.relu.
       if (relu) out = _mm512_max_ps(zero, out);
       _mm512_mask_storeu_ps(y + r * out_c + v * kLanes, lanes, out);
+      acc[r][v] = out;
     }
+  if (moments) merge_tile_moments<MR, NV>(acc, *moments);
 }
 
 // Rows per tile for NV vectors: 24 accumulators (12 at one vector, whose loads would otherwise
@@ -179,7 +219,8 @@ inline void tile_inputs(const InputRows& input, int64_t r, const float* (&x)[MR]
 // Rows [r0, r1) of one block of NV vectors: whole tiles, then single rows.
 template <int NV>
 inline void block_rows(const InputRows& input, const float* panel, const float* bias, const float* residual,
-                       float* y, int64_t out_c, __mmask16 last, bool relu, int64_t r0, int64_t r1) {
+                       float* y, int64_t out_c, __mmask16 last, bool relu, int64_t r0, int64_t r1,
+                       BlockMoments* moments) {
   constexpr int MR = rows_per_tile<NV>();
   const Runs runs{1, input.in_c, 0};
   int64_t r = r0;
@@ -187,11 +228,11 @@ inline void block_rows(const InputRows& input, const float* panel, const float* 
   for (; r + MR <= r1; r += MR) {
     const float* x[MR];
     tile_inputs(input, r, x);
-    tile<MR, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
+    tile<MR, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu, moments);
   }
   for (; r < r1; ++r) {
     const float* x[1] = {input(r)};
-    tile<1, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu);
+    tile<1, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu, moments);
   }
 }
 
@@ -212,10 +253,13 @@ inline void with_block_vectors(int nv, const Body& body) {
 
 // y = act(conv1x1(x, W', stride) + bias [+ residual]) for a dense NHWC x [batch, in_h, in_w,
 // in_c] and y, residual [batch, out_h, out_w, out_c] (rows = batch * out_h * out_w); `packed`
-// from pack_gemm_tiles_weight, bias padded to whole vectors.
+// from pack_gemm_tiles_weight, bias padded to whole vectors. With `stats` (the training forward's
+// z: no residual, no ReLU), each thread's band of rows also leaves its per-channel moments of y,
+// taken from the tiles in registers, at stats[band * stats_stride + c]; bands number at most
+// at::get_num_threads(), and the caller's entries for bands not used stay as they were.
 inline void gemm_1x1_tiles(const float* x, int64_t batch, int64_t in_h, int64_t in_w, int64_t in_c, int64_t stride,
                            const float* packed, const float* bias, const float* residual, float* y, int64_t out_c,
-                           bool relu) {
+                           bool relu, kernels::MomentStats<float>* stats = nullptr, int64_t stats_stride = 0) {
 #if defined(__AVX512F__)
   using namespace gemm_tiles;
   const int64_t out_h = (in_h - 1) / stride + 1, out_w = (in_w - 1) / stride + 1, rows = batch * out_h * out_w;
@@ -228,6 +272,7 @@ inline void gemm_1x1_tiles(const float* x, int64_t batch, int64_t in_h, int64_t 
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + 23) / 24));
   const int64_t band = std::max<int64_t>(24, rows / threads / 24 * 24);
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    float mean[kBlockVectors * kLanes], m2[kBlockVectors * kLanes];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = std::min(rows, t * band), r1 = t == threads - 1 ? rows : std::min(rows, r0 + band);
       for (int64_t b = 0; b < blocks; ++b) {
@@ -236,15 +281,22 @@ inline void gemm_1x1_tiles(const float* x, int64_t batch, int64_t in_h, int64_t 
         const __mmask16 mask = v0 + nv == vectors ? last : __mmask16(0xFFFF);
         const int64_t c0 = v0 * kLanes;
         const float* res = residual ? residual + c0 : nullptr;
+        BlockMoments moments{mean, m2, 0};
+        std::fill(mean, mean + kBlockVectors * kLanes, 0.0f);
+        std::fill(m2, m2 + kBlockVectors * kLanes, 0.0f);
         with_block_vectors(nv, [&](auto vectors) {
-          block_rows<decltype(vectors)::value>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1);
+          block_rows<decltype(vectors)::value>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1,
+                                               stats ? &moments : nullptr);
         });
+        if (stats)
+          for (int64_t c = c0; c < std::min(out_c, c0 + nv * kLanes); ++c)
+            stats[t * stats_stride + c] = {static_cast<float>(moments.count), mean[c - c0], m2[c - c0]};
       }
     }
   });
 #else
   (void)x, (void)batch, (void)in_h, (void)in_w, (void)in_c, (void)stride, (void)packed, (void)bias, (void)residual,
-      (void)y, (void)out_c, (void)relu;
+      (void)y, (void)out_c, (void)relu, (void)stats, (void)stats_stride;
   TORCH_CHECK(false, "gemm_1x1_tiles: this build has no AVX-512 kernel");
 #endif
 }
