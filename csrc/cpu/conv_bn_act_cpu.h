@@ -168,6 +168,12 @@ inline bool use_gemm_tiles(const ConvGeometry& g, at::ScalarType dtype) {
   return gemm_tiles_forced() && gemm_tiles_apply(g, dtype);
 }
 
+// The training forward packs (transposes) the weight on every call, which costs about as much as
+// 50-100 rows of the GEMM: below 256 output pixels the tiles are no candidate there. (1088 -> 1088
+// channels at 7px, batch 1, 49 rows: the autotuner took the tiles at 1.08 ms against oneDNN's
+// 1.13, and the kernel benchmark's training row then ran at 0.75-0.92x eager, 1.04-1.06x before.)
+inline bool gemm_tiles_train_forward_pays(const ConvGeometry& g) { return g.batch * g.out_h * g.out_w >= 256; }
+
 // Dense KxK convs with at most kStemMaxInChannels inputs (the stem), float32, AVX-512: our tiles
 // (stem_conv_tiles.h), in eval and in the training forward; the rule wherever our kernels may
 // run, and a candidate for the autotuner.
@@ -199,7 +205,8 @@ inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::Scal
 inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeometry& g, at::ScalarType dtype) {
   std::vector<ConvKernel> kernels{ConvKernel::kOneDnn};
   if (const std::optional<ConvKernel> own = own_conv_kernel(g, dtype)) kernels.push_back(*own);
-  if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && gemm_tiles_apply(g, dtype))
+  if ((pass == ConvPass::kEval || (pass == ConvPass::kTrainForward && gemm_tiles_train_forward_pays(g))) &&
+      gemm_tiles_apply(g, dtype))
     kernels.push_back(ConvKernel::kGemmTiles);
   if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && stem_tiles_apply(g, dtype))
     kernels.push_back(ConvKernel::kStemTiles);
