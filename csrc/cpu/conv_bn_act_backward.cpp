@@ -55,9 +55,9 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
 }
 
 // Both gradients of a stride-1 1x1 conv from our AVX-512 tiles (float32; gemm_tiles_apply and
-// gemm_backward_applies hold): grad_x = dz W' (gemm_1x1_tiles.h, W' transposed: the weight, scaled
-// by the folded BN's scale in eval, is already the panels' [K, N]) and raw = dz^T x (gemm_1x1_weight_grad.h). Either is an empty
-// tensor where not asked for.
+// gemm_backward_applies hold): grad_x = dz W' (gemm_1x1_tiles.h; W', the weight scaled by the
+// folded BN's scale in eval, is already the panels' [K, N]) and raw = dz^T x
+// (gemm_1x1_weight_grad.h). Either is an empty tensor where not asked for.
 template <typename T>
 std::pair<at::Tensor, at::Tensor> gemm_tiles_grads(const at::Tensor& dz, const at::Tensor& xc, const at::Tensor& weight,
                                                    const at::Tensor& scale, const ConvGeometry& g, bool training,

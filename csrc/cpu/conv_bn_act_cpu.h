@@ -158,8 +158,11 @@ inline bool use_gemm_kernel(const ConvGeometry& g, at::ScalarType dtype) {
 // that applies); the rule only under REGNET_EXT_CPU_CONV=gemm_tiles (tests). In training, per
 // call against oneDNN (interleaved medians, batch 8, the BN passes included, 2-core Zen 4 VM,
 // 2026-12-05): the weight gradient 1.10-1.36x on RegNetX/Y-400MF's 1x1 shapes but 208 at 14px
-// (0.98x), the input gradient 1.04-1.21x, the forward 1.01-1.17x; whole training steps at batch
-// 8, in one process with and without these candidates: 1.033x (RegNetX-400MF), 1.035x (Y).
+// (0.98x), the input gradient 1.04-1.21x, the forward (moments from the tiles) 1.03-1.21x; whole
+// training steps, one process alternating with and without these candidates: RegNetX-400MF
+// 1.010x and 1.028x at 8 x 224, 1.074x at 32 x 128; RegNetY-400MF 1.044x and 1.059x. At stride 2
+// (the projection shortcuts) tiles for both gradients measured 0.41-0.99x oneDNN's backward at
+// batch 8, so strided backwards stay with oneDNN.
 inline bool gemm_tiles_apply(const ConvGeometry& g, at::ScalarType dtype) {
   return kHaveGemmTiles && is_plain_gemm(g) && dtype == at::kFloat;
 }

@@ -282,8 +282,10 @@ inline void gemm_1x1_tiles(const float* x, int64_t batch, int64_t in_h, int64_t 
         const int64_t c0 = v0 * kLanes;
         const float* res = residual ? residual + c0 : nullptr;
         BlockMoments moments{mean, m2, 0};
-        std::fill(mean, mean + kBlockVectors * kLanes, 0.0f);
-        std::fill(m2, m2 + kBlockVectors * kLanes, 0.0f);
+        if (stats) {
+          std::fill(mean, mean + kBlockVectors * kLanes, 0.0f);
+          std::fill(m2, m2 + kBlockVectors * kLanes, 0.0f);
+        }
         with_block_vectors(nv, [&](auto vectors) {
           block_rows<decltype(vectors)::value>(input, panel, bias + c0, res, y + c0, out_c, mask, relu, r0, r1,
                                                stats ? &moments : nullptr);
