@@ -523,8 +523,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(layout));
   const at::ScalarType acc = acc_dtype(x.scalar_type());
   const auto opts = x.options().dtype(acc);
-  at::Tensor dw1 = at::zeros({s.hidden, s.channels}, opts), db1 = at::zeros({s.hidden}, opts);
-  at::Tensor dw2 = at::zeros({s.channels, s.hidden}, opts), db2 = at::zeros({s.channels}, opts);
+  // Every element is written below (se_linear_grad_row) unless the batch is empty: zero-filling
+  // them first took 107 of the 509 us of a training step of RegNetY-4.0GF's 1088 -> 272 SE at
+  // batch 1 (2.4 MB of weight gradients).
+  const auto weight_grad = [&](std::initializer_list<int64_t> size) {
+    return s.batch == 0 ? at::zeros(size, opts) : at::empty(size, opts);
+  };
+  at::Tensor dw1 = weight_grad({s.hidden, s.channels}), db1 = weight_grad({s.hidden});
+  at::Tensor dw2 = weight_grad({s.channels, s.hidden}), db2 = weight_grad({s.channels});
   auto results = [&] {
     return std::make_tuple(dx, dw1.to(w1_in.scalar_type()).reshape(w1_in.sizes()),
                            db1.to(b1_in.scalar_type()),
