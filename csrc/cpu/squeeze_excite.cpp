@@ -173,6 +173,7 @@ void linear_rows(const A* w, const A* bias, const A* v, int64_t n, int64_t r0, i
   }
 }
 
+// The MLP's activations: the header's formulas (kernels/squeeze_excite.h), as on CUDA.
 template <typename A>
 A hidden_activation(A v) {
   return k::se_relu(v);

@@ -119,7 +119,9 @@ REGNET_HD void se_merge_partials(const A* partials, int64_t count, int64_t chann
 
 // ---- excitation MLP -------------------------------------------------------------------------
 
-// Plain dot product; the CPU passes a SIMD one with the same call signature.
+// Plain dot product: the contract of the Dot the units below take (CUDA passes a warp-wide one;
+// the CPU computes eight rows' dot products at a time, cpu/squeeze_excite.cpp, and applies
+// se_relu / se_sigmoid itself).
 struct SeScalarDot {
   template <typename A>
   REGNET_HD A operator()(const A* a, const A* b, int64_t n) const {
@@ -139,15 +141,6 @@ REGNET_HD A se_hidden_unit(const A* w1_row, A b1, const A* s, int64_t channels, 
 template <typename A, typename Dot>
 REGNET_HD A se_gate_unit(const A* w2_row, A b2, const A* z, int64_t hidden, Dot dot) {
   return se_sigmoid(dot(w2_row, z, hidden) + b2);
-}
-
-// One sample: hidden z (C_se) and gate g (C) from the pooled means s (C). Row-major weights,
-// so every dot product reads contiguous memory.
-template <typename A, typename Dot>
-REGNET_HD void se_excite(const A* w1, const A* b1, const A* w2, const A* b2, const A* s,
-                         int64_t channels, int64_t hidden, A* z, A* gate, Dot dot) {
-  for (int64_t j = 0; j < hidden; ++j) z[j] = se_hidden_unit(w1 + j * channels, b1[j], s, channels, dot);
-  for (int64_t c = 0; c < channels; ++c) gate[c] = se_gate_unit(w2 + c * hidden, b2[c], z, hidden, dot);
 }
 
 // One sample's MLP backward: from dg (C) to dpre2 (C), dz (C_se) and ds / P (C).
