@@ -68,11 +68,10 @@ std::pair<at::Tensor, at::Tensor> gemm_tiles_grads(const at::Tensor& dz, const a
     if (input_grad) {
       at::Tensor w = weight.reshape({C, g.in_c}).to(at::kFloat);
       if (!training) w = w * scale.unsqueeze(1);
-      const at::Tensor zeros =
-          at::zeros({gemm_tiles::vectors_of(g.in_c) * gemm_tiles::kLanes}, xc.options().dtype(at::kFloat));
       grad_x = empty_nhwc(xc, g.batch, g.in_c, g.in_h, g.in_w);
       gemm_1x1_tiles(dz.const_data_ptr<float>(), g.batch, g.out_h, g.out_w, C, 1,
-                     pack_gemm_tiles_panels(w).const_data_ptr<float>(), zeros.const_data_ptr<float>(), nullptr,
+                     pack_gemm_tiles_panels(w).const_data_ptr<float>(),
+                     padded_to_vectors(at::Tensor(), g.in_c, xc.options()).const_data_ptr<float>(), nullptr,
                      grad_x.data_ptr<float>(), g.in_c, false);
       grad_x = in_memory_format(grad_x, format);
     }

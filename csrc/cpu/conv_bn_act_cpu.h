@@ -309,8 +309,9 @@ inline bool use_narrow_input_grad(const ConvGeometry& g, at::ScalarType dtype) {
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
                                                    bool param_grads) {
   if (gemm_backward_applies(g, dtype)) {
-    if (gemm_tiles_apply(g, dtype)) return {ConvKernel::kOneDnn, ConvKernel::kGemm, ConvKernel::kGemmTiles};
-    return {ConvKernel::kOneDnn, ConvKernel::kGemm};
+    std::vector<ConvKernel> plans{ConvKernel::kOneDnn, ConvKernel::kGemm};
+    if (gemm_tiles_apply(g, dtype)) plans.push_back(ConvKernel::kGemmTiles);
+    return plans;
   }
   if (dtype != at::kFloat || g.groups == 1) return {};
   const bool winograd = input_grad && own_conv_kernel(g, dtype) == ConvKernel::kWinograd;

@@ -79,14 +79,6 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
-// A bias [C] (undefined: none) as float32 padded with zeros to whole vectors of 16: the tiles
-// load it so.
-inline at::Tensor padded_to_vectors(const at::Tensor& bias, int64_t channels, const at::TensorOptions& options) {
-  at::Tensor padded = at::zeros({(channels + 15) / 16 * 16}, options.dtype(at::kFloat));
-  if (bias.defined()) padded.narrow(0, 0, channels).copy_(bias);
-  return padded;
-}
-
 // A 1x1 conv, no epilogue, as one GEMM over every output pixel: [N*Ho*Wo, C_in] x w_t ([C_in, C_out]),
 // written into a fresh NHWC tensor.
 inline at::Tensor gemm_conv(const at::Tensor& x_nhwc, const at::Tensor& w_t, const ConvGeometry& g) {

@@ -67,6 +67,14 @@ inline void for_each_panel_block(int64_t vectors, int64_t weight_numel, const Bo
   });
 }
 
+// A bias for the tiles (gemm_1x1_tiles, stem_conv_tiles): `channels` float values, zero where
+// `bias` is undefined, zero-padded to whole vectors of 16.
+inline at::Tensor padded_to_vectors(const at::Tensor& bias, int64_t channels, const at::TensorOptions& options) {
+  at::Tensor padded = at::zeros({gemm_tiles::vectors_of(channels) * gemm_tiles::kLanes}, options.dtype(at::kFloat));
+  if (bias.defined()) padded.narrow(0, 0, channels).copy_(bias);
+  return padded;
+}
+
 // k_by_n: [K, N], the reduction by the output channels (a conv's weight transposed; the weight
 // itself for its input gradient), float32 -> the panels above, each panel row one contiguous run
 // of a row of k_by_n (1088 x 1088: 75 us on two threads).

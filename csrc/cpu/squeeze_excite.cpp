@@ -152,36 +152,28 @@ void dot_rows(const A* w, int64_t stride, const A* v, int64_t n, A* out) {
   for (int r = 0; r < R; ++r) out[r] = at::vec::vec_reduce_all<A>([](Vec& x, Vec& y) { return x + y; }, acc[r]);
 }
 
-// out[r] = act(W[r, :] . v + bias[r]) for rows [r0, r1) of a row-major [rows, n] weight: one
-// layer of the excitation MLP, eight rows at a time (dot_rows). Against one dot product per row
+// out[r] = unit(W[r, :] . v, bias[r]) for rows [r0, r1) of a row-major [rows, n] weight: one
+// layer of the excitation MLP (unit: the header's se_hidden_from_dot or se_gate_from_dot), eight
+// rows at a time (dot_rows). Against one dot product per row
 // (three alternating process pairs, 2-core Intel Xeon VM, 2026-12-06): RegNetY-400MF's s4 SE
 // (440 -> 110, 7px) 68-98 -> 51-64 us at batch 8, 20 -> 16 us at batch 1; RegNetY-4.0GF's
 // 1088 -> 272 237 -> 212 us at batch 8 (at batch 1 its 2.4 MB of weights, read from beyond L2,
 // bound it either way: about 40 us).
-template <typename A, typename Act>
-void linear_rows(const A* w, const A* bias, const A* v, int64_t n, int64_t r0, int64_t r1, A* out, Act act) {
+template <typename A, typename Unit>
+void linear_rows(const A* w, const A* bias, const A* v, int64_t n, int64_t r0, int64_t r1, A* out, Unit unit) {
   constexpr int kRows = 8;
   A pre[kRows];
   int64_t r = r0;
   for (; r + kRows <= r1; r += kRows) {
     dot_rows<kRows>(w + r * n, n, v, n, pre);
-    for (int i = 0; i < kRows; ++i) out[r + i] = act(pre[i] + bias[r + i]);
+    for (int i = 0; i < kRows; ++i) out[r + i] = unit(pre[i], bias[r + i]);
   }
   for (; r < r1; ++r) {
     dot_rows<1>(w + r * n, n, v, n, pre);
-    out[r] = act(pre[0] + bias[r]);
+    out[r] = unit(pre[0], bias[r]);
   }
 }
 
-// The MLP's activations: the header's formulas (kernels/squeeze_excite.h), as on CUDA.
-template <typename A>
-A hidden_activation(A v) {
-  return k::se_relu(v);
-}
-template <typename A>
-A gate_activation(A v) {
-  return k::se_sigmoid(v);
-}
 
 // ---- shapes, checks and layout ---------------------------------------------------------------
 
@@ -382,8 +374,8 @@ struct SeWeights {
 // One sample's MLP: hidden z (C_se) and gate (C) from its pooled means.
 template <typename A>
 void excite_sample(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z, A* gate) {
-  linear_rows(w.w1, w.b1, mean, s.channels, 0, s.hidden, z, hidden_activation<A>);
-  linear_rows(w.w2, w.b2, z, s.hidden, 0, s.channels, gate, gate_activation<A>);
+  linear_rows(w.w1, w.b1, mean, s.channels, 0, s.hidden, z, k::se_hidden_from_dot<A>);
+  linear_rows(w.w2, w.b2, z, s.hidden, 0, s.channels, gate, k::se_gate_from_dot<A>);
 }
 
 // Batch schedule's MLP: units of (block of weight rows, sample), ordered block first, so that a
@@ -393,19 +385,19 @@ void excite_batch(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z, 
   constexpr int64_t kBlockRows = 32;
   const int64_t batch = s.batch;
   auto layer = [&](const A* weight, const A* bias, const A* in, int64_t in_len, int64_t rows, A* out,
-                   auto act) {
+                   auto unit) {
     const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
     at::parallel_for(0, blocks * batch, std::max<int64_t>(1, kGrainMacs / (kBlockRows * in_len)),
                      [&](int64_t begin, int64_t end) {
                        for (int64_t t = begin; t < end; ++t) {
                          const int64_t r0 = t / batch * kBlockRows, n = t % batch;
                          linear_rows(weight, bias, in + n * in_len, in_len, r0, std::min(rows, r0 + kBlockRows),
-                                     out + n * rows, act);
+                                     out + n * rows, unit);
                        }
                      });
   };
-  layer(w.w1, w.b1, mean, s.channels, s.hidden, z, hidden_activation<A>);
-  layer(w.w2, w.b2, z, s.hidden, s.channels, gate, gate_activation<A>);
+  layer(w.w1, w.b1, mean, s.channels, s.hidden, z, k::se_hidden_from_dot<A>);
+  layer(w.w2, w.b2, z, s.hidden, s.channels, gate, k::se_gate_from_dot<A>);
 }
 
 // ---- operators ------------------------------------------------------------------------------

@@ -120,8 +120,8 @@ REGNET_HD void se_merge_partials(const A* partials, int64_t count, int64_t chann
 // ---- excitation MLP -------------------------------------------------------------------------
 
 // Plain dot product: the contract of the Dot the units below take (CUDA passes a warp-wide one;
-// the CPU computes eight rows' dot products at a time, cpu/squeeze_excite.cpp, and applies
-// se_relu / se_sigmoid itself).
+// the CPU computes eight rows' dot products at a time, cpu/squeeze_excite.cpp, and takes the
+// units from them through se_hidden_from_dot / se_gate_from_dot).
 struct SeScalarDot {
   template <typename A>
   REGNET_HD A operator()(const A* a, const A* b, int64_t n) const {
@@ -131,16 +131,26 @@ struct SeScalarDot {
   }
 };
 
+// A hidden unit and a gate from their dot products (W1[j, :] . s and W2[c, :] . z).
+template <typename A>
+REGNET_HD A se_hidden_from_dot(A dot, A b1) {
+  return se_relu(dot + b1);
+}
+template <typename A>
+REGNET_HD A se_gate_from_dot(A dot, A b2) {
+  return se_sigmoid(dot + b2);
+}
+
 // One hidden unit: z[j] = relu(W1[j, :] . s + b1[j]); w1_row is row j of the [C_se, C] weight.
 template <typename A, typename Dot>
 REGNET_HD A se_hidden_unit(const A* w1_row, A b1, const A* s, int64_t channels, Dot dot) {
-  return se_relu(dot(w1_row, s, channels) + b1);
+  return se_hidden_from_dot(dot(w1_row, s, channels), b1);
 }
 
 // One gate: g[c] = sigmoid(W2[c, :] . z + b2[c]); w2_row is row c of the [C, C_se] weight.
 template <typename A, typename Dot>
 REGNET_HD A se_gate_unit(const A* w2_row, A b2, const A* z, int64_t hidden, Dot dot) {
-  return se_sigmoid(dot(w2_row, z, hidden) + b2);
+  return se_gate_from_dot(dot(w2_row, z, hidden), b2);
 }
 
 // One sample's MLP backward: from dg (C) to dpre2 (C), dz (C_se) and ds / P (C).
