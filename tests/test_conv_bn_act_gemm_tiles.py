@@ -1,6 +1,6 @@
 """Our register-tiled GEMMs for 1x1 convs (ConvKernel::kGemmTiles; float32, AVX-512): the eval
 forward and the training forward's z with its batch moments (csrc/cpu/gemm_1x1_tiles.h; y and
-the running statistics follow from them), and at stride 1 both gradients
+the running statistics follow from them), and both gradients
 of the backward, the input gradient through the same tiles and the weight gradient through
 csrc/cpu/gemm_1x1_weight_grad.h. Against the float64 reference where the output channels fill
 whole 4-vector blocks, end in a 1-, 2- or 3-vector block, or end mid-vector (masked stores), where
@@ -52,8 +52,10 @@ def test_matches_float64_reference(shape, stride, channels_last):
 # gradient's input-channel blocks (vectors) and output-channel tiles (8 rows at 1-3 vectors, 6 at
 # 4): 24 -> 44: one block of 2 (masked), 5 tiles + 4 single rows, 578 pixel rows (two chunks of
 # 512); 48 -> 104: 3 vectors (whole); 104 -> 208: 4 + 3 (masked), 34 tiles + 4 rows; 40 -> 440:
-# 3 (masked); 16 -> 30: 1, 3 tiles + 6 rows; 200 -> 24: 4 + 4 + 4 + 1 (masked), 529 rows.
-TRAIN_SHAPES = [(2, 24, 44, 17), (3, 48, 104, 13), (1, 104, 208, 7), (2, 40, 440, 5), (2, 16, 30, 9), (1, 200, 24, 23)]
+# 3 (masked); 16 -> 30: 1, 3 tiles + 6 rows; 200 -> 24: 4 + 4 + 4 + 1 (masked), 529 rows; 32 -> 48
+# at 10px: an even size, whose last row and column no output pixel reads at stride 2.
+TRAIN_SHAPES = [(2, 24, 44, 17), (3, 48, 104, 13), (1, 104, 208, 7), (2, 40, 440, 5), (2, 16, 30, 9), (1, 200, 24, 23),
+                (2, 32, 48, 10)]
 
 
 @pytest.mark.parametrize("shape", TRAIN_SHAPES, ids=[f"n{s[0]}c{s[1]}-{s[2]}h{s[3]}" for s in TRAIN_SHAPES])

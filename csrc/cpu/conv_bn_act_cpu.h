@@ -152,8 +152,8 @@ inline bool use_gemm_kernel(const ConvGeometry& g, at::ScalarType dtype) {
 }
 
 // 1x1 ungrouped convs, float32, AVX-512: our GEMM tiles (gemm_1x1_tiles.h) for the eval forward
-// (epilogue in registers) and the training forward's z, and at stride 1 for both gradients of the
-// backward (the input gradient through the same tiles, the weight gradient through
+// (epilogue in registers) and the training forward's z, and for both gradients of the backward
+// (the input gradient through the same tiles, the weight gradient through
 // gemm_1x1_weight_grad.h), timed by the autotuner against oneDNN (and the whole-tensor GEMM where
 // that applies); the rule only under REGNET_EXT_CPU_CONV=gemm_tiles (tests). In training, per
 // call against oneDNN (interleaved medians, batch 8, the BN passes included, 2-core Zen 4 VM,
@@ -161,8 +161,11 @@ inline bool use_gemm_kernel(const ConvGeometry& g, at::ScalarType dtype) {
 // (0.98x), the input gradient 1.04-1.21x, the forward (moments from the tiles) 1.03-1.21x; whole
 // training steps, one process alternating with and without these candidates: RegNetX-400MF
 // 1.010x and 1.028x at 8 x 224, 1.074x at 32 x 128; RegNetY-400MF 1.044x and 1.059x. At stride 2
-// (the projection shortcuts) tiles for both gradients measured 0.41-0.99x oneDNN's backward at
-// batch 8, so strided backwards stay with oneDNN.
+// (the projection shortcuts) an earlier try measured 0.41-0.99x oneDNN's backward at batch 8;
+// with the input gradient scattered by one pass of ours (scatter_strided_rows) the autotuner's
+// medians against oneDNN's backward (2-core Zen 4 VM, 2026-12-06) were 568 vs 921 us (192 -> 512
+// channels at 28px, batch 1), 99 vs 254 (64 -> 160, 28px, batch 1), 4807 vs 6262 (512 -> 1088,
+// 14px, batch 8), 4948 vs 5594 (32 -> 128, 112px, batch 8).
 inline bool gemm_tiles_apply(const ConvGeometry& g, at::ScalarType dtype) {
   return kHaveGemmTiles && is_plain_gemm(g) && dtype == at::kFloat;
 }
@@ -303,7 +306,7 @@ inline bool use_narrow_input_grad(const ConvGeometry& g, at::ScalarType dtype) {
 }
 
 // The backward plans the autotuner compares in the measured mix: for a stride-1 1x1 conv,
-// oneDNN or the two GEMMs; for a float32 grouped conv, oneDNN for both gradients, our tiles for
+// oneDNN or the two GEMMs (ATen's or our tiles); for a strided one oneDNN or our tiles; for a float32 grouped conv, oneDNN for both gradients, our tiles for
 // the weight gradient (any grouped conv), Winograd or the narrow-group kernel for the input
 // gradient where they run the forward (the narrow one at stride 1), or both of ours.
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
@@ -313,6 +316,7 @@ inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::Sc
     if (gemm_tiles_apply(g, dtype)) plans.push_back(ConvKernel::kGemmTiles);
     return plans;
   }
+  if (gemm_tiles_apply(g, dtype)) return {ConvKernel::kOneDnn, ConvKernel::kGemmTiles};
   if (dtype != at::kFloat || g.groups == 1) return {};
   const bool winograd = input_grad && own_conv_kernel(g, dtype) == ConvKernel::kWinograd;
   const bool narrow = input_grad && narrow_input_grad_applies(g, dtype);
