@@ -306,9 +306,10 @@ inline bool use_narrow_input_grad(const ConvGeometry& g, at::ScalarType dtype) {
 }
 
 // The backward plans the autotuner compares in the measured mix: for a stride-1 1x1 conv,
-// oneDNN or the two GEMMs (ATen's or our tiles); for a strided one oneDNN or our tiles; for a float32 grouped conv, oneDNN for both gradients, our tiles for
-// the weight gradient (any grouped conv), Winograd or the narrow-group kernel for the input
-// gradient where they run the forward (the narrow one at stride 1), or both of ours.
+// oneDNN or the two GEMMs (ATen's or our tiles); for a strided one oneDNN or our tiles; for a
+// float32 grouped conv, oneDNN for both gradients, our tiles for the weight gradient (any
+// grouped conv), Winograd or the narrow-group kernel for the input gradient where they run the
+// forward (the narrow one at stride 1), or both of ours.
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
                                                    bool param_grads) {
   if (gemm_backward_applies(g, dtype)) {
