@@ -54,26 +54,28 @@ inline at::Tensor as_rows(const at::Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).reshape({-1, nhwc.size(1)});
 }
 
-// grad_x of a strided 1x1 conv from the rows r = dz W' of its output pixels: each input pixel
-// (n, h, w) takes the row of output pixel (n, h/s, w/s) where s divides h and w, zero elsewhere.
-// One pass writing every element once (zeros then the strided copy through ATen's indexing took
-// 1.7 ms at 32 channels, 112px, batch 8, on the 2-core Zen 4 VM, a zero fill alone 0.18 ms).
-inline void scatter_strided_rows(const float* rows, const ConvGeometry& g, float* grad_x) {
+// grad_x of a strided 1x1 conv from the rows r = dz W' of its output pixels (from our tiles or
+// ATen's GEMM): each input pixel (n, h, w) takes the row of output pixel (n, h/s, w/s) where s
+// divides h and w, zero elsewhere. One pass writing every element once (zeros then the strided
+// copy through ATen's indexing took 1.7 ms at 32 channels, 112px, batch 8, on the 2-core Zen 4
+// VM, a zero fill alone 0.18 ms).
+template <typename T>
+void scatter_strided_rows(const T* rows, const ConvGeometry& g, T* grad_x) {
   const int64_t C = g.in_c, s = g.stride;
   at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.in_h, h = r % g.in_h;
-      float* dst = grad_x + r * g.in_w * C;
+      T* dst = grad_x + r * g.in_w * C;
       if (h % s != 0) {
-        std::fill(dst, dst + g.in_w * C, 0.0f);
+        std::fill(dst, dst + g.in_w * C, T(0));
         continue;
       }
-      const float* src = rows + (n * g.out_h + h / s) * g.out_w * C;
+      const T* src = rows + (n * g.out_h + h / s) * g.out_w * C;
       for (int64_t w = 0; w < g.in_w; ++w, dst += C) {
         if (w % s == 0)
           std::copy(src + (w / s) * C, src + (w / s + 1) * C, dst);
         else
-          std::fill(dst, dst + C, 0.0f);
+          std::fill(dst, dst + C, T(0));
       }
     }
   });
@@ -324,13 +326,12 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       if (is_plain_gemm(g)) {
         at::Tensor w = weight.reshape({C, g.in_c});
         if (!training) w = (w.to(acc_dtype) * scale_t.unsqueeze(1)).to(x.scalar_type());
-        const at::Tensor rows = at::mm(as_rows(dz), w).view({g.batch, g.out_h, g.out_w, g.in_c}).permute({0, 3, 1, 2});
+        const at::Tensor rows = at::mm(as_rows(dz), w);  // [N*Ho*Wo, C_in], contiguous
         if (g.stride == 1) {
-          grad_x = rows;
+          grad_x = rows.view({g.batch, g.out_h, g.out_w, g.in_c}).permute({0, 3, 1, 2});
         } else {
-          grad_x = at::zeros({g.batch, g.in_c, g.in_h, g.in_w},
-                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
-          grad_x.slice(2, 0, g.in_h, g.stride).slice(3, 0, g.in_w, g.stride).copy_(rows);
+          grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
+          scatter_strided_rows(rows.const_data_ptr<T>(), g, grad_x.data_ptr<T>());
         }
       } else {
         const at::Tensor packed_t = pack_weight<T>(weight, g, training ? nullptr : scale.data(), /*transposed=*/true);
