@@ -20,6 +20,13 @@ stay float32), the way CPUs with AVX-512 BF16 serve and train in 16 bits.
 
 Variant `fused-module-calls` is the fused model with its blocks' lean inference off (every layer
 through its module call, folded_inference.lean_blocks = False): the A/B of that path.
+
+--exclude-kernels NAME... adds variant `fused-excluding`: the fused model with the CPU conv
+autotuner choosing without those kernels (regnet_ext.ops.cpu_conv_autotune_excluding), so that
+its ratio f/excl is the in-process A/B of those kernels inside the model:
+
+    .venv/bin/python benchmarks/bench_fuse.py --configs 8x224 --modes training --variants fused \
+        --exclude-kernels gemm_tiles --out /tmp/fuse_ab.json
 """
 import argparse
 import copy
@@ -41,6 +48,7 @@ from common import batch_resolution, minor_faults, sgd_implementations  # noqa: 
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 from regnet_ext.models.zoo import canonical_name  # noqa: E402
 from regnet_ext.nn import folded_inference  # noqa: E402
+from regnet_ext.ops import cpu_conv_autotune_excluding, cpu_conv_kernel_names  # noqa: E402
 from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
 from regnet_ext.training import sgd  # noqa: E402
 
@@ -48,20 +56,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("RegNetY-400MF", "RegNetX-400MF")
 SHAPES = ((8, 224), (32, 128))  # (batch, resolution)
 VARIANTS = ("eager", "fused", "compile")
-ALL_VARIANTS = VARIANTS + ("fused-module-calls",)
+ALL_VARIANTS = VARIANTS + ("fused-module-calls", "fused-excluding")
+FUSED_VARIANTS = ("fused", "fused-module-calls", "fused-excluding")
 MODES = ("inference", "training")
 # What the fused variant's ratios compare against, with their table headings.
-BASELINES = {"eager": "f/eager", "compile": "f/comp", "fused-module-calls": "f/modcall"}
+BASELINES = {"eager": "f/eager", "compile": "f/comp", "fused-module-calls": "f/modcall", "fused-excluding": "f/excl"}
 GOALS = {("inference", "eager"): 1.6, ("inference", "compile"): 1.1, ("training", "eager"): 1.3}
 
 
 class Case:
     """One (model, shape, mode, variant): a callable that runs one inference batch or train step."""
 
-    def __init__(self, model_name, batch, resolution, mode, variant, model, autocast=None):
+    def __init__(self, model_name, batch, resolution, mode, variant, model, autocast=None, excluded=()):
         self.model_name, self.batch, self.resolution = model_name, batch, resolution
         self.mode, self.variant = mode, variant
         self.autocast = autocast  # a dtype: every call runs under CPU autocast to it
+        self.excluded = excluded  # variant fused-excluding: the kernels its calls leave out
         cl = torch.channels_last
         gen = torch.Generator().manual_seed(0)
         self.x = torch.randn(batch, 3, resolution, resolution, generator=gen).contiguous(memory_format=cl)
@@ -83,6 +93,9 @@ class Case:
                 return self._run()
             finally:
                 folded_inference.lean_blocks = True
+        if self.variant == "fused-excluding":
+            with cpu_conv_autotune_excluding(*self.excluded):
+                return self._run()
         return self._run()
 
     def _run(self):
@@ -101,7 +114,7 @@ class Case:
         self.optimizer.step()
 
 
-def build_cases(models, shapes, variants, modes=MODES, autocast=None):
+def build_cases(models, shapes, variants, modes=MODES, autocast=None, excluded=()):
     from regnet_ext.models import regnet
     from regnet_ext.nn import fuse
 
@@ -113,13 +126,13 @@ def build_cases(models, shapes, variants, modes=MODES, autocast=None):
             built = {}
             for variant in variants:
                 model = copy.deepcopy(base).train(mode == "training")
-                if variant in ("fused", "fused-module-calls"):
+                if variant in FUSED_VARIANTS:
                     model = fuse(model)
                 elif variant == "compile":
                     model = _compiled(model, freezing=mode == "inference")
                 built[variant] = model
             for batch, resolution in shapes:
-                cases += [Case(name, batch, resolution, mode, v, built[v], autocast) for v in variants]
+                cases += [Case(name, batch, resolution, mode, v, built[v], autocast, excluded) for v in variants]
     return cases
 
 
@@ -218,7 +231,8 @@ def plot(rows, ratios, path, dtype_label="float32"):
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
     axes = axes[0]
-    colors = {"eager": "tab:gray", "fused": "tab:blue", "compile": "tab:purple", "fused-module-calls": "tab:cyan"}
+    colors = {"eager": "tab:gray", "fused": "tab:blue", "compile": "tab:purple", "fused-module-calls": "tab:cyan",
+              "fused-excluding": "tab:olive"}
     for ax, mode in zip(axes, modes):
         keys = list(dict.fromkeys((r["model"], r["batch"], r["resolution"]) for r in rows if r["mode"] == mode))
         variants = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
@@ -258,7 +272,11 @@ def main(argv=None):
                         help="e.g. 1x224 (default: 8x224 32x128)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(VARIANTS),
-                        help="fused-module-calls: fused with the blocks' lean inference off")
+                        help="fused-module-calls: fused with the blocks' lean inference off; "
+                             "fused-excluding: see --exclude-kernels")
+    parser.add_argument("--exclude-kernels", nargs="+", default=[], metavar="NAME",
+                        help="add variant fused-excluding, whose autotuner leaves these CPU conv kernels out "
+                             f"(names: {', '.join(cpu_conv_kernel_names())})")
     parser.add_argument("--autocast", choices=["bfloat16"], default=None,
                         help="run every call under CPU autocast to this dtype (models stay float32)")
     parser.add_argument("--out", type=Path, default=None,
@@ -273,9 +291,17 @@ def main(argv=None):
         except ValueError as exc:
             parser.error(f"--models: {exc}")
 
+    for name in args.exclude_kernels:
+        if name not in cpu_conv_kernel_names():
+            parser.error(f"--exclude-kernels: unknown kernel {name!r}; expected one of {', '.join(cpu_conv_kernel_names())}")
+    if args.exclude_kernels and "fused-excluding" not in args.variants:
+        args.variants.append("fused-excluding")
+    if "fused-excluding" in args.variants and not args.exclude_kernels:
+        parser.error("--variants fused-excluding needs --exclude-kernels")
     models, shapes, variants = args.models, args.configs or SHAPES, args.variants
     if args.quick:
-        models, shapes, variants = ("RegNetX-400MF",), ((4, 64),), ("eager", "fused")
+        models, shapes = ("RegNetX-400MF",), ((4, 64),)
+        variants = ("eager", "fused") + (("fused-excluding",) if args.exclude_kernels else ())
         args.rounds, args.reps, args.warmup = 2, 1, 1
     if args.out is None:  # a quick pipeline check must not overwrite the committed results
         args.out = RESULTS / ("fuse_cpu_quick.json" if args.quick else "fuse_cpu.json")
@@ -283,7 +309,8 @@ def main(argv=None):
     malloc_tuned = apply_tune_malloc(args, "bench_fuse.py", use_mmap=False)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    cases = build_cases(models, shapes, variants, args.modes, None if args.autocast is None else getattr(torch, args.autocast))
+    cases = build_cases(models, shapes, variants, args.modes, None if args.autocast is None else getattr(torch, args.autocast),
+                        tuple(args.exclude_kernels))
     measure(cases, args.rounds, args.reps, args.warmup, progress=lambda s: print(s, file=sys.stderr, flush=True))
     rows, ratios = summarise(cases)
     print_table(rows, ratios)
@@ -291,6 +318,7 @@ def main(argv=None):
         benchmark="bench_fuse", cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
         python=platform.python_version(), dtype=dtype_label, memory_format="channels_last",
         rounds=args.rounds, reps=args.reps, warmup=args.warmup, quick=args.quick, malloc_tuned=malloc_tuned,
+        excluded_kernels=args.exclude_kernels,
         sgd=sgd_implementations([c.optimizer for c in cases if c.mode == "training"]),
         load_average_before=load_before, load_average_after=os.getloadavg(),
         wall_s=time.perf_counter() - t0, goals={f"{m} fused vs {o}": g for (m, o), g in GOALS.items()},

@@ -12,12 +12,15 @@
 // narrow-group one with AVX-512 or AVX2+FMA, Winograd with AVX-512, the bfloat16 one with
 // AVX512-BF16), and `gemm_tiles_kernel`, our register tiles for 1x1 convs and stems
 // (csrc/cpu/gemm_1x1_tiles.h, stem_conv_tiles.h, AVX-512);
-// three functions of the CPU conv autotuner (csrc/cpu/conv_autotune.cpp); and one
+// six functions of the CPU conv autotuner (csrc/cpu/conv_autotune.cpp); and one
 // listing the folded-weight cache's shapes (csrc/cpu/folded_weight_cache.cpp).
 namespace regnet_ext::cpu {
 PyObject* conv_autotune_enabled_py(PyObject*, PyObject*);
 PyObject* conv_autotune_records_py(PyObject*, PyObject*);
 PyObject* clear_conv_autotune_py(PyObject*, PyObject*);
+PyObject* conv_kernel_names_py(PyObject*, PyObject*);
+PyObject* conv_autotune_excluded_mask_py(PyObject*, PyObject*);
+PyObject* set_conv_autotune_excluded_py(PyObject*, PyObject*);
 PyObject* cpu_weight_cache_shapes_py(PyObject*, PyObject*);
 }  // namespace regnet_ext::cpu
 
@@ -29,6 +32,12 @@ extern "C" PyObject* PyInit__C(void) {
        "The CPU conv autotuner's decisions so far: a list of dicts."},
       {"clear_cpu_conv_autotune", regnet_ext::cpu::clear_conv_autotune_py, METH_NOARGS,
        "Forgets the CPU conv autotuner's decisions (the next call of each shape times again)."},
+      {"cpu_conv_kernel_names", regnet_ext::cpu::conv_kernel_names_py, METH_NOARGS,
+       "The CPU conv kernels' names, indexed by their bit in set_cpu_conv_autotune_excluded's mask."},
+      {"cpu_conv_autotune_excluded_mask", regnet_ext::cpu::conv_autotune_excluded_mask_py, METH_NOARGS,
+       "The mask of kernels the CPU conv autotuner leaves out now."},
+      {"set_cpu_conv_autotune_excluded", regnet_ext::cpu::set_conv_autotune_excluded_py, METH_O,
+       "Sets the mask of kernels the CPU conv autotuner leaves out; returns the previous mask."},
       {"cpu_weight_cache_shapes", regnet_ext::cpu::cpu_weight_cache_shapes_py, METH_NOARGS,
        "(layout, call shape) of each folded weight the CPU eval operator keeps packed (for tests)."},
       {nullptr, nullptr, 0, nullptr}};

@@ -37,3 +37,25 @@ def test_bad_configs_and_models_are_refused_clearly(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--models", "RegNetZ-1GF"])
     assert "--models: name: unknown RegNet model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_exclude_kernels_adds_the_in_process_ab(tmp_path):
+    bench = benchmark_scripts.load("bench_fuse")
+    out = tmp_path / "fuse_ab.json"
+    assert bench.main(["--quick", "--no-tune-malloc", "--modes", "inference", "--exclude-kernels", "gemm_tiles",
+                       "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["excluded_kernels"] == ["gemm_tiles"]
+    assert {r["variant"] for r in doc["results"]} == {"eager", "fused", "fused-excluding"}
+    assert {r["fused_vs"] for r in doc["ratios"]} == {"eager", "fused-excluding"}
+
+
+def test_bad_excluded_kernels_are_refused_clearly(capsys):
+    bench = benchmark_scripts.load("bench_fuse")
+    with pytest.raises(SystemExit):
+        bench.main(["--exclude-kernels", "cudnn"])
+    assert "--exclude-kernels: unknown kernel 'cudnn'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "fused", "fused-excluding"])
+    assert "needs --exclude-kernels" in capsys.readouterr().err

@@ -2,14 +2,14 @@
 both run a grouped conv pass (eval, training forward, backward), the first call of a shape times
 the candidates and later calls run the recorded winner. Checked: one decision per shape and pass, results still match the float64
 reference, the winner is what runs (Winograd's results differ from oneDNN's by rounding, so the
-output tells them apart), and the switches that turn it off."""
+output tells them apart), the switches that turn it off, and the kernels left out of the choice."""
 import pytest
 import torch
 
 import regnet_ext._C as compiled
 from conv_bn_act_reference import make_case
-from regnet_ext.ops import (clear_cpu_conv_autotune, conv_bn_act, cpu_conv_autotune_enabled,
-                            cpu_conv_autotune_records)
+from regnet_ext.ops import (clear_cpu_conv_autotune, conv_bn_act, cpu_conv_autotune_enabled, cpu_conv_autotune_excluded,
+                            cpu_conv_autotune_excluding, cpu_conv_autotune_records, cpu_conv_kernel_names)
 from test_conv_bn_act import _run_and_compare
 
 HAVE_NARROW = bool(getattr(compiled, "narrow_group_kernel", 0))  # AVX-512 or AVX2+FMA
@@ -184,3 +184,48 @@ def test_each_median_leaves_out_rounds_that_took_page_faults(autotune, size):
             assert all(t > 0 for t in rounds) and all(isinstance(f, int) and f >= 0 for f in faults)
             assert r["median_us"][name] == pytest.approx(_median_without_faulted_rounds(rounds, faults), rel=1e-12)
         assert r["chosen"] == min(r["median_us"], key=r["median_us"].get)
+
+
+@needs_narrow
+def test_excluded_kernels_are_left_out_and_each_set_keeps_its_choices(autotune):
+    case = make_case(2, 32, 32, 9, 3, 1, 4, channels_last=True, residual=True, seed=11)
+    left_out = ["narrow", "narrow_input_grad+own_weight_grad"]
+    assert cpu_conv_autotune_excluded() == ()
+    with cpu_conv_autotune_excluding(*left_out):
+        assert list(cpu_conv_autotune_excluded()) == left_out
+        _run_and_compare(case, stride=1, groups=4, training=True, relu=True)
+    assert cpu_conv_autotune_excluded() == ()
+    # The training forward had oneDNN left alone (run, not timed); the backward three plans of four.
+    (excluding,) = cpu_conv_autotune_records()
+    assert excluding["pass"] == "backward" and excluding["excluded"] == left_out
+    assert set(excluding["median_us"]) == {"onednn", "onednn_input_grad+own_weight_grad",
+                                           "narrow_input_grad+onednn_weight_grad"}
+    _run_and_compare(case, stride=1, groups=4, training=True, relu=True)
+    with cpu_conv_autotune_excluding(*left_out):
+        _run_and_compare(case, stride=1, groups=4, training=True, relu=True)  # looked up, not timed again
+    records = cpu_conv_autotune_records()
+    assert sorted((r["pass"], len(r["excluded"])) for r in records) == [
+        ("backward", 0), ("backward", 2), ("train_forward", 0)]
+    assert next(r for r in records if r["pass"] == "backward" and not r["excluded"])["median_us"].keys() >= {
+        "narrow_input_grad+own_weight_grad"}
+
+
+@needs_narrow
+def test_excluding_every_candidate_leaves_the_rule(autotune):
+    case = make_case(1, 32, 32, 7, 3, 1, 4, channels_last=True, residual=False, seed=12)
+    with cpu_conv_autotune_excluding("onednn"), cpu_conv_autotune_excluding("narrow"):  # nested: they add up
+        assert set(cpu_conv_autotune_excluded()) == {"onednn", "narrow"}
+        _run_and_compare(case, stride=1, groups=4, training=False, relu=True, backward=False)
+        assert cpu_conv_autotune_excluded() == ("onednn", "narrow")
+    assert cpu_conv_autotune_records() == [] and cpu_conv_autotune_excluded() == ()
+
+
+def test_excluding_an_unknown_kernel_is_refused_and_errors_restore_the_set():
+    with pytest.raises(ValueError, match="unknown kernel 'cudnn'.*gemm_tiles"):
+        with cpu_conv_autotune_excluding("cudnn"):
+            pass
+    with pytest.raises(RuntimeError, match="inside"):
+        with cpu_conv_autotune_excluding("gemm_tiles"):
+            raise RuntimeError("inside")
+    assert cpu_conv_autotune_excluded() == ()
+    assert "onednn" in cpu_conv_kernel_names() and len(set(cpu_conv_kernel_names())) == len(cpu_conv_kernel_names())

@@ -1,5 +1,7 @@
-// regnet_ext._C.cpu_conv_autotune_enabled(), .cpu_conv_autotune_records() and
-// .clear_cpu_conv_autotune(): the autotuner's switch and decisions (conv_autotune.h), for
+// regnet_ext._C.cpu_conv_autotune_enabled(), .cpu_conv_autotune_records(),
+// .clear_cpu_conv_autotune(), .cpu_conv_kernel_names(),
+// .cpu_conv_autotune_excluded_mask() and .set_cpu_conv_autotune_excluded(mask):
+// the autotuner's switch, decisions and exclusions (conv_autotune.h), for
 // regnet_ext.ops.cpu_autotune and the benchmarks.
 #include <Python.h>
 
@@ -14,6 +16,18 @@ bool set_item(PyObject* dict, const char* key, PyObject* value) {
   const int rc = PyDict_SetItemString(dict, key, value);
   Py_DECREF(value);
   return rc == 0;
+}
+
+// The names of the kernels whose bits are set in mask.
+PyObject* kernel_names_of(uint32_t mask) {
+  PyObject* names = PyList_New(0);
+  for (int k = 0; names != nullptr && k < kConvKernelCount; ++k) {
+    if (!is_excluded(static_cast<ConvKernel>(k), mask)) continue;
+    PyObject* name = PyUnicode_FromString(conv_kernel_name(static_cast<ConvKernel>(k)));
+    if (name == nullptr || PyList_Append(names, name) != 0) Py_CLEAR(names);
+    Py_XDECREF(name);
+  }
+  return names;
 }
 
 PyObject* record_dict(const ConvAutotuneRecord& r) {
@@ -71,7 +85,7 @@ PyObject* record_dict(const ConvAutotuneRecord& r) {
        set_item(d, "kernel", PyLong_FromLongLong(g.kernel)) && set_item(d, "stride", PyLong_FromLongLong(g.stride)) &&
        set_item(d, "padding", PyLong_FromLongLong(g.padding)) && set_item(d, "groups", PyLong_FromLongLong(g.groups)) &&
        set_item(d, "relu", PyBool_FromLong(r.relu)) && set_item(d, "residual", PyBool_FromLong(r.residual)) &&
-       set_item(d, "threads", PyLong_FromLong(r.threads)) &&
+       set_item(d, "threads", PyLong_FromLong(r.threads)) && set_item(d, "excluded", kernel_names_of(r.excluded)) &&
        set_item(d, "chosen", PyUnicode_FromString(conv_kernel_name(r.chosen)));
   if (!ok) {
     Py_DECREF(d);
@@ -103,6 +117,36 @@ PyObject* conv_autotune_enabled_py(PyObject*, PyObject*) { return PyBool_FromLon
 PyObject* clear_conv_autotune_py(PyObject*, PyObject*) {
   ConvAutotuneTable::instance().clear();
   Py_RETURN_NONE;
+}
+
+// Every kernel's name, indexed by its ConvKernel value (the bit of set_cpu_conv_autotune_excluded).
+PyObject* conv_kernel_names_py(PyObject*, PyObject*) {
+  PyObject* names = PyTuple_New(kConvKernelCount);
+  for (int k = 0; names != nullptr && k < kConvKernelCount; ++k) {
+    PyObject* name = PyUnicode_FromString(conv_kernel_name(static_cast<ConvKernel>(k)));
+    if (name == nullptr) {
+      Py_CLEAR(names);
+      break;
+    }
+    PyTuple_SET_ITEM(names, k, name);
+  }
+  return names;
+}
+
+PyObject* conv_autotune_excluded_mask_py(PyObject*, PyObject*) {
+  return PyLong_FromUnsignedLong(excluded_conv_kernels().load());
+}
+
+// Sets excluded_conv_kernels() to mask (an int, a bit per ConvKernel) and returns the one before.
+PyObject* set_conv_autotune_excluded_py(PyObject*, PyObject* mask) {
+  const unsigned long long value = PyLong_AsUnsignedLongLong(mask);
+  if (value == static_cast<unsigned long long>(-1) && PyErr_Occurred()) return nullptr;
+  if (value >> kConvKernelCount) {
+    PyErr_Format(PyExc_ValueError, "set_cpu_conv_autotune_excluded: mask %llu has bits beyond the %d kernels", value,
+                 kConvKernelCount);
+    return nullptr;
+  }
+  return PyLong_FromUnsignedLong(excluded_conv_kernels().exchange(static_cast<uint32_t>(value)));
 }
 
 }  // namespace regnet_ext::cpu

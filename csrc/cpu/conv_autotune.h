@@ -18,7 +18,8 @@
 // forward of a model pays and later ones do not. Off (the
 // rules decide) with REGNET_EXT_CPU_AUTOTUNE=0, under torch.use_deterministic_algorithms(True)
 // (another process could choose the other kernel, whose results differ by rounding), and when
-// REGNET_EXT_CPU_CONV forces a backend.
+// REGNET_EXT_CPU_CONV forces a backend. A set of kernels can be left out of the choice
+// (excluded_conv_kernels), for an A/B of one kernel inside a whole model in one process.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,7 +27,9 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -62,6 +65,7 @@ enum class ConvKernel : int {
   kGemmTiles = 9,
   kStemTiles = 10,
 };
+inline constexpr int kConvKernelCount = 11;
 // The backward passes differ in what they compute: both gradients, or only one of them.
 enum class ConvPass : int { kEval = 0, kTrainForward = 1, kBackward = 2, kBackwardInput = 3, kBackwardWeight = 4 };
 
@@ -127,6 +131,17 @@ inline bool conv_autotune_enabled() {
   return conv_backend() == ConvBackend::kMixed && !at::globalContext().deterministicAlgorithms();
 }
 
+// The kernels the autotuner leaves out of its candidates, a bit per ConvKernel (set from Python by
+// regnet_ext.ops.cpu_conv_autotune_excluding): one process can then time a whole model with and
+// without a kernel, round after round, where separate processes differ by more than the effect
+// (2-core VMs: +-20% between processes). Part of the table's key, so each set keeps its choices.
+inline std::atomic<uint32_t>& excluded_conv_kernels() {
+  static std::atomic<uint32_t> mask{0};
+  return mask;
+}
+
+inline bool is_excluded(ConvKernel k, uint32_t excluded) { return (excluded >> static_cast<int>(k)) & 1u; }
+
 // One decision: the call shape it is for, what each candidate took (median, microseconds) and
 // the winner.
 struct ConvAutotuneRecord {
@@ -135,6 +150,7 @@ struct ConvAutotuneRecord {
   kernels::ConvGeometry geometry;
   bool relu, residual;
   int threads;
+  uint32_t excluded;  // excluded_conv_kernels() when it was made
   ConvKernel chosen;
   struct Candidate {
     ConvKernel kernel;
@@ -170,7 +186,7 @@ inline double robust_median(const std::vector<double>& samples, const std::vecto
 
 class ConvAutotuneTable {
  public:
-  using Key = std::tuple<int, int, std::array<int64_t, 9>, bool, bool, int>;
+  using Key = std::tuple<int, int, std::array<int64_t, 9>, bool, bool, int, uint32_t>;
 
   static ConvAutotuneTable& instance() {
     static ConvAutotuneTable table;
@@ -178,11 +194,11 @@ class ConvAutotuneTable {
   }
 
   static Key key_of(ConvPass pass, at::ScalarType dtype, const kernels::ConvGeometry& g, bool relu,
-                    bool residual) {
+                    bool residual, uint32_t excluded) {
     // The thread count too: the faster kernel on two threads need not be the faster on one.
     return {static_cast<int>(pass), static_cast<int>(dtype),
             {g.batch, g.in_c, g.in_h, g.in_w, g.out_c, g.kernel, g.stride, g.padding, g.groups}, relu, residual,
-            at::get_num_threads()};
+            at::get_num_threads(), excluded};
   }
 
   std::optional<ConvKernel> find(const Key& key) {
@@ -215,15 +231,22 @@ class ConvAutotuneTable {
 };
 
 // The kernel for this call: `rule` where there is nothing to choose from (fewer than two
-// candidates) or autotuning is off; else the recorded choice, or the fastest candidate timed now
-// with run(kernel), which must compute the whole pass with that kernel (its result is dropped;
-// the caller runs the winner).
+// candidates, or none left by the exclusions) or autotuning is off; the one candidate the
+// exclusions leave; else the recorded choice, or the fastest candidate timed now with
+// run(kernel), which must compute the whole pass with that kernel (its result is dropped; the
+// caller runs the winner).
 inline ConvKernel choose_conv_kernel(ConvPass pass, at::ScalarType dtype, const kernels::ConvGeometry& g, bool relu,
-                                     bool residual, const std::vector<ConvKernel>& candidates, ConvKernel rule,
+                                     bool residual, const std::vector<ConvKernel>& all_candidates, ConvKernel rule,
                                      const std::function<void(ConvKernel)>& run) {
-  if (candidates.size() < 2 || !conv_autotune_enabled()) return rule;
+  if (all_candidates.size() < 2 || !conv_autotune_enabled()) return rule;
+  const uint32_t excluded = excluded_conv_kernels().load(std::memory_order_relaxed);
+  std::vector<ConvKernel> candidates;
+  for (ConvKernel k : all_candidates)
+    if (!is_excluded(k, excluded)) candidates.push_back(k);
+  if (candidates.empty()) return rule;
+  if (candidates.size() == 1) return candidates[0];
   ConvAutotuneTable& table = ConvAutotuneTable::instance();
-  const ConvAutotuneTable::Key key = ConvAutotuneTable::key_of(pass, dtype, g, relu, residual);
+  const ConvAutotuneTable::Key key = ConvAutotuneTable::key_of(pass, dtype, g, relu, residual, excluded);
   if (const std::optional<ConvKernel> known = table.find(key)) return *known;
 
   using Clock = std::chrono::steady_clock;
@@ -241,7 +264,7 @@ inline ConvKernel choose_conv_kernel(ConvPass pass, at::ScalarType dtype, const 
   double slowest = 0;
   for (ConvKernel k : candidates) slowest = std::max(slowest, seconds_of(k));
   const int rounds = std::clamp(static_cast<int>(0.02 / std::max(slowest, 1e-6)), 3, 15);
-  ConvAutotuneRecord record{pass, dtype, g, relu, residual, at::get_num_threads(), candidates[0], {}};
+  ConvAutotuneRecord record{pass, dtype, g, relu, residual, at::get_num_threads(), excluded, candidates[0], {}};
   for (ConvKernel k : candidates) record.candidates.push_back({k, 0.0, {}, {}});
   for (int r = 0; r < rounds; ++r)
     for (auto& c : record.candidates) {

@@ -10,7 +10,12 @@ training forward (oneDNN or ours), and for the backward (which of oneDNN, our we
 tiles and Winograd compute the two gradients). It is on unless
 REGNET_EXT_CPU_AUTOTUNE=0, torch.use_deterministic_algorithms(True) or REGNET_EXT_CPU_CONV says
 otherwise; then fixed rules measured on the development machine decide.
+
+cpu_conv_autotune_excluding(*names) leaves kernels out of the choice for a block of code: the A/B
+of one kernel inside a whole model, in one process.
 """
+import contextlib
+
 import torch
 
 from .. import _C
@@ -26,7 +31,8 @@ def cpu_conv_autotune_records():
     "backward_input" / "backward_weight" where only one gradient was asked for), dtype (a
     torch.dtype), x_shape, out_channels, kernel, stride, padding, groups, relu and residual (the
     eval epilogue's; False for the other passes, whose timing covers the conv alone), threads
-    (torch's intra-op thread count, part of the key: a new count times again), chosen and
+    (torch's intra-op thread count, part of the key: a new count times again), excluded (the
+    kernels cpu_conv_autotune_excluding left out, also part of the key), chosen and
     median_us (each candidate's median time in microseconds, by name: "onednn", "narrow",
     "winograd", "gemm" (small 1x1 convs), "gemm_tiles" (1x1 convs in eval, AVX-512), "stem_tiles"
     (convs with at most 4 input channels, AVX-512), or for the
@@ -43,3 +49,40 @@ def cpu_conv_autotune_records():
 def clear_cpu_conv_autotune():
     """Forgets every choice: the next call of each shape times the candidates again."""
     _C.clear_cpu_conv_autotune()
+
+
+def cpu_conv_kernel_names():
+    """The names a record's chosen / median_us and cpu_conv_autotune_excluding use."""
+    return _C.cpu_conv_kernel_names()
+
+
+def cpu_conv_autotune_excluded():
+    """The kernels the autotuner leaves out now (a tuple of names; empty by default)."""
+    return _names_of(_C.cpu_conv_autotune_excluded_mask())
+
+
+@contextlib.contextmanager
+def cpu_conv_autotune_excluding(*names):
+    """Inside the block the autotuner chooses only among candidates not named (names as in
+    cpu_conv_kernel_names(), e.g. "gemm_tiles", "narrow", "onednn"), added to those excluded
+    already; where one candidate is left it runs untimed, where none the fixed rule decides. The
+    exclusions are part of each decision's key, so a process that alternates blocks with and
+    without a kernel times each shape once per set and then reuses both choices: the in-process
+    A/B of that kernel inside a model (benchmarks/bench_fuse.py --exclude-kernels). Process-wide
+    (every thread); without effect where the autotuner is off."""
+    known = cpu_conv_kernel_names()
+    for name in names:
+        if name not in known:
+            raise ValueError(f"cpu_conv_autotune_excluding: unknown kernel {name!r}; expected one of {', '.join(known)}")
+    mask = _C.cpu_conv_autotune_excluded_mask()
+    for name in names:
+        mask |= 1 << known.index(name)
+    before = _C.set_cpu_conv_autotune_excluded(mask)
+    try:
+        yield
+    finally:
+        _C.set_cpu_conv_autotune_excluded(before)
+
+
+def _names_of(mask):
+    return tuple(name for bit, name in enumerate(cpu_conv_kernel_names()) if mask >> bit & 1)
