@@ -223,22 +223,28 @@ inline void with_clipping(int64_t j_lo, int64_t j_hi, const Body& body) {
 // `channels` input channels (or bfloat16 pairs) c, wk = weights(kh, c) (the three taps kw of row
 // kh), then every column j's load(row, c, j) handed to fma(v, wk[kw], p) for the taps that read it.
 // stage(row, j_lo, j_hi) runs once per window row before its channels and returns the pointer
-// load() receives in place of row (walk_window: row itself).
-template <int kPixels, int kStride, typename T, typename Weights, typename Stage, typename Load, typename Fma>
+// load() receives in place of row (walk_window: row itself). kStagedPadding: the staged row holds
+// zeros in the columns outside the image, so every tile walks all its columns without a test.
+template <int kPixels, int kStride, bool kStagedPadding = false, typename T, typename Weights, typename Stage,
+          typename Load, typename Fma>
 inline void walk_staged_window(const kernels::ConvGeometry& g, const T* x, int64_t n, int64_t ho, int64_t wo0,
                                int64_t c0, int channels, const Weights& weights, const Stage& stage, const Load& load,
                                const Fma& fma) {
   for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const T* row, int64_t j_lo,
                                                                   int64_t j_hi) {
     const auto* staged = stage(row, j_lo, j_hi);
-    with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
+    const auto walk = [&](auto clipped) {
 #pragma GCC unroll 1
       for (int c = 0; c < channels; ++c) {
         const auto wk = weights(kh, c);
         walk_columns<kPixels, kStride, clipped>(j_lo, j_hi, [&](int j) { return load(staged, c, j); },
                                                 [&](auto v, int kw, int p) { fma(v, wk[kw], p); });
       }
-    });
+    };
+    if constexpr (kStagedPadding)
+      walk(std::false_type{});
+    else
+      with_clipping<kPixels, kStride>(j_lo, j_hi, walk);
   });
 }
 
@@ -260,6 +266,22 @@ namespace narrow {
 // The valid lanes of a block of 16 output channels (only the last of an odd count of 8-channel
 // groups holds 8).
 inline __mmask16 block_lanes(bool full) { return full ? __mmask16(0xFFFF) : __mmask16(0x00FF); }
+
+// The float32 3x3 tiles' staging (walk_staged_window with kStagedPadding): a window row's columns
+// j_lo <= j < j_hi (the `lanes` of 16 channels at row + j * in_c; a half block must not read past
+// its 8, the last pixel's being the tensor's end) copied to cols[16 * j], zeros in the others.
+// Each column is then read from x once instead of once per input channel, from aligned storage
+// (at 104 or 440 channels, odd multiples of 8, every second pixel starts mid-cache-line), and no
+// tile tests its columns against the image's edges: those tests (per column, per input channel)
+// made the first and last tiles of each row several times slower than the others.
+template <int kCols>
+inline const float* stage_window_row(float* cols, const float* row, int64_t in_c, int64_t j_lo, int64_t j_hi,
+                                     __mmask16 lanes) {
+  for (int64_t j = 0; j < kCols; ++j)
+    _mm512_store_ps(cols + 16 * j,
+                    j < j_lo || j >= j_hi ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(lanes, row + j * in_c));
+  return cols;
+}
 
 // Epilogue of a tile: + bias [+ residual] [ReLU], stored to y.
 template <int kPixels, typename Acc>
@@ -353,29 +375,21 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
     const float* w = packed_pair + kh * 3 * 128 + 16 * c;
     return std::array<__m512, 3>{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 128), _mm512_loadu_ps(w + 256)};
   };
-  // Each window row's columns (the block's 16 channels of each pixel) are first copied into
-  // aligned storage, which the 8 channels' permutes then read: each column is loaded from x once
-  // instead of 8 times, a half block's masked load (which cannot fold into the permute) is done
-  // once, and where the channel count is an odd multiple of 8 (104, 440: odd pixels start
-  // mid-cache-line) the 8 loads per column no longer split cache lines. Against loading from x
-  // (interleaved, one process, 2-core Ice Lake VM, 2026-12-06, bit-identical results): 1.05-1.10x
-  // on 8-per-group shapes (RegNetY-400MF's 48 to 440 channels, stride 1 and 2, batch 1 and 8, and
-  // 96 channels; 104 channels at 28px 1.10x).
+  // The row's columns staged (stage_window_row); against loading each column from x per input
+  // channel with the tests at the image's edges (interleaved, one process, 2-core Ice Lake VM,
+  // 2026-12-06, bit-identical results): staging the in-image columns alone 1.05-1.10x on
+  // RegNetY-400MF's 8-per-group shapes, and the zeros that drop the tests 1.75-2.42x more (batch 8
+  // 1.93-2.42x, 104 channels at 28px 2.08x).
   constexpr int kCols = window_columns<kPixels, kStride>();
   alignas(64) float cols[kCols * 16];
   const auto stage = [&](const float* row, int64_t j_lo, int64_t j_hi) {
-    for (int64_t j = j_lo; j < j_hi; ++j) {
-      // A half block must not read past its 8 channels (the last pixel's are the tensor's end).
-      const float* at = row + j * g.in_c;
-      _mm512_store_ps(cols + 16 * j, kFull ? _mm512_loadu_ps(at) : _mm512_maskz_loadu_ps(lanes, at));
-    }
-    return static_cast<const float*>(cols);
+    return stage_window_row<kCols>(cols, row, g.in_c, j_lo, j_hi, lanes);
   };
   const auto load = [&](const float* staged, int c, int j) {
     return _mm512_permutexvar_ps(idx[c], _mm512_load_ps(staged + 16 * j));
   };
-  walk_staged_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 8, weights, stage, load,
-                                       [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
+  walk_staged_window<kPixels, kStride, true>(g, x, n, ho, wo0, c0, 8, weights, stage, load,
+                                             [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
 }
 
@@ -390,9 +404,19 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
     const float* w = packed_group + kh * 3 * 256 + 16 * c;
     return std::array<__m512, 3>{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 256), _mm512_loadu_ps(w + 512)};
   };
-  const auto load = [&](const float* row, int c, int j) { return _mm512_set1_ps(row[j * g.in_c + c]); };
-  walk_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 16, weights, load,
-                                [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
+  // The row's columns staged as in tile8_k3 (stage_window_row), each value broadcast from there.
+  // Against broadcasting from x with the edge tests (interleaved, same VM and day), RegNetX-400MF's
+  // 16-per-group shapes: 2.49-2.75x (160 channels at 14px, 160 at 28px stride 2, 32 at 112px
+  // stride 2, batch 8), 1.20x and 1.22x (64 at 28px, batch 8 and 1), 1.25x and 0.99x (384 at 7px,
+  // batch 8 and 1).
+  constexpr int kCols = window_columns<kPixels, kStride>();
+  alignas(64) float cols[kCols * 16];
+  const auto stage = [&](const float* row, int64_t j_lo, int64_t j_hi) {
+    return stage_window_row<kCols>(cols, row, g.in_c, j_lo, j_hi, __mmask16(0xFFFF));
+  };
+  const auto load = [&](const float* staged, int c, int j) { return _mm512_set1_ps(staged[16 * j + c]); };
+  walk_staged_window<kPixels, kStride, true>(g, x, n, ho, wo0, c0, 16, weights, stage, load,
+                                             [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
 }
 
