@@ -1,4 +1,4 @@
-// regnet_ext._C.cpu_conv_autotune_enabled(), .cpu_conv_autotune_records(),
+// regnet_ext._C.cpu_conv_autotune_enabled(), .cpu_conv_autotune_records() (excluded as a mask),
 // .clear_cpu_conv_autotune(), .cpu_conv_kernel_names(),
 // .cpu_conv_autotune_excluded_mask() and .set_cpu_conv_autotune_excluded(mask):
 // the autotuner's switch, decisions and exclusions (conv_autotune.h), for
@@ -16,18 +16,6 @@ bool set_item(PyObject* dict, const char* key, PyObject* value) {
   const int rc = PyDict_SetItemString(dict, key, value);
   Py_DECREF(value);
   return rc == 0;
-}
-
-// The names of the kernels whose bits are set in mask.
-PyObject* kernel_names_of(uint32_t mask) {
-  PyObject* names = PyList_New(0);
-  for (int k = 0; names != nullptr && k < kConvKernelCount; ++k) {
-    if (!is_excluded(static_cast<ConvKernel>(k), mask)) continue;
-    PyObject* name = PyUnicode_FromString(conv_kernel_name(static_cast<ConvKernel>(k)));
-    if (name == nullptr || PyList_Append(names, name) != 0) Py_CLEAR(names);
-    Py_XDECREF(name);
-  }
-  return names;
 }
 
 PyObject* record_dict(const ConvAutotuneRecord& r) {
@@ -85,7 +73,7 @@ PyObject* record_dict(const ConvAutotuneRecord& r) {
        set_item(d, "kernel", PyLong_FromLongLong(g.kernel)) && set_item(d, "stride", PyLong_FromLongLong(g.stride)) &&
        set_item(d, "padding", PyLong_FromLongLong(g.padding)) && set_item(d, "groups", PyLong_FromLongLong(g.groups)) &&
        set_item(d, "relu", PyBool_FromLong(r.relu)) && set_item(d, "residual", PyBool_FromLong(r.residual)) &&
-       set_item(d, "threads", PyLong_FromLong(r.threads)) && set_item(d, "excluded", kernel_names_of(r.excluded)) &&
+       set_item(d, "threads", PyLong_FromLong(r.threads)) && set_item(d, "excluded_mask", PyLong_FromUnsignedLong(r.excluded)) &&
        set_item(d, "chosen", PyUnicode_FromString(conv_kernel_name(r.chosen)));
   if (!ok) {
     Py_DECREF(d);

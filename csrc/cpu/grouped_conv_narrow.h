@@ -219,40 +219,47 @@ inline void with_clipping(int64_t j_lo, int64_t j_hi, const Body& body) {
     body(std::false_type{});
 }
 
-// The 3x3 column-walk tiles' loop: for each window row kh inside the image and each of
-// `channels` input channels (or bfloat16 pairs) c, wk = weights(kh, c) (the three taps kw of row
-// kh), then every column j's load(row, c, j) handed to fma(v, wk[kw], p) for the taps that read it.
-// stage(row, j_lo, j_hi) runs once per window row before its channels and returns the pointer
-// load() receives in place of row (walk_window: row itself). kStagedPadding: the staged row holds
-// zeros in the columns outside the image, so every tile walks all its columns without a test.
-template <int kPixels, int kStride, bool kStagedPadding = false, typename T, typename Weights, typename Stage,
-          typename Load, typename Fma>
+// One window row of the 3x3 column-walk tiles: for each of `channels` input channels (or
+// bfloat16 pairs) c, wk = weights(kh, c) (the three taps kw of row kh), then every column j's
+// load(c, j) handed to fma(v, wk[kw], p) for the taps that read it.
+template <int kPixels, int kStride, bool kClipped, typename Weights, typename Load, typename Fma>
+inline void walk_row_channels(int64_t kh, int64_t j_lo, int64_t j_hi, int channels, const Weights& weights,
+                              const Load& load, const Fma& fma) {
+#pragma GCC unroll 1
+  for (int c = 0; c < channels; ++c) {
+    const auto wk = weights(kh, c);
+    walk_columns<kPixels, kStride, kClipped>(j_lo, j_hi, [&](int j) { return load(c, j); },
+                                             [&](auto v, int kw, int p) { fma(v, wk[kw], p); });
+  }
+}
+
+// The 3x3 column-walk tiles' loop over the window rows inside the image, load(row, c, j) reading
+// x, the columns outside the image skipped by a test.
+template <int kPixels, int kStride, typename T, typename Weights, typename Load, typename Fma>
+inline void walk_window(const kernels::ConvGeometry& g, const T* x, int64_t n, int64_t ho, int64_t wo0, int64_t c0,
+                        int channels, const Weights& weights, const Load& load, const Fma& fma) {
+  for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const T* row, int64_t j_lo,
+                                                                  int64_t j_hi) {
+    with_clipping<kPixels, kStride>(j_lo, j_hi, [&](auto clipped) {
+      walk_row_channels<kPixels, kStride, clipped>(kh, j_lo, j_hi, channels, weights,
+                                                   [&](int c, int j) { return load(row, c, j); }, fma);
+    });
+  });
+}
+
+// walk_window with each window row first staged: stage(row, j_lo, j_hi) returns a copy of the
+// row's columns holding zeros outside the image, which load(staged, c, j) reads, so every tile
+// walks all its columns without a test.
+template <int kPixels, int kStride, typename T, typename Weights, typename Stage, typename Load, typename Fma>
 inline void walk_staged_window(const kernels::ConvGeometry& g, const T* x, int64_t n, int64_t ho, int64_t wo0,
                                int64_t c0, int channels, const Weights& weights, const Stage& stage, const Load& load,
                                const Fma& fma) {
   for_each_window_row<kPixels, kStride>(g, x, n, ho, wo0, c0, [&](int64_t kh, const T* row, int64_t j_lo,
                                                                   int64_t j_hi) {
     const auto* staged = stage(row, j_lo, j_hi);
-    const auto walk = [&](auto clipped) {
-#pragma GCC unroll 1
-      for (int c = 0; c < channels; ++c) {
-        const auto wk = weights(kh, c);
-        walk_columns<kPixels, kStride, clipped>(j_lo, j_hi, [&](int j) { return load(staged, c, j); },
-                                                [&](auto v, int kw, int p) { fma(v, wk[kw], p); });
-      }
-    };
-    if constexpr (kStagedPadding)
-      walk(std::false_type{});
-    else
-      with_clipping<kPixels, kStride>(j_lo, j_hi, walk);
+    walk_row_channels<kPixels, kStride, false>(kh, j_lo, j_hi, channels, weights,
+                                               [&](int c, int j) { return load(staged, c, j); }, fma);
   });
-}
-
-template <int kPixels, int kStride, typename T, typename Weights, typename Load, typename Fma>
-inline void walk_window(const kernels::ConvGeometry& g, const T* x, int64_t n, int64_t ho, int64_t wo0, int64_t c0,
-                        int channels, const Weights& weights, const Load& load, const Fma& fma) {
-  walk_staged_window<kPixels, kStride>(g, x, n, ho, wo0, c0, channels, weights,
-                                       [](const T* row, int64_t, int64_t) { return row; }, load, fma);
 }
 
 }  // namespace narrow
@@ -267,7 +274,7 @@ namespace narrow {
 // groups holds 8).
 inline __mmask16 block_lanes(bool full) { return full ? __mmask16(0xFFFF) : __mmask16(0x00FF); }
 
-// The float32 3x3 tiles' staging (walk_staged_window with kStagedPadding): a window row's columns
+// The float32 3x3 tiles' staging (walk_staged_window): a window row's columns
 // j_lo <= j < j_hi (the `lanes` of 16 channels at row + j * in_c; a half block must not read past
 // its 8, the last pixel's being the tensor's end) copied to cols[16 * j], zeros in the others.
 // Each column is then read from x once instead of once per input channel, from aligned storage
@@ -388,8 +395,8 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
   const auto load = [&](const float* staged, int c, int j) {
     return _mm512_permutexvar_ps(idx[c], _mm512_load_ps(staged + 16 * j));
   };
-  walk_staged_window<kPixels, kStride, true>(g, x, n, ho, wo0, c0, 8, weights, stage, load,
-                                             [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
+  walk_staged_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 8, weights, stage, load,
+                                       [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
 }
 
@@ -415,8 +422,8 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
     return stage_window_row<kCols>(cols, row, g.in_c, j_lo, j_hi, __mmask16(0xFFFF));
   };
   const auto load = [&](const float* staged, int c, int j) { return _mm512_set1_ps(staged[16 * j + c]); };
-  walk_staged_window<kPixels, kStride, true>(g, x, n, ho, wo0, c0, 16, weights, stage, load,
-                                             [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
+  walk_staged_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 16, weights, stage, load,
+                                       [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
   store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
 }
 

@@ -43,6 +43,7 @@ def cpu_conv_autotune_records():
     records = _C.cpu_conv_autotune_records()
     for r in records:
         r["dtype"] = getattr(torch, r["dtype"])  # torch's own name of it, e.g. "float32"
+        r["excluded"] = list(_names_of(r.pop("excluded_mask")))
     return records
 
 
