@@ -37,6 +37,7 @@ from common import (DEVICES, DTYPES, check_dtypes, checked_device, cpu_conv_auto
                     device_record, format_table, hardware_name, machine_record, print_autotune_summary,
                     time_interleaved_on, write_json, write_ratio_png)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
+from regnet_ext.profiling.roofline import measure_ceiling  # noqa: E402
 
 DEFAULT_MODELS = ("RegNetX-400MF", "RegNetY-400MF", "RegNetY-4.0GF")
 OPS = ("conv_bn_act", "squeeze_excite")
@@ -64,6 +65,12 @@ class ConvShape:
     @property
     def group_width(self):
         return self.c_in // self.groups
+
+    @property
+    def flops(self):
+        """The conv's floating-point operations as a direct conv counts them (2 per multiply-add)."""
+        out = (self.size + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
+        return 2 * self.batch * out * out * self.c_out * self.group_width * self.kernel ** 2
 
     @property
     def label(self):
@@ -298,6 +305,8 @@ def run_case(shape, mode, case, args):
     row["rounds_ms"] = {k: [t * 1e3 for t in v["rounds_s"]] for k, v in timings.items()}
     ours = timings["ours"]["median_s"]
     row["speedup"] = {f"vs_{k}": v["median_s"] / ours for k, v in timings.items() if k != "ours"}
+    if op == "conv_bn_act" and mode == "eval":
+        row["gflops"] = {k: shape.flops / v["median_s"] / 1e9 for k, v in timings.items()}
     return row
 
 
@@ -313,6 +322,25 @@ def _grouped_3x3_eval(r):
     sh = r["shape"]
     return (r["op"] == "conv_bn_act" and r["mode"] == "eval" and sh["kernel"] == 3
             and sh["c_in"] != 3 and sh["c_in"] // sh["groups"] <= 64)
+
+
+GROUPED_GOAL_VS_EAGER = 1.5  # the issue's goal for the grouped 3x3 rows in eval
+
+
+def grouped_goal_misses(rows, ceiling_gflops):
+    """The float32 / nhwc grouped 3x3 eval rows under the goal, each with our GFLOP/s and the
+    GFLOP/s the goal takes (the goal times eager's, as a direct conv counts its flops), and
+    whether that is above the measured compute ceiling: there no direct conv can reach the goal
+    on this device, only one doing fewer multiplies (Winograd)."""
+    misses = []
+    for r in rows:
+        if (_grouped_3x3_eval(r) and "gflops" in r and row_case(r) == (DEFAULT_DTYPE, DEFAULT_LAYOUT)
+                and r["speedup"]["vs_eager"] < GROUPED_GOAL_VS_EAGER):
+            needed = GROUPED_GOAL_VS_EAGER * r["gflops"]["eager"]
+            misses.append({"label": r["label"], "vs_eager": r["speedup"]["vs_eager"],
+                           "ours_gflops": r["gflops"]["ours"], "goal_gflops": needed,
+                           "goal_above_ceiling": needed > ceiling_gflops})
+    return misses
 
 
 def summarise_case(rows, suffix=""):
@@ -354,6 +382,19 @@ def print_rows(rows):
                       f"{ms['compile']:.3f}" if "compile" in ms else "-",
                       f"{sp['vs_eager']:.2f}", f"{sp['vs_compile']:.2f}" if "vs_compile" in sp else "-"])
     print(format_table(headers, table))
+
+
+def print_goal_misses(doc):
+    misses = doc["grouped_goal_misses"]
+    if not misses:
+        return
+    print(f"grouped 3x3 eval rows under {GROUPED_GOAL_VS_EAGER}x eager: {len(misses)}; the GFLOP/s that "
+          f"would take, against this run's compute ceiling of {doc['compute_ceiling_gflops']:.0f} "
+          f"(the faster of a large matmul and the same product as a 1x1 conv):")
+    for m in misses:
+        where = "above the ceiling" if m["goal_above_ceiling"] else "under the ceiling"
+        print(f"  {m['label']}: {m['vs_eager']:.2f}x, ours {m['ours_gflops']:.0f} GFLOP/s, "
+              f"{GROUPED_GOAL_VS_EAGER}x needs {m['goal_gflops']:.0f} ({where})")
 
 
 def plot(doc, path):
@@ -453,6 +494,8 @@ def main(argv=None):
 
     # Freezing folds BN into the conv for no_grad (eval) graphs; training graphs are unaffected.
     inductor_config.freezing = True
+    # The compute ceiling the goal rows are set against, probed in this run (roofline.py).
+    ceiling = measure_ceiling(args.device, quick=args.quick)
     shapes = distinct_shapes(args.models, args.batch, args.ops)
     if args.quick:
         shapes = quick_subset(shapes)
@@ -470,7 +513,9 @@ def main(argv=None):
            "resolution": RESOLUTION, "rounds": args.rounds, "device": args.device.type,
            "dtypes": args.dtypes, "stock_layouts": args.stock_layouts, "malloc_tuned": malloc_tuned,
            "machine": machine_record(**device_record(args.device)), "rows": rows,
-           "summary": summarise(rows), "cpu_conv_autotune": cpu_conv_autotune_choices()}
+           "summary": summarise(rows), "compute_ceiling_gflops": ceiling.flops_per_s / 1e9,
+           "grouped_goal_misses": grouped_goal_misses(rows, ceiling.flops_per_s / 1e9),
+           "cpu_conv_autotune": cpu_conv_autotune_choices()}
     print()
     print(f"on {args.device.type} ({hardware_name(doc['machine'])}); ours runs channels_last, the "
           f"baselines too unless the label says nchw")
@@ -484,6 +529,7 @@ def main(argv=None):
                                          for k, v in value.items()))
         elif value is not None:
             print(f"{key}: {value}")
+    print_goal_misses(doc)
     print_autotune_summary(doc["cpu_conv_autotune"])
     json_path = write_json(Path(args.out).with_suffix(".json"), doc)
     png_path = plot(doc, Path(args.out).with_suffix(".png"))

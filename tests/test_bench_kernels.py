@@ -58,6 +58,14 @@ def test_quick_run_structure(tmp_path, monkeypatch):
         for what in ("grouped3x3_eval_gw<=64", "conv_bn_act_eval", "conv_bn_act_train",
                      "squeeze_excite_eval", "squeeze_excite_train")] + ["slower_than_eager", "errors"]
     assert doc["summary"]["squeeze_excite_eval_vs_eager"]["rows"] == 1
+    # Eval conv rows carry GFLOP/s (a direct conv's count), set against this run's ceiling.
+    assert doc["compute_ceiling_gflops"] > 0 and isinstance(doc["grouped_goal_misses"], list)
+    for row in doc["rows"]:
+        if row["op"] == "conv_bn_act" and "error" not in row:
+            assert ("gflops" in row) == (row["mode"] == "eval")
+            if row["mode"] == "eval":
+                flops = bench.ConvShape(**row["shape"]).flops
+                assert row["gflops"]["ours"] == pytest.approx(flops / row["median_ms"]["ours"] / 1e6)
     assert (tmp_path / "k.png").stat().st_size > 0
     # The conv autotuner's decisions: the quick set has RegNetY-400MF's first grouped conv (8 per
     # group: oneDNN or the narrow kernel), a small 1x1 conv (oneDNN or the GEMM) and, with
@@ -78,6 +86,37 @@ def test_quick_run_structure(tmp_path, monkeypatch):
     for c in choices:
         assert c["dtype"] == "float32" and c["groups"] in (1, 6) and c["chosen"] in c["median_us"]
     clear_cpu_conv_autotune()
+
+
+def test_conv_flops_count_a_direct_conv():
+    bench = _bench()
+    # 8 images of 56x56 outputs (stride 2 from 112, padding 1), 128 channels of 64 per group, 3x3.
+    assert bench.ConvShape(128, 128, 3, 2, 2, 112, True, False, 8).flops == 2 * 8 * 56 * 56 * 128 * 64 * 9
+    assert bench.ConvShape(3, 32, 3, 2, 1, 224, True, False, 1).flops == 2 * 112 * 112 * 32 * 3 * 9
+    assert bench.ConvShape(440, 440, 1, 1, 1, 7, True, True, 1).flops == 2 * 49 * 440 * 440
+
+
+def test_grouped_goal_misses_set_the_goal_against_the_ceiling():
+    bench = _bench()
+
+    def row(label, c_in, groups, kernel, ours, eager, mode="eval", dtype="float32"):
+        shape = {"c_in": c_in, "c_out": c_in, "kernel": kernel, "stride": 2, "groups": groups, "size": 28,
+                 "relu": True, "residual": False, "batch": 8}
+        return {"op": "conv_bn_act", "mode": mode, "label": label, "dtype": dtype, "stock_layout": "nhwc",
+                "shape": shape, "speedup": {"vs_eager": eager / ours},
+                "gflops": {"ours": 100.0 / ours, "eager": 100.0 / eager}}
+
+    rows = [row("fast", 512, 8, 3, 1.0, 2.0),            # 2x: meets the goal
+            row("reachable", 512, 8, 3, 1.0, 1.2),       # the goal takes 1.5 * 83.3 = 125 GFLOP/s
+            row("bound", 512, 8, 3, 1.0, 1.1),           # 1.5 * 90.9 = 136, above the ceiling
+            row("wide groups", 512, 4, 3, 1.0, 1.0),     # 128 per group: not a goal row
+            row("1x1", 512, 1, 1, 1.0, 1.0),
+            row("bf16", 512, 8, 3, 1.0, 1.0, dtype="bfloat16")]
+    misses = bench.grouped_goal_misses(rows, ceiling_gflops=130.0)
+    assert [m["label"] for m in misses] == ["reachable", "bound"]
+    assert misses[0]["goal_gflops"] == pytest.approx(1.5 * 100 / 1.2)
+    assert misses[0]["ours_gflops"] == pytest.approx(100.0)
+    assert [m["goal_above_ceiling"] for m in misses] == [False, True]
 
 
 def _run_main(bench, argv):
