@@ -1,6 +1,7 @@
 """conv_pair_relu inside fused models on the CPU: every block with the pair, without it, and the
-default rule (regnet_ext/nn/conv_pair.py: the pair where conv a's output is at least
-MIN_INTERMEDIATE_BYTES and its input at most MAX_IN_CHANNELS wide), interleaved in one process.
+default (regnet_ext/nn/conv_pair.py: the pair where conv a's output is at least
+MIN_INTERMEDIATE_BYTES and its input at most MAX_IN_CHANNELS wide, and where the CPU conv
+autotuner is on, only where it also timed faster there), interleaved in one process.
 
 The pair keeps conv a's output in the cache; it pays where that output would not stay there
 otherwise. This benchmark is the measurement behind that rule: per block, the time with the
@@ -37,6 +38,7 @@ ORDERS = tuple(itertools.permutations(VARIANTS))
 def _set_variant(name, defaults):
     conv_pair.enabled = name != "off"
     forced = name == "forced"
+    conv_pair.timed = not forced
     conv_pair.MIN_INTERMEDIATE_BYTES = 0 if forced else defaults[0]
     conv_pair.MAX_IN_CHANNELS = 1 << 30 if forced else defaults[1]
 
@@ -79,7 +81,7 @@ def measure(name, batch, resolution, rounds, warmup):
                     model(x)
                     whole[v].append(time.perf_counter() - start)
     finally:
-        conv_pair.enabled = True
+        conv_pair.enabled = conv_pair.timed = True
         conv_pair.MIN_INTERMEDIATE_BYTES, conv_pair.MAX_IN_CHANNELS = defaults
 
     def ratio(a, b):  # median over timed rounds of a / b

@@ -1,8 +1,9 @@
 """conv_pair_relu (csrc/cpu/conv_pair.cpp): a bottleneck's 1x1 conv and grouped 3x3 conv run band
 by band, against the float64 reference on shapes with one band and many (uneven last band, image
 edges at both ends), both strides, 8 and 16 channels per group; its errors, opcheck, and the fused
-block's use of it (regnet_ext/nn/conv_pair.py): taken only where it applies, equal to the stock
-model, never stale after the parameters change."""
+block's use of it (regnet_ext/nn/conv_pair.py): taken only where it applies (and, with the CPU
+autotuner on, where it timed faster), equal to the stock model, never stale after the parameters
+change."""
 import copy
 
 import pytest
@@ -12,7 +13,7 @@ import regnet_ext._C as compiled
 from regnet_ext.models import regnet
 from regnet_ext.nn import conv_pair, fuse
 from regnet_ext.nn.modules import FusedResBottleneck
-from regnet_ext.ops import conv_pair_relu
+from regnet_ext.ops import clear_cpu_conv_autotune, conv_pair_relu
 from regnet_ext.selfcheck import reference_conv_pair
 from test_fuse import assert_rel_close, images, randomize
 
@@ -118,6 +119,54 @@ def test_fused_blocks_take_it_above_the_size_threshold_and_match_stock(name, mon
         assert_rel_close(fused(x), expected, 1e-5, "fused with conv_pair_relu")
         monkeypatch.setattr(conv_pair, "enabled", False)
         assert _pair_calls(fused, x) == 0
+
+
+def test_timed_choice_keeps_the_faster_per_shape_and_clearing_forgets_it(monkeypatch):
+    # The autotuner on (conftest turns it off elsewhere), the rule taking every block; the timing
+    # itself replaced by a verdict that counts its calls (the real one: the next test).
+    monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "1")
+    monkeypatch.setattr(conv_pair, "MIN_INTERMEDIATE_BYTES", 0)
+    monkeypatch.setattr(conv_pair, "MAX_IN_CHANNELS", 1 << 30)
+    clear_cpu_conv_autotune()
+    verdict, timings = [False], []
+
+    def fake_timing(pair, separate):
+        timings.append((pair, separate))
+        return verdict[0]
+    monkeypatch.setattr(conv_pair, "_pair_is_faster", fake_timing)
+    stock, fused = _fused_pair("RegNetY-400MF")
+    blocks = sum(1 for m in fused.modules() if isinstance(m, FusedResBottleneck))
+    x = images(2, 64).contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            expected = stock(x)
+            assert _pair_calls(fused, x) == 0, "timed slower: the blocks' own layers run"
+            shapes = len(conv_pair.decisions())
+            assert 0 < shapes == len(timings) <= blocks and not any(conv_pair.decisions().values())
+            assert_rel_close(fused(x), expected, 1e-5, "fused, the pair timed slower")
+            assert len(timings) == shapes, "each shape is timed once"
+            clear_cpu_conv_autotune()
+            assert conv_pair.decisions() == {}
+            verdict[0] = True
+            assert _pair_calls(fused, x) == blocks and len(timings) == 2 * shapes
+            assert all(conv_pair.decisions().values())
+            assert_rel_close(fused(x), expected, 1e-5, "fused, the pair timed faster")
+            # Untimed: the rule alone (and nothing timed), as with the autotuner off.
+            clear_cpu_conv_autotune()
+            verdict[0] = False
+            monkeypatch.setattr(conv_pair, "timed", False)
+            assert _pair_calls(fused, x) == blocks and len(timings) == 2 * shapes
+            monkeypatch.setattr(conv_pair, "timed", True)
+            monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "0")
+            assert _pair_calls(fused, x) == blocks and conv_pair.decisions() == {}
+    finally:
+        clear_cpu_conv_autotune()
+
+
+def test_the_timing_returns_the_faster():
+    import time
+    assert conv_pair._pair_is_faster(lambda: None, lambda: time.sleep(0.002)) is True
+    assert conv_pair._pair_is_faster(lambda: time.sleep(0.002), lambda: None) is False
 
 
 def test_not_taken_in_training_with_autograd_float64_or_autocast_and_never_stale(monkeypatch):

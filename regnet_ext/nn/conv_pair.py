@@ -7,15 +7,30 @@ both BNs using running statistics, no forward hook on layer a or b (the pair wou
 build with the narrow-group kernel, and the size rule below. The folded weights are cached like
 FoldedConv's, keyed on every tensor the folds read.
 
-`enabled` switches the path off for the whole process (benchmarks compare both ways).
+Whether the pair pays depends on the CPU: where the size rule takes it, RegNetY/X-400MF's blocks
+ran 1.09-1.45x faster with it on a 2-core AMD EPYC VM (2026-12-04), but 0.74-0.92x on a 2-core
+Ice Lake Xeon (48 MB of L3; 2026-12-06, after the narrow-group and 1x1 kernels the blocks run
+without it had become faster). So where the CPU conv autotuner is on
+(regnet_ext.ops.cpu_conv_autotune_enabled), the first call of each block shape that the rule
+takes times the pair against the two layers' own calls, interleaved, and the process keeps the
+faster (`decisions()`; regnet_ext.ops.clear_cpu_conv_autotune forgets them); elsewhere the rule
+alone decides.
+
+`enabled` switches the path off for the whole process (benchmarks compare both ways); `timed =
+False` keeps the rule's choice without timing it.
 """
+import statistics
+import time
+
 import torch
 from torch import nn
 
 from .._extension import compiled_with_narrow_group_kernel
+from ..ops import cpu_autotune
 from . import folded_inference
 
 enabled = True
+timed = True
 # The pair runs where conv a's output (whole batch) is at least MIN_INTERMEDIATE_BYTES and conv a
 # has at most MAX_IN_CHANNELS inputs (up to there the operator computes it with its own register
 # tiles, kOwnGemmMaxInC in csrc/cpu/conv_pair.cpp; above, with ATen's GEMM per band, the pair
@@ -69,6 +84,12 @@ class FoldedPair(folded_inference._OneEntryCache):
         if not folded_inference.applies(x, ta[:4] + tb[:4], None, torch.float32) or x.dtype != torch.float32 \
                 or torch.is_autocast_enabled(x.device.type) or ta[4] is None or tb[4] is None:
             return None
+        decision = None
+        if timed and cpu_autotune.cpu_conv_autotune_enabled():
+            decision = (tuple(x.shape), a.conv_module.out_channels, b.stride, b.groups, torch.get_num_threads(),
+                        cpu_autotune.cpu_conv_autotune_excluded())
+            if _decisions.get(decision) is False:
+                return None
         eps_a, eps_b = a.bn_module.eps, b.bn_module.eps
         key = folded_inference._key(ta + tb) + (eps_a, eps_b)
         entry = self._entry
@@ -76,4 +97,50 @@ class FoldedPair(folded_inference._OneEntryCache):
             with torch.no_grad():
                 entry = self._entry = (key, *folded_inference.fold(*ta, eps_a), *folded_inference.fold(*tb, eps_b))
         _, weight_a, bias_a, weight_b, bias_b = entry
-        return torch.ops.regnet_ext.conv_pair_relu(x, weight_a, bias_a, weight_b, bias_b, b.stride, b.groups)
+
+        def pair():
+            return torch.ops.regnet_ext.conv_pair_relu(x, weight_a, bias_a, weight_b, bias_b, b.stride, b.groups)
+        if decision is not None and decision not in _decisions:
+            _decisions[decision] = _pair_is_faster(pair, lambda: _separate(a, b, x))
+            if not _decisions[decision]:
+                return None
+        return pair()
+
+
+# The timed choices: (input shape, a's output channels, b's stride and groups, threads, the conv
+# kernels the autotuner leaves out) -> whether the pair ran faster.
+_decisions = {}
+
+
+def decisions():
+    """The timed choices so far: {(input shape, conv a's output channels, conv b's stride,
+    groups, threads, excluded conv kernels): whether the pair was the faster}."""
+    return dict(_decisions)
+
+
+def _forget_decisions():
+    _decisions.clear()
+
+
+cpu_autotune.on_clear(_forget_decisions)
+
+
+def _separate(a, b, x):
+    """What the block runs without the pair (FusedResBottleneck._lean_forward)."""
+    return b.inference_call(a.inference_call(x, None, a.relu, x.dtype), None, b.relu, x.dtype)
+
+
+def _pair_is_faster(pair, separate):
+    """Times both (one untimed call each first: the layers' own kernels tune then), interleaved,
+    about 20 ms each and 3-9 rounds; medians."""
+    def seconds(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    slowest = max(seconds(pair), seconds(separate))
+    rounds = min(9, max(3, int(0.02 / max(slowest, 1e-6))))
+    times = {pair: [], separate: []}
+    for _ in range(rounds):
+        for fn in times:
+            times[fn].append(seconds(fn))
+    return statistics.median(times[pair]) < statistics.median(times[separate])

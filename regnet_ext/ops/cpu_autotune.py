@@ -47,8 +47,20 @@ def cpu_conv_autotune_records():
     return records
 
 
+# Other timed choices that clearing forgets too (regnet_ext.nn.conv_pair's).
+_clear_hooks = []
+
+
+def on_clear(fn):
+    """Has clear_cpu_conv_autotune call fn() too."""
+    _clear_hooks.append(fn)
+
+
 def clear_cpu_conv_autotune():
-    """Forgets every choice: the next call of each shape times the candidates again."""
+    """Forgets every choice: the next call of each shape times the candidates again (the conv
+    kernels', and regnet_ext.nn.conv_pair's pair or not)."""
+    for fn in _clear_hooks:
+        fn()
     _C.clear_cpu_conv_autotune()
 
 
