@@ -8,9 +8,9 @@ build with the narrow-group kernel, and the size rule below. The folded weights 
 FoldedConv's, keyed on every tensor the folds read.
 
 Whether the pair pays depends on the CPU: where the size rule takes it, RegNetY/X-400MF's blocks
-ran 1.09-1.45x faster with it on a 2-core AMD EPYC VM (2026-12-04), but 0.74-0.92x on a 2-core
-Ice Lake Xeon (48 MB of L3; 2026-12-06, after the narrow-group and 1x1 kernels the blocks run
-without it had become faster). So where the CPU conv autotuner is on
+ran 1.09-1.45x faster with it on a 2-core AMD EPYC VM (2026-12-04), but 0.74-0.95x on a 2-core
+Ice Lake Xeon (48 MB of L3; three runs on 2026-12-06, after the narrow-group and 1x1 kernels the
+blocks run without it had become faster). So where the CPU conv autotuner is on
 (regnet_ext.ops.cpu_conv_autotune_enabled), the first call of each block shape that the rule
 takes times the pair against the two layers' own calls, interleaved, and the process keeps the
 faster (`decisions()`; regnet_ext.ops.clear_cpu_conv_autotune forgets them); elsewhere the rule
@@ -84,11 +84,11 @@ class FoldedPair(folded_inference._OneEntryCache):
         if not folded_inference.applies(x, ta[:4] + tb[:4], None, torch.float32) or x.dtype != torch.float32 \
                 or torch.is_autocast_enabled(x.device.type) or ta[4] is None or tb[4] is None:
             return None
-        decision = None
+        choice = None  # the key of this shape's timed choice, where one is made
         if timed and cpu_autotune.cpu_conv_autotune_enabled():
-            decision = (tuple(x.shape), a.conv_module.out_channels, b.stride, b.groups, torch.get_num_threads(),
+            choice = (tuple(x.shape), a.conv_module.out_channels, b.stride, b.groups, torch.get_num_threads(),
                         cpu_autotune.cpu_conv_autotune_excluded())
-            if _decisions.get(decision) is False:
+            if _decisions.get(choice) is False:
                 return None
         eps_a, eps_b = a.bn_module.eps, b.bn_module.eps
         key = folded_inference._key(ta + tb) + (eps_a, eps_b)
@@ -100,9 +100,9 @@ class FoldedPair(folded_inference._OneEntryCache):
 
         def pair():
             return torch.ops.regnet_ext.conv_pair_relu(x, weight_a, bias_a, weight_b, bias_b, b.stride, b.groups)
-        if decision is not None and decision not in _decisions:
-            _decisions[decision] = _pair_is_faster(pair, lambda: _separate(a, b, x))
-            if not _decisions[decision]:
+        if choice is not None and choice not in _decisions:
+            _decisions[choice] = _pair_is_faster(pair, lambda: _separate(a, b, x))
+            if not _decisions[choice]:
                 return None
         return pair()
 
@@ -132,7 +132,7 @@ def _separate(a, b, x):
 
 def _pair_is_faster(pair, separate):
     """Times both (one untimed call each first: the layers' own kernels tune then), interleaved,
-    about 20 ms each and 3-9 rounds; medians."""
+    about 20 ms per candidate in 3-9 rounds; medians."""
     def seconds(fn):
         start = time.perf_counter()
         fn()
