@@ -48,7 +48,8 @@ from common import batch_resolution, minor_faults, sgd_implementations  # noqa: 
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 from regnet_ext.models.zoo import canonical_name  # noqa: E402
 from regnet_ext.nn import folded_inference  # noqa: E402
-from regnet_ext.ops import cpu_conv_autotune_excluding, cpu_conv_kernel_names  # noqa: E402
+from regnet_ext.ops.cpu_autotune import (check_cpu_conv_kernel_names, cpu_conv_autotune_excluding,  # noqa: E402
+                                          cpu_conv_kernel_names)
 from regnet_ext.profiling.roofline import cpu_name, wall_clock_median  # noqa: E402
 from regnet_ext.training import sgd  # noqa: E402
 
@@ -291,9 +292,10 @@ def main(argv=None):
         except ValueError as exc:
             parser.error(f"--models: {exc}")
 
-    for name in args.exclude_kernels:
-        if name not in cpu_conv_kernel_names():
-            parser.error(f"--exclude-kernels: unknown kernel {name!r}; expected one of {', '.join(cpu_conv_kernel_names())}")
+    try:
+        check_cpu_conv_kernel_names(args.exclude_kernels)
+    except ValueError as exc:
+        parser.error(f"--exclude-kernels: {exc}")
     if args.exclude_kernels and "fused-excluding" not in args.variants:
         args.variants.append("fused-excluding")
     if "fused-excluding" in args.variants and not args.exclude_kernels:

@@ -19,9 +19,6 @@ alone decides.
 `enabled` switches the path off for the whole process (benchmarks compare both ways); `timed =
 False` keeps the rule's choice without timing it.
 """
-import statistics
-import time
-
 import torch
 from torch import nn
 
@@ -131,16 +128,8 @@ def _separate(a, b, x):
 
 
 def _pair_is_faster(pair, separate):
-    """Times both (one untimed call each first: the layers' own kernels tune then), interleaved,
-    about 20 ms per candidate in 3-9 rounds; medians."""
-    def seconds(fn):
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    slowest = max(seconds(pair), seconds(separate))
-    rounds = min(9, max(3, int(0.02 / max(slowest, 1e-6))))
-    times = {pair: [], separate: []}
-    for _ in range(rounds):
-        for fn in times:
-            times[fn].append(seconds(fn))
-    return statistics.median(times[pair]) < statistics.median(times[separate])
+    """Times both, interleaved, after one untimed call each (the layers' own kernels tune then):
+    5 rounds of samples of about 4 ms; medians."""
+    from ..profiling.timing import time_interleaved  # (profiling imports this package)
+    times = time_interleaved({"pair": pair, "separate": separate}, rounds=5, warmup=1, target_s=0.004)
+    return times["pair"]["median_s"] < times["separate"]["median_s"]

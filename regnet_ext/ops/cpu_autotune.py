@@ -69,6 +69,14 @@ def cpu_conv_kernel_names():
     return _C.cpu_conv_kernel_names()
 
 
+def check_cpu_conv_kernel_names(names):
+    """A ValueError naming the first of `names` that is no kernel of cpu_conv_kernel_names()."""
+    known = cpu_conv_kernel_names()
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown kernel {name!r}; expected one of {', '.join(known)}")
+
+
 def cpu_conv_autotune_excluded():
     """The kernels the autotuner leaves out now (a tuple of names; empty by default)."""
     return _names_of(_C.cpu_conv_autotune_excluded_mask())
@@ -83,10 +91,11 @@ def cpu_conv_autotune_excluding(*names):
     without a kernel times each shape once per set and then reuses both choices: the in-process
     A/B of that kernel inside a model (benchmarks/bench_fuse.py --exclude-kernels). Process-wide
     (every thread); without effect where the autotuner is off."""
+    try:
+        check_cpu_conv_kernel_names(names)
+    except ValueError as exc:
+        raise ValueError(f"cpu_conv_autotune_excluding: {exc}") from None
     known = cpu_conv_kernel_names()
-    for name in names:
-        if name not in known:
-            raise ValueError(f"cpu_conv_autotune_excluding: unknown kernel {name!r}; expected one of {', '.join(known)}")
     mask = _C.cpu_conv_autotune_excluded_mask()
     for name in names:
         mask |= 1 << known.index(name)
