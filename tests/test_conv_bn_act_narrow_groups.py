@@ -2,7 +2,8 @@
 AVX2, whichever the build has), which the CPU operator runs for float32 at batch 1 or with 96+
 channels: eval and training forward and backward against the float64 reference, with odd group
 counts (a half-used last register), both strides, kernels 1, 3 and 5, image edges narrower and
-wider than one tile, rows of every 3x3 tile width (4, 7, 8, 14 and 16 pixels), input gradients
+wider than one tile, rows of every 3x3 tile width (4, 7, 8, 14 and 16 pixels), images at most 4
+wide (AVX-512: tiles of 4 whole rows; tall ones leaving a partial last tile), input gradients
 from the same kernel (stride 1) and from its stride-2 twin (grouped_conv_narrow_dx.h), and the
 same calls with the kernel switched off (REGNET_EXT_CPU_CONV=aten) agreeing; and its bfloat16
 twin (grouped_conv_narrow_bf16.h) on the same shapes within plain PyTorch's bfloat16 error, and
@@ -24,9 +25,11 @@ pytestmark = pytest.mark.skipif(not getattr(compiled, "narrow_group_kernel", 0),
 SHAPES = [(2, 104, 8, 9, 3, 1), (2, 112, 8, 16, 3, 2), (1, 8, 8, 5, 3, 1), (1, 24, 8, 29, 3, 2),
           (2, 104, 8, 7, 1, 1), (1, 40, 8, 15, 5, 1), (2, 96, 8, 30, 3, 1), (1, 48, 8, 3, 3, 2),
           (1, 32, 16, 9, 3, 1), (1, 48, 16, 29, 3, 2), (1, 16, 16, 14, 5, 1), (1, 64, 16, 7, 1, 1)]
-# 3x3: rows 14 and 16 wide take one tile of 14 or 16 pixels, others tiles of 8, 7 or 4.
+# 3x3: rows 14 and 16 wide take one tile of 14 or 16 pixels, others tiles of 8, 7 or 4; with
+# AVX-512, images at most 4 wide tiles of 4 whole rows (4x4, 3x3 and 4x4 from 7 and 8 at stride 2).
 TILE_WIDTH_SHAPES = [(1, 104, 8, 14, 3, 1), (1, 48, 8, 28, 3, 2), (1, 40, 8, 16, 3, 1), (1, 64, 16, 32, 3, 2),
-                     (1, 32, 16, 14, 3, 1)]
+                     (1, 32, 16, 14, 3, 1), (2, 104, 8, 4, 3, 1), (1, 40, 8, 7, 3, 2), (1, 48, 16, 4, 3, 1),
+                     (1, 64, 16, 8, 3, 2), (1, 24, 8, 3, 3, 1)]
 ALL_SHAPES = SHAPES + TILE_WIDTH_SHAPES
 
 
@@ -56,6 +59,23 @@ def test_input_gradient_from_our_kernels(shape, training, monkeypatch):
     case = make_case(batch, channels, channels, size, kernel, stride, channels // width, channels_last=True,
                      residual=stride == 1, seed=size + kernel + 1)
     _run_and_compare(case, stride=stride, groups=channels // width, training=training, relu=True)
+
+
+@pytest.mark.parametrize("width, stride", [(8, 1), (16, 1), (8, 2), (16, 2)])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_narrow_images_taller_than_a_tile(width, stride, training, monkeypatch):
+    """Images at most 4 wide, 9 and 6 rows out: two full tiles of 4 rows and a partial one, or one
+    and a partial; 4, 3 and 1 pixels a row."""
+    monkeypatch.setenv("REGNET_EXT_CPU_CONV", "own")
+    channels = 104 if width == 8 else 48
+    for seed, (h_out, w_out) in enumerate(((9, 4), (6, 3), (9, 1))):
+        h, w = (h_out, w_out) if stride == 1 else (2 * h_out, 2 * w_out - 1)
+        case = make_case(2, channels, channels, 4, 3, stride, channels // width, channels_last=True, seed=seed)
+        gen = torch.Generator().manual_seed(100 + seed)
+        case["x"] = torch.randn(2, channels, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+        case["residual"] = torch.randn(2, channels, h_out, w_out, generator=gen).contiguous(
+            memory_format=torch.channels_last)
+        _run_and_compare(case, stride=stride, groups=channels // width, training=training, relu=True)
 
 
 @pytest.mark.parametrize("batch, channels, groups", [(2, 104, 13), (1, 160, 10)])

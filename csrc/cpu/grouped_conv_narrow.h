@@ -13,7 +13,7 @@
 //
 // Tile: up to 16 consecutive output pixels of one row times 16 output channels (AVX2: 8 pixels
 // times one 8-channel group, or 4 pixels times 16 channels), all K*K taps and the group's input
-// channels. Pixels whose tap falls in the padding read a zero vector, so the inner loop has no
+// channels; with AVX-512, 3x3 kernels on images at most 4 wide take 4 whole rows a tile. Pixels whose tap falls in the padding read a zero vector, so the inner loop has no
 // branches. The last group of an odd count of 8-channel groups (104 = 13 x 8)
 // loads and stores half vectors.
 //
@@ -132,11 +132,16 @@ inline void for_each_row_block(const kernels::ConvGeometry& g, const Body& body)
 // full), P one of kPixelCounts (see for_each_row_block), pk the task's block of `packed`
 // (K*K*G*16 weights per block) and full whether the block holds 16 channels (the last block of
 // an odd count of 8-channel groups holds 8).
+inline std::vector<float> bias_per_block(const kernels::ConvGeometry& g, const float* bias) {
+  std::vector<float> bias_pad((g.out_c + 15) / 16 * 16, 0.f);
+  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
+  return bias_pad;
+}
+
 template <int... kPixelCounts, typename W, typename Tile>
 inline void for_each_tile(const kernels::ConvGeometry& g, const W* packed, const float* bias, const Tile& tile) {
-  const int64_t blocks16 = (g.out_c + 15) / 16, block_size = g.kernel * g.kernel * g.in_c_per_group * 16;
-  std::vector<float> bias_pad(blocks16 * 16, 0.f);
-  if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
+  const int64_t block_size = g.kernel * g.kernel * g.in_c_per_group * 16;
+  const std::vector<float> bias_pad = bias_per_block(g, bias);
   for_each_row_block<kPixelCounts...>(g, [&](auto pixels, int64_t n, int64_t ho, int64_t block, int64_t tiles) {
     constexpr int P = decltype(pixels)::value;
     const int64_t c0 = block * 16;
@@ -144,6 +149,23 @@ inline void for_each_tile(const kernels::ConvGeometry& g, const W* packed, const
     for (int64_t b = 0; b < tiles; ++b) {
       const int npix = static_cast<int>(std::min<int64_t>(P, g.out_w - b * P));
       tile(pixels, packed + block * block_size, bias_pad.data() + c0, n, ho, b * P, npix, c0, full);
+    }
+  });
+}
+
+// for_each_tile for images at most as wide as a tile: tiles of kRows whole output rows,
+// tile(pk, bias16, n, ho0, nrows, c0, full) for rows ho0 .. ho0+nrows of sample n, in parallel
+// over (sample, rows, block of 16 output channels), the block fastest.
+template <int kRows, typename W, typename Tile>
+inline void for_each_rows_tile(const kernels::ConvGeometry& g, const W* packed, const float* bias, const Tile& tile) {
+  const int64_t blocks16 = (g.out_c + 15) / 16, block_size = g.kernel * g.kernel * g.in_c_per_group * 16;
+  const int64_t row_tiles = (g.out_h + kRows - 1) / kRows;
+  const std::vector<float> bias_pad = bias_per_block(g, bias);
+  at::parallel_for(0, g.batch * row_tiles * blocks16, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t block = t % blocks16, c0 = block * 16, ho0 = t / blocks16 % row_tiles * kRows;
+      tile(packed + block * block_size, bias_pad.data() + c0, t / blocks16 / row_tiles, ho0,
+           static_cast<int>(std::min<int64_t>(kRows, g.out_h - ho0)), c0, c0 + 16 <= g.out_c);
     }
   });
 }
@@ -355,29 +377,103 @@ inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* 
 // A tile's accumulators, zeroed, in arrays of at most 7: GCC 12 keeps a __m512 array of 8 or
 // more (over 448 bytes) in memory across the channel loop of the k3 tiles below, storing and
 // reloading every accumulator per input channel (0.6-0.7x the speed of 7 pixels in one array);
-// two arrays of at most 7 stay in registers.
-template <int kPixels>
+// arrays of at most 7 stay in registers.
+template <int kCount>
 struct SplitAccumulators {
-  static constexpr int kLo = kPixels < 7 ? kPixels : 7, kHi = kPixels - kLo;
-  __m512 lo[kLo], hi[kHi > 0 ? kHi : 1];
+  static constexpr int kA = kCount < 7 ? kCount : 7, kB = kCount - kA < 7 ? kCount - kA : 7, kC = kCount - kA - kB;
+  __m512 a[kA], b[kB > 0 ? kB : 1], c[kC > 0 ? kC : 1];
   SplitAccumulators() {
-    for (auto& a : lo) a = _mm512_setzero_ps();
-    for (auto& a : hi) a = _mm512_setzero_ps();
+    for (auto& v : a) v = _mm512_setzero_ps();
+    for (auto& v : b) v = _mm512_setzero_ps();
+    for (auto& v : c) v = _mm512_setzero_ps();
   }
-  __m512& operator()(int p) { return p < kLo ? lo[p] : hi[p - kLo]; }
-  __m512 operator()(int p) const { return p < kLo ? lo[p] : hi[p - kLo]; }
+  __m512& operator()(int p) { return p < kA ? a[p] : p < kA + kB ? b[p - kA] : c[p - kA - kB]; }
+  __m512 operator()(int p) const { return p < kA ? a[p] : p < kA + kB ? b[p - kA] : c[p - kA - kB]; }
 };
+
+// walk_staged_window for a tile of kRows output rows from ho0 (images at most kPixels wide, the
+// row in one tile): the (kRows - 1) * kStride + 3 input rows under the tile are staged once each
+// (stage(slot, row, j_lo, j_hi) into slot `slot`; rows outside the image are skipped), then for each
+// window row kh and input channel c the weights wk = weights(kh, c) serve every output row r:
+// fma(v, wk[kw], r * kPixels + p).
+template <int kRows, int kPixels, int kStride, typename T, typename Weights, typename Stage, typename Load,
+          typename Fma>
+inline void walk_staged_rows(const kernels::ConvGeometry& g, const T* x, int64_t n, int64_t ho0, int64_t c0,
+                             int channels, const Weights& weights, const Stage& stage, const Load& load,
+                             const Fma& fma) {
+  constexpr int kInRows = (kRows - 1) * kStride + 3, kCols = window_columns<kPixels, kStride>();
+  const int64_t w_first = -g.padding;
+  const int64_t j_lo = std::max<int64_t>(0, -w_first), j_hi = std::min<int64_t>(kCols, g.in_w - w_first);
+  const T* staged[kInRows];
+  for (int i = 0; i < kInRows; ++i) {
+    const int64_t h_in = ho0 * kStride - g.padding + i;
+    staged[i] = h_in >= 0 && h_in < g.in_h
+                    ? stage(i, x + ((n * g.in_h + h_in) * g.in_w + w_first) * g.in_c + c0, j_lo, j_hi)
+                    : nullptr;
+  }
+  for (int kh = 0; kh < 3; ++kh) {
+#pragma GCC unroll 1
+    for (int c = 0; c < channels; ++c) {
+      const auto wk = weights(kh, c);
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) {
+        const T* row = staged[r * kStride + kh];
+        if (row == nullptr) continue;
+        walk_columns<kPixels, kStride, false>(0, kCols, [&](int j) { return load(row, c, j); },
+                                              [&](auto v, int kw, int p) { fma(v, wk[kw], r * kPixels + p); });
+      }
+    }
+  }
+}
+
+// The float32 3x3 tiles' window walk, accumulating into acc: one output row (kRows 1,
+// walk_staged_window: each window row staged in turn) or kRows rows of an image at most kPixels
+// wide (walk_staged_rows: the input rows under the tile staged once each), the staging
+// stage_window_row's.
+template <int kRows, int kPixels, int kStride, typename Weights, typename Load, typename Acc>
+inline void walk_staged_tile(const kernels::ConvGeometry& g, const float* x, int64_t n, int64_t ho, int64_t wo0,
+                             int64_t c0, int channels, __mmask16 lanes, const Weights& weights, const Load& load,
+                             Acc& acc) {
+  constexpr int kCols = window_columns<kPixels, kStride>();
+  constexpr int kSlots = kRows == 1 ? 1 : (kRows - 1) * kStride + 3;
+  alignas(64) float cols[kSlots][kCols * 16];
+  const auto fma = [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); };
+  if constexpr (kRows == 1) {
+    const auto stage = [&](const float* row, int64_t j_lo, int64_t j_hi) {
+      return stage_window_row<kCols>(cols[0], row, g.in_c, j_lo, j_hi, lanes);
+    };
+    walk_staged_window<kPixels, kStride>(g, x, n, ho, wo0, c0, channels, weights, stage, load, fma);
+  } else {
+    const auto stage = [&](int slot, const float* row, int64_t j_lo, int64_t j_hi) {
+      return stage_window_row<kCols>(cols[slot], row, g.in_c, j_lo, j_hi, lanes);
+    };
+    walk_staged_rows<kRows, kPixels, kStride>(g, x, n, ho, c0, channels, weights, stage, load, fma);
+  }
+}
+
+// store_tile for each of the first nrows of a tile's kRows output rows (from ho).
+template <int kRows, int kPixels, typename Acc>
+inline void store_tile_rows(const kernels::ConvGeometry& g, const Acc& acc, const float* bias16,
+                            const float* residual, float* y, int64_t n, int64_t ho, int nrows, int64_t wo0,
+                            int npix, int64_t c0, __mmask16 lanes, bool relu) {
+#pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r) {
+    if (r >= nrows) break;
+    store_tile<kPixels>(g, [&](int p) { return acc(r * kPixels + p); }, bias16, residual, y, n, ho + r, wo0, npix,
+                        c0, lanes, relu);
+  }
+}
 
 // 3x3 (RegNet's), 8 per group: tile8's registers and weights, with the window walked column by
 // column (walk_staged_window): each input pixel's 16 channels are loaded and permuted once per
 // input channel and feed every tap that reads them (three at stride 1, one or two at stride 2),
 // so permutes per FMA drop from 1 to about 1/3 (stride 1) or 2/3 (stride 2).
-template <int kPixels, int kStride, bool kFull>
+template <int kRows, int kPixels, int kStride, bool kFull>
 inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float* packed_pair,
-                     const float* bias16, const float* residual, float* y, int64_t n, int64_t ho,
+                     const float* bias16, const float* residual, float* y, int64_t n, int64_t ho, int nrows,
                      int64_t wo0, int npix, int64_t c0, bool relu, const __m512i (&idx)[8]) {
   const __mmask16 lanes = block_lanes(kFull);
-  SplitAccumulators<kPixels> acc;
+  SplitAccumulators<kRows * kPixels> acc;
   const auto weights = [&](int64_t kh, int c) {  // taps (kh, 0..2): 8 input channels x 16 lanes each
     const float* w = packed_pair + kh * 3 * 128 + 16 * c;
     return std::array<__m512, 3>{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 128), _mm512_loadu_ps(w + 256)};
@@ -387,26 +483,20 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
   // 2026-12-06, bit-identical results): staging the in-image columns alone 1.05-1.10x on
   // RegNetY-400MF's 8-per-group shapes, and the zeros that drop the tests 1.75-2.42x more (batch 8
   // 1.93-2.42x, 104 channels at 28px 2.08x).
-  constexpr int kCols = window_columns<kPixels, kStride>();
-  alignas(64) float cols[kCols * 16];
-  const auto stage = [&](const float* row, int64_t j_lo, int64_t j_hi) {
-    return stage_window_row<kCols>(cols, row, g.in_c, j_lo, j_hi, lanes);
-  };
   const auto load = [&](const float* staged, int c, int j) {
     return _mm512_permutexvar_ps(idx[c], _mm512_load_ps(staged + 16 * j));
   };
-  walk_staged_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 8, weights, stage, load,
-                                       [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
-  store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, lanes, relu);
+  walk_staged_tile<kRows, kPixels, kStride>(g, x, n, ho, wo0, c0, 8, lanes, weights, load, acc);
+  store_tile_rows<kRows, kPixels>(g, acc, bias16, residual, y, n, ho, nrows, wo0, npix, c0, lanes, relu);
 }
 
 // 3x3, 16 per group: tile16 with the column walk (each input value broadcast once for the taps
 // that read it).
-template <int kPixels, int kStride>
+template <int kRows, int kPixels, int kStride>
 inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const float* packed_group,
-                      const float* bias16, const float* residual, float* y, int64_t n, int64_t ho,
+                      const float* bias16, const float* residual, float* y, int64_t n, int64_t ho, int nrows,
                       int64_t wo0, int npix, int64_t c0, bool relu) {
-  SplitAccumulators<kPixels> acc;
+  SplitAccumulators<kRows * kPixels> acc;
   const auto weights = [&](int64_t kh, int c) {  // taps (kh, 0..2): 16 input channels x 16 lanes each
     const float* w = packed_group + kh * 3 * 256 + 16 * c;
     return std::array<__m512, 3>{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 256), _mm512_loadu_ps(w + 512)};
@@ -416,15 +506,10 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
   // 16-per-group shapes: 2.49-2.75x (160 channels at 14px, 160 at 28px stride 2, 32 at 112px
   // stride 2, batch 8), 1.20x and 1.22x (64 at 28px, batch 8 and 1), 1.25x and 0.99x (384 at 7px,
   // batch 8 and 1).
-  constexpr int kCols = window_columns<kPixels, kStride>();
-  alignas(64) float cols[kCols * 16];
-  const auto stage = [&](const float* row, int64_t j_lo, int64_t j_hi) {
-    return stage_window_row<kCols>(cols, row, g.in_c, j_lo, j_hi, __mmask16(0xFFFF));
-  };
   const auto load = [&](const float* staged, int c, int j) { return _mm512_set1_ps(staged[16 * j + c]); };
-  walk_staged_window<kPixels, kStride>(g, x, n, ho, wo0, c0, 16, weights, stage, load,
-                                       [&](__m512 v, __m512 w, int p) { acc(p) = _mm512_fmadd_ps(v, w, acc(p)); });
-  store_tile<kPixels>(g, acc, bias16, residual, y, n, ho, wo0, npix, c0, __mmask16(0xFFFF), relu);
+  walk_staged_tile<kRows, kPixels, kStride>(g, x, n, ho, wo0, c0, 16, __mmask16(0xFFFF), weights, load, acc);
+  store_tile_rows<kRows, kPixels>(g, acc, bias16, residual, y, n, ho, nrows, wo0, npix, c0, __mmask16(0xFFFF),
+                                  relu);
 }
 
 // for_each_tile for the column-walk tiles (float32 and bfloat16): one tile per row where the row
@@ -645,18 +730,37 @@ inline void grouped_conv_narrow(const kernels::ConvGeometry& g, const float* x, 
   __m512i idx[8];  // input channel c of both groups
   narrow::half_broadcast_indices(idx);
   if (g.kernel == 3) {  // RegNet's: tile8_k3, tile16_k3
-    auto k3tile = [&](auto pixels, const float* pk, const float* bias16, int64_t n, int64_t ho, int64_t wo0,
-                      int npix, int64_t c0, bool full) {
-      constexpr int P = decltype(pixels)::value;
+    // kRows output rows of kPixels from (ho, wo0), the first nrows of them and npix pixels stored.
+    auto k3tile = [&](auto rows, auto pixels, const float* pk, const float* bias16, int64_t n, int64_t ho,
+                      int nrows, int64_t wo0, int npix, int64_t c0, bool full) {
+      constexpr int R = decltype(rows)::value, P = decltype(pixels)::value;
       if (g.in_c_per_group == 8)
-        (g.stride == 1 ? (full ? narrow::tile8_k3<P, 1, true> : narrow::tile8_k3<P, 1, false>)
-                       : (full ? narrow::tile8_k3<P, 2, true> : narrow::tile8_k3<P, 2, false>))(
-            g, x, pk, bias16, residual, y, n, ho, wo0, npix, c0, relu, idx);
+        (g.stride == 1 ? (full ? narrow::tile8_k3<R, P, 1, true> : narrow::tile8_k3<R, P, 1, false>)
+                       : (full ? narrow::tile8_k3<R, P, 2, true> : narrow::tile8_k3<R, P, 2, false>))(
+            g, x, pk, bias16, residual, y, n, ho, nrows, wo0, npix, c0, relu, idx);
       else
-        (g.stride == 1 ? narrow::tile16_k3<P, 1> : narrow::tile16_k3<P, 2>)(g, x, pk, bias16, residual, y, n, ho,
-                                                                            wo0, npix, c0, relu);
+        (g.stride == 1 ? narrow::tile16_k3<R, P, 1> : narrow::tile16_k3<R, P, 2>)(g, x, pk, bias16, residual, y, n,
+                                                                                  ho, nrows, wo0, npix, c0, relu);
     };
-    narrow::for_each_k3_tile(g, packed, bias, k3tile);
+    // Images at most 4 pixels wide (RegNet's last stage at 128 px): tiles of 4 whole rows, 16
+    // accumulators. A tile of one such row keeps 4 FMA chains going where the two FMA units need
+    // about 8 to stay busy, and reloads the weights every 4 pixels. Against one row per tile
+    // (interleaved, one process, 2-core Ice Lake VM, 2026-12-06, bit-identical results): batch 32
+    // 1.29x (384 channels, 16 per group) and 1.39x (440, 8 per group); the same from 8 px at stride
+    // 2 1.08x and 1.11x; batch 8 1.10x and 1.20x. Tiles of 2 rows: 0.96-1.14x; of 2 rows of 7 or
+    // 8 pixels (224 px's last stage, 128 px's third): 0.76-0.98x.
+    if (g.out_w <= 4) {
+      using Four = std::integral_constant<int, 4>;  // rows, and pixels a row
+      narrow::for_each_rows_tile<Four::value>(g, packed, bias, [&](const float* pk, const float* bias16, int64_t n,
+                                                                   int64_t ho0, int nrows, int64_t c0, bool full) {
+        k3tile(Four{}, Four{}, pk, bias16, n, ho0, nrows, 0, static_cast<int>(g.out_w), c0, full);
+      });
+      return;
+    }
+    narrow::for_each_k3_tile(g, packed, bias, [&](auto pixels, const float* pk, const float* bias16, int64_t n,
+                                                  int64_t ho, int64_t wo0, int npix, int64_t c0, bool full) {
+      k3tile(std::integral_constant<int, 1>{}, pixels, pk, bias16, n, ho, 1, wo0, npix, c0, full);
+    });
     return;
   }
   narrow::for_each_tile<16, 14, 8, 7>(g, packed, bias,
