@@ -40,7 +40,8 @@ def _layout(x, layout):
 
 # (batch, channels, height, width, classes): RegNetY-400MF's head; 13 and 67 channels leave a
 # SIMD tail in pooling and in the dot products; batches 1, 3 and 5 leave a partial group of
-# four samples; a 1x1 image; 130 channels make three pooling blocks, the last of two channels.
+# four samples; 7, 37 and 10 classes a partial tile of classes (4 or 2 a tile); a 1x1 image; 130
+# channels make three pooling blocks, the last of two channels.
 SHAPES = [(8, 440, 7, 7, 1000), (3, 13, 5, 3, 7), (1, 1, 1, 1, 1), (5, 67, 2, 9, 37),
           (2, 130, 4, 4, 10)]
 
