@@ -4,7 +4,8 @@ channels: eval and training forward and backward against the float64 reference, 
 counts (a half-used last register), both strides, kernels 1, 3 and 5, image edges narrower and
 wider than one tile, rows of every 3x3 tile width (4, 7, 8, 14 and 16 pixels), images at most 4
 wide (AVX-512: tiles of 4 whole rows; tall ones leaving a partial last tile), input gradients
-from the same kernel (stride 1) and from its stride-2 twin (grouped_conv_narrow_dx.h), and the
+from the same kernel (stride 1) and from its stride-2 twin (grouped_conv_narrow_dx.h), weight
+gradients from grouped_conv_narrow_weight_grad.h (AVX-512, 3x3), and the
 same calls with the kernel switched off (REGNET_EXT_CPU_CONV=aten) agreeing; and its bfloat16
 twin (grouped_conv_narrow_bf16.h) on the same shapes within plain PyTorch's bfloat16 error, and
 in eval without the ReLU decisions that plain PyTorch's rounding gets wrong."""
@@ -58,6 +59,22 @@ def test_input_gradient_from_our_kernels(shape, training, monkeypatch):
     batch, channels, width, size, kernel, stride = shape
     case = make_case(batch, channels, channels, size, kernel, stride, channels // width, channels_last=True,
                      residual=stride == 1, seed=size + kernel + 1)
+    _run_and_compare(case, stride=stride, groups=channels // width, training=training, relu=True)
+
+
+# REGNET_EXT_CPU_CONV=own also takes every grouped weight gradient from our kernels: with AVX-512
+# the 3x3 ones (padding 1) at 8 and 16 per group from grouped_conv_narrow_weight_grad.h.
+OWN_WEIGHT_GRAD = [s for s in ALL_SHAPES if s[4] == 3]
+
+
+@pytest.mark.parametrize("shape", OWN_WEIGHT_GRAD,
+                         ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}k{s[4]}st{s[5]}" for s in OWN_WEIGHT_GRAD])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_weight_gradient_from_our_kernels(shape, training, monkeypatch):
+    monkeypatch.setenv("REGNET_EXT_CPU_CONV", "own")
+    batch, channels, width, size, kernel, stride = shape
+    case = make_case(batch, channels, channels, size, kernel, stride, channels // width, channels_last=True,
+                     residual=False, seed=size + 2)
     _run_and_compare(case, stride=stride, groups=channels // width, training=training, relu=True)
 
 
