@@ -46,35 +46,21 @@ def test_matches_float64_reference(shape, training):
 
 
 # REGNET_EXT_CPU_CONV=own takes every stride-1 input gradient with padding k/2 from the forward
-# kernel (each group's weight transposed and flipped) and every 3x3 stride-2 one at 8 per group
-# from grouped_conv_narrow_dx.h (use_narrow_input_grad); the rules alone only some of them.
-OWN_INPUT_GRAD = [s for s in ALL_SHAPES if s[5] == 1 or (s[2] == 8 and s[4] == 3)]
+# kernel (each group's weight transposed and flipped), every 3x3 stride-2 one at 8 per group from
+# grouped_conv_narrow_dx.h (use_narrow_input_grad), and every grouped weight gradient from our
+# kernels, with AVX-512 the 3x3 ones from grouped_conv_narrow_weight_grad.h; the rules alone only
+# some of them.
+OWN_GRADIENTS = [s for s in ALL_SHAPES if s[5] == 1 or s[4] == 3]
 
 
-@pytest.mark.parametrize("shape", OWN_INPUT_GRAD,
-                         ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}k{s[4]}st{s[5]}" for s in OWN_INPUT_GRAD])
+@pytest.mark.parametrize("shape", OWN_GRADIENTS,
+                         ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}k{s[4]}st{s[5]}" for s in OWN_GRADIENTS])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_input_gradient_from_our_kernels(shape, training, monkeypatch):
+def test_gradients_from_our_kernels(shape, training, monkeypatch):
     monkeypatch.setenv("REGNET_EXT_CPU_CONV", "own")
     batch, channels, width, size, kernel, stride = shape
     case = make_case(batch, channels, channels, size, kernel, stride, channels // width, channels_last=True,
                      residual=stride == 1, seed=size + kernel + 1)
-    _run_and_compare(case, stride=stride, groups=channels // width, training=training, relu=True)
-
-
-# REGNET_EXT_CPU_CONV=own also takes every grouped weight gradient from our kernels: with AVX-512
-# the 3x3 ones (padding 1) at 8 and 16 per group from grouped_conv_narrow_weight_grad.h.
-OWN_WEIGHT_GRAD = [s for s in ALL_SHAPES if s[4] == 3]
-
-
-@pytest.mark.parametrize("shape", OWN_WEIGHT_GRAD,
-                         ids=[f"n{s[0]}c{s[1]}g{s[2]}s{s[3]}k{s[4]}st{s[5]}" for s in OWN_WEIGHT_GRAD])
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_weight_gradient_from_our_kernels(shape, training, monkeypatch):
-    monkeypatch.setenv("REGNET_EXT_CPU_CONV", "own")
-    batch, channels, width, size, kernel, stride = shape
-    case = make_case(batch, channels, channels, size, kernel, stride, channels // width, channels_last=True,
-                     residual=False, seed=size + 2)
     _run_and_compare(case, stride=stride, groups=channels // width, training=training, relu=True)
 
 

@@ -368,7 +368,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
       // per group, 1.04-1.33x at 8; the autotuner then took it over oneDNN's weight gradient on
       // most of RegNetX/Y-400MF's batch-8 shapes (whole training steps 1.01-1.05x).
       if constexpr (std::is_same_v<T, float>) {
-        if (narrow_weight_grad_applies(g)) packed_raw = grouped_conv_narrow_weight_grad(g, xc.data_ptr<float>(), dzp);
+        if (narrow_weight_grad_applies(g))
+          packed_raw = grouped_conv_narrow_weight_grad(g, xc.data_ptr<float>(), dzp);
       }
 #endif
       if (packed_raw.empty()) dispatch_block(channel_block(g.out_c_per_group), [&](auto co_block) {

@@ -13,9 +13,9 @@
 //
 // Tile: up to 16 consecutive output pixels of one row times 16 output channels (AVX2: 8 pixels
 // times one 8-channel group, or 4 pixels times 16 channels), all K*K taps and the group's input
-// channels; with AVX-512, 3x3 kernels on images at most 4 wide take 4 whole rows a tile. Pixels whose tap falls in the padding read a zero vector, so the inner loop has no
-// branches. The last group of an odd count of 8-channel groups (104 = 13 x 8)
-// loads and stores half vectors.
+// channels; with AVX-512, 3x3 kernels on images at most 4 wide take 4 whole rows a tile. Pixels
+// whose tap falls in the padding read a zero vector, so the inner loop has no branches. The last
+// group of an odd count of 8-channel groups (104 = 13 x 8) loads and stores half vectors.
 //
 // 3x3 kernels (RegNet's) walk the window column by column instead (tile8_k3, tile16_k3; the AVX2
 // tiles alike): each input pixel's broadcast (8 per group: its lane permute) is made once per
@@ -127,17 +127,18 @@ inline void for_each_row_block(const kernels::ConvGeometry& g, const Body& body)
   ((kPixelCounts == best ? run(std::integral_constant<int, kPixelCounts>{}) : void()), ...);
 }
 
-// The driver every variant shares: the bias padded to whole blocks of 16, then every tile of
-// every task handed to tile(std::integral_constant<int, P>, pk, bias16, n, ho, wo0, npix, c0,
-// full), P one of kPixelCounts (see for_each_row_block), pk the task's block of `packed`
-// (K*K*G*16 weights per block) and full whether the block holds 16 channels (the last block of
-// an odd count of 8-channel groups holds 8).
+// The bias (null: zeros) padded with zeros to whole blocks of 16 output channels.
 inline std::vector<float> bias_per_block(const kernels::ConvGeometry& g, const float* bias) {
   std::vector<float> bias_pad((g.out_c + 15) / 16 * 16, 0.f);
   if (bias) std::copy(bias, bias + g.out_c, bias_pad.begin());
   return bias_pad;
 }
 
+// The driver every variant shares: the bias padded to whole blocks of 16, then every tile of
+// every task handed to tile(std::integral_constant<int, P>, pk, bias16, n, ho, wo0, npix, c0,
+// full), P one of kPixelCounts (see for_each_row_block), pk the task's block of `packed`
+// (K*K*G*16 weights per block) and full whether the block holds 16 channels (the last block of
+// an odd count of 8-channel groups holds 8).
 template <int... kPixelCounts, typename W, typename Tile>
 inline void for_each_tile(const kernels::ConvGeometry& g, const W* packed, const float* bias, const Tile& tile) {
   const int64_t block_size = g.kernel * g.kernel * g.in_c_per_group * 16;

@@ -19,6 +19,7 @@
 
 #include "cpu/chunk_stride.h"
 #include "cpu/conv_bn_act_cpu.h"
+#include "cpu/grouped_conv_narrow.h"
 #include "kernels/conv_bn_act.h"
 
 #if defined(__AVX512F__)
@@ -64,6 +65,7 @@ struct Accumulators {
   }
 };
 
+// Which of a column's three kernel columns have a pixel to feed (accumulate_row).
 template <bool... kFlags>
 struct Uses {
   static constexpr bool value[] = {kFlags...};
@@ -74,11 +76,11 @@ struct Uses {
 // two groups of 8 a block (lane permutes of each pixel's 16 channels), else one group of 16
 // (broadcasts of its input channels ci0 .. ci0 + 7).
 template <int kStride, bool kPairs>
-__attribute__((always_inline)) inline void accumulate_row(Accumulators& acc, const float* xrow, const float* dzrow, int64_t in_w, int64_t out_w,
-                           int64_t in_c, int64_t out_c, __mmask16 lanes, const __m512i (&idx)[8]) {
-  // fma_column(uses, col, d0, d1, d2): input column col times the dz vectors of the pixels reading
-  // it at kernel columns 0, 1 and 2, those whose flag in Uses (a std::integer_sequence<bool, ...>)
-  // is set.
+__attribute__((always_inline)) inline void accumulate_row(Accumulators& acc, const float* xrow, const float* dzrow,
+                                                          int64_t in_w, int64_t out_w, int64_t in_c, int64_t out_c,
+                                                          __mmask16 lanes, const __m512i (&idx)[8]) {
+  // fma_column(Uses<...>{}, col, d0, d1, d2): input column col times the dz vectors of the pixels
+  // reading it at kernel columns 0, 1 and 2, those whose flag is set (known when compiling).
   const auto fma_column = [&](auto uses, int64_t col, __m512 d0, __m512 d1, __m512 d2) {
     constexpr bool kUses[3] = {decltype(uses)::value[0], decltype(uses)::value[1], decltype(uses)::value[2]};
     const float* px = xrow + col * in_c;
@@ -178,12 +180,8 @@ inline std::vector<float> grouped_conv_narrow_weight_grad(const kernels::ConvGeo
   const int64_t rows = g.batch * g.out_h, chunks = chunk_count(rows);
   const int64_t buf_stride = chunk_stride(size, sizeof(float));
   std::vector<float> partial(chunks * buf_stride, 0.f);
-  __m512i idx[8];  // input channel ci of both groups of 8 (as in grouped_conv_narrow.h)
-  for (int k = 0; k < 8; ++k) {
-    alignas(64) int32_t v[16];
-    for (int l = 0; l < 16; ++l) v[l] = (l < 8 ? 0 : 8) + k;
-    idx[k] = _mm512_load_si512(v);
-  }
+  __m512i idx[8];  // input channel ci of both groups of 8
+  narrow::half_broadcast_indices(idx);
   for_each_chunk(rows, chunks, [&](int64_t chunk, int64_t row0, int64_t row1) {
     float* buf = partial.data() + chunk * buf_stride;
     for (int64_t band = row0; band < row1; band += kBandRows) {
