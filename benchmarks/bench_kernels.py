@@ -37,6 +37,7 @@ from common import (DEVICES, DTYPES, check_dtypes, checked_device, cpu_conv_auto
                     device_record, format_table, hardware_name, machine_record, print_autotune_summary,
                     time_interleaved_on, write_json, write_ratio_png)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
+from regnet_ext.models.complexity import output_size  # noqa: E402
 from regnet_ext.profiling.roofline import measure_ceiling  # noqa: E402
 
 DEFAULT_MODELS = ("RegNetX-400MF", "RegNetY-400MF", "RegNetY-4.0GF")
@@ -69,7 +70,7 @@ class ConvShape:
     @property
     def flops(self):
         """The conv's floating-point operations as a direct conv counts them (2 per multiply-add)."""
-        out = (self.size + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
+        out, _ = output_size(self.size, self.size, self.stride)
         return 2 * self.batch * out * out * self.c_out * self.group_width * self.kernel ** 2
 
     @property

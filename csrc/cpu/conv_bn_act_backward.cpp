@@ -178,9 +178,7 @@ std::vector<acc_t<T>> conv_weight_grad(const ConvGeometry& g, const T* x, const 
           }
     }
   });
-  for (int64_t chunk = 1; chunk < chunks; ++chunk)
-    for (int64_t i = 0; i < size; ++i) partial[i] += partial[chunk * stride + i];
-  partial.resize(size);
+  merge_chunk_sums(partial, chunks, stride, size);
   return partial;
 }
 
@@ -372,6 +370,7 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
           packed_raw = grouped_conv_narrow_weight_grad(g, xc.data_ptr<float>(), dzp);
       }
 #endif
+      // Every other grouped conv: the generic tiles.
       if (packed_raw.empty()) dispatch_block(channel_block(g.out_c_per_group), [&](auto co_block) {
         constexpr int COB = decltype(co_block)::value;
         if (cib == 16)

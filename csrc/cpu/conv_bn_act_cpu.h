@@ -401,6 +401,15 @@ void for_each_chunk(int64_t items, int64_t chunks, const F& body) {
   });
 }
 
+// partial holds `chunks` rows of `size` sums, `stride` apart: their sum in chunk order (the same
+// on every run), in the first `size` elements, the rest dropped.
+template <typename A>
+void merge_chunk_sums(std::vector<A>& partial, int64_t chunks, int64_t stride, int64_t size) {
+  for (int64_t chunk = 1; chunk < chunks; ++chunk)
+    for (int64_t i = 0; i < size; ++i) partial[i] += partial[chunk * stride + i];
+  partial.resize(size);
+}
+
 // Largest register-tile width in {16, 8, 4, 2, 1} that divides a group's channel count.
 inline int channel_block(int64_t channels_per_group) {
   for (int b : {16, 8, 4, 2}) if (channels_per_group % b == 0) return b;

@@ -379,18 +379,21 @@ inline void tile16(const kernels::ConvGeometry& g, const float* x, const float* 
 // more (over 448 bytes) in memory across the channel loop of the k3 tiles below, storing and
 // reloading every accumulator per input channel (0.6-0.7x the speed of 7 pixels in one array);
 // arrays of at most 7 stay in registers. (A 16-pixel tile as 7 + 7 + 2 against 7 + 9: 0.99-1.02x,
-// Ice Lake VM, 2026-12-06; 4 rows of 4 need the third array.)
+// Ice Lake VM, 2026-12-06.) Up to 28: 4 rows of 4 pixels take three arrays, the weight
+// gradient's 24 (grouped_conv_narrow_weight_grad.h) four.
 template <int kCount>
 struct SplitAccumulators {
-  static constexpr int kA = kCount < 7 ? kCount : 7, kB = kCount - kA < 7 ? kCount - kA : 7, kC = kCount - kA - kB;
-  __m512 a[kA], b[kB > 0 ? kB : 1], c[kC > 0 ? kC : 1];
+  static_assert(kCount > 0 && kCount <= 28, "SplitAccumulators: 1 to 28 accumulators");
+  static constexpr int size(int k) { return kCount - 7 * k < 0 ? 0 : kCount - 7 * k < 7 ? kCount - 7 * k : 7; }
+  __m512 a[size(0)], b[size(1) > 0 ? size(1) : 1], c[size(2) > 0 ? size(2) : 1], d[size(3) > 0 ? size(3) : 1];
   SplitAccumulators() {
     for (auto& v : a) v = _mm512_setzero_ps();
     for (auto& v : b) v = _mm512_setzero_ps();
     for (auto& v : c) v = _mm512_setzero_ps();
+    for (auto& v : d) v = _mm512_setzero_ps();
   }
-  __m512& operator()(int p) { return p < kA ? a[p] : p < kA + kB ? b[p - kA] : c[p - kA - kB]; }
-  __m512 operator()(int p) const { return p < kA ? a[p] : p < kA + kB ? b[p - kA] : c[p - kA - kB]; }
+  __m512& operator()(int p) { return p < 7 ? a[p] : p < 14 ? b[p - 7] : p < 21 ? c[p - 14] : d[p - 21]; }
+  __m512 operator()(int p) const { return p < 7 ? a[p] : p < 14 ? b[p - 7] : p < 21 ? c[p - 14] : d[p - 21]; }
 };
 
 // walk_staged_window for a tile of kRows output rows from ho0 (images at most kPixels wide, the

@@ -45,25 +45,8 @@ inline bool narrow_weight_grad_applies(const kernels::ConvGeometry& g) {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace narrow_wgrad {
 
-// 24 accumulators (8 input channels x 3 kernel columns: i = kw * 8 + ci) in arrays of 4, so that
-// GCC keeps them in registers (see SplitAccumulators in grouped_conv_narrow.h).
-struct Accumulators {
-  __m512 a0[4], a1[4], a2[4], a3[4], a4[4], a5[4];
-  Accumulators() {
-#pragma GCC unroll 24
-    for (int i = 0; i < 24; ++i) (*this)(i) = _mm512_setzero_ps();
-  }
-  __m512& operator()(int i) {
-    switch (i >> 2) {
-      case 0: return a0[i & 3];
-      case 1: return a1[i & 3];
-      case 2: return a2[i & 3];
-      case 3: return a3[i & 3];
-      case 4: return a4[i & 3];
-      default: return a5[i & 3];
-    }
-  }
-};
+// 24 accumulators: i = kw * 8 + ci for 8 input channels x 3 kernel columns.
+using Accumulators = narrow::SplitAccumulators<24>;
 
 // Which of a column's three kernel columns have a pixel to feed (accumulate_row).
 template <bool... kFlags>
@@ -205,9 +188,7 @@ inline std::vector<float> grouped_conv_narrow_weight_grad(const kernels::ConvGeo
           }
     }
   });
-  for (int64_t chunk = 1; chunk < chunks; ++chunk)
-    for (int64_t i = 0; i < size; ++i) partial[i] += partial[chunk * buf_stride + i];
-  partial.resize(size);
+  merge_chunk_sums(partial, chunks, buf_stride, size);
   return partial;
 }
 #endif

@@ -98,7 +98,7 @@ class FoldedPair(folded_inference._OneEntryCache):
         def pair():
             return torch.ops.regnet_ext.conv_pair_relu(x, weight_a, bias_a, weight_b, bias_b, b.stride, b.groups)
         if choice is not None and choice not in _decisions:
-            _decisions[choice] = _pair_is_faster(pair, lambda: _separate(a, b, x))
+            _decisions[choice] = _pair_is_faster(pair, lambda: run_separately(a, b, x, x.dtype))
             if not _decisions[choice]:
                 return None
         return pair()
@@ -122,9 +122,10 @@ def _forget_decisions():
 cpu_autotune.on_clear(_forget_decisions)
 
 
-def _separate(a, b, x):
-    """What the block runs without the pair (FusedResBottleneck._lean_forward)."""
-    return b.inference_call(a.inference_call(x, None, a.relu, x.dtype), None, b.relu, x.dtype)
+def run_separately(a, b, x, dtype):
+    """Layers a then b, each through its own inference call: what a block runs in CPU inference
+    without the pair (FusedResBottleneck._lean_forward), and what the timing sets the pair against."""
+    return b.inference_call(a.inference_call(x, None, a.relu, dtype), None, b.relu, dtype)
 
 
 def _pair_is_faster(pair, separate):

@@ -449,7 +449,7 @@ class FusedResBottleneck(_HoldsStock):
             shortcut = x if self.shortcut == "identity" else None
         y = None if self._pair is None else self._pair(a, b, x)
         if y is None:
-            y = b.inference_call(a.inference_call(x, None, a.relu, dtype), None, b.relu, dtype)
+            y = conv_pair.run_separately(a, b, x, dtype)
         if self.has_se:
             # y is b's fresh output; only b's forward hooks (where b took its module call) could
             # have kept it, so otherwise the SE writes its result over it.
