@@ -753,7 +753,10 @@ inline void grouped_conv_narrow(const kernels::ConvGeometry& g, const float* x, 
     // (interleaved, one process, 2-core Ice Lake VM, 2026-12-06, bit-identical results): batch 32
     // 1.29x (384 channels, 16 per group) and 1.39x (440, 8 per group); the same from 8 px at stride
     // 2 1.08x and 1.11x; batch 8 1.10x and 1.20x. Tiles of 2 rows: 0.96-1.14x; of 2 rows of 7 or
-    // 8 pixels (224 px's last stage, 128 px's third): 0.76-0.98x.
+    // 8 pixels (224 px's last stage, 128 px's third): 0.76-0.98x. Nor did one row of 7 or 8 pixels
+    // with the input channels in two halves, each its own set of accumulators (14 or 16 FMA
+    // chains, the sets added before the epilogue; one interleaved run): 1.01-1.05x at 16 per
+    // group, 0.92-0.96x at 8.
     if (g.out_w <= 4) {
       using Four = std::integral_constant<int, 4>;  // rows, and pixels a row
       narrow::for_each_rows_tile<Four::value>(g, packed, bias, [&](const float* pk, const float* bias16, int64_t n,

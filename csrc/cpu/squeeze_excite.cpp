@@ -570,7 +570,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
     auto input_grad_planes_task = [&](int64_t q0, int64_t q1) {
       input_grad_planes(dyp, gatep, dsp, s, q0, q1, dxp);
     };
-    // Merge one sample's partial sums, recompute its MLP and differentiate it.
+    // Merge one sample's partial sums, recompute its MLP and differentiate it. Tried, not kept:
+    // where the weights exceed half the L2, the batch's MLP backward over blocks of weight rows
+    // in parallel, each row read once for its weight gradient and its share of dz / ds (so batch
+    // 1 used both threads): training steps (forward + backward through autograd, interleaved,
+    // 2-core Ice Lake VM, 2026-12-06, four runs) 1.05-1.20x on RegNetY-4.0GF's 1088 -> 272 at
+    // batch 1 (1.05x in the longest run), 1.03-1.18x at 1088 -> 128, 0.99-1.13x at batch 8, and
+    // 0.91-1.03x where it also ran on smaller SEs: weight traffic bounds both ways.
     auto excite_and_backward = [&](int64_t n) {
       k::se_merge_partials(poolp + n * chunks * row, chunks, C, row, inv_pixels, meanp + n * C);
       k::se_merge_partials(dgatepartp + n * chunks * row, chunks, C, row, A(1), dgatep + n * C);
