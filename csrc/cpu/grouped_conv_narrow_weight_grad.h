@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/chunk_stride.h"
@@ -115,9 +116,10 @@ __attribute__((always_inline)) inline void accumulate_row(Accumulators& acc, con
 // accumulators stay in registers over the rows, then are added to buf.
 template <int kStride, bool kPairs>
 inline void accumulate_band(const kernels::ConvGeometry& g, const float* x, const float* dz, int64_t row0,
-                            int64_t row1, int64_t c0, int64_t ci0, int64_t kh, __mmask16 lanes, bool full,
+                            int64_t row1, int64_t c0, int64_t ci0, int64_t kh, bool full,
                             const __m512i (&idx)[8], float* buf) {
   constexpr int64_t kWidth = kPairs ? 8 : 16, kTap = kWidth * kWidth;
+  const __mmask16 lanes = narrow::block_lanes(full);
   Accumulators acc;
   for (int64_t row = row0; row < row1; ++row) {
     const int64_t n = row / g.out_h, ho = row % g.out_h, hi = ho * g.stride - 1 + kh;
@@ -165,29 +167,29 @@ inline std::vector<float> grouped_conv_narrow_weight_grad(const kernels::ConvGeo
   std::vector<float> partial(chunks * buf_stride, 0.f);
   __m512i idx[8];  // input channel ci of both groups of 8
   narrow::half_broadcast_indices(idx);
-  for_each_chunk(rows, chunks, [&](int64_t chunk, int64_t row0, int64_t row1) {
-    float* buf = partial.data() + chunk * buf_stride;
-    for (int64_t band = row0; band < row1; band += kBandRows) {
-      const int64_t band_end = std::min(row1, band + kBandRows);
-      for (int64_t block = 0; block < blocks; ++block)
-        for (int64_t kh = 0; kh < 3; ++kh)
-          for (int64_t ci0 = 0; ci0 < width; ci0 += 8) {
-            const int64_t c0 = block * 16;
-            const bool full = c0 + 16 <= g.out_c;  // else the last group of an odd count of 8
-            const __mmask16 lanes = full ? __mmask16(0xFFFF) : __mmask16(0x00FF);
-            const auto band_run = [&](auto stride, auto pairs) {
+  // kStride and kPairs (two groups of 8 a block, else one of 16) chosen once for the whole walk.
+  const auto walk = [&](auto stride, auto pairs) {
+    for_each_chunk(rows, chunks, [&](int64_t chunk, int64_t row0, int64_t row1) {
+      float* buf = partial.data() + chunk * buf_stride;
+      for (int64_t band = row0; band < row1; band += kBandRows) {
+        const int64_t band_end = std::min(row1, band + kBandRows);
+        for (int64_t block = 0; block < blocks; ++block) {
+          const int64_t c0 = block * 16;
+          const bool full = c0 + 16 <= g.out_c;  // else the last group of an odd count of 8
+          for (int64_t kh = 0; kh < 3; ++kh)
+            for (int64_t ci0 = 0; ci0 < width; ci0 += 8)
               narrow_wgrad::accumulate_band<decltype(stride)::value, decltype(pairs)::value>(
-                  g, x, dz, band, band_end, c0, ci0, kh, lanes, full, idx, buf);
-            };
-            if (g.stride == 1)
-              width == 8 ? band_run(std::integral_constant<int, 1>{}, std::true_type{})
-                         : band_run(std::integral_constant<int, 1>{}, std::false_type{});
-            else
-              width == 8 ? band_run(std::integral_constant<int, 2>{}, std::true_type{})
-                         : band_run(std::integral_constant<int, 2>{}, std::false_type{});
-          }
-    }
-  });
+                  g, x, dz, band, band_end, c0, ci0, kh, full, idx, buf);
+        }
+      }
+    });
+  };
+  if (g.stride == 1)
+    width == 8 ? walk(std::integral_constant<int, 1>{}, std::true_type{})
+               : walk(std::integral_constant<int, 1>{}, std::false_type{});
+  else
+    width == 8 ? walk(std::integral_constant<int, 2>{}, std::true_type{})
+               : walk(std::integral_constant<int, 2>{}, std::false_type{});
   merge_chunk_sums(partial, chunks, buf_stride, size);
   return partial;
 }
