@@ -29,6 +29,9 @@ from .folded_inference import hooked
 _ops = torch.ops.regnet_ext
 # The eval operator by its fast entry (ops/conv_bn_act.py): this path never runs under a trace.
 _EVAL_OP = conv_bn_act_eval_call
+# The overloads themselves: calling one skips the packet's overload resolution.
+_TRAIN_OP = _ops.conv_bn_act_train.default
+_UPDATE_STATS_OP = _ops.conv_bn_act_update_running_stats.default
 
 # Attribute under which a fused module keeps the stock module it replaced (outside the module
 # tree, so it adds nothing to state_dict/parameters and unfuse() can put it back).
@@ -61,7 +64,10 @@ def _all_of_dtype(dtype, *tensors):
 
 
 def _cast(t, dtype):
-    return None if t is None else t.to(dtype)
+    # t itself where it has the dtype already: Tensor.to would return it too, after a dispatcher
+    # round trip (this and _TRAIN_OP: 346 -> 306 us a training-forward call of a 384-channel layer
+    # on a 2x2 input, Ice Lake VM).
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def conv_geometry(conv):
@@ -206,9 +212,9 @@ class FusedConvBNAct(_HoldsStock):
             params = (conv.weight, conv.bias, bn.weight, bn.bias, running_mean, bn.running_var)
             if folded_inference.applies(x, params[:4], residual, dtype, self.groups):
                 return self._cpu_inference(x, params, bn.eps, residual, relu, dtype)
-        x, residual = x.to(dtype), _cast(residual, dtype)
-        weight, bias = conv.weight.to(dtype), _cast(conv.bias, dtype)
-        gamma, beta = bn.weight.to(dtype), bn.bias.to(dtype)
+        x, residual = _cast(x, dtype), _cast(residual, dtype)
+        weight, bias = _cast(conv.weight, dtype), _cast(conv.bias, dtype)
+        gamma, beta = _cast(bn.weight, dtype), _cast(bn.bias, dtype)
         if batch_stats:
             return self._batch_stats_forward(bn, x, weight, bias, gamma, beta, residual, relu)
         return conv_bn_act(x, weight, gamma, beta, bn.running_mean.to(dtype), bn.running_var.to(dtype),
@@ -216,9 +222,8 @@ class FusedConvBNAct(_HoldsStock):
                            training=False, eps=bn.eps, relu=relu, residual=residual)
 
     def _batch_stats_forward(self, bn, x, weight, bias, gamma, beta, residual, relu):
-        y, _conv_out, mean, var = _ops.conv_bn_act_train(x, weight, bias, gamma, beta, residual,
-                                                         self.stride, self.padding, self.groups,
-                                                         float(bn.eps), relu)
+        y, _conv_out, mean, var = _TRAIN_OP(x, weight, bias, gamma, beta, residual, self.stride,
+                                            self.padding, self.groups, float(bn.eps), relu)
         count = y.shape[0] * y.shape[2] * y.shape[3]
         if count < 2:
             raise ValueError(f"FusedConvBNAct: training-mode BatchNorm needs more than one value per "
@@ -229,7 +234,7 @@ class FusedConvBNAct(_HoldsStock):
                 if bn.num_batches_tracked is not None:
                     bn.num_batches_tracked.add_(1)
                 momentum = bn.momentum
-                _ops.conv_bn_act_update_running_stats(
+                _UPDATE_STATS_OP(
                     bn.running_mean, bn.running_var, mean, var, bn.num_batches_tracked, count,
                     0.0 if momentum is None else float(momentum), momentum is None)
         return y
