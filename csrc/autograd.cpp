@@ -6,12 +6,13 @@
 // call on this project's CPU, cost more than a small RegNet layer's epilogue.) torch.compile
 // traces these kernels like ATen's own autograd: forward and backward operators both have
 // fake kernels (regnet_ext/ops).
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
+
+#include "op_signatures.h"
 
 namespace regnet_ext {
 namespace {
@@ -19,21 +20,9 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::Function;
 using torch::autograd::variable_list;
-using OptTensor = std::optional<at::Tensor>;
 
 // ---- the operators below autograd -------------------------------------------------------------
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-using EvalSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&,
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                 int64_t, int64_t, int64_t, double, bool);
-using TrainSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&,
-    const OptTensor&, int64_t, int64_t, int64_t, double, bool);
 using ConvGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using ConvBackwardSignature = ConvGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                         const at::Tensor&, const OptTensor&, const at::Tensor&,

@@ -14,7 +14,8 @@
 // (csrc/cpu/gemm_1x1_tiles.h, stem_conv_tiles.h, AVX-512);
 // six functions of the CPU conv autotuner (csrc/cpu/conv_autotune.cpp); one
 // listing the folded-weight cache's shapes (csrc/cpu/folded_weight_cache.cpp); and
-// conv_bn_act_eval_call, the eval operator's fast entry from Python (csrc/python_fast_calls.cpp).
+// conv_bn_act_eval_call and conv_bn_act_train_call, the operators' fast entries from Python
+// (csrc/python_fast_calls.cpp).
 namespace regnet_ext::cpu {
 PyObject* conv_autotune_enabled_py(PyObject*, PyObject*);
 PyObject* conv_autotune_records_py(PyObject*, PyObject*);
@@ -23,8 +24,11 @@ PyObject* conv_kernel_names_py(PyObject*, PyObject*);
 PyObject* conv_autotune_excluded_mask_py(PyObject*, PyObject*);
 PyObject* set_conv_autotune_excluded_py(PyObject*, PyObject*);
 PyObject* cpu_weight_cache_shapes_py(PyObject*, PyObject*);
-PyObject* conv_bn_act_eval_call_py(PyObject*, PyObject* const*, Py_ssize_t);
 }  // namespace regnet_ext::cpu
+namespace regnet_ext {
+PyObject* conv_bn_act_eval_call_py(PyObject*, PyObject* const*, Py_ssize_t);
+PyObject* conv_bn_act_train_call_py(PyObject*, PyObject* const*, Py_ssize_t);
+}  // namespace regnet_ext
 
 extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
@@ -43,9 +47,14 @@ extern "C" PyObject* PyInit__C(void) {
       {"cpu_weight_cache_shapes", regnet_ext::cpu::cpu_weight_cache_shapes_py, METH_NOARGS,
        "(layout, call shape) of each folded weight the CPU eval operator keeps packed (for tests)."},
       {"conv_bn_act_eval_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
-                                    regnet_ext::cpu::conv_bn_act_eval_call_py)),
+                                    regnet_ext::conv_bn_act_eval_call_py)),
        METH_FASTCALL,
        "conv_bn_act_eval through the dispatcher's typed call; NotImplemented where torch.ops must "
+       "take it (csrc/python_fast_calls.cpp)."},
+      {"conv_bn_act_train_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
+                                     regnet_ext::conv_bn_act_train_call_py)),
+       METH_FASTCALL,
+       "conv_bn_act_train through the dispatcher's typed call; NotImplemented where torch.ops must "
        "take it (csrc/python_fast_calls.cpp)."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -1,23 +1,28 @@
-// A fast way in from Python for the fused modules' CPU inference: conv_bn_act_eval called
-// through the dispatcher's typed (unboxed) entry instead of torch.ops' boxed one.
+// A fast way in from Python for the fused modules' per-layer calls: conv_bn_act_eval (CPU
+// inference) and conv_bn_act_train called through the dispatcher's typed (unboxed) entry instead
+// of torch.ops' boxed one.
 //
 // Why: torch.ops.regnet_ext.conv_bn_act_eval(...) converts each of its 13 arguments to an
 // IValue against the schema before the dispatcher runs: 11.9 us a call on a 4-pixel input on
 // the 2-core Ice Lake VM against 8.9 us through this entry (F.conv2d: 6.0 us). A fused
 // RegNetX-400MF forward makes 71 such calls; README, fuse(), says what it saved there.
 //
-// The call below is the dispatcher's own, so autocast, TorchDispatchModes, the profiler's
-// RecordFunction and inference mode behave as through torch.ops. What only torch.ops' Python
-// path does is left to it: where a tensor argument is a subclass with __torch_function__
-// (nn.Parameter has none), a torch function mode is on, or an argument is not of the exact
-// Python type this parser takes, the function returns NotImplemented and the caller goes
-// through torch.ops (which then raises its usual errors for bad arguments).
+// The call below is the dispatcher's own, so autograd (csrc/autograd.cpp), autocast,
+// TorchDispatchModes, the profiler's RecordFunction and inference mode behave as through
+// torch.ops. What only torch.ops' Python path does is left to it: where a tensor argument is a
+// subclass with __torch_function__ (nn.Parameter has none), a torch function mode is on, or an
+// argument is not of the exact Python type this parser takes, the function returns
+// NotImplemented and the caller goes through torch.ops (which then raises its usual errors for
+// bad arguments). Not for traced code: torch.compile must see torch.ops' call.
 #include <ATen/PythonTorchFunctionTLS.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <optional>
+#include <tuple>
+#include <utility>
+
+#include "op_signatures.h"
 
 namespace regnet_ext {
 namespace {
@@ -38,78 +43,134 @@ bool plain_tensor(PyObject* obj) {
   return THPVariable_CheckExact(obj) || Py_TYPE(obj) == parameter_type();
 }
 
-// Each parser returns false where the argument is not of the exact type it takes.
-bool parse(PyObject* obj, const at::Tensor*& out) {
-  if (!plain_tensor(obj)) return false;
-  out = &THPVariable_Unpack(obj);
-  return true;
+// Arg<T>: one argument of C++ type T parsed from Python; parse() is false where the object is
+// not of the exact type it takes.
+template <typename T>
+struct Arg;
+
+template <>
+struct Arg<const at::Tensor&> {
+  const at::Tensor* value = nullptr;
+  bool parse(PyObject* obj) {
+    if (!plain_tensor(obj)) return false;
+    value = &THPVariable_Unpack(obj);
+    return true;
+  }
+  const at::Tensor& get() const { return *value; }
+};
+
+template <>
+struct Arg<const OptTensor&> {
+  OptTensor value;
+  bool parse(PyObject* obj) {
+    if (obj == Py_None) return true;
+    if (!plain_tensor(obj)) return false;
+    value = THPVariable_Unpack(obj);
+    return true;
+  }
+  const OptTensor& get() const { return value; }
+};
+
+template <>
+struct Arg<int64_t> {
+  int64_t value = 0;
+  bool parse(PyObject* obj) {
+    if (!PyLong_CheckExact(obj)) return false;
+    int overflow = 0;
+    value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    return overflow == 0 && !(value == -1 && PyErr_Occurred());
+  }
+  int64_t get() const { return value; }
+};
+
+template <>
+struct Arg<double> {
+  double value = 0;
+  bool parse(PyObject* obj) {
+    if (!PyFloat_CheckExact(obj)) return false;
+    value = PyFloat_AS_DOUBLE(obj);
+    return true;
+  }
+  double get() const { return value; }
+};
+
+template <>
+struct Arg<bool> {
+  bool value = false;
+  bool parse(PyObject* obj) {
+    if (!PyBool_Check(obj)) return false;
+    value = obj == Py_True;
+    return true;
+  }
+  bool get() const { return value; }
+};
+
+PyObject* wrap(at::Tensor t) { return THPVariable_Wrap(std::move(t)); }
+
+template <typename... Ts>
+PyObject* wrap(std::tuple<Ts...> outputs) {
+  PyObject* tuple = PyTuple_New(sizeof...(Ts));
+  if (!tuple) return nullptr;
+  bool ok = true;
+  std::apply(
+      [&](auto&... t) {
+        Py_ssize_t i = 0;
+        ((ok = ok && [&] {
+            PyObject* item = wrap(std::move(t));
+            if (item) PyTuple_SET_ITEM(tuple, i++, item);
+            return item != nullptr;
+          }()),
+         ...);
+      },
+      outputs);
+  if (!ok) {
+    Py_DECREF(tuple);
+    return nullptr;
+  }
+  return tuple;
 }
 
-bool parse(PyObject* obj, std::optional<at::Tensor>& out) {
-  if (obj == Py_None) return true;
-  if (!plain_tensor(obj)) return false;
-  out = THPVariable_Unpack(obj);
-  return true;
-}
-
-bool parse(PyObject* obj, int64_t& out) {
-  if (!PyLong_CheckExact(obj)) return false;
-  int overflow = 0;
-  out = PyLong_AsLongLongAndOverflow(obj, &overflow);
-  return overflow == 0 && !(out == -1 && PyErr_Occurred());
-}
-
-bool parse(PyObject* obj, double& out) {
-  if (!PyFloat_CheckExact(obj)) return false;
-  out = PyFloat_AS_DOUBLE(obj);
-  return true;
-}
-
-bool parse(PyObject* obj, bool& out) {
-  if (!PyBool_Check(obj)) return false;
-  out = obj == Py_True;
-  return true;
+// op(*args) through the typed handle, or NotImplemented (see the top of the file).
+template <typename Ret, typename... Args>
+PyObject* typed_call(const c10::TypedOperatorHandle<Ret(Args...)>& op, const char* name, PyObject* const* args,
+                     Py_ssize_t nargs) {
+  constexpr Py_ssize_t kArgs = sizeof...(Args);
+  if (nargs != kArgs) {
+    PyErr_Format(PyExc_TypeError, "%s: takes %zd positional arguments, got %zd", name, kArgs, nargs);
+    return nullptr;
+  }
+  std::tuple<Arg<Args>...> parsed;
+  const bool ok = std::apply(
+      [&](auto&... a) {
+        Py_ssize_t i = 0;
+        return (a.parse(args[i++]) && ...);
+      },
+      parsed);
+  if (PyErr_Occurred()) return nullptr;
+  if (!ok || at::impl::torch_function_mode_enabled()) Py_RETURN_NOTIMPLEMENTED;
+  Ret result = [&] {
+    pybind11::gil_scoped_release no_gil;
+    return std::apply([&](const auto&... a) { return op.call(a.get()...); }, parsed);
+  }();
+  return wrap(std::move(result));
 }
 
 }  // namespace
 
-namespace cpu {
-
-// conv_bn_act_eval_call(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-// residual, stride, padding, groups, eps, relu): the schema's arguments, positional.
+// conv_bn_act_eval_call(*args): the schema's 13 arguments, positional.
 PyObject* conv_bn_act_eval_call_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("regnet_ext::conv_bn_act_eval", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-                            const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const std::optional<at::Tensor>&, int64_t, int64_t, int64_t, double, bool)>();
-  if (nargs != 13) {
-    PyErr_Format(PyExc_TypeError, "conv_bn_act_eval_call: takes 13 positional arguments, got %zd", nargs);
-    return nullptr;
-  }
-  const at::Tensor *x = nullptr, *weight = nullptr, *bn_weight = nullptr, *bn_bias = nullptr, *mean = nullptr,
-                   *var = nullptr;
-  std::optional<at::Tensor> bias, residual;
-  int64_t stride = 0, padding = 0, groups = 0;
-  double eps = 0;
-  bool relu = false;
-  const bool parsed = parse(args[0], x) && parse(args[1], weight) && parse(args[2], bias) &&
-                      parse(args[3], bn_weight) && parse(args[4], bn_bias) && parse(args[5], mean) &&
-                      parse(args[6], var) && parse(args[7], residual) && parse(args[8], stride) &&
-                      parse(args[9], padding) && parse(args[10], groups) && parse(args[11], eps) &&
-                      parse(args[12], relu);
-  if (PyErr_Occurred()) return nullptr;
-  if (!parsed || at::impl::torch_function_mode_enabled()) Py_RETURN_NOTIMPLEMENTED;
-  at::Tensor y;
-  {
-    pybind11::gil_scoped_release no_gil;
-    y = op.call(*x, *weight, bias, *bn_weight, *bn_bias, *mean, *var, residual, stride, padding, groups, eps, relu);
-  }
-  return THPVariable_Wrap(std::move(y));
+  static const auto op = find_op<EvalSignature>("regnet_ext::conv_bn_act_eval");
+  return typed_call(op, "conv_bn_act_eval_call", args, nargs);
   END_HANDLE_TH_ERRORS
 }
 
-}  // namespace cpu
+// conv_bn_act_train_call(*args): the schema's 11 arguments, positional; a tuple of its 4 outputs.
+PyObject* conv_bn_act_train_call_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  static const auto op = find_op<TrainSignature>("regnet_ext::conv_bn_act_train");
+  return typed_call(op, "conv_bn_act_train_call", args, nargs);
+  END_HANDLE_TH_ERRORS
+}
+
 }  // namespace regnet_ext

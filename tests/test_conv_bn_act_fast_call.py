@@ -1,6 +1,7 @@
-"""conv_bn_act_eval's fast entry from Python (csrc/python_fast_calls.cpp, the fused modules' CPU
-inference): the same results, errors and dispatcher behaviour as torch.ops' call, and torch.ops
-taking every call the fast entry leaves to it."""
+"""The operators' fast entries from Python (csrc/python_fast_calls.cpp: conv_bn_act_eval for the
+fused modules' CPU inference, conv_bn_act_train for their training forward): the same results,
+gradients, errors and dispatcher behaviour as torch.ops' call, and torch.ops taking every call the
+fast entries leave to it."""
 import numpy as np
 import pytest
 import torch
@@ -9,9 +10,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from regnet_ext import _C
 from regnet_ext.nn import modules
-from regnet_ext.ops.conv_bn_act import conv_bn_act_eval_call
+from regnet_ext.ops.conv_bn_act import conv_bn_act_eval_call, conv_bn_act_train_call
 
 _OP = torch.ops.regnet_ext.conv_bn_act_eval.default
+_TRAIN_OP = torch.ops.regnet_ext.conv_bn_act_train.default
 
 
 def _args(*, in_c=32, out_c=32, kernel=3, groups=4, stride=1, size=9, batch=2, bias=True, residual=True,
@@ -161,5 +163,48 @@ def test_wrong_argument_count_is_a_type_error():
         _C.conv_bn_act_eval_call(*_args()[:12])
 
 
-def test_fused_modules_use_the_fast_entry():
-    assert modules._EVAL_OP is conv_bn_act_eval_call
+def test_fused_modules_use_the_fast_entries():
+    assert modules._EVAL_OP is conv_bn_act_eval_call and modules._TRAIN_OP is conv_bn_act_train_call
+
+
+def _train_args(case, seed):
+    """conv_bn_act_train's 11 arguments from _args' 13 (no running statistics), every tensor
+    requiring grad, float64 where the case asks."""
+    args = _args(seed=seed, **case)
+    x, weight, bias, gamma, beta, _mean, _var, residual, stride, padding, groups, eps, relu = args
+    tensors = [t.requires_grad_() if t is not None else None for t in (x, weight, bias, gamma, beta, residual)]
+    return tensors[:5] + [tensors[5], stride, padding, groups, eps, relu]
+
+
+@pytest.mark.parametrize("case", [
+    dict(),
+    dict(kernel=1, groups=1, in_c=24, out_c=40, residual=False, bias=False),
+    dict(groups=2, in_c=16, out_c=16, stride=2, size=13, residual=False),
+    dict(dtype=torch.float64, channels_last=False),
+])
+def test_fast_train_call_equals_torch_ops_with_gradients(case):
+    ours, theirs = _train_args(case, 3), _train_args(case, 3)
+    got = _C.conv_bn_act_train_call(*ours)
+    expected = _TRAIN_OP(*theirs)
+    assert isinstance(got, tuple) and len(got) == 4
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert got[0].grad_fn is not None
+    g = torch.Generator().manual_seed(7)
+    grad_y = torch.randn(got[0].shape, generator=g, dtype=got[0].dtype)
+    for out in (got, expected):
+        (out[0] * grad_y).sum().backward()
+    for a, b in zip(ours, theirs):
+        if isinstance(a, torch.Tensor):
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+def test_train_call_leaves_subclasses_and_wrong_counts_to_torch_ops():
+    args = _train_args({}, 4)
+    args[0] = args[0].detach().as_subclass(_Seen)
+    _Seen.calls.clear()
+    assert _C.conv_bn_act_train_call(*args) is NotImplemented
+    conv_bn_act_train_call(*args)
+    assert _TRAIN_OP in _Seen.calls
+    with pytest.raises(TypeError, match="11 positional arguments"):
+        _C.conv_bn_act_train_call(*args[:10])

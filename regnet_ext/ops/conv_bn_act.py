@@ -15,6 +15,7 @@ require()
 
 _ops = torch.ops.regnet_ext
 _EVAL = _ops.conv_bn_act_eval.default
+_TRAIN = _ops.conv_bn_act_train.default
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -89,9 +90,19 @@ def conv_bn_act_eval_call(*args):
     callers outside any trace (the fused modules' CPU inference): through the dispatcher's typed
     entry (csrc/python_fast_calls.cpp), about 3 us a call less than torch.ops' boxed one, or
     through torch.ops where only that path handles the call (__torch_function__, other argument
-    types). torch.compile and jit.trace do not see through it: traced code calls torch.ops."""
+    types). torch.compile does not see through it: traced code must call torch.ops."""
     y = _C.conv_bn_act_eval_call(*args)
     return _EVAL(*args) if y is NotImplemented else y
+
+
+def conv_bn_act_train_call(*args):
+    """regnet_ext::conv_bn_act_train(*args) (11 arguments, positional; its 4 outputs, with
+    autograd) as conv_bn_act_eval_call does it; while torch.compile or jit.trace traces, through
+    torch.ops."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return _TRAIN(*args)
+    out = _C.conv_bn_act_train_call(*args)
+    return _TRAIN(*args) if out is NotImplemented else out
 
 
 # ---- argument checks (shared by the public function and the fake kernels) ----------------
