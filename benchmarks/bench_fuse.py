@@ -244,16 +244,18 @@ def plot(rows, ratios, path, dtype_label="float32"):
             ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(keys))], values, width, label=variant,
                    color=colors[variant])
         for i, k in enumerate(keys):
-            text = " ".join(f"{r['ratio']:.2f}x {r['fused_vs']}" for r in ratios
-                            if (r["model"], r["batch"], r["resolution"]) == k and r["mode"] == mode)
-            ax.annotate(text, (i, 0), xytext=(0, -30), textcoords="offset points", ha="center", fontsize=7)
+            # One line per baseline: side by side, neighbouring groups' labels ran into each other.
+            text = "\n".join(f"{r['ratio']:.2f}x {r['fused_vs']}" for r in ratios
+                             if (r["model"], r["batch"], r["resolution"]) == k and r["mode"] == mode)
+            ax.annotate(text, (i, 0), xytext=(0, -26), textcoords="offset points", ha="center", va="top",
+                        fontsize=7)
         ax.set_xticks(range(len(keys)), [f"{m.removeprefix('RegNet')}\nb{b}x{s}" for m, b, s in keys], fontsize=8)
         ax.set_ylabel("images/s")
         ax.set_title(f"{mode} (fused ratio below bars)")
         ax.legend(fontsize=8)
     fig.suptitle(f"regnet_ext.fuse on {cpu_name()}, {torch.get_num_threads()} threads, {dtype_label} channels_last")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the ratio lines lie below the axes
     plt.close(fig)
 
 
