@@ -16,6 +16,7 @@ require()
 _ops = torch.ops.regnet_ext
 _EVAL = _ops.conv_bn_act_eval.default
 _TRAIN = _ops.conv_bn_act_train.default
+_UPDATE_STATS = _ops.conv_bn_act_update_running_stats.default
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -65,9 +66,9 @@ def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
     padding = weight.shape[2] // 2 if padding is None else int(padding)
     stride, groups, eps, relu = int(stride), int(groups), float(eps), bool(relu)
     if not training:
-        return _ops.conv_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+        return conv_bn_act_eval_call(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                      residual, stride, padding, groups, eps, relu)
-    y, _conv_out, mean, var = _ops.conv_bn_act_train(x, weight, bias, bn_weight, bn_bias, residual,
+    y, _conv_out, mean, var = conv_bn_act_train_call(x, weight, bias, bn_weight, bn_bias, residual,
                                                      stride, padding, groups, eps, relu)
     if running_mean is not None:
         with torch.no_grad():
@@ -75,7 +76,7 @@ def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
                 num_batches_tracked.add_(1)
             count = y.shape[0] * y.shape[2] * y.shape[3]
             try:
-                _ops.conv_bn_act_update_running_stats(
+                _UPDATE_STATS(
                     running_mean, running_var, mean, var, num_batches_tracked, count,
                     0.0 if momentum is None else float(momentum), momentum is None)
             except (RuntimeError, TypeError):
@@ -86,19 +87,20 @@ def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
 
 
 def conv_bn_act_eval_call(*args):
-    """regnet_ext::conv_bn_act_eval(*args), the schema's 13 arguments positional, for eager
-    callers outside any trace (the fused modules' CPU inference): through the dispatcher's typed
-    entry (csrc/python_fast_calls.cpp), about 3 us a call less than torch.ops' boxed one, or
-    through torch.ops where only that path handles the call (__torch_function__, other argument
-    types). torch.compile does not see through it: traced code must call torch.ops."""
+    """regnet_ext::conv_bn_act_eval(*args), the schema's 13 arguments positional: through the
+    dispatcher's typed entry (csrc/python_fast_calls.cpp), about 3 us a call less than torch.ops'
+    boxed one, or through torch.ops where only that path handles the call (__torch_function__,
+    other argument types) and while torch.compile or jit.trace traces (they must see torch.ops'
+    call)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return _EVAL(*args)
     y = _C.conv_bn_act_eval_call(*args)
     return _EVAL(*args) if y is NotImplemented else y
 
 
 def conv_bn_act_train_call(*args):
     """regnet_ext::conv_bn_act_train(*args) (11 arguments, positional; its 4 outputs, with
-    autograd) as conv_bn_act_eval_call does it; while torch.compile or jit.trace traces, through
-    torch.ops."""
+    autograd) the way conv_bn_act_eval_call calls its operator."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return _TRAIN(*args)
     out = _C.conv_bn_act_train_call(*args)
