@@ -1,6 +1,6 @@
-// A fast way in from Python for the fused modules' per-layer calls: conv_bn_act_eval (CPU
-// inference) and conv_bn_act_train called through the dispatcher's typed (unboxed) entry instead
-// of torch.ops' boxed one.
+// A fast way in from Python for the per-layer calls of the fused modules and of
+// regnet_ext.ops.conv_bn_act: conv_bn_act_eval and conv_bn_act_train called through the
+// dispatcher's typed (unboxed) entry instead of torch.ops' boxed one.
 //
 // Why: torch.ops.regnet_ext.conv_bn_act_eval(...) converts each of its 13 arguments to an
 // IValue against the schema before the dispatcher runs: 11.9 us a call on a 4-pixel input on

@@ -27,10 +27,10 @@ from . import conv_pair, folded_inference
 from .folded_inference import hooked
 
 _ops = torch.ops.regnet_ext
-# The eval operator by its fast entry (ops/conv_bn_act.py): this path never runs under a trace.
+# The eval and training operators by their fast entries (ops/conv_bn_act.py; torch.ops while a
+# trace runs), the running statistics' update by its overload (calling it skips the packet's
+# overload resolution).
 _EVAL_OP = conv_bn_act_eval_call
-# The training operator by its fast entry too (torch.ops under torch.compile), and the running
-# statistics' update by its overload (calling it skips the packet's overload resolution).
 _TRAIN_OP = conv_bn_act_train_call
 _UPDATE_STATS_OP = _ops.conv_bn_act_update_running_stats.default
 
