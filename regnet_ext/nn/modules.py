@@ -22,17 +22,15 @@ from torch.nn import functional as F
 from .._extension import (compiled_with_gemm_tiles_kernel, compiled_with_narrow_group_bf16_kernel,
                           compiled_with_narrow_group_kernel, compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
-from ..ops.conv_bn_act import conv_bn_act_eval_call, conv_bn_act_train_call
+from ..ops.conv_bn_act import UPDATE_RUNNING_STATS, conv_bn_act_eval_call, conv_bn_act_train_call
 from . import conv_pair, folded_inference
 from .folded_inference import hooked
 
 _ops = torch.ops.regnet_ext
 # The eval and training operators by their fast entries (ops/conv_bn_act.py; torch.ops while a
-# trace runs), the running statistics' update by its overload (calling it skips the packet's
-# overload resolution).
+# trace runs).
 _EVAL_OP = conv_bn_act_eval_call
 _TRAIN_OP = conv_bn_act_train_call
-_UPDATE_STATS_OP = _ops.conv_bn_act_update_running_stats.default
 
 # Attribute under which a fused module keeps the stock module it replaced (outside the module
 # tree, so it adds nothing to state_dict/parameters and unfuse() can put it back).
@@ -235,7 +233,7 @@ class FusedConvBNAct(_HoldsStock):
                 if bn.num_batches_tracked is not None:
                     bn.num_batches_tracked.add_(1)
                 momentum = bn.momentum
-                _UPDATE_STATS_OP(
+                UPDATE_RUNNING_STATS(
                     bn.running_mean, bn.running_var, mean, var, bn.num_batches_tracked, count,
                     0.0 if momentum is None else float(momentum), momentum is None)
         return y

@@ -16,7 +16,8 @@ require()
 _ops = torch.ops.regnet_ext
 _EVAL = _ops.conv_bn_act_eval.default
 _TRAIN = _ops.conv_bn_act_train.default
-_UPDATE_STATS = _ops.conv_bn_act_update_running_stats.default
+# The overload itself: calling it skips the packet's overload resolution.
+UPDATE_RUNNING_STATS = _ops.conv_bn_act_update_running_stats.default
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -76,7 +77,7 @@ def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
                 num_batches_tracked.add_(1)
             count = y.shape[0] * y.shape[2] * y.shape[3]
             try:
-                _UPDATE_STATS(
+                UPDATE_RUNNING_STATS(
                     running_mean, running_var, mean, var, num_batches_tracked, count,
                     0.0 if momentum is None else float(momentum), momentum is None)
             except (RuntimeError, TypeError):
@@ -86,25 +87,28 @@ def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
     return y
 
 
-def conv_bn_act_eval_call(*args):
-    """regnet_ext::conv_bn_act_eval(*args), the schema's 13 arguments positional: through the
-    dispatcher's typed entry (csrc/python_fast_calls.cpp), about 3 us a call less than torch.ops'
-    boxed one, or through torch.ops where only that path handles the call (__torch_function__,
-    other argument types) and while torch.compile or jit.trace traces (they must see torch.ops'
-    call)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return _EVAL(*args)
-    y = _C.conv_bn_act_eval_call(*args)
-    return _EVAL(*args) if y is NotImplemented else y
+def _through_fast_entry(entry, op, doc):
+    """op(*args) by `entry`, its C entry (csrc/python_fast_calls.cpp: the dispatcher's typed call,
+    a few us less than torch.ops' boxed one), or by op itself where only torch.ops handles the
+    call (__torch_function__, other argument types: the entry returns NotImplemented) and while
+    torch.compile or jit.trace traces (they must see torch.ops' call)."""
+    def call(*args):
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return op(*args)
+        out = entry(*args)
+        return op(*args) if out is NotImplemented else out
+
+    call.__doc__ = doc
+    return call
 
 
-def conv_bn_act_train_call(*args):
-    """regnet_ext::conv_bn_act_train(*args) (11 arguments, positional; its 4 outputs, with
-    autograd) the way conv_bn_act_eval_call calls its operator."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return _TRAIN(*args)
-    out = _C.conv_bn_act_train_call(*args)
-    return _TRAIN(*args) if out is NotImplemented else out
+conv_bn_act_eval_call = _through_fast_entry(
+    _C.conv_bn_act_eval_call, _EVAL,
+    "regnet_ext::conv_bn_act_eval(*args), the schema's 13 arguments positional (_through_fast_entry).")
+conv_bn_act_train_call = _through_fast_entry(
+    _C.conv_bn_act_train_call, _TRAIN,
+    "regnet_ext::conv_bn_act_train(*args), 11 arguments positional; its 4 outputs, with autograd "
+    "(_through_fast_entry).")
 
 
 # ---- argument checks (shared by the public function and the fake kernels) ----------------
