@@ -213,6 +213,10 @@ constexpr int rows_per_tile() {
   return NV == 1 ? 12 : 24 / NV;
 }
 
+inline int64_t rows_per_tile_of(int nv) {
+  return nv == 4 ? rows_per_tile<4>() : nv == 3 ? rows_per_tile<3>() : nv == 2 ? rows_per_tile<2>() : rows_per_tile<1>();
+}
+
 // Where output row r (pixel n, ho, wo) reads its input: every stride-th pixel of x's rows.
 struct InputRows {
   const float* x;
@@ -230,7 +234,18 @@ inline void tile_inputs(const InputRows& input, int64_t r, const float* (&x)[MR]
   for (int i = 0; i < MR; ++i) x[i] = input(r + i);
 }
 
-// Rows [r0, r1) of one block of NV vectors: whole tiles, then single rows.
+// body(std::integral_constant<int, R>) for a row count 1 <= r < MR: each compiles its own tile.
+template <int MR, int R = MR - 1, typename Body>
+inline void with_remainder_rows(int64_t r, const Body& body) {
+  if constexpr (R >= 1) {
+    if (r == R) return body(std::integral_constant<int, R>{});
+    with_remainder_rows<MR, R - 1>(r, body);
+  }
+}
+
+// Rows [r0, r1) of one block of NV vectors: whole tiles, then the rest as one shorter tile (row
+// by row, the rest of a 7x7 batch-8 band took as long as 2.5 of its 32 whole tiles: each row's
+// NV accumulators wait on their own FMA chains).
 template <int NV>
 inline void block_rows(const InputRows& input, const float* panel, const float* bias, const float* residual,
                        float* y, int64_t out_c, __mmask16 last, bool relu, int64_t r0, int64_t r1,
@@ -244,10 +259,12 @@ inline void block_rows(const InputRows& input, const float* panel, const float* 
     tile_inputs(input, r, x);
     tile<MR, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu, moments);
   }
-  for (; r < r1; ++r) {
-    const float* x[1] = {input(r)};
-    tile<1, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu, moments);
-  }
+  with_remainder_rows<MR>(r1 - r, [&](auto rows) {
+    constexpr int R = decltype(rows)::value;
+    const float* x[R];
+    tile_inputs(input, r, x);
+    tile<R, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu, moments);
+  });
 }
 
 // body(std::integral_constant<int, NV>) for a block's vector count nv (1-4, block_of): each NV
@@ -280,11 +297,16 @@ inline void gemm_1x1_tiles(const float* x, int64_t batch, int64_t in_h, int64_t 
   const InputRows input{x, in_c, in_h, in_w, out_h, out_w, stride};
   const int64_t vectors = vectors_of(out_c), blocks = (vectors + kBlockVectors - 1) / kBlockVectors;
   const __mmask16 last = static_cast<__mmask16>((1u << (out_c - (vectors - 1) * kLanes)) - 1u);
-  // Each thread one contiguous band of rows (a multiple of 24, so that every block's tiles fit
-  // whole; the last band takes the rest), walking every block of output channels over it: the
-  // band's rows stay in this core's cache while the blocks' panels stream past.
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + 23) / 24));
-  const int64_t band = std::max<int64_t>(24, rows / threads / 24 * 24);
+  // Each thread one contiguous band of rows, walking every block of output channels over it: the
+  // band's rows stay in this core's cache while the blocks' panels stream past. The bands split
+  // the tiles of the first block evenly (the last band may end in a shorter tile): bands in
+  // multiples of 24 rows (whole tiles for every NV) split RegNetX-400MF's 392 rows at 7x7, batch
+  // 8, as 192 + 200, and the thread with 192 waited.
+  const int64_t unit = rows_per_tile_of(block_of(0, vectors).second);
+  const int64_t units = (rows + unit - 1) / unit, most = std::max(1, at::get_num_threads());
+  if (units == 0) return;
+  const int64_t per_band = (units + most - 1) / most;
+  const int64_t threads = (units + per_band - 1) / per_band, band = per_band * unit;  // no band empty
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
     float mean[kBlockVectors * kLanes], m2[kBlockVectors * kLanes];
     for (int64_t t = t0; t < t1; ++t) {
