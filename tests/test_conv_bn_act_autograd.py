@@ -1,11 +1,12 @@
 """conv_bn_act's operators as operators: float64 gradcheck, torch.library.opcheck on every one,
-torch.compile(fullgraph=True) of a small model using conv_bn_act and squeeze_excite, and the
-refusal of double backward."""
+torch.compile(fullgraph=True) of a small model using conv_bn_act and squeeze_excite, the
+refusal of double backward and of forward-mode AD, and calls without autograd (no graph, the same
+values)."""
 import pytest
 import torch
 
 from conv_bn_act_reference import make_case
-from regnet_ext.ops import conv_bn_act, squeeze_excite
+from regnet_ext.ops import conv_bn_act, pool_linear, squeeze_excite
 from tolerances import assert_close_to_reference
 
 ops = torch.ops.regnet_ext
@@ -129,6 +130,50 @@ def test_double_backward_is_refused():
     (grad_x,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         grad_x.sum().backward()
+
+
+def _forward_operator_calls():
+    """(name, call) for each forward operator on fresh float64 Parameters, grouped 3x3 convs."""
+    case = make_case(2, 8, 8, 5, 3, 1, 2, dtype=torch.float64, channels_last=True)
+    p = {k: torch.nn.Parameter(case[k].detach().clone()) for k in ("weight", "bias", "bn_weight", "bn_bias")}
+    x = case["x"].detach()
+    se = [torch.nn.Parameter(torch.randn(*s, dtype=torch.float64)) for s in ((2, 8), (2,), (8, 2), (8,))]
+    head = [torch.nn.Parameter(torch.randn(*s, dtype=torch.float64)) for s in ((5, 8), (5,))]
+    stats = lambda: (case["running_mean"].clone(), case["running_var"].clone())  # noqa: E731
+    return [
+        ("eval", lambda x: conv_bn_act(x, p["weight"], p["bn_weight"], p["bn_bias"], *stats(), bias=p["bias"],
+                                       groups=2)),
+        ("train", lambda x: conv_bn_act(x, p["weight"], p["bn_weight"], p["bn_bias"], *stats(), bias=p["bias"],
+                                        groups=2, training=True)),
+        ("squeeze_excite", lambda x: squeeze_excite(x, *se)),
+        ("pool_linear", lambda x: pool_linear(x, *head)),
+    ], x
+
+
+def test_calls_without_autograd_build_no_graph_and_give_the_same_values():
+    # The Autograd kernels run a call without the autograd Function where no input requires
+    # grad (csrc/autograd.cpp: needs_autograd); with grad mode on the Function still builds the graph.
+    calls, x = _forward_operator_calls()
+    for name, call in calls:
+        y = call(x)
+        assert y.grad_fn is not None and y.requires_grad, name
+        with torch.no_grad():
+            y_no_grad = call(x)
+        assert y_no_grad.grad_fn is None and not y_no_grad.requires_grad, name
+        torch.testing.assert_close(y_no_grad, y.detach(), rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+def test_forward_mode_ad_is_refused(grad_mode):
+    # A forward-mode tangent still takes the autograd Function, which has no jvp and says so.
+    import torch.autograd.forward_ad as fwAD
+
+    calls, x = _forward_operator_calls()
+    for name, call in calls:
+        with fwAD.dual_level(), torch.set_grad_enabled(grad_mode):
+            dual = fwAD.make_dual(x, torch.randn_like(x))
+            with pytest.raises(RuntimeError, match="jvp is not implemented"):
+                call(dual)
 
 
 class _TinyBlock(torch.nn.Module):
