@@ -35,13 +35,30 @@ inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
              : at::MemoryFormat::Contiguous;
 }
 
+// Whether t has exactly the strides at::empty(t.sizes(), format) gives (TensorImpl's
+// empty_tensor_restride rules), worked out here: a meta tensor made to compare with took 0.7% of
+// the main thread in RegNetX-400MF's fused inference forward (an allocation through the dispatcher
+// per call).
+inline bool has_fresh_strides(const at::Tensor& t, at::MemoryFormat format) {
+  const at::IntArrayRef sizes = t.sizes(), strides = t.strides();
+  if (format == at::MemoryFormat::ChannelsLast && sizes.size() == 4)
+    return strides == at::IntArrayRef(c10::get_channels_last_strides_2d(sizes));
+  if (format == at::MemoryFormat::Contiguous) {
+    int64_t expected = 1;
+    for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+      if (strides[d] != expected) return false;
+      expected *= std::max<int64_t>(sizes[d], 1);
+    }
+    return true;
+  }
+  const at::Tensor fresh = at::empty(sizes, t.options().device(at::kMeta).memory_format(format));
+  return fresh.strides() == strides;
+}
+
 // t with exactly the strides of a fresh tensor in `format` (what the fake kernels promise),
 // copying only when they differ: .contiguous() keeps odd strides of size-1 dimensions.
-// (The strides are compared on the meta device: a real allocation just to read strides costs
-// an mmap of the activation's size.)
 inline at::Tensor in_memory_format(const at::Tensor& t, at::MemoryFormat format) {
-  const at::Tensor fresh = at::empty(t.sizes(), t.options().device(at::kMeta).memory_format(format));
-  if (fresh.strides() == t.strides()) return t;
+  if (has_fresh_strides(t, format)) return t;
   at::Tensor out = at::empty(t.sizes(), t.options().memory_format(format));
   out.copy_(t);
   return out;

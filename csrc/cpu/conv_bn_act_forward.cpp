@@ -115,16 +115,24 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                         const at::Tensor& running_mean, const at::Tensor& running_var,
                         const at::Tensor& residual, const ConvGeometry& g, double eps, bool relu) {
   using A = acc_t<T>;
-  const auto gamma = acc_vector<T>(bn_weight, g.out_c), beta = acc_vector<T>(bn_bias, g.out_c);
-  const auto mean = acc_vector<T>(running_mean, g.out_c), var = acc_vector<T>(running_var, g.out_c);
-  const auto conv_bias = acc_vector<T>(bias, g.out_c);
-  std::vector<A> scale(g.out_c), shift(g.out_c), ones(g.out_c, A(1));
-  for (int64_t c = 0; c < g.out_c; ++c) {
-    const ChannelAffine<A> f =
-        kernels::bn_fold(gamma[c], beta[c], mean[c], var[c], static_cast<A>(eps), conv_bias[c]);
-    scale[c] = f.scale;
-    shift[c] = f.shift;
-  }
+  // BN folded per channel (scale, shift; ones: a unit scale), worked out where a schedule first
+  // needs them: a call whose folded weight and bias come from the cache needs none.
+  std::vector<A> scale, shift, ones;
+  auto fold_vectors = [&] {
+    if (!ones.empty()) return;
+    const auto gamma = acc_vector<T>(bn_weight, g.out_c), beta = acc_vector<T>(bn_bias, g.out_c);
+    const auto mean = acc_vector<T>(running_mean, g.out_c), var = acc_vector<T>(running_var, g.out_c);
+    const auto conv_bias = acc_vector<T>(bias, g.out_c);
+    scale.resize(g.out_c);
+    shift.resize(g.out_c);
+    for (int64_t c = 0; c < g.out_c; ++c) {
+      const ChannelAffine<A> f =
+          kernels::bn_fold(gamma[c], beta[c], mean[c], var[c], static_cast<A>(eps), conv_bias[c]);
+      scale[c] = f.scale;
+      shift[c] = f.shift;
+    }
+    ones.assign(g.out_c, A(1));
+  };
   const at::Tensor xc = to_nhwc(x);
   const at::Tensor res = residual.defined() ? to_nhwc(residual) : at::Tensor();
   const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
@@ -146,6 +154,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   // (W', b'): the folded weight and bias in x's dtype. The bias is copied: shift views this
   // call's stack, and the cache keeps the bias.
   auto fold = [&] {
+    fold_vectors();
     const at::Tensor scale_t = at::from_blob(scale.data(), {g.out_c, 1, 1, 1},
                                              weight.options().dtype(c10::CppTypeToScalarType<A>::value));
     const at::Tensor shift_t = at::from_blob(shift.data(), {g.out_c}, scale_t.options());
@@ -168,6 +177,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       // (against float64, 30 random cases), and 1.9x through oneDNN's folded conv.
       if (kernel == ConvKernel::kNarrow) {
         auto make = [&] {  // bias: [scale; shift], float
+          fold_vectors();
           at::Tensor affine = at::empty({2, g.out_c}, weight.options().dtype(at::kFloat));
           std::copy(scale.begin(), scale.end(), affine.data_ptr<float>());
           std::copy(shift.begin(), shift.end(), affine.data_ptr<float>() + g.out_c);
@@ -190,6 +200,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                                   g, eps, kGemmLayout);
       at::Tensor out = gemm_conv(xc, (key ? FoldedWeightCache::instance().get(*key, make) : make()).packed_weight, g);
+      fold_vectors();
       epilogue_in_place(out, ones.data(), shift.data());
       return out;
     }
@@ -264,6 +275,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   };
 
   if (use_blocked_gemm(g)) {
+    fold_vectors();
     y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     yp = y.data_ptr<T>();
     const at::Tensor scale_t =
@@ -297,6 +309,7 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                                                  [&](ConvKernel k) { run_eval(k); });
     if (kernel != ConvKernel::kOneDnn || !use_own_conv_tiles(g))
       return in_memory_format(run_eval(kernel), output_memory_format(x));
+    fold_vectors();
     y = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
     yp = y.data_ptr<T>();
     const at::Tensor packed = pack_weight<T>(weight, g, scale.data(), /*transposed=*/false);
