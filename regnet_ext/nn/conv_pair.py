@@ -70,7 +70,7 @@ class FoldedPair(folded_inference._OneEntryCache):
     def _run(self, a, b, x):
         # The size rule early: at small batches it turns every block away, and these checks run
         # on every call (but not under tracing, where reading sizes as ints would warn).
-        if not enabled or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if not enabled or torch.compiler.is_compiling() or torch._C._is_tracing():
             return None
         if x.shape[1] > MAX_IN_CHANNELS or \
                 x.numel() // max(x.shape[1], 1) * a.conv_module.out_channels * x.element_size() < MIN_INTERMEDIATE_BYTES:
@@ -79,7 +79,7 @@ class FoldedPair(folded_inference._OneEntryCache):
             return None
         ta, tb = _tensors(a), _tensors(b)
         if not folded_inference.applies(x, ta[:4] + tb[:4], None, torch.float32) or x.dtype != torch.float32 \
-                or torch.is_autocast_enabled(x.device.type) or ta[4] is None or tb[4] is None:
+                or torch.is_autocast_enabled("cpu") or ta[4] is None or tb[4] is None:
             return None
         choice = None  # the key of this shape's timed choice, where one is made
         if timed and cpu_autotune.cpu_conv_autotune_enabled():

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import _C
 from .._extension import (compiled_with_gemm_tiles_kernel, compiled_with_narrow_group_bf16_kernel,
                           compiled_with_narrow_group_kernel, compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
@@ -40,10 +41,12 @@ _STOCK = "_stock_module"
 def compute_dtype(x):
     """The dtype a fused operator runs in: autocast's for x's device when autocast is on (float32
     inputs only, as autocast casts them), x's own otherwise."""
-    kind = x.device.type
-    if x.dtype == torch.float32 and torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return x.dtype
+    dtype = x.dtype
+    if dtype == torch.float32:
+        kind = "cpu" if x.is_cpu else x.device.type  # (x.device builds a torch.device: 0.7 us)
+        if torch.is_autocast_enabled(kind):
+            return torch.get_autocast_dtype(kind)
+    return dtype
 
 
 def _is_channels_last(weight):
@@ -241,20 +244,33 @@ class FusedConvBNAct(_HoldsStock):
     def inference_call(self, x, residual, relu, dtype):
         """This layer in a block's lean inference (FusedResBottleneck): forward's CPU inference
         path in `dtype` (compute_dtype(x)) without its per-call tests, which the block made once
-        for all its layers, and without nn.Module's call. Layers whose own state needs more (BN
-        in training mode or without running statistics, SyncBatchNorm, a forward hook, a
-        subclassed or parametrized conv or BN, a 16-bit residual into a grouped conv) take the
-        module call."""
-        conv, bn = self._modules[self._conv_name], self._modules[self._bn_name]
-        if bn.training or type(bn) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d or hooked(self) or \
-                not folded_inference.residual_fusable(residual, dtype, self.groups):
+        for all its layers (folded_inference.lean_block_inference: not traced, no autograd, no
+        global hook), and without nn.Module's call. Layers whose own state needs more (BN in
+        training mode or without running statistics, SyncBatchNorm, a forward hook, a subclassed
+        or parametrized conv or BN, a 16-bit residual into a grouped conv) take the module call.
+        Where one of our kernels runs the layer (every tensor of one dtype), the operator's C
+        entry is called right here, its tests written out inline."""
+        modules = self._modules
+        conv, bn = modules[self._conv_name], modules[self._bn_name]
+        if bn.training or type(bn) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d or \
+                self._forward_hooks or self._forward_pre_hooks:
             return self(x, residual=residual, relu=relu)
-        stats = bn._buffers
+        weights, bn_weights, stats = conv._parameters, bn._parameters, bn._buffers
+        weight, bias, gamma, beta = weights["weight"], weights["bias"], bn_weights["weight"], bn_weights["bias"]
         running_mean, running_var = stats["running_mean"], stats["running_var"]
         if running_mean is None:
             return self(x, residual=residual, relu=relu)
-        params = (conv._parameters["weight"], conv._parameters["bias"], bn._parameters["weight"],
-                  bn._parameters["bias"], running_mean, running_var)
+        if dtype in self._own_cpu_kernel_dtypes and x.dtype == dtype and weight.dtype == dtype and \
+                gamma.dtype == dtype and beta.dtype == dtype and running_mean.dtype == dtype and \
+                running_var.dtype == dtype and (bias is None or bias.dtype == dtype) and \
+                (residual is None or residual.dtype == dtype) and x.shape[1] == weight.shape[1] * self.groups:
+            out = _C.conv_bn_act_eval_call(x, weight, bias, gamma, beta, running_mean, running_var, residual,
+                                           self.stride, self.padding, self.groups, bn.eps, relu)
+            if out is not NotImplemented:  # (a Tensor subclass, a torch function mode, an int eps)
+                return out
+        if not folded_inference.residual_fusable(residual, dtype, self.groups):
+            return self(x, residual=residual, relu=relu)
+        params = (weight, bias, gamma, beta, running_mean, running_var)
         return self._cpu_inference(x, params, bn.eps, residual, relu, dtype)
 
     def _cpu_inference(self, x, params, eps, residual, relu, dtype):

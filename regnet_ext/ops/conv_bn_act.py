@@ -93,7 +93,7 @@ def _through_fast_entry(entry, op, doc):
     call (__torch_function__, other argument types: the entry returns NotImplemented) and while
     torch.compile or jit.trace traces (they must see torch.ops' call)."""
     def call(*args):
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        if torch.compiler.is_compiling() or torch._C._is_tracing():
             return op(*args)
         out = entry(*args)
         return op(*args) if out is NotImplemented else out
