@@ -64,8 +64,9 @@ enum class ConvKernel : int {
   kNarrowDxOwnWeightGrad = 8,
   kGemmTiles = 9,
   kStemTiles = 10,
+  kWideGroup = 11,
 };
-inline constexpr int kConvKernelCount = 11;
+inline constexpr int kConvKernelCount = 12;
 // The backward passes differ in what they compute: both gradients, or only one of them.
 enum class ConvPass : int { kEval = 0, kTrainForward = 1, kBackward = 2, kBackwardInput = 3, kBackwardWeight = 4 };
 
@@ -76,6 +77,7 @@ inline const char* conv_kernel_name(ConvKernel k) {
     case ConvKernel::kGemm: return "gemm";
     case ConvKernel::kGemmTiles: return "gemm_tiles";
     case ConvKernel::kStemTiles: return "stem_tiles";
+    case ConvKernel::kWideGroup: return "wide_group";
     case ConvKernel::kOwnWeightGrad: return "onednn_input_grad+own_weight_grad";
     case ConvKernel::kWinogradDx: return "winograd_input_grad+onednn_weight_grad";
     case ConvKernel::kWinogradDxOwnWeightGrad: return "winograd_input_grad+own_weight_grad";
@@ -106,7 +108,9 @@ inline const char* conv_pass_name(ConvPass p) {
 // selects our grouped-conv kernels wherever they apply, the whole-tensor GEMM for 1x1 convs and our
 // weight-gradient tiles for every grouped conv, oneDNN elsewhere (so the tests cover them on any
 // shape); =gemm_tiles is =own with our GEMM tiles (gemm_1x1_tiles.h, gemm_1x1_weight_grad.h)
-// in place of the whole-tensor GEMM for 1x1 convs; unset (or anything else) is the measured
+// in place of the whole-tensor GEMM for 1x1 convs; =wide_group is =own with our wide-group tiles
+// (grouped_conv_wide.h) for grouped convs with 32 or more channels per group in eval; unset (or
+// anything else) is the measured
 // mix: the autotuner's choice, or the fixed rules of conv_bn_act_cpu.h.
 enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
 
@@ -118,11 +122,13 @@ inline std::string_view conv_backend_setting() {
 inline ConvBackend conv_backend() {
   const std::string_view c = conv_backend_setting();
   return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten
-         : c == "own" || c == "gemm_tiles" ? ConvBackend::kOwn : ConvBackend::kMixed;
+         : c == "own" || c == "gemm_tiles" || c == "wide_group" ? ConvBackend::kOwn : ConvBackend::kMixed;
 }
 
 // REGNET_EXT_CPU_CONV=gemm_tiles (see above).
 inline bool gemm_tiles_forced() { return conv_backend_setting() == "gemm_tiles"; }
+// REGNET_EXT_CPU_CONV=wide_group (see above).
+inline bool wide_group_forced() { return conv_backend_setting() == "wide_group"; }
 
 // The switches in this file's header comment; regnet_ext.ops.cpu_conv_autotune_enabled asks this.
 inline bool conv_autotune_enabled() {

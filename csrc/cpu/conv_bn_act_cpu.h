@@ -14,6 +14,7 @@
 #include "cpu/conv_autotune.h"
 #include "cpu/gemm_1x1_tiles.h"
 #include "cpu/grouped_conv_narrow.h"
+#include "cpu/grouped_conv_wide.h"
 #include "cpu/grouped_conv_narrow_dx.h"
 #include "cpu/grouped_conv_narrow_bf16.h"
 #include "cpu/grouped_conv_winograd.h"
@@ -204,6 +205,17 @@ inline bool stem_tiles_apply(const ConvGeometry& g, at::ScalarType dtype) {
   return kHaveGemmTiles && dtype == at::kFloat && g.groups == 1 && g.kernel > 1 && g.in_c <= kStemMaxInChannels;
 }
 
+// Grouped convs with a multiple of 16 channels per group, 32 and more, float32, AVX-512: our
+// wide-group tiles (grouped_conv_wide.h) in eval, a candidate for the autotuner, and the rule
+// under REGNET_EXT_CPU_CONV=wide_group (which makes the tests run them).
+inline bool wide_group_applies(const ConvGeometry& g, at::ScalarType dtype) {
+  return kHaveGemmTiles && dtype == at::kFloat && wide_group_shape(g);
+}
+
+inline bool use_wide_group(const ConvGeometry& g, at::ScalarType dtype) {
+  return wide_group_forced() && wide_group_applies(g, dtype);
+}
+
 inline bool use_stem_tiles(const ConvGeometry& g, at::ScalarType dtype) {
   const ConvBackend backend = conv_backend();
   return (backend == ConvBackend::kMixed || backend == ConvBackend::kOwn) && stem_tiles_apply(g, dtype);
@@ -233,6 +245,7 @@ inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeo
     kernels.push_back(ConvKernel::kGemmTiles);
   if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && stem_tiles_apply(g, dtype))
     kernels.push_back(ConvKernel::kStemTiles);
+  if (pass == ConvPass::kEval && wide_group_applies(g, dtype)) kernels.push_back(ConvKernel::kWideGroup);
   if (kernels.size() < 2) return {};
   return kernels;
 }

@@ -90,7 +90,7 @@ inline at::Tensor gemm_conv(const at::Tensor& x_nhwc, const at::Tensor& w_t, con
 
 // Layouts of a cached folded weight (FoldKey::layout).
 enum FoldLayout : int { kOneDnnLayout = 0, kNarrowGroupLayout = 1, kWinogradLayout = 2, kGemmLayout = 3,
-                        kGemmTilesLayout = 4, kStemTilesLayout = 5 };
+                        kGemmTilesLayout = 4, kStemTilesLayout = 5, kWideGroupLayout = 6 };
 
 // The cache key of this call's folded weight, or nullopt where the cache is turned off or a
 // tensor has no version counter (an inference tensor).
@@ -230,17 +230,20 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
     if (kernel != ConvKernel::kOneDnn) {
       at::Tensor out;
       if constexpr (std::is_same_v<T, float>) {
-        const bool narrow = kernel == ConvKernel::kNarrow;
+        const bool narrow = kernel == ConvKernel::kNarrow, wide = kernel == ConvKernel::kWideGroup;
         auto make = [&] {
           auto [folded, folded_bias] = fold();
-          return FoldedWeights{narrow ? pack_narrow_group_weight(folded, g) : pack_winograd_weight(folded, g),
+          return FoldedWeights{narrow ? pack_narrow_group_weight(folded, g)
+                               : wide ? pack_wide_group_weight(folded, g)
+                                      : pack_winograd_weight(folded, g),
                                folded_bias};
         };
-        const std::optional<FoldKey> key = fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-                                                    g, eps, narrow ? kNarrowGroupLayout : kWinogradLayout);
+        const std::optional<FoldKey> key =
+            fold_key(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, g, eps,
+                     narrow ? kNarrowGroupLayout : wide ? kWideGroupLayout : kWinogradLayout);
         const FoldedWeights w = key ? FoldedWeightCache::instance().get(*key, make) : make();
         out = empty_nhwc(x, g.batch, g.out_c, g.out_h, g.out_w);
-        const auto conv = narrow ? grouped_conv_narrow : grouped_conv_winograd;
+        const auto conv = narrow ? grouped_conv_narrow : wide ? grouped_conv_wide : grouped_conv_winograd;
         conv(g, xc.const_data_ptr<float>(), w.packed_weight.const_data_ptr<float>(), w.bias.const_data_ptr<float>(),
              rp, out.data_ptr<float>(), relu);
       }
@@ -298,7 +301,8 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
       }
     });
   } else {
-    const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type()) ? ConvKernel::kNarrow
+    const ConvKernel rule = use_wide_group(g, x.scalar_type())          ? ConvKernel::kWideGroup
+                            : use_narrow_group_kernel(g, x.scalar_type()) ? ConvKernel::kNarrow
                             : use_winograd_kernel(g, x.scalar_type())  ? ConvKernel::kWinograd
                             : use_gemm_tiles(g, x.scalar_type())       ? ConvKernel::kGemmTiles
                             : use_stem_tiles(g, x.scalar_type())       ? ConvKernel::kStemTiles

@@ -133,7 +133,8 @@ def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
     kernels, with 8 or 16 channels per group (csrc/cpu/grouped_conv_narrow.h, AVX-512 or AVX2;
     bfloat16 too where the build has grouped_conv_narrow_bf16.h), or a 3x3 stride-1 conv with a multiple
     of 8 channels per group from 32 to 64, or 120 or 128 (Winograd,
-    csrc/cpu/grouped_conv_winograd.h; float32); for 1x1 ungrouped convs one whole-tensor GEMM
+    csrc/cpu/grouped_conv_winograd.h; float32), or a multiple of 16 from 32 on (the wide-group
+    tiles, csrc/cpu/grouped_conv_wide.h; float32, AVX-512); for 1x1 ungrouped convs one whole-tensor GEMM
     (float32, bfloat16; the autotuner's choice, csrc/cpu/conv_bn_act_cpu.h) or our GEMM tiles;
     for the stem (ungrouped, at most 4 input channels) our stem tiles (csrc/cpu/stem_conv_tiles.h,
     float32, AVX-512: at batch 1 RegNetY-400MF's stem took 0.19 ms against 0.33 ms through the
@@ -155,7 +156,8 @@ def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
         return frozenset(dtypes)
     winograd = (conv.kernel_size == (3, 3) and stride == 1 and padding == 1 and width % 8 == 0
                 and (32 <= width <= 64 or width in (120, 128)))
-    return frozenset({torch.float32}) if winograd and compiled_with_winograd_kernel() else frozenset()
+    wide = width % 16 == 0 and width >= 32 and compiled_with_gemm_tiles_kernel()
+    return frozenset({torch.float32}) if (winograd and compiled_with_winograd_kernel()) or wide else frozenset()
 
 
 class FusedConvBNAct(_HoldsStock):

@@ -35,7 +35,8 @@ def cpu_conv_autotune_records():
     kernels cpu_conv_autotune_excluding left out, also part of the key), chosen and
     median_us (each candidate's median time in microseconds, by name: "onednn", "narrow",
     "winograd", "gemm" (small 1x1 convs), "gemm_tiles" (1x1 convs in eval, AVX-512), "stem_tiles"
-    (convs with at most 4 input channels, AVX-512), or for the
+    (convs with at most 4 input channels, AVX-512), "wide_group" (grouped convs with 32 or more
+    channels per group, a multiple of 16, in eval, AVX-512), or for the
     backward "onednn_input_grad+own_weight_grad" and the like); rounds_us and round_faults (by
     the same names: each timed round, and the page faults the process took during it). A median
     leaves out the rounds that took page faults where the candidate has rounds without: those

@@ -1,0 +1,107 @@
+"""Our wide-group tiles (csrc/cpu/grouped_conv_wide.h): float32 grouped convs with a multiple of 16
+channels per group from 32 on, in eval, AVX-512. Against the float64 reference where a group's
+outputs fill one 64-channel block, several, or end in a block of 1 or 3 vectors (80, 112 per
+group), at stride 1 and 2, where the output pixels fill whole 6-pixel tiles or leave a shorter
+one (tiles that wrap into the next row and image), 1px images, residual and ReLU; against oneDNN;
+its cached packed weight after in-place changes; NaN through ReLU; the fused module routing to
+it; and the autotuner timing it against oneDNN. REGNET_EXT_CPU_CONV=wide_group makes the rules
+choose it."""
+import pytest
+import torch
+from torch import nn
+
+import regnet_ext._C as compiled
+from conv_bn_act_reference import make_case, positional_args, reference_conv_bn_act
+from regnet_ext.nn import FusedConvBNAct
+from regnet_ext.ops import clear_cpu_conv_autotune, conv_bn_act, cpu_conv_autotune_records
+from test_conv_bn_act import _run_and_compare
+
+pytestmark = pytest.mark.skipif(not getattr(compiled, "gemm_tiles_kernel", 0), reason="built without AVX-512")
+
+# (batch, channels, channels per group, size, stride)
+SHAPES = [(1, 64, 32, 7, 2), (3, 128, 64, 13, 2), (2, 96, 48, 14, 1), (1, 256, 128, 7, 1), (2, 192, 64, 9, 2),
+          (1, 160, 80, 5, 1), (3, 224, 112, 6, 2), (2, 64, 32, 1, 1)]
+
+
+@pytest.fixture
+def wide_group_rule(monkeypatch):
+    monkeypatch.setenv("REGNET_EXT_CPU_CONV", "wide_group")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"n{s[0]}c{s[1]}g{s[2]}h{s[3]}s{s[4]}" for s in SHAPES])
+def test_matches_float64_reference(shape, wide_group_rule):
+    batch, channels, width, size, stride = shape
+    for relu, residual, bias in ((True, False, False), (False, True, True), (True, True, False)):
+        case = make_case(batch, channels, channels, size, 3, stride, channels // width, channels_last=True,
+                         residual=residual, bias=bias, seed=size + width + stride)
+        with torch.no_grad():
+            _run_and_compare(case, stride=stride, groups=channels // width, training=False, relu=relu,
+                             backward=False)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_agrees_with_onednn(stride, monkeypatch):
+    case = make_case(2, 192, 192, 14, 3, stride, 3, channels_last=True, seed=stride)
+    args = positional_args(case)
+    with torch.no_grad():
+        monkeypatch.setenv("REGNET_EXT_CPU_CONV", "wide_group")
+        ours = conv_bn_act(*args, bias=case["bias"], stride=stride, groups=3, residual=case["residual"])
+        monkeypatch.setenv("REGNET_EXT_CPU_CONV", "aten")
+        onednn = conv_bn_act(*args, bias=case["bias"], stride=stride, groups=3, residual=case["residual"])
+    torch.testing.assert_close(ours, onednn, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_weight_follows_in_place_changes(wide_group_rule):
+    case = make_case(1, 128, 128, 7, 3, 2, 2, channels_last=True, residual=False, seed=1)
+    previous = None
+    for step in range(3):
+        with torch.no_grad():
+            y = conv_bn_act(*positional_args(case), stride=2, groups=2)
+            expected = reference_conv_bn_act(*(t.double() for t in positional_args(case)), stride=2, groups=2)
+            torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+            assert previous is None or not torch.equal(y, previous), f"step {step}: a change was not seen"
+            previous = y
+            case["weight"].mul_(1.5 - step)  # an optimizer step or load_state_dict, in place
+            case["running_var"].add_(0.25)
+
+
+def test_nan_passes_relu_as_in_torch(wide_group_rule):
+    case = make_case(1, 64, 64, 6, 3, 1, 2, channels_last=True, residual=False)
+    x = case["x"].clone()
+    x[0, 3, 2, 2] = float("nan")  # group 0: reaches output rows and columns 1-3
+    with torch.no_grad():
+        y = conv_bn_act(x, *positional_args(case)[1:], groups=2)
+    assert torch.isnan(y[0, :32, 1:4, 1:4]).all() and not torch.isnan(y[0, 32:]).any()
+    assert not torch.isnan(y[0, :32, 5, :]).any() and not torch.isnan(y[0, :32, :, 5]).any()
+
+
+def test_fused_module_runs_it_in_inference():
+    conv = nn.Conv2d(128, 128, 3, stride=2, padding=1, groups=2, bias=False)
+    bn = nn.BatchNorm2d(128)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    stock = nn.Sequential(conv, bn, nn.ReLU()).eval()
+    fused = FusedConvBNAct(conv, bn, relu=True).eval()
+    assert fused._own_cpu_kernel_dtypes == {torch.float32}
+    x = torch.randn(2, 128, 14, 14).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), stock(x), rtol=1e-5, atol=1e-5)
+    assert not fused._folded.filled  # the operator's own cache served it, not the Python fold
+
+
+def test_autotuner_times_it_against_onednn(monkeypatch):
+    monkeypatch.delenv("REGNET_EXT_CPU_CONV", raising=False)
+    monkeypatch.delenv("REGNET_EXT_CPU_AUTOTUNE", raising=False)
+    clear_cpu_conv_autotune()
+    case = make_case(1, 192, 192, 9, 3, 2, 3, channels_last=True, seed=3)
+    try:
+        with torch.no_grad():
+            y = conv_bn_act(*positional_args(case), bias=case["bias"], stride=2, groups=3)
+        records = [r for r in cpu_conv_autotune_records() if r["pass"] == "eval" and r["groups"] == 3]
+        assert len(records) == 1 and set(records[0]["median_us"]) == {"onednn", "wide_group"}
+        expected = reference_conv_bn_act(*(t.double() for t in positional_args(case)), bias=case["bias"].double(),
+                                         stride=2, groups=3)
+        torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        clear_cpu_conv_autotune()
