@@ -165,31 +165,29 @@ inline void merge_tile_moments(const __m512 (&z)[MR][NV], BlockMoments& m) {
   m.count += MR;
 }
 
-// Rows r0 .. r0+MR-1 (their inputs at x[r]) times the block's NV vectors; `last` masks the
-// block's last vector (the channels past C_out); `moments`, where given, takes the outputs.
+// acc[r][v] += sum over k < length of x[r][k] * panel[k][v] (panel rows of NV vectors): the
+// register tile's inner loop, shared with the wide-group tiles (grouped_conv_wide.h). Always
+// inlined: called out of line, the accumulators would live in memory.
 template <int MR, int NV>
-inline void tile(const float* const (&x)[MR], const Runs& runs, const float* panel, const float* bias,
-                 const float* residual, float* y, int64_t out_c, __mmask16 last, bool relu,
-                 BlockMoments* moments = nullptr) {
-  __m512 acc[MR][NV];
+__attribute__((always_inline)) inline void accumulate(__m512 (&acc)[MR][NV], const float* const (&x)[MR], int64_t length, const float* panel) {
+  for (int64_t k = 0; k < length; ++k) {
+    __m512 w[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(panel + (k * NV + v) * kLanes);
 #pragma GCC unroll 24
-  for (int r = 0; r < MR; ++r)
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(x[r][k]);
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (int64_t run = 0; run < runs.count; ++run, panel += runs.length * NV * kLanes) {
-    const int64_t offset = run * runs.pitch;
-    for (int64_t k = 0; k < runs.length; ++k) {
-      __m512 w[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_ps(panel + (k * NV + v) * kLanes);
-#pragma GCC unroll 24
-      for (int r = 0; r < MR; ++r) {
-        const __m512 a = _mm512_set1_ps(x[r][offset + k]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
-      }
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
     }
   }
+}
+
+// y[r] = act(acc[r] + bias [+ residual[r]]) for rows out_c apart, `last` masking the last vector
+// (the channels past C_out); acc keeps what was stored.
+template <int MR, int NV>
+__attribute__((always_inline)) inline void store_rows(__m512 (&acc)[MR][NV], const float* bias, const float* residual, float* y, int64_t out_c,
+                       __mmask16 last, bool relu) {
   const __m512 zero = _mm512_setzero_ps();
 #pragma GCC unroll 24
   for (int r = 0; r < MR; ++r)
@@ -203,6 +201,26 @@ inline void tile(const float* const (&x)[MR], const Runs& runs, const float* pan
       _mm512_mask_storeu_ps(y + r * out_c + v * kLanes, lanes, out);
       acc[r][v] = out;
     }
+}
+
+// Rows r0 .. r0+MR-1 (their inputs at x[r]) times the block's NV vectors; `last` masks the
+// block's last vector (the channels past C_out); `moments`, where given, takes the outputs.
+template <int MR, int NV>
+inline void tile(const float* const (&x)[MR], const Runs& runs, const float* panel, const float* bias,
+                 const float* residual, float* y, int64_t out_c, __mmask16 last, bool relu,
+                 BlockMoments* moments = nullptr) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 24
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t run = 0; run < runs.count; ++run, panel += runs.length * NV * kLanes) {
+    const float* run_x[MR];
+#pragma GCC unroll 24
+    for (int r = 0; r < MR; ++r) run_x[r] = x[r] + run * runs.pitch;
+    accumulate<MR, NV>(acc, run_x, runs.length, panel);
+  }
+  store_rows<MR, NV>(acc, bias, residual, y, out_c, last, relu);
   if (moments) merge_tile_moments<MR, NV>(acc, *moments);
 }
 

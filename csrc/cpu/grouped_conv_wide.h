@@ -122,31 +122,10 @@ inline void tile(const Conv& c, int64_t r0, int64_t c_in0, const float* panel, c
         const char* run = reinterpret_cast<const char*>(c.x + ((image_row[p] + hi) * g.in_w + wi) * g.in_c + c_in0);
         for (int64_t byte = 0; byte < cig * int64_t(sizeof(float)); byte += 64) _mm_prefetch(run + byte, _MM_HINT_T0);
       }
-      const float* w = panel + (kh * g.kernel + kw) * cig * NV * kLanes;
-      for (int64_t ci = 0; ci < cig; ++ci, w += NV * kLanes) {
-        __m512 wv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(w + v * kLanes);
-#pragma GCC unroll 24
-        for (int p = 0; p < MR; ++p) {
-          const __m512 a = _mm512_set1_ps(in[p][ci]);
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(a, wv[v], acc[p][v]);
-        }
-      }
+      gemm_tiles::accumulate<MR, NV>(acc, in, cig, panel + (kh * g.kernel + kw) * cig * NV * kLanes);
     }
-  const __m512 zero = _mm512_setzero_ps();
-#pragma GCC unroll 24
-  for (int p = 0; p < MR; ++p)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const int64_t at = (r0 + p) * g.out_c + v * kLanes;
-      __m512 out = _mm512_add_ps(acc[p][v], _mm512_loadu_ps(bias + v * kLanes));
-      if (residual) out = _mm512_add_ps(out, _mm512_loadu_ps(residual + at));
-      // max(0, v) returns its second operand where that is NaN, so a NaN stays NaN as in torch.relu.
-      if (relu) out = _mm512_max_ps(zero, out);
-      _mm512_storeu_ps(y + at, out);
-    }
+  gemm_tiles::store_rows<MR, NV>(acc, bias, residual ? residual + r0 * g.out_c : nullptr, y + r0 * g.out_c, g.out_c,
+                                 __mmask16(0xFFFF), relu);
 }
 
 }  // namespace wide_groups
