@@ -36,6 +36,26 @@ def assert_eval_follows_parameter_changes(case, stride=1):
             first = again
 
 
+def assert_fused_layer_runs_own_kernel(conv, x):
+    """A FusedConvBNAct of `conv` (no bias) and a BN with random running statistics, in CPU
+    inference: the stock modules' output, from the operator (one of our kernels, its own weight
+    cache), not the Python fold's oneDNN path."""
+    from torch import nn
+
+    from regnet_ext.nn import FusedConvBNAct
+
+    bn = nn.BatchNorm2d(conv.out_channels)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    stock = nn.Sequential(conv, bn, nn.ReLU()).eval()
+    fused = FusedConvBNAct(conv, bn, relu=True).eval()
+    assert fused._own_cpu_kernel_dtypes == {torch.float32}
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), stock(x), rtol=1e-5, atol=1e-5)
+    assert not fused._folded.filled  # the operator's own cache served it, not the Python fold
+
+
 def _run_and_compare(case, *, stride, groups, training, relu, backward=True, momentum=0.1):
     params = ["x", "weight", "bias", "bn_weight", "bn_bias", "residual"]
     ours = {k: (v.detach().clone().requires_grad_(backward) if (k in params and v is not None) else

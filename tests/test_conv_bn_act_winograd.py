@@ -11,8 +11,7 @@ from torch import nn
 
 import regnet_ext._C as compiled
 from conv_bn_act_reference import make_case, positional_args, reference_conv_bn_act
-from test_conv_bn_act import _run_and_compare
-from regnet_ext.nn import FusedConvBNAct
+from test_conv_bn_act import _run_and_compare, assert_fused_layer_runs_own_kernel
 from regnet_ext.ops import conv_bn_act
 
 pytestmark = pytest.mark.skipif(not getattr(compiled, "winograd_kernel", 0), reason="built without AVX-512")
@@ -80,14 +79,4 @@ def test_nan_passes_relu_as_in_torch():
 
 def test_fused_module_runs_it_in_inference():
     conv = nn.Conv2d(128, 128, 3, padding=1, groups=2, bias=False)
-    bn = nn.BatchNorm2d(128)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-    stock = nn.Sequential(conv, bn, nn.ReLU()).eval()
-    fused = FusedConvBNAct(conv, bn, relu=True).eval()
-    assert fused._own_cpu_kernel_dtypes == {torch.float32}
-    x = torch.randn(2, 128, 10, 10).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        torch.testing.assert_close(fused(x), stock(x), rtol=1e-5, atol=1e-5)
-    assert not fused._folded.filled  # the operator's own cache served it, not the Python fold
+    assert_fused_layer_runs_own_kernel(conv, torch.randn(2, 128, 10, 10).contiguous(memory_format=torch.channels_last))
