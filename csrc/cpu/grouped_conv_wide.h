@@ -137,6 +137,8 @@ inline void tile(const Conv& c, int64_t r0, int64_t c_in0, const float* panel, c
 // block's panel (K*K*G*64 floats, 147 KB at 64 per group) hot in its L2 over consecutive bands.
 inline void grouped_conv_wide(const kernels::ConvGeometry& g, const float* x, const float* packed, const float* bias,
                               const float* residual, float* y, bool relu) {
+  // The callers' rules decide; another width would read past the panels.
+  TORCH_INTERNAL_ASSERT(wide_group_shape(g), "grouped_conv_wide: ", g.in_c_per_group, " channels per group");
 #if defined(__AVX512F__)
   using namespace wide_groups;
   const int64_t rows = g.batch * g.out_h * g.out_w, per_group = g.out_c_per_group, cig = g.in_c_per_group;
