@@ -17,6 +17,7 @@
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/autograd/utils/wrap_outputs.h>
 
 #include <optional>
 #include <tuple>
@@ -105,31 +106,6 @@ struct Arg<bool> {
   bool get() const { return value; }
 };
 
-PyObject* wrap(at::Tensor t) { return THPVariable_Wrap(std::move(t)); }
-
-template <typename... Ts>
-PyObject* wrap(std::tuple<Ts...> outputs) {
-  PyObject* tuple = PyTuple_New(sizeof...(Ts));
-  if (!tuple) return nullptr;
-  bool ok = true;
-  std::apply(
-      [&](auto&... t) {
-        Py_ssize_t i = 0;
-        ((ok = ok && [&] {
-            PyObject* item = wrap(std::move(t));
-            if (item) PyTuple_SET_ITEM(tuple, i++, item);
-            return item != nullptr;
-          }()),
-         ...);
-      },
-      outputs);
-  if (!ok) {
-    Py_DECREF(tuple);
-    return nullptr;
-  }
-  return tuple;
-}
-
 // op(*args) through the typed handle, or NotImplemented (see the top of the file).
 template <typename Ret, typename... Args>
 PyObject* typed_call(const c10::TypedOperatorHandle<Ret(Args...)>& op, const char* name, PyObject* const* args,
@@ -152,7 +128,7 @@ PyObject* typed_call(const c10::TypedOperatorHandle<Ret(Args...)>& op, const cha
     pybind11::gil_scoped_release no_gil;
     return std::apply([&](const auto&... a) { return op.call(a.get()...); }, parsed);
   }();
-  return wrap(std::move(result));
+  return torch::autograd::utils::wrap(std::move(result));  // a Tensor, or a tuple of them
 }
 
 }  // namespace

@@ -261,6 +261,15 @@ inline void with_remainder_rows(int64_t r, const Body& body) {
   }
 }
 
+// body(std::integral_constant<int, R>, r) for the tiles over rows [r0, r1): whole tiles of MR
+// rows from r0 on, then the rest (R < MR) as one.
+template <int MR, typename Body>
+inline void for_each_row_tile(int64_t r0, int64_t r1, const Body& body) {
+  int64_t r = r0;
+  for (; r + MR <= r1; r += MR) body(std::integral_constant<int, MR>{}, r);
+  with_remainder_rows<MR>(r1 - r, [&](auto rows) { body(rows, r); });
+}
+
 // Rows [r0, r1) of one block of NV vectors: whole tiles, then the rest as one shorter tile (row
 // by row, the rest of a 7x7 batch-8 band took as long as 2.5 of its 32 whole tiles: each row's
 // NV accumulators wait on their own FMA chains).
@@ -268,20 +277,13 @@ template <int NV>
 inline void block_rows(const InputRows& input, const float* panel, const float* bias, const float* residual,
                        float* y, int64_t out_c, __mmask16 last, bool relu, int64_t r0, int64_t r1,
                        BlockMoments* moments) {
-  constexpr int MR = rows_per_tile<NV>();
   const Runs runs{1, input.in_c, 0};
-  int64_t r = r0;
-  const auto at = [&](const float* base, int64_t row, int64_t stride) { return base ? base + row * stride : nullptr; };
-  for (; r + MR <= r1; r += MR) {
-    const float* x[MR];
-    tile_inputs(input, r, x);
-    tile<MR, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu, moments);
-  }
-  with_remainder_rows<MR>(r1 - r, [&](auto rows) {
+  for_each_row_tile<rows_per_tile<NV>()>(r0, r1, [&](auto rows, int64_t r) {
     constexpr int R = decltype(rows)::value;
     const float* x[R];
     tile_inputs(input, r, x);
-    tile<R, NV>(x, runs, panel, bias, at(residual, r, out_c), y + r * out_c, out_c, last, relu, moments);
+    tile<R, NV>(x, runs, panel, bias, residual ? residual + r * out_c : nullptr, y + r * out_c, out_c, last, relu,
+                moments);
   });
 }
 

@@ -266,10 +266,11 @@ class FusedConvBNAct(_HoldsStock):
                 gamma.dtype == dtype and beta.dtype == dtype and running_mean.dtype == dtype and \
                 running_var.dtype == dtype and (bias is None or bias.dtype == dtype) and \
                 (residual is None or residual.dtype == dtype) and x.shape[1] == weight.shape[1] * self.groups:
-            out = _C.conv_bn_act_eval_call(x, weight, bias, gamma, beta, running_mean, running_var, residual,
-                                           self.stride, self.padding, self.groups, bn.eps, relu)
-            if out is not NotImplemented:  # (a Tensor subclass, a torch function mode, an int eps)
-                return out
+            args = (x, weight, bias, gamma, beta, running_mean, running_var, residual, self.stride, self.padding,
+                    self.groups, bn.eps, relu)
+            out = _C.conv_bn_act_eval_call(*args)
+            # NotImplemented (a Tensor subclass, a torch function mode, an int eps): torch.ops' call.
+            return _ops.conv_bn_act_eval.default(*args) if out is NotImplemented else out
         if not folded_inference.residual_fusable(residual, dtype, self.groups):
             return self(x, residual=residual, relu=relu)
         params = (weight, bias, gamma, beta, running_mean, running_var)
