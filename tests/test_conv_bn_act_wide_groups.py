@@ -1,11 +1,13 @@
-"""Our wide-group tiles (csrc/cpu/grouped_conv_wide.h): float32 grouped convs with a multiple of 16
-channels per group from 32 on, in eval, AVX-512. Against the float64 reference where a group's
+"""Our wide-group tiles: float32 grouped convs with a multiple of 16 channels per group from 32 on,
+AVX-512; the forward (csrc/cpu/grouped_conv_wide.h) in eval and training, the weight gradient
+(csrc/cpu/grouped_conv_wide_weight_grad.h). Against the float64 reference where a group's
 outputs fill one 64-channel block, several, or end in a block of 1 or 3 vectors (80, 112 per
 group), at stride 1 and 2, where the output pixels fill whole 6-pixel tiles or leave a shorter
-one (tiles that wrap into the next row and image), 1px images, residual and ReLU; against oneDNN;
-its cached packed weight after in-place changes; NaN through ReLU; the fused module routing to
-it; and the autotuner timing it against oneDNN. REGNET_EXT_CPU_CONV=wide_group makes the rules
-choose it."""
+one (tiles that wrap into the next row and image), 1px images, residual and ReLU; the gradients
+in training and eval, over one chunk of output rows and several, 3x3 and 5x5; against oneDNN;
+the weight gradient's independence of the thread count; its cached packed weight after in-place
+changes; NaN through ReLU; the fused module routing to it; and the autotuner timing both against
+oneDNN. REGNET_EXT_CPU_CONV=wide_group makes the rules choose them."""
 import pytest
 import torch
 from torch import nn
@@ -36,6 +38,39 @@ def test_matches_float64_reference(shape, wide_group_rule):
         with torch.no_grad():
             _run_and_compare(case, stride=stride, groups=channels // width, training=False, relu=relu,
                              backward=False)
+
+
+# (batch, channels, channels per group, size, stride, kernel): the weight gradient sums output rows
+# in chunks of about 512 pixels (7 of them at batch 2, 40px), tiles of output channels end short
+# (48 and 80 per group), 5x5 taps reach two pixels into the padding.
+GRADIENT_SHAPES = [(2, 64, 32, 40, 1, 3), (3, 128, 64, 13, 2, 3), (2, 96, 48, 9, 1, 5), (1, 256, 128, 7, 1, 3),
+                   (2, 160, 80, 11, 2, 3)]
+
+
+@pytest.mark.parametrize("shape", GRADIENT_SHAPES,
+                         ids=[f"n{s[0]}c{s[1]}g{s[2]}h{s[3]}s{s[4]}k{s[5]}" for s in GRADIENT_SHAPES])
+def test_gradients_match_float64_reference(shape, wide_group_rule):
+    batch, channels, width, size, stride, kernel = shape
+    for training, relu, residual, bias in ((True, True, False, False), (True, False, True, True),
+                                           (False, True, True, False)):
+        case = make_case(batch, channels, channels, size, kernel, stride, channels // width, channels_last=True,
+                         residual=residual, bias=bias, seed=size + width + kernel)
+        _run_and_compare(case, stride=stride, groups=channels // width, training=training, relu=relu)
+
+
+def test_weight_gradient_does_not_depend_on_thread_count(wide_group_rule):
+    case = make_case(2, 128, 128, 30, 3, 1, 2, channels_last=True, residual=False, seed=5)
+    grads, threads = [], torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            weight = case["weight"].clone().requires_grad_()
+            y = conv_bn_act(case["x"], weight, *positional_args(case)[2:], groups=2)  # eval: g is dz
+            y.backward(torch.ones_like(y))
+            grads.append(weight.grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -92,5 +127,19 @@ def test_autotuner_times_it_against_onednn(monkeypatch):
         expected = reference_conv_bn_act(*(t.double() for t in positional_args(case)), bias=case["bias"].double(),
                                          stride=2, groups=3)
         torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        clear_cpu_conv_autotune()
+
+
+def test_autotuner_times_them_in_training(monkeypatch):
+    monkeypatch.delenv("REGNET_EXT_CPU_CONV", raising=False)
+    monkeypatch.delenv("REGNET_EXT_CPU_AUTOTUNE", raising=False)
+    clear_cpu_conv_autotune()
+    case = make_case(1, 192, 192, 9, 3, 2, 3, channels_last=True, residual=False, seed=4)
+    try:
+        _run_and_compare(case, stride=2, groups=3, training=True, relu=True)
+        records = {r["pass"]: r for r in cpu_conv_autotune_records() if r["groups"] == 3}
+        assert set(records["train_forward"]["median_us"]) == {"onednn", "wide_group"}
+        assert set(records["backward"]["median_us"]) == {"onednn", "onednn_input_grad+own_weight_grad"}
     finally:
         clear_cpu_conv_autotune()

@@ -109,9 +109,11 @@ inline const char* conv_pass_name(ConvPass p) {
 // weight-gradient tiles for every grouped conv, oneDNN elsewhere (so the tests cover them on any
 // shape); =gemm_tiles is =own with our GEMM tiles (gemm_1x1_tiles.h, gemm_1x1_weight_grad.h)
 // in place of the whole-tensor GEMM for 1x1 convs; =wide_group is =own with our wide-group tiles
-// (grouped_conv_wide.h) for grouped convs with 32 or more channels per group in eval; unset (or
-// anything else) is the measured
-// mix: the autotuner's choice, or the fixed rules of conv_bn_act_cpu.h.
+// (grouped_conv_wide.h) for the forward of grouped convs with a multiple of 16 channels per group
+// from 32 on, in eval and training (their weight gradient comes from
+// grouped_conv_wide_weight_grad.h wherever our weight gradient runs, except under =tiles);
+// unset (or anything else) is the measured mix: the autotuner's choice, or the fixed rules of
+// conv_bn_act_cpu.h.
 enum class ConvBackend { kMixed, kAten, kTiles, kOwn };
 
 inline std::string_view conv_backend_setting() {

@@ -4,8 +4,10 @@
 // residual's gradient), with per-chunk sums of g and g * x-hat. Training makes a second pass for
 // dz (the batch-statistics backward); eval differentiates through the folded weights instead,
 // so g feeds the conv gradients directly. The conv gradients come from oneDNN through ATen,
-// with, for grouped convs, the weight gradient from our register tiles and the input gradient
-// from Winograd or the narrow-group kernel, and for 1x1 convs both gradients from ATen's GEMMs
+// with, for grouped convs, the weight gradient from our register tiles (8 or 16 channels per
+// group: grouped_conv_narrow_weight_grad.h; a multiple of 16 from 32 on: grouped_conv_wide_
+// weight_grad.h; otherwise the generic tiles) and the input gradient from Winograd or the
+// narrow-group kernel, and for 1x1 convs both gradients from ATen's GEMMs
 // (stride 1) or our AVX-512 GEMM tiles, where the autotuner (conv_autotune.h) or the rules
 // (conv_bn_act_cpu.h) say so; with REGNET_EXT_CPU_CONV=tiles, from GEMMs for 1x1 ungrouped convs
 // and our register tiles (kernels/conv_bn_act_backward.h) otherwise. The two passes are
@@ -24,6 +26,7 @@
 #include "cpu/conv_bn_act_cpu.h"
 #include "cpu/gemm_1x1_weight_grad.h"
 #include "cpu/grouped_conv_narrow_weight_grad.h"
+#include "cpu/grouped_conv_wide_weight_grad.h"
 #include "tensor_layout.h"
 #include "kernels/bn_stats.h"
 #include "kernels/conv_bn_act_backward.h"
@@ -354,6 +357,10 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
                                                  {false, true, false}));
     } else if (is_plain_gemm(g)) {
       raw = at::mm(as_rows(dz).t(), gemm_rows(xc, g)).view(weight.sizes());
+    } else if (!tiles && wide_group_applies(g, x.scalar_type())) {  // float32 (grouped_conv_wide_weight_grad.h)
+      raw = at::empty(weight.sizes(), x.options().dtype(at::kFloat));
+      if constexpr (std::is_same_v<T, float>)
+        grouped_conv_wide_weight_grad(g, xc.const_data_ptr<float>(), dzp, raw.data_ptr<float>());
     } else {
       std::vector<A> packed_raw;
       // Input channels per tile: as many accumulator lanes as divide the group (16 was 5% faster

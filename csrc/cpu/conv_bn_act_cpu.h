@@ -206,8 +206,10 @@ inline bool stem_tiles_apply(const ConvGeometry& g, at::ScalarType dtype) {
 }
 
 // Grouped convs with a multiple of 16 channels per group, 32 and more, float32, AVX-512: our
-// wide-group tiles (grouped_conv_wide.h) in eval, a candidate for the autotuner, and the rule
-// under REGNET_EXT_CPU_CONV=wide_group (which makes the tests run them).
+// wide-group tiles (grouped_conv_wide.h) for the forward in eval and training, a candidate for
+// the autotuner, and the rule under REGNET_EXT_CPU_CONV=wide_group (which makes the tests run
+// them). (Their weight gradient, grouped_conv_wide_weight_grad.h, is our weight gradient for these
+// shapes: use_own_weight_grad.)
 inline bool wide_group_applies(const ConvGeometry& g, at::ScalarType dtype) {
   return kHaveGemmTiles && dtype == at::kFloat && wide_group_shape(g);
 }
@@ -245,7 +247,8 @@ inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeo
     kernels.push_back(ConvKernel::kGemmTiles);
   if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && stem_tiles_apply(g, dtype))
     kernels.push_back(ConvKernel::kStemTiles);
-  if (pass == ConvPass::kEval && wide_group_applies(g, dtype)) kernels.push_back(ConvKernel::kWideGroup);
+  if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && wide_group_applies(g, dtype))
+    kernels.push_back(ConvKernel::kWideGroup);
   if (kernels.size() < 2) return {};
   return kernels;
 }
@@ -268,7 +271,11 @@ inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeo
 // 1.7-3.2x oneDNN's time on every grouped shape of RegNetX-400MF (16 per group) at batch 8. At 8
 // per group (8-channel lanes, one 256-bit register) the same rule holds there: RegNetY-400MF at
 // batch 8, 48 channels at 112px 6.8 vs 10.2 ms, 104 at 56px 3.9 vs 4.7 ms; from 104 at 28px on
-// oneDNN was faster (1.05-1.28x).
+// oneDNN was faster (1.05-1.28x). Wide groups (a multiple of 16 channels per group from 32 on,
+// float32, AVX-512) have their own tiles (grouped_conv_wide_weight_grad.h), which the autotuner
+// took over oneDNN's weight gradient on all 16 of RegNetY-4.0GF's grouped shapes at batch 1 and 8
+// (backward with oneDNN's input gradient, or Winograd's, against oneDNN's both: 0.59-0.94x the
+// time; 2-core Ice Lake VM, 2026-12-06): the rule takes them at every size.
 inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
   switch (conv_backend()) {
     case ConvBackend::kTiles: return true;
@@ -280,6 +287,7 @@ inline bool use_own_weight_grad(const ConvGeometry& g, at::ScalarType dtype) {
   if (g.out_c_per_group % 16 == 0) return false;
 #endif
   if (dtype == at::kBFloat16 || dtype == at::kHalf) return false;
+  if (wide_group_applies(g, dtype)) return true;  // grouped_conv_wide_weight_grad.h: see there
   const int64_t pixels = g.in_h * g.in_w;
   const bool narrow_or_strided = g.in_c_per_group <= 16 || g.stride > 1;
   return g.groups > 1 && (g.batch * pixels >= 8 * 56 * 56 ||

@@ -398,6 +398,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
                                  b.defined() ? b.const_data_ptr<float>() : nullptr, nullptr,
                                  out.data_ptr<c10::BFloat16>(), false);
       }
+      if (kernel == ConvKernel::kWideGroup) {  // float32 only (wide_group_applies)
+        if constexpr (std::is_same_v<T, float>)
+          grouped_conv_wide(g, xc.const_data_ptr<float>(), pack_wide_group_weight(weight, g).const_data_ptr<float>(),
+                            padded_to_vectors(bias, g.out_c, weight.options()).const_data_ptr<float>(), nullptr,
+                            out.data_ptr<float>(), false);
+        return out;
+      }
       if constexpr (std::is_same_v<T, float>) {
         const bool narrow = kernel == ConvKernel::kNarrow;
         const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
@@ -408,7 +415,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
       }
       return out;
     };
-    const ConvKernel rule = use_narrow_group_kernel(g, x.scalar_type())  ? ConvKernel::kNarrow
+    const ConvKernel rule = use_wide_group(g, x.scalar_type())            ? ConvKernel::kWideGroup
+                            : use_narrow_group_kernel(g, x.scalar_type()) ? ConvKernel::kNarrow
                             : use_winograd_per_call(g, x.scalar_type()) ? ConvKernel::kWinograd
                             : use_stem_tiles(g, x.scalar_type())        ? ConvKernel::kStemTiles
                             : use_gemm_tiles(g, x.scalar_type())        ? ConvKernel::kGemmTiles

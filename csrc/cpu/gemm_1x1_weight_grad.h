@@ -35,6 +35,25 @@ constexpr int64_t kChunkRows = 512;
 // two vectors ran at 53-88 GFLOP/s against 195-213 for 4-8 rows: 32 or 160 input channels).
 constexpr int tile_rows(int nv) { return nv >= 3 ? 24 / nv : 8; }
 
+// acc[r][v] += sum over `count` pixels of dz[r] * x[16 v ..]: dz and x advance by dz_step and
+// x_step floats a pixel (one row each for a 1x1 conv; a tap's stride-spaced input pixels for a
+// grouped KxK conv, grouped_conv_wide_weight_grad.h). `last` masks x's final vector.
+template <int MR, int NV>
+__attribute__((always_inline)) inline void accumulate(__m512 (&acc)[MR][NV], const float* dz, int64_t dz_step, const float* x, int64_t x_step,
+                       int64_t count, __mmask16 last) {
+  for (int64_t p = 0; p < count; ++p, x += x_step, dz += dz_step) {
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : __mmask16(0xFFFF), x + v * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(dz[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+}
+
 // dW rows co0 .. co0+MR-1, input channels ci0 .. ci0 + 16 NV (`last` masks the final vector),
 // accumulated over pixel rows [p0, p1).
 template <int MR, int NV>
@@ -48,20 +67,7 @@ inline void tile(const float* dz, int64_t out_c, const float* x, int64_t in_c, i
       const __mmask16 lanes = v == NV - 1 ? last : __mmask16(0xFFFF);
       acc[r][v] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(lanes, dw + (co0 + r) * in_c + ci0 + v * kLanes);
     }
-  const float* xp = x + p0 * in_c + ci0;
-  const float* dzp = dz + p0 * out_c + co0;
-  for (int64_t p = p0; p < p1; ++p, xp += in_c, dzp += out_c) {
-    __m512 b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      b[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : __mmask16(0xFFFF), xp + v * kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(dzp[r]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
-    }
-  }
+  accumulate<MR, NV>(acc, dz + p0 * out_c + co0, out_c, x + p0 * in_c + ci0, in_c, p1 - p0, last);
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
