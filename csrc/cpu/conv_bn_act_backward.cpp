@@ -311,10 +311,8 @@ Grads backward_impl(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
         if (!training) w = w * scale_t.view({C, 1, 1, 1});
         // Each group's weight transposed (input and output channels swapped); stride 1 also
         // flips the kernel (the forward kernel runs it), stride 2 reads the taps as they are.
-        const int64_t k = g.kernel, width = g.in_c_per_group;
-        at::Tensor transposed = w.reshape({g.groups, width, width, k, k}).transpose(1, 2);
-        if (g.stride == 1) transposed = transposed.flip({3, 4});
-        const at::Tensor packed = pack_narrow_group_weight(transposed.reshape({C, width, k, k}), g);
+        const at::Tensor packed = pack_narrow_group_weight(
+            w, g, g.stride == 1 ? NarrowPacking::kInputGradFlipped : NarrowPacking::kInputGrad);
         grad_x = empty_nhwc(x, g.batch, g.in_c, g.in_h, g.in_w);
         if (g.stride == 2)
           grouped_conv_narrow_stride2_input_grad(g, dzp, packed.const_data_ptr<float>(), grad_x.data_ptr<float>());

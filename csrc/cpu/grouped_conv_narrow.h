@@ -49,12 +49,22 @@ inline constexpr bool kHaveNarrowGroupKernel =
     false;
 #endif
 
+// How pack_narrow_group_weight reads the weight: as it is (the forward's), or as the weight of
+// the input gradient's conv (grouped_conv_narrow_dx.h's at stride 2, the forward kernel's at
+// stride 1): each group's input and output channels swapped, and at stride 1 the taps flipped.
+// (Through a transposed, flipped and reshaped copy first, the two copies took 1.7 ms of a
+// RegNetX-400MF training step at 32 x 128, 2-core Ice Lake VM, 2026-12-06.)
+enum class NarrowPacking { kForward, kInputGrad, kInputGradFlipped };
+
 // Weights [C_out, G, K, K] (G = 8 or 16 channels per group; float, BN already folded where
 // wanted) -> [block][K*K][G ci][16]: block b holds output channels 16b .. 16b+15 in its lanes
 // (for G = 8, two groups: group 2b in lanes 0-7, group 2b+1 in lanes 8-15; the missing second
-// group of an odd group count is zero).
-inline at::Tensor pack_narrow_group_weight(const at::Tensor& weight, const kernels::ConvGeometry& g) {
+// group of an odd group count is zero). The input-gradient packings need as many output as input
+// channels per group.
+inline at::Tensor pack_narrow_group_weight(const at::Tensor& weight, const kernels::ConvGeometry& g,
+                                           NarrowPacking how = NarrowPacking::kForward) {
   const int64_t k = g.kernel, taps = k * k, cig = g.in_c_per_group, blocks = (g.out_c + 15) / 16;
+  TORCH_INTERNAL_ASSERT(how == NarrowPacking::kForward || g.out_c_per_group == cig);
   // Read through the weight's strides: a channels_last weight made contiguous first cost more
   // than the packing (26 us of a training call's 0.2 ms at 384 channels, 3x3, 16 per group).
   const at::Tensor w = weight.to(at::kFloat);
@@ -63,13 +73,17 @@ inline at::Tensor pack_narrow_group_weight(const at::Tensor& weight, const kerne
                                         : at::zeros({blocks, taps, cig, 16}, w.options());
   const float* src = w.const_data_ptr<float>();
   float* dst = packed.data_ptr<float>();
+  const bool swap = how != NarrowPacking::kForward, flip = how == NarrowPacking::kInputGradFlipped;
   for (int64_t co = 0; co < g.out_c; ++co) {
-    const int64_t block = co / 16, lane = co % 16;
+    const int64_t block = co / 16, lane = co % 16, first = co - co % cig;  // first: the group's
     for (int64_t kh = 0; kh < k; ++kh)
-      for (int64_t kw = 0; kw < k; ++kw)
-        for (int64_t ci = 0; ci < cig; ++ci)
-          dst[((block * taps + kh * k + kw) * cig + ci) * 16 + lane] =
-              src[co * st[0] + ci * st[1] + kh * st[2] + kw * st[3]];
+      for (int64_t kw = 0; kw < k; ++kw) {
+        const int64_t tap = (flip ? k - 1 - kh : kh) * st[2] + (flip ? k - 1 - kw : kw) * st[3];
+        for (int64_t ci = 0; ci < cig; ++ci) {
+          const int64_t from = swap ? (first + ci) * st[0] + (co - first) * st[1] : co * st[0] + ci * st[1];
+          dst[((block * taps + kh * k + kw) * cig + ci) * 16 + lane] = src[from + tap];
+        }
+      }
   }
   return packed;
 }
