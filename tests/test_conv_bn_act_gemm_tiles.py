@@ -53,9 +53,11 @@ def test_matches_float64_reference(shape, stride, channels_last):
 # 4): 24 -> 44: one block of 2 (masked), 5 tiles + 4 single rows, 578 pixel rows (two chunks of
 # 512); 48 -> 104: 3 vectors (whole); 104 -> 208: 4 + 3 (masked), 34 tiles + 4 rows; 40 -> 440:
 # 3 (masked); 16 -> 30: 1, 3 tiles + 6 rows; 200 -> 24: 4 + 4 + 4 + 1 (masked), 529 rows; 32 -> 48
-# at 10px: an even size, whose last row and column no output pixel reads at stride 2.
+# at 10px: an even size, whose last row and column no output pixel reads at stride 2; 24 -> 40 at
+# 47px: at stride 2, 1152 rows whose chunks end inside an output row (the weight gradient reads
+# every other pixel of x in place, one run per output row).
 TRAIN_SHAPES = [(2, 24, 44, 17), (3, 48, 104, 13), (1, 104, 208, 7), (2, 40, 440, 5), (2, 16, 30, 9), (1, 200, 24, 23),
-                (2, 32, 48, 10)]
+                (2, 32, 48, 10), (2, 24, 40, 47)]
 
 
 @pytest.mark.parametrize("shape", TRAIN_SHAPES, ids=[f"n{s[0]}c{s[1]}-{s[2]}h{s[3]}" for s in TRAIN_SHAPES])

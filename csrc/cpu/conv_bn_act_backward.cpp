@@ -89,8 +89,8 @@ void scatter_strided_rows(const T* rows, const ConvGeometry& g, T* grad_x) {
 // Both gradients of a 1x1 conv from our AVX-512 tiles (float32; gemm_tiles_apply holds):
 // grad_x = dz W' (gemm_1x1_tiles.h; W', the weight scaled by the folded BN's scale in eval, is
 // already the panels' [K, N]) and raw = dz^T x (gemm_1x1_weight_grad.h). A strided conv's
-// grad_x scatters the rows into place (scatter_strided_rows), its raw reads a gathered copy of
-// every stride-th pixel. Either is an empty tensor where not asked for.
+// grad_x scatters the rows into place (scatter_strided_rows), its raw reads every stride-th
+// pixel in place. Either is an empty tensor where not asked for.
 template <typename T>
 std::pair<at::Tensor, at::Tensor> gemm_tiles_grads(const at::Tensor& dz, const at::Tensor& xc, const at::Tensor& weight,
                                                    const at::Tensor& scale, const ConvGeometry& g, bool training,
@@ -112,10 +112,9 @@ std::pair<at::Tensor, at::Tensor> gemm_tiles_grads(const at::Tensor& dz, const a
       grad_x = in_memory_format(grad_x, format);
     }
     if (param_grads) {
-      const at::Tensor x_rows = strided ? gemm_rows(xc, g) : xc;
       raw = at::empty(weight.sizes(), xc.options().dtype(at::kFloat));
-      gemm_1x1_weight_grad(dz.const_data_ptr<float>(), x_rows.const_data_ptr<float>(), pixels, C, g.in_c,
-                           raw.data_ptr<float>());
+      gemm_1x1_weight_grad(dz.const_data_ptr<float>(), xc.const_data_ptr<float>(), pixels, C, g.in_c,
+                           raw.data_ptr<float>(), strided ? &g : nullptr);
     }
   }
   return {grad_x, raw};
