@@ -40,8 +40,8 @@ constexpr int tile_rows(int nv) { return nv >= 3 ? 24 / nv : 8; }
 // x_step floats a pixel (one row each for a 1x1 conv; a tap's stride-spaced input pixels for a
 // grouped KxK conv, grouped_conv_wide_weight_grad.h). `last` masks x's final vector.
 template <int MR, int NV>
-__attribute__((always_inline)) inline void accumulate(__m512 (&acc)[MR][NV], const float* dz, int64_t dz_step, const float* x, int64_t x_step,
-                       int64_t count, __mmask16 last) {
+__attribute__((always_inline)) inline void accumulate(__m512 (&acc)[MR][NV], const float* dz, int64_t dz_step,
+                                                      const float* x, int64_t x_step, int64_t count, __mmask16 last) {
   for (int64_t p = 0; p < count; ++p, x += x_step, dz += dz_step) {
     __m512 b[NV];
 #pragma GCC unroll 4
@@ -132,7 +132,8 @@ inline void gemm_1x1_weight_grad(const float* dz, const float* x, int64_t rows, 
             if (co + MR <= out_c) {
               tile<MR, NV>(dz, out_c, x, in_c, strided, p0, p1, co, v0 * kLanes, mask, p0 == 0, dw);
             } else {
-              for (int64_t c = co; c < out_c; ++c) tile<1, NV>(dz, out_c, x, in_c, strided, p0, p1, c, v0 * kLanes, mask, p0 == 0, dw);
+              for (int64_t c = co; c < out_c; ++c)
+                tile<1, NV>(dz, out_c, x, in_c, strided, p0, p1, c, v0 * kLanes, mask, p0 == 0, dw);
             }
           }
         });

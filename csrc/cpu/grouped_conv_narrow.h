@@ -75,7 +75,7 @@ inline at::Tensor pack_narrow_group_weight(const at::Tensor& weight, const kerne
   float* dst = packed.data_ptr<float>();
   const bool swap = how != NarrowPacking::kForward, flip = how == NarrowPacking::kInputGradFlipped;
   for (int64_t co = 0; co < g.out_c; ++co) {
-    const int64_t block = co / 16, lane = co % 16, first = co - co % cig;  // first: the group's
+    const int64_t block = co / 16, lane = co % 16, first = co - co % cig;  // the group's first channel
     for (int64_t kh = 0; kh < k; ++kh)
       for (int64_t kw = 0; kw < k; ++kw) {
         const int64_t tap = (flip ? k - 1 - kh : kh) * st[2] + (flip ? k - 1 - kw : kw) * st[3];
