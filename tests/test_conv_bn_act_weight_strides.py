@@ -1,7 +1,8 @@
 """Our kernels pack the weight by reading it through its strides (no contiguous copy first): a
 channels_last or otherwise strided weight gives the same outputs and gradients as a contiguous
-one, on every path that packs (8 and 16 per group, Winograd 32 and 64 per group, the generic
-tiles), in eval and training."""
+one, on every path that packs (8 and 16 per group, Winograd 32 and 64 per group, the wide-group
+tiles at 32 and 64 per group, whose packing transposes dense weights in registers and reads
+others element by element, the generic tiles), in eval and training."""
 import pytest
 import torch
 
@@ -22,7 +23,7 @@ def strided_copy(weight):
     return view
 
 
-@pytest.mark.parametrize("backend", ["mixed", "tiles"])
+@pytest.mark.parametrize("backend", ["mixed", "tiles", "wide_group"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_weight_layout_does_not_change_results(shape, training, backend, monkeypatch):
