@@ -121,6 +121,16 @@ inline void transpose_16x16(__m512 (&rows)[16]) {
     rows[q + 12] = _mm512_shuffle_f32x4(odd_a, odd_b, 0xDD);
   }
 }
+
+// The 16 x 16 block at src (rows src_pitch floats apart), transposed: its column r goes to
+// dst_row(r), 16 floats.
+template <typename DstRow>
+inline void copy_transposed_16x16(const float* src, int64_t src_pitch, const DstRow& dst_row) {
+  __m512 rows[16];
+  for (int r = 0; r < 16; ++r) rows[r] = _mm512_loadu_ps(src + r * src_pitch);
+  transpose_16x16(rows);
+  for (int r = 0; r < 16; ++r) _mm512_storeu_ps(dst_row(r), rows[r]);
+}
 #endif
 
 // folded: [C_out, C_in] (or [C_out, C_in, 1, 1]), float32, any strides -> the panels above.
@@ -143,10 +153,7 @@ inline at::Tensor pack_gemm_tiles_weight(const at::Tensor& folded) {
         const int64_t j0 = a * kStep, c0 = (v0 + a) * kStep, valid = std::min(kStep, out_c - c0);
 #if defined(__AVX512F__)
         if (valid == kStep && k1 - k0 == kStep) {
-          __m512 rows[16];
-          for (int r = 0; r < 16; ++r) rows[r] = _mm512_loadu_ps(src + (c0 + r) * in_c + k0);
-          transpose_16x16(rows);
-          for (int r = 0; r < 16; ++r) _mm512_storeu_ps(panel + (k0 + r) * width + j0, rows[r]);
+          copy_transposed_16x16(src + c0 * in_c + k0, in_c, [&](int r) { return panel + (k0 + r) * width + j0; });
           continue;
         }
 #endif

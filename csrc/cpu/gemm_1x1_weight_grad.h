@@ -56,12 +56,13 @@ __attribute__((always_inline)) inline void accumulate(__m512 (&acc)[MR][NV], con
 }
 
 // dW rows co0 .. co0+MR-1, input channels ci0 .. ci0 + 16 NV (`last` masks the final vector),
-// accumulated over output pixels [p0, p1): x's rows p0 .. p1-1 at once where x holds the output
-// pixels' inputs, or for a strided conv (`strided`: x its whole input) one run per output row,
-// every stride-th pixel of the input row.
+// accumulated over output pixels [p0, p1), whose inputs `x` locates (the forward tiles'
+// InputRows): all at once at stride 1, else one run per output row, every stride-th pixel of
+// the input row.
 template <int MR, int NV>
-inline void tile(const float* dz, int64_t out_c, const float* x, int64_t in_c, const kernels::ConvGeometry* strided,
-                 int64_t p0, int64_t p1, int64_t co0, int64_t ci0, __mmask16 last, bool first, float* dw) {
+inline void tile(const float* dz, int64_t out_c, const gemm_tiles::InputRows& x, int64_t p0, int64_t p1, int64_t co0,
+                 int64_t ci0, __mmask16 last, bool first, float* dw) {
+  const int64_t in_c = x.in_c;
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -70,16 +71,9 @@ inline void tile(const float* dz, int64_t out_c, const float* x, int64_t in_c, c
       const __mmask16 lanes = v == NV - 1 ? last : __mmask16(0xFFFF);
       acc[r][v] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(lanes, dw + (co0 + r) * in_c + ci0 + v * kLanes);
     }
-  if (!strided) {
-    accumulate<MR, NV>(acc, dz + p0 * out_c + co0, out_c, x + p0 * in_c + ci0, in_c, p1 - p0, last);
-  } else {
-    const kernels::ConvGeometry& g = *strided;
-    for (int64_t p = p0, count; p < p1; p += count) {
-      const int64_t row = p / g.out_w, wo = p % g.out_w, n = row / g.out_h, ho = row % g.out_h;
-      count = std::min(p1 - p, g.out_w - wo);
-      const float* xp = x + ((n * g.in_h + ho * g.stride) * g.in_w + wo * g.stride) * in_c + ci0;
-      accumulate<MR, NV>(acc, dz + p * out_c + co0, out_c, xp, g.stride * in_c, count, last);
-    }
+  for (int64_t p = p0, count; p < p1; p += count) {
+    count = x.stride == 1 ? p1 - p : std::min(p1 - p, x.out_w - p % x.out_w);
+    accumulate<MR, NV>(acc, dz + p * out_c + co0, out_c, x(p) + ci0, x.stride * in_c, count, last);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -101,6 +95,9 @@ inline void gemm_1x1_weight_grad(const float* dz, const float* x, int64_t rows, 
                                  float* dw, const kernels::ConvGeometry* strided = nullptr) {
 #if defined(__AVX512F__)
   using namespace gemm_weight_grad;
+  const gemm_tiles::InputRows input = strided ? gemm_tiles::InputRows{x, in_c, strided->in_h, strided->in_w,
+                                                                      strided->out_h, strided->out_w, strided->stride}
+                                              : gemm_tiles::InputRows{x, in_c, 1, rows, 1, rows, 1};
   if (rows == 0) {
     std::fill(dw, dw + out_c * in_c, 0.0f);
     return;
@@ -130,10 +127,10 @@ inline void gemm_1x1_weight_grad(const float* dz, const float* x, int64_t rows, 
           for (int64_t item = lo; item < hi; ++item) {
             const int64_t co = (item - first_item[b]) * MR;
             if (co + MR <= out_c) {
-              tile<MR, NV>(dz, out_c, x, in_c, strided, p0, p1, co, v0 * kLanes, mask, p0 == 0, dw);
+              tile<MR, NV>(dz, out_c, input, p0, p1, co, v0 * kLanes, mask, p0 == 0, dw);
             } else {
               for (int64_t c = co; c < out_c; ++c)
-                tile<1, NV>(dz, out_c, x, in_c, strided, p0, p1, c, v0 * kLanes, mask, p0 == 0, dw);
+                tile<1, NV>(dz, out_c, input, p0, p1, c, v0 * kLanes, mask, p0 == 0, dw);
             }
           }
         });

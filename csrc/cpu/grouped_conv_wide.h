@@ -49,7 +49,7 @@ inline int64_t blocks_per_group(int64_t per_group) { return (per_group + kBlockC
 // (wide_groups::block_of), a [K*K][G][NV * 16] panel: block b of group q starts at
 // (q * G + 64 b) * K * K * G. Where each output channel's K*K*G weights are dense (a contiguous or
 // channels_last weight), blocks of 16 output channels x 16 weights go through registers
-// (transpose_16x16), on all threads: the training forward packs on every call, and a scalar copy
+// (copy_transposed_16x16), on all threads: the training forward packs on every call, and a scalar copy
 // took about 1.5 ms of a 2.2 ms call at 1088 channels, 7px, batch 1 (Ice Lake VM, 2026-12-06).
 inline at::Tensor pack_wide_group_weight(const at::Tensor& weight, const kernels::ConvGeometry& g) {
   const int64_t taps = g.kernel * g.kernel, per_group = g.out_c_per_group, cig = g.in_c_per_group;
@@ -81,12 +81,9 @@ inline at::Tensor pack_wide_group_weight(const at::Tensor& weight, const kernels
       for (int64_t lane0 = 0; lane0 < width; lane0 += gemm_tiles::kLanes) {
 #if defined(__AVX512F__)
         if (dense) {
-          for (int64_t j0 = 0; j0 < row; j0 += gemm_tiles::kLanes) {  // row: a multiple of 16
-            __m512 rows[16];
-            for (int r = 0; r < 16; ++r) rows[r] = _mm512_loadu_ps(src + (c0 + lane0 + r) * row + j0);
-            transpose_16x16(rows);
-            for (int r = 0; r < 16; ++r) _mm512_storeu_ps(panel + panel_row[j0 + r] * width + lane0, rows[r]);
-          }
+          for (int64_t j0 = 0; j0 < row; j0 += gemm_tiles::kLanes)  // row: a multiple of 16
+            copy_transposed_16x16(src + (c0 + lane0) * row + j0, row,
+                                  [&](int r) { return panel + panel_row[j0 + r] * width + lane0; });
           continue;
         }
 #endif

@@ -46,15 +46,6 @@ namespace wide_weight_grad {
 using gemm_tiles::kLanes;
 constexpr int64_t kChunkPixels = 512;
 
-// f(std::integral_constant<int, rows>) for 1 <= rows <= MR: the last, shorter tile of a block.
-template <int MR, typename F>
-inline void with_tile_rows(int64_t rows, F&& f) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return with_tile_rows<MR - 1>(rows, f);
-  }
-  f(std::integral_constant<int, MR>{});
-}
-
 // What every item of one call reads and writes.
 struct Problem {
   const kernels::ConvGeometry& g;
@@ -140,7 +131,8 @@ inline void grouped_conv_wide_weight_grad(const kernels::ConvGeometry& g, const 
           constexpr int NV = decltype(nv_constant)::value;
           constexpr int MR = gemm_weight_grad::tile_rows(NV);
           const int64_t co0 = (within - first_item[b]) * MR;
-          with_tile_rows<MR>(std::min<int64_t>(MR, cpg - co0), [&](auto mr_constant) {
+          // 1 <= rows <= MR: the last tile of a group's channels may be shorter.
+          gemm_tiles::with_remainder_rows<MR + 1>(std::min<int64_t>(MR, cpg - co0), [&](auto mr_constant) {
             tile<decltype(mr_constant)::value, NV>(pb, group_tap / taps, group_tap % taps, co0, v0 * kLanes, row0, row1,
                                                    row0 == 0, row1 == rows);
           });
