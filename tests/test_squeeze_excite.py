@@ -95,16 +95,18 @@ def test_small_batch_splits_pixels_across_threads(threads, channels):
     _assert_matches_reference(inputs, grad_y, y, got)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(2, 64, 96, 97, 16), (3, 520, 5, 4, 130)], ids=["big-sample", "big-mlp"])
-def test_batch_wide_schedule(threads, shape):
-    # Samples too large for one core's cache, or MLP weights too large to re-read per sample,
-    # take the batch-wide schedule (pool all, MLP unit by unit across the batch, then scale).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(2, 64, 96, 97, 16), (3, 1040, 3, 4, 260)], ids=["big-sample", "big-mlp"])
+def test_batch_wide_schedule(threads, shape, dtype):
+    # Samples too large for one core's cache, or MLP weights too large to re-read per sample
+    # (2 MB here, over half of any L2 up to 4 MB), take the batch-wide schedule: pool all, the MLP
+    # and its backward a share of each weight's rows per thread across the batch, then scale.
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        inputs = make_inputs(*shape)
-        grad_y = torch.randn(inputs[0].shape)
+        inputs = make_inputs(*shape, dtype=dtype)
+        grad_y = torch.randn(inputs[0].shape, dtype=dtype)
         y, got = grads(squeeze_excite, inputs, grad_y)
     finally:
         torch.set_num_threads(previous)

@@ -3,7 +3,8 @@
 // Forward reads x twice and writes y once: a pooling pass (partial sums per (sample, pixel
 // chunk), so a small batch still uses every thread), the tiny MLP, then the scale pass.
 // Backward reads x once and dy twice and writes dx once: one pass gathers both the pooled means
-// and dg = sum_p(dy * x), the MLP is recomputed and differentiated, then dx = dy * g + ds / P.
+// and dg = sum_p(dy * x), the MLP is recomputed and differentiated (per sample, or for the whole
+// batch with the weight rows split between the threads), then dx = dy * g + ds / P.
 // channels_last is the fast path (each pixel is a contiguous C vector, vectorised over C); NCHW
 // runs plane by plane (vectorised over pixels). Any other strides are made contiguous first.
 
@@ -18,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 #include <tuple>
 
 #include "cpu/channel_sums.h"
@@ -378,26 +380,132 @@ void excite_sample(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z,
   linear_rows(w.w2, w.b2, z, s.hidden, 0, s.channels, gate, k::se_gate_from_dot<A>);
 }
 
-// Batch schedule's MLP: units of (block of weight rows, sample), ordered block first, so that a
-// block's rows serve every sample from L1.
+// out[n, r] = unit(W[r, :] . in[n, :], bias[r]) for a [rows, in_len] weight and every sample:
+// units of (block of weight rows, sample), ordered block first, so that a block's rows serve
+// every sample from L1.
+template <typename A, typename Unit>
+void linear_batch(const A* weight, const A* bias, const A* in, int64_t in_len, int64_t rows, int64_t batch, A* out,
+                  Unit unit) {
+  constexpr int64_t kBlockRows = 32;
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, blocks * batch, std::max<int64_t>(1, kGrainMacs / (kBlockRows * in_len)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t r0 = t / batch * kBlockRows, n = t % batch;
+                       linear_rows(weight, bias, in + n * in_len, in_len, r0, std::min(rows, r0 + kBlockRows),
+                                   out + n * rows, unit);
+                     }
+                   });
+}
+
+// Batch schedule's MLP: z (C_se) and gate (C) of every sample.
 template <typename A>
 void excite_batch(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z, A* gate) {
-  constexpr int64_t kBlockRows = 32;
-  const int64_t batch = s.batch;
-  auto layer = [&](const A* weight, const A* bias, const A* in, int64_t in_len, int64_t rows, A* out,
-                   auto unit) {
-    const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
-    at::parallel_for(0, blocks * batch, std::max<int64_t>(1, kGrainMacs / (kBlockRows * in_len)),
-                     [&](int64_t begin, int64_t end) {
-                       for (int64_t t = begin; t < end; ++t) {
-                         const int64_t r0 = t / batch * kBlockRows, n = t % batch;
-                         linear_rows(weight, bias, in + n * in_len, in_len, r0, std::min(rows, r0 + kBlockRows),
-                                     out + n * rows, unit);
-                       }
-                     });
+  linear_batch(w.w1, w.b1, mean, s.channels, s.hidden, s.batch, z, k::se_hidden_from_dot<A>);
+  linear_batch(w.w2, w.b2, z, s.hidden, s.channels, s.batch, gate, k::se_gate_from_dot<A>);
+}
+
+// acc[i] += d * row[i], i < n.
+template <typename A>
+void axpy(A d, const A* row, int64_t n, A* acc) {
+  using Vec = Vectorized<A>;
+  const Vec dv(d);
+  for_each_vector<Vec::size()>(n, [&](int64_t i, int64_t m) {
+    at::vec::fmadd(dv, Vec::loadu(row + i, m), Vec::loadu(acc + i, m)).store(acc + i, m);
+  });
+}
+
+// Row r of a linear layer's weight and bias gradients over the batch, the header's
+// se_linear_grad_row vectorised over the row: each sum runs in sample order in a register and is
+// stored once (the scalar loop reloads and stores the row once per sample).
+template <typename A>
+void linear_grad_row(const A* dout, const A* in, int64_t batch, int64_t rows, int64_t cols, int64_t r, A* dw_row,
+                     A* db_r) {
+  using Vec = Vectorized<A>;
+  constexpr int64_t W = Vec::size(), kChains = 4;  // independent sums, to hide the FMA latency
+  int64_t k = 0;
+  for (; k + kChains * W <= cols; k += kChains * W) {
+    Vec acc[kChains];
+    for (int i = 0; i < kChains; ++i) acc[i] = Vec(A(0));
+    for (int64_t n = 0; n < batch; ++n) {
+      const Vec d(dout[n * rows + r]);
+      const A* in_n = in + n * cols + k;
+      for (int i = 0; i < kChains; ++i) acc[i] = at::vec::fmadd(d, Vec::loadu(in_n + i * W), acc[i]);
+    }
+    for (int i = 0; i < kChains; ++i) acc[i].store(dw_row + k + i * W);
+  }
+  for_each_vector<W>(cols - k, [&](int64_t k1, int64_t m) {
+    Vec acc(A(0));
+    for (int64_t n = 0; n < batch; ++n)
+      acc = at::vec::fmadd(Vec(dout[n * rows + r]), Vec::loadu(in + n * cols + k + k1, m), acc);
+    acc.store(dw_row + k + k1, m);
+  });
+  A db = A(0);
+  for (int64_t n = 0; n < batch; ++n) db += dout[n * rows + r];
+  *db_r = db;
+}
+
+// out[n, i] = scale * sum_k partial[k][n, i] over `parts` partials of `size` elements, in k order.
+template <typename A>
+void merge_parts(const A* partial, int64_t parts, int64_t size, A scale, A* out) {
+  at::parallel_for(0, size, kGrainElements, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      A acc = A(0);
+      for (int64_t k = 0; k < parts; ++k) acc += partial[k * size + i];
+      out[i] = acc * scale;
+    }
+  });
+}
+
+// Batch schedule's MLP backward, for the whole batch at once: from the pooled means and dg (both
+// [N, C]), z and gate recomputed ([N, C_se], [N, C]), ds / P ([N, C]) and the four weight and bias
+// gradients. Each thread takes a share of a weight's rows: a row of W2 gives every sample's gate,
+// dW2's row and the row's terms of dz = W2^T dpre2 while it is in L1, a row of W1 dW1's row and
+// its terms of ds = W1^T dz; the transposed products sum per thread, then over the threads. So W2
+// is read once and W1 twice for the batch, on every thread, where the per-sample backward read
+// both twice a sample on one thread. Training steps of the SE alone against that (forward and
+// backward through autograd, 21 interleaved rounds, 2-core Ice Lake VM, 2026-12-07):
+// RegNetY-4.0GF's 1088 -> 272 1.32x at batch 1 and 1.23x at batch 8, 1088 -> 128 1.20x and 1.12x,
+// 512 -> 128 at batch 1 1.11x; the smaller SEs that take this schedule (batch 1) 1.00-1.11x.
+template <typename A>
+void excite_backward_batch(const SeWeights<A>& w, const A* mean, const A* dgate, const SeShape& s, A inv_pixels,
+                           A* z, A* gate, A* dpre2, A* dz, A* ds_mean, A* dw1, A* db1, A* dw2, A* db2) {
+  const int64_t N = s.batch, C = s.channels, H = s.hidden;
+  linear_batch(w.w1, w.b1, mean, C, H, N, z, k::se_hidden_from_dot<A>);
+  const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
+  std::vector<A> dz_parts(parts * N * H), ds_parts(parts * N * C);
+  // Rows [begin, end) of a [rows, cols] weight split into `parts`, each part summing into its own
+  // [N, cols] partial: row_terms(r, partial) for each of its rows.
+  auto by_parts = [&](int64_t rows, int64_t cols, std::vector<A>& partials, const auto& row_terms) {
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t part = p0; part < p1; ++part) {
+        A* partial = partials.data() + part * N * cols;
+        std::fill(partial, partial + N * cols, A(0));
+        auto [r0, r1] = chunk_range(rows, parts, part);
+        for (int64_t r = r0; r < r1; ++r) row_terms(r, partial);
+      }
+    });
   };
-  layer(w.w1, w.b1, mean, s.channels, s.hidden, z, k::se_hidden_from_dot<A>);
-  layer(w.w2, w.b2, z, s.hidden, s.channels, gate, k::se_gate_from_dot<A>);
+  by_parts(C, H, dz_parts, [&](int64_t c, A* dz_part) {
+    const A* row = w.w2 + c * H;
+    for (int64_t n = 0; n < N; ++n) {
+      A dot;
+      dot_rows<1>(row, H, z + n * H, H, &dot);
+      const A g = k::se_gate_from_dot(dot, w.b2[c]);
+      gate[n * C + c] = g;
+      dpre2[n * C + c] = k::se_sigmoid_grad(dgate[n * C + c], g);
+      axpy(dpre2[n * C + c], row, H, dz_part + n * H);
+    }
+    linear_grad_row(dpre2, z, N, C, H, c, dw2 + c * H, db2 + c);
+  });
+  merge_parts(dz_parts.data(), parts, N * H, A(1), dz);
+  for (int64_t i = 0; i < N * H; ++i) dz[i] = k::se_hidden_grad(dz[i], z[i]);
+  by_parts(H, C, ds_parts, [&](int64_t j, A* ds_part) {
+    const A* row = w.w1 + j * C;
+    for (int64_t n = 0; n < N; ++n) axpy(dz[n * H + j], row, C, ds_part + n * C);
+    linear_grad_row(dz, mean, N, H, C, j, dw1 + j * C, db1 + j);
+  });
+  merge_parts(ds_parts.data(), parts, N * C, inv_pixels, ds_mean);
 }
 
 // ---- operators ------------------------------------------------------------------------------
@@ -570,50 +678,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
     auto input_grad_planes_task = [&](int64_t q0, int64_t q1) {
       input_grad_planes(dyp, gatep, dsp, s, q0, q1, dxp);
     };
-    // Merge one sample's partial sums, recompute its MLP and differentiate it. Tried, not kept:
-    // where the weights exceed half the L2, the batch's MLP backward over blocks of weight rows
-    // in parallel, each row read once for its weight gradient and its share of dz / ds (so batch
-    // 1 used both threads): training steps (forward + backward through autograd, interleaved,
-    // 2-core Ice Lake VM, 2026-12-06, four runs) 1.05-1.20x on RegNetY-4.0GF's 1088 -> 272 at
-    // batch 1 (1.05x in the longest run), 1.03-1.18x at 1088 -> 128, 0.99-1.13x at batch 8, and
-    // 0.91-1.03x where it also ran on smaller SEs: weight traffic bounds both ways.
-    auto excite_and_backward = [&](int64_t n) {
+    A *dw1p = dw1.data_ptr<A>(), *db1p = db1.data_ptr<A>();
+    A *dw2p = dw2.data_ptr<A>(), *db2p = db2.data_ptr<A>();
+    auto merge_sample = [&](int64_t n) {
       k::se_merge_partials(poolp + n * chunks * row, chunks, C, row, inv_pixels, meanp + n * C);
       k::se_merge_partials(dgatepartp + n * chunks * row, chunks, C, row, A(1), dgatep + n * C);
-      excite_sample(w, meanp + n * C, s, zp + n * H, gatep + n * C);
-      k::se_excite_backward(w.w1, w.w2, zp + n * H, gatep + n * C, dgatep + n * C, C, H, inv_pixels,
-                            dpre2p + n * C, dzp + n * H, dsp + n * C);
     };
-
     if (sched.per_sample) {
+      // Each sample's MLP recomputed and differentiated on the thread that pools and scales it
+      // (its weights fit in the L2, see choose_schedule), then the weight gradients over the
+      // batch, one row per task: W2's C rows, then W1's C_se.
       at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
         for (int64_t n = begin; n < end; ++n) {
           on_sample(s, n, reduce_rows_task, reduce_planes_task);
-          excite_and_backward(n);
+          merge_sample(n);
+          excite_sample(w, meanp + n * C, s, zp + n * H, gatep + n * C);
+          k::se_excite_backward(w.w1, w.w2, zp + n * H, gatep + n * C, dgatep + n * C, C, H, inv_pixels,
+                                dpre2p + n * C, dzp + n * H, dsp + n * C);
           on_sample(s, n, input_grad_rows_task, input_grad_planes_task);
+        }
+      });
+      const int64_t grain = std::max<int64_t>(1, kGrainElements / (s.batch * std::max(C, H)));
+      at::parallel_for(0, C + H, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          if (r < C) {
+            linear_grad_row(dpre2p, zp, s.batch, C, H, r, dw2p + r * H, db2p + r);
+          } else {
+            const int64_t j = r - C;
+            linear_grad_row(dzp, meanp, s.batch, H, C, j, dw1p + j * C, db1p + j);
+          }
         }
       });
     } else {
       for_each_task(s, chunks, reduce_rows_task, reduce_planes_task);
       at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) excite_and_backward(n);
+        for (int64_t n = begin; n < end; ++n) merge_sample(n);
       });
+      excite_backward_batch(w, meanp, dgatep, s, inv_pixels, zp, gatep, dpre2p, dzp, dsp, dw1p, db1p, dw2p, db2p);
       for_each_task(s, chunks, input_grad_rows_task, input_grad_planes_task);
     }
-    // Weight and bias gradients over the batch, one row per task: W2's C rows, then W1's C_se.
-    A *dw1p = dw1.data_ptr<A>(), *db1p = db1.data_ptr<A>();
-    A *dw2p = dw2.data_ptr<A>(), *db2p = db2.data_ptr<A>();
-    const int64_t grain = std::max<int64_t>(1, kGrainElements / (s.batch * std::max(C, H)));
-    at::parallel_for(0, C + H, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        if (r < C) {
-          k::se_linear_grad_row(dpre2p, zp, s.batch, C, H, r, dw2p + r * H, db2p + r);
-        } else {
-          const int64_t j = r - C;
-          k::se_linear_grad_row(dzp, meanp, s.batch, H, C, j, dw1p + j * C, db1p + j);
-        }
-      }
-    });
   });
   return results();
 }

@@ -162,7 +162,7 @@ se_excite_backward_kernel(const float* pool_partial, const float* dgate_partial,
   for (int64_t j = threadIdx.x; j < s.hidden; j += blockDim.x) {
     float acc = 0.f;
     for (int64_t c = 0; c < s.channels; ++c) acc += w2[c * s.hidden + j] * dpre2_s[c];
-    const float d = z_s[j] > 0.f ? acc : 0.f;  // relu'(pre1) = [z > 0]
+    const float d = k::se_hidden_grad(acc, z_s[j]);
     dz_s[j] = d;
     dz[n * s.hidden + j] = d;
   }

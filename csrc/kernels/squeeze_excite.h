@@ -153,6 +153,13 @@ REGNET_HD A se_gate_unit(const A* w2_row, A b2, const A* z, int64_t hidden, Dot 
   return se_gate_from_dot(dot(w2_row, z, hidden), b2);
 }
 
+// A hidden unit's gradient through its ReLU from dL/dz and z itself:
+// relu'(pre1) = [pre1 > 0] = [z > 0], since z = relu(pre1).
+template <typename A>
+REGNET_HD A se_hidden_grad(A dz, A z) {
+  return z > A(0) ? dz : A(0);
+}
+
 // One sample's MLP backward: from dg (C) to dpre2 (C), dz (C_se) and ds / P (C).
 // The transposed products are written as row-wise axpy updates so that they read W1 and W2 in
 // their stored order and vectorise without reassociating a reduction.
@@ -167,8 +174,7 @@ REGNET_HD void se_excite_backward(const A* w1, const A* w2, const A* z, const A*
     const A* row = w2 + c * hidden;
     for (int64_t j = 0; j < hidden; ++j) dz[j] += row[j] * d;
   }
-  // relu'(pre1) = [pre1 > 0] = [z > 0], since z = relu(pre1).
-  for (int64_t j = 0; j < hidden; ++j) dz[j] = z[j] > A(0) ? dz[j] : A(0);
+  for (int64_t j = 0; j < hidden; ++j) dz[j] = se_hidden_grad(dz[j], z[j]);
   for (int64_t c = 0; c < channels; ++c) ds_mean[c] = A(0);
   for (int64_t j = 0; j < hidden; ++j) {
     const A d = dz[j];
