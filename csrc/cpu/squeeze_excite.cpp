@@ -19,8 +19,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <vector>
 #include <tuple>
+#include <vector>
 
 #include "cpu/channel_sums.h"
 #include "cpu/chunk_stride.h"
