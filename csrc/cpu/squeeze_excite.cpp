@@ -445,18 +445,6 @@ void linear_grad_row(const A* dout, const A* in, int64_t batch, int64_t rows, in
   *db_r = db;
 }
 
-// out[n, i] = scale * sum_k partial[k][n, i] over `parts` partials of `size` elements, in k order.
-template <typename A>
-void merge_parts(const A* partial, int64_t parts, int64_t size, A scale, A* out) {
-  at::parallel_for(0, size, kGrainElements, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      A acc = A(0);
-      for (int64_t k = 0; k < parts; ++k) acc += partial[k * size + i];
-      out[i] = acc * scale;
-    }
-  });
-}
-
 // Batch schedule's MLP backward, for the whole batch at once: from the pooled means and dg (both
 // [N, C]), z and gate recomputed ([N, C_se], [N, C]), ds / P ([N, C]) and the four weight and bias
 // gradients. Each thread takes a share of a weight's rows: a row of W2 gives every sample's gate,
@@ -498,14 +486,14 @@ void excite_backward_batch(const SeWeights<A>& w, const A* mean, const A* dgate,
     }
     linear_grad_row(dpre2, z, N, C, H, c, dw2 + c * H, db2 + c);
   });
-  merge_parts(dz_parts.data(), parts, N * H, A(1), dz);
+  k::se_merge_partials(dz_parts.data(), parts, N * H, N * H, A(1), dz);
   for (int64_t i = 0; i < N * H; ++i) dz[i] = k::se_hidden_grad(dz[i], z[i]);
   by_parts(H, C, ds_parts, [&](int64_t j, A* ds_part) {
     const A* row = w.w1 + j * C;
     for (int64_t n = 0; n < N; ++n) axpy(dz[n * H + j], row, C, ds_part + n * C);
     linear_grad_row(dz, mean, N, H, C, j, dw1 + j * C, db1 + j);
   });
-  merge_parts(ds_parts.data(), parts, N * C, inv_pixels, ds_mean);
+  k::se_merge_partials(ds_parts.data(), parts, N * C, N * C, inv_pixels, ds_mean);
 }
 
 // ---- operators ------------------------------------------------------------------------------
