@@ -24,7 +24,8 @@ training step is a pure low-precision step, not a mixed-precision recipe with fl
     .venv/bin/python benchmarks/bench_models.py --resume   # go on after an interrupted run
 
 The JSON is rewritten after every group ("complete": false until the end), so an interrupted run
-keeps what it measured and --resume runs only the groups it lacks.
+keeps what it measured and --resume runs only the groups it lacks (the earlier run's machine record
+and autotuner choices go under "resumed_from").
 """
 import argparse
 import json
@@ -358,20 +359,26 @@ def default_out(device, dtype, quick):
     return RESULTS / (name + ("_quick" if quick else ""))
 
 
-def resumed_groups(json_path, settings, log):
-    """{group label: record} from an earlier run's JSON, if it was made with the same settings."""
+# What an earlier run recorded about itself, kept under "resumed_from" when --resume takes its
+# groups: the date and machine its groups were measured on and its autotuner's choices.
+RUN_RECORD_KEYS = ("machine", "elapsed_s", "cpu_conv_autotune", "resumed_from")
+
+
+def resumed_run(json_path, settings, log):
+    """({group label: record}, the earlier run's RUN_RECORD_KEYS) from an earlier run's JSON, if it
+    was made with the same settings."""
     try:
         earlier = json.loads(Path(json_path).read_text())
     except FileNotFoundError:
         log(f"--resume: no {json_path} yet, starting afresh")
-        return {}
+        return {}, {}
     differing = sorted(k for k, v in settings.items() if earlier.get(k) != v)
     if earlier.get("benchmark") != "bench_models" or differing:
         raise SystemExit(f"--resume: {json_path} was written with other settings ({', '.join(differing)}); "
                          "use another --out or drop --resume")
     groups = {g["group"]: g for g in earlier.get("groups", [])}
     log(f"--resume: kept {len(groups)} group(s) from {json_path}: {', '.join(groups) or '-'}")
-    return groups
+    return groups, {k: earlier[k] for k in RUN_RECORD_KEYS if k in earlier}
 
 
 def main(argv=None):
@@ -447,8 +454,10 @@ def main(argv=None):
                machine=machine_record(load_average_start=os.getloadavg(),
                                       **device_record(args.device)), groups=[], complete=False)
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
-    done = resumed_groups(json_path, settings, log) if args.resume else {}
+    done, earlier_run = resumed_run(json_path, settings, log) if args.resume else ({}, {})
     doc["resumed_groups"] = sorted(done)  # measured by the earlier run, in its conditions
+    if done:
+        doc["resumed_from"] = earlier_run
     print(f"on {args.device.type} ({hardware_name(doc['machine'])}), {args.dtype}, batch {args.batch}")
     for index, label, members in groups:
         if label in done:

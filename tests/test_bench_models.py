@@ -146,6 +146,8 @@ def test_interrupted_run_keeps_its_groups_and_resume_runs_the_rest(tmp_path, mon
         bench.main(argv)
     first = json.loads((tmp_path / "m.json").read_text())
     assert [g["group"] for g in first["groups"]] == ["400MF vs B0"] and first["complete"] is False
+    first["cpu_conv_autotune"] = [{"shape": "from the first run"}]  # as a run that had finished writes it
+    (tmp_path / "m.json").write_text(json.dumps(first))
 
     calls.clear()
     assert bench.main(argv + ["--resume"]) == 0
@@ -153,6 +155,9 @@ def test_interrupted_run_keeps_its_groups_and_resume_runs_the_rest(tmp_path, mon
     assert calls == ["600MF/800MF vs B1", "1.6GF vs B2"]  # the kept group is not run again
     assert [g["group"] for g in done["groups"]] == ["400MF vs B0", "600MF/800MF vs B1", "1.6GF vs B2"]
     assert done["complete"] is True and done["resumed_groups"] == ["400MF vs B0"]
+    # the kept group's provenance stays with it: the first run's machine record and autotuner choices
+    assert done["resumed_from"]["machine"] == first["machine"]
+    assert done["resumed_from"]["cpu_conv_autotune"] == [{"shape": "from the first run"}]
 
     with pytest.raises(SystemExit, match="other settings \\(batch\\)"):
         bench.main(argv + ["--resume", "--batch", "4"])
