@@ -184,21 +184,4 @@ REGNET_HD void se_excite_backward(const A* w1, const A* w2, const A* z, const A*
   for (int64_t c = 0; c < channels; ++c) ds_mean[c] *= inv_pixels;
 }
 
-// Row r of a linear layer's weight and bias gradients over the batch:
-//   dW[r, :] = sum_n dout[n, r] * in[n, :],  db[r] = sum_n dout[n, r].
-// dout is [N, rows] and in is [N, cols]; one worker per row needs no atomics.
-template <typename A>
-REGNET_HD void se_linear_grad_row(const A* dout, const A* in, int64_t batch, int64_t rows,
-                                  int64_t cols, int64_t r, A* dw_row, A* db_r) {
-  for (int64_t k = 0; k < cols; ++k) dw_row[k] = A(0);
-  A db = A(0);
-  for (int64_t n = 0; n < batch; ++n) {
-    const A d = dout[n * rows + r];
-    const A* in_n = in + n * cols;
-    for (int64_t k = 0; k < cols; ++k) dw_row[k] += d * in_n[k];
-    db += d;
-  }
-  *db_r = db;
-}
-
 }  // namespace regnet_ext::kernels
