@@ -34,6 +34,7 @@ def _eval_call(case, groups, **kw):
 
 
 @pytest.mark.parametrize("width, own", [pytest.param(8, "narrow", marks=needs_narrow),
+                                        pytest.param(16, "narrow", marks=needs_narrow),
                                         pytest.param(32, "winograd", marks=needs_winograd)])
 def test_one_decision_per_shape_and_pass(autotune, width, own):
     channels, groups = 4 * width, 4
@@ -49,8 +50,10 @@ def test_one_decision_per_shape_and_pass(autotune, width, own):
     for r in records:
         assert r["dtype"] == torch.float32 and r["x_shape"] == (2, channels, 9, 9) and r["groups"] == groups
         expected = backward_plans if r["pass"] == "backward" else {"onednn", own}
-        if r["pass"] != "backward" and HAVE_GEMM_TILES and width % 16 == 0:  # grouped_conv_wide.h
+        if r["pass"] != "backward" and HAVE_GEMM_TILES and width % 16 == 0 and width >= 32:  # grouped_conv_wide.h
             expected = expected | {"wide_group"}
+        if r["pass"] == "eval" and HAVE_WINOGRAD and width == 16:  # winograd_16_per_group_candidate
+            expected = expected | {"winograd"}
         assert set(r["median_us"]) == expected and all(t > 0 for t in r["median_us"].values())
         assert r["chosen"] == min(r["median_us"], key=r["median_us"].get)
     eval_record = next(r for r in records if r["pass"] == "eval")

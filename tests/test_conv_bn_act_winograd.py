@@ -1,6 +1,7 @@
 """The AVX-512 Winograd F(2x2, 3x3) grouped conv (csrc/cpu/grouped_conv_winograd.h), which the
 CPU operator runs for float32 3x3 stride-1 convs with 32-64 (multiples of 8), 120 or 128
-channels per group (eval; the training forward and input gradients over 1024+ output pixels):
+channels per group (eval; the training forward and input gradients over 1024+ output pixels), and
+where the autotuner picks it at 16 per group (eval):
 against the float64 reference (odd and even sizes, images smaller than a tile, batches whose
 tiles share a task, widths padded to whole vectors, residual and ReLU), against oneDNN
 (REGNET_EXT_CPU_CONV=aten), its cached transformed weight after in-place changes, and the fused
@@ -12,7 +13,7 @@ from torch import nn
 import regnet_ext._C as compiled
 from conv_bn_act_reference import make_case, positional_args, reference_conv_bn_act
 from test_conv_bn_act import _run_and_compare, assert_fused_layer_runs_own_kernel
-from regnet_ext.ops import conv_bn_act
+from regnet_ext.ops import clear_cpu_conv_autotune, conv_bn_act, cpu_conv_autotune_excluding
 
 pytestmark = pytest.mark.skipif(not getattr(compiled, "winograd_kernel", 0), reason="built without AVX-512")
 
@@ -54,6 +55,32 @@ def test_agrees_with_onednn(batch, channels, groups, size, monkeypatch):
         monkeypatch.setenv("REGNET_EXT_CPU_CONV", "aten")
         onednn = conv_bn_act(*positional_args(case), bias=case["bias"], groups=groups, residual=case["residual"])
     torch.testing.assert_close(ours, onednn, rtol=1e-5, atol=1e-5)
+
+
+# 16 per group: an eval candidate of the autotuner only (winograd_16_per_group_candidate), so the
+# other candidates are left out here to make it the one that runs.
+SHAPES_16 = [(2, 64, 9), (1, 32, 7), (3, 48, 13), (1, 160, 14), (2, 32, 1)]
+
+
+@pytest.mark.parametrize("batch, channels, size", SHAPES_16, ids=[f"n{s[0]}c{s[1]}s{s[2]}" for s in SHAPES_16])
+def test_16_per_group_where_the_autotuner_picks_it(batch, channels, size, monkeypatch):
+    monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "1")  # conftest turns it off
+    clear_cpu_conv_autotune()
+    groups = channels // 16
+    for relu, residual in ((True, False), (False, True)):
+        case = make_case(batch, channels, channels, size, 3, 1, groups, channels_last=True, residual=residual,
+                         seed=size + channels)
+        args = dict(bias=case["bias"], groups=groups, relu=relu, residual=case["residual"])
+        with cpu_conv_autotune_excluding("onednn", "narrow"):
+            _run_and_compare(case, stride=1, groups=groups, training=False, relu=relu, backward=False)
+            with torch.no_grad():
+                winograd = conv_bn_act(*positional_args(case), **args)
+        monkeypatch.setenv("REGNET_EXT_CPU_CONV", "own")  # the narrow kernel
+        with torch.no_grad():
+            narrow = conv_bn_act(*positional_args(case), **args)
+        monkeypatch.delenv("REGNET_EXT_CPU_CONV")
+        assert not torch.equal(winograd, narrow), "Winograd must be what ran (its rounding differs)"
+    clear_cpu_conv_autotune()
 
 
 def test_cached_weight_follows_in_place_changes():

@@ -225,7 +225,8 @@ inline bool use_stem_tiles(const ConvGeometry& g, at::ScalarType dtype) {
 
 // The kernel of ours that can run this conv's forward in place of oneDNN, for the autotuner
 // (which runs in the measured mix only, conv_autotune_enabled): the narrow-group kernel for 8 or 16 channels per group (float32, or bfloat16 on CPUs
-// with AVX512-BF16), Winograd for 32 and more at stride 1 (float32). Autotuning
+// with AVX512-BF16), Winograd for 32 and more at stride 1 (float32; at 16 per group a third
+// candidate, winograd_16_per_group_candidate). Autotuning
 // (conv_autotune.h) times it against oneDNN; the rules above decide without timing. (Winograd
 // at 24 per group is left out: faster alone, it made whole RegNetX/Y-1.6GF forwards slower,
 // which timing one layer would not see.)
@@ -238,10 +239,22 @@ inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::Scal
   return std::nullopt;
 }
 
+// 16 per group at stride 1 (RegNetX-400MF's 64-384 channels): Winograd as a third eval
+// candidate beside oneDNN and the narrow kernel. There oneDNN's direct conv runs at 194-209
+// GFLOP/s at batch 8, about 90% of the FMA peak of the 2-core Zen 4 VM (AVX-512) measured on
+// 2026-12-07, so only fewer multiplies can be faster: Winograd alone against oneDNN's conv
+// (interleaved, 2 threads, two runs) at batch 8 1.02-1.15x at 28px, 1.20-1.29x at 14px and
+// 0.96-1.13x at 7px; at batch 1, 28px, 1.57-1.67x, where the narrow kernel ran 1.43x. Eval only: the training forward would transform
+// the weight on every call.
+inline bool winograd_16_per_group_candidate(const ConvGeometry& g, at::ScalarType dtype) {
+  return dtype == at::kFloat && kHaveWinogradKernel && g.in_c_per_group == 16 && winograd_applies(g);
+}
+
 // What the autotuner compares for a forward pass: oneDNN and our kernel(s), or nothing.
 inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeometry& g, at::ScalarType dtype) {
   std::vector<ConvKernel> kernels{ConvKernel::kOneDnn};
   if (const std::optional<ConvKernel> own = own_conv_kernel(g, dtype)) kernels.push_back(*own);
+  if (pass == ConvPass::kEval && winograd_16_per_group_candidate(g, dtype)) kernels.push_back(ConvKernel::kWinograd);
   if ((pass == ConvPass::kEval || (pass == ConvPass::kTrainForward && gemm_tiles_train_forward_pays(g))) &&
       gemm_tiles_apply(g, dtype))
     kernels.push_back(ConvKernel::kGemmTiles);
