@@ -7,7 +7,7 @@
 // per group (340-465 GFLOP/s on the 2-core AMD EPYC this was written on), so a direct kernel
 // cannot be much faster; fewer multiplies can.
 //
-// Schedule, per task (group, up to 24 output tiles of the batch; 8 at 16 per group):
+// Schedule, per task (group, one register block of output tiles of the batch; 16 per group: two):
 //  1. input transform V = B^T d B of the task's 4x4 input tiles, 16 channels per vector,
 //     into V[16 positions][tiles][channels] (zero outside the image: padding 1);
 //  2. per block of tiles and 16-64 output channels: 16 small GEMMs M[xi] = V[xi] U[xi] with the
@@ -284,19 +284,22 @@ inline void grouped_conv_winograd(const kernels::ConvGeometry& g, const float* x
   const int64_t gw = g.in_c_per_group, gwp = padded_width(gw);
   const TileGrid grid{(g.out_w + 1) / 2, (g.out_h + 1) / 2 * ((g.out_w + 1) / 2)};
   const int64_t tiles = g.batch * grid.per_sample;
-  // Tasks: (group, chunk of at most task_tiles tiles, numbered across the batch so that small
-  // images fill whole blocks). A chunk's V (16 x tiles x G floats, 96 KB for G = 64) stays in
-  // L2 with the group's U (256 KB); tasks run group by group, so a thread's next task reuses U.
-  // 16 per group takes chunks of 8 tiles in blocks of 4 instead of 24 in blocks of 12 (V 8 KB, M
-  // 4 KB and U 16 KB all in a 32 KB L1): 1.05-1.25x faster over RegNetX-400MF's stride-1 shapes
-  // at batch 1 and 8 (2-core Zen 4 VM, in one process, interleaved, 21 rounds, two runs,
-  // 2026-12-07). For 64 per group, chunks of 6 or 12 tiles were 0.89-1.16x: not taken.
-  const int64_t task_tiles = gwp == 16 ? 8 : 24;
-  const int64_t chunks = (tiles + task_tiles - 1) / task_tiles, chunk_tiles = (tiles + chunks - 1) / chunks;
+  // Tasks: (group, chunk of tiles numbered across the batch, so that small images fill whole
+  // blocks); tasks run group by group, so a thread's next task reuses the group's U (16 x G x G
+  // floats, 256 KB for G = 64, in L2). A task is one register block of tiles (16 per group: two
+  // blocks of 4), so the V it transforms (16 x tiles x G floats: 24 KB for 6 tiles of 64 per
+  // group, 8 KB for 8 of 16) is still in L1 when its GEMMs read it; U is read once per block
+  // either way. Against chunks of 24 tiles (V 96 KB for 64 per group, in L2), in one process,
+  // interleaved, 21 rounds, 2-core Zen 4 VM, 2026-12-07: 16 per group 1.05-1.25x faster over
+  // RegNetX-400MF's stride-1 shapes at batch 1 and 8 (two runs; blocks of 12 before); 48-128 per
+  // group 0.99-1.14x (1.01-1.05x on most of RegNet's shapes, 1.08-1.16x where a batch-1 image
+  // has few tiles: 1088 channels at 7px, 432 at 14px); 32 per group unchanged (1.00x).
   // Accumulators: TB tiles x COV vectors of 16 output channels (24 of the 32 vector registers
   // from 32 per group on).
   auto run = [&](auto tb, auto cov) {
     constexpr int TB = decltype(tb)::value, COV = decltype(cov)::value;
+    const int64_t task_tiles = gwp == 16 ? 2 * TB : TB;
+    const int64_t chunks = (tiles + task_tiles - 1) / task_tiles, chunk_tiles = (tiles + chunks - 1) / chunks;
     at::parallel_for(0, g.groups * chunks, 1, [&](int64_t task0, int64_t task1) {
       std::vector<float> V(kPositions * chunk_tiles * gwp), M(kPositions * TB * COV * kLanes);
       for (int64_t task = task0; task < task1; ++task) {
