@@ -23,6 +23,17 @@ def _seed():
 
 
 @pytest.fixture
+def autotune(monkeypatch):
+    """The CPU conv autotuner on (as users run it), its records cleared before and after."""
+    from regnet_ext.ops import clear_cpu_conv_autotune
+
+    monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "1")
+    clear_cpu_conv_autotune()
+    yield
+    clear_cpu_conv_autotune()
+
+
+@pytest.fixture
 def recorded_malloc_tuning(monkeypatch):
     """The kwargs of every regnet_ext.allocator.tune_malloc call, which reports success: commands
     run in this process tune malloc by default, and the settings would outlive the test

@@ -19,14 +19,6 @@ needs_narrow = pytest.mark.skipif(not HAVE_NARROW, reason="built without the nar
 needs_winograd = pytest.mark.skipif(not HAVE_WINOGRAD, reason="built without AVX-512: no Winograd kernel to time")
 
 
-@pytest.fixture
-def autotune(monkeypatch):
-    monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "1")  # conftest turns it off for the other tests
-    clear_cpu_conv_autotune()
-    yield
-    clear_cpu_conv_autotune()
-
-
 def _eval_call(case, groups, **kw):
     with torch.no_grad():
         return conv_bn_act(case["x"], case["weight"], case["bn_weight"], case["bn_bias"], case["running_mean"],

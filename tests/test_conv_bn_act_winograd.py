@@ -13,7 +13,7 @@ from torch import nn
 import regnet_ext._C as compiled
 from conv_bn_act_reference import make_case, positional_args, reference_conv_bn_act
 from test_conv_bn_act import _run_and_compare, assert_fused_layer_runs_own_kernel
-from regnet_ext.ops import clear_cpu_conv_autotune, conv_bn_act, cpu_conv_autotune_excluding
+from regnet_ext.ops import conv_bn_act, cpu_conv_autotune_excluding
 
 pytestmark = pytest.mark.skipif(not getattr(compiled, "winograd_kernel", 0), reason="built without AVX-512")
 
@@ -63,9 +63,7 @@ SHAPES_16 = [(2, 64, 9), (1, 32, 7), (3, 48, 13), (1, 160, 14), (2, 32, 1)]
 
 
 @pytest.mark.parametrize("batch, channels, size", SHAPES_16, ids=[f"n{s[0]}c{s[1]}s{s[2]}" for s in SHAPES_16])
-def test_16_per_group_where_the_autotuner_picks_it(batch, channels, size, monkeypatch):
-    monkeypatch.setenv("REGNET_EXT_CPU_AUTOTUNE", "1")  # conftest turns it off
-    clear_cpu_conv_autotune()
+def test_16_per_group_where_the_autotuner_picks_it(autotune, batch, channels, size, monkeypatch):
     groups = channels // 16
     for relu, residual in ((True, False), (False, True)):
         case = make_case(batch, channels, channels, size, 3, 1, groups, channels_last=True, residual=residual,
@@ -80,7 +78,6 @@ def test_16_per_group_where_the_autotuner_picks_it(batch, channels, size, monkey
             narrow = conv_bn_act(*positional_args(case), **args)
         monkeypatch.delenv("REGNET_EXT_CPU_CONV")
         assert not torch.equal(winograd, narrow), "Winograd must be what ran (its rounding differs)"
-    clear_cpu_conv_autotune()
 
 
 def test_cached_weight_follows_in_place_changes():

@@ -240,12 +240,12 @@ inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::Scal
 }
 
 // 16 per group at stride 1 (RegNetX-400MF's 64-384 channels): Winograd as a third eval
-// candidate beside oneDNN and the narrow kernel. There oneDNN's direct conv runs at 194-209
+// candidate beside oneDNN and the narrow kernel. There oneDNN's direct conv runs at 194-215
 // GFLOP/s at batch 8, about 90% of the FMA peak of the 2-core Zen 4 VM (AVX-512) measured on
 // 2026-12-07, so only fewer multiplies can be faster: Winograd alone against oneDNN's conv
-// (interleaved, 2 threads, two runs) at batch 8 1.02-1.15x at 28px, 1.20-1.29x at 14px and
-// 0.96-1.13x at 7px; at batch 1, 28px, 1.57-1.67x, where the narrow kernel ran 1.43x. Eval only: the training forward would transform
-// the weight on every call.
+// (standalone, interleaved, 2 threads, two runs) at batch 8 1.20-1.29x at 28px, 1.33-1.41x at
+// 14px and 1.13-1.28x at 7px; at batch 1 1.94-1.96x at 28px and 2.42-2.76x at 14px. Eval only:
+// the training forward would transform the weight on every call.
 inline bool winograd_16_per_group_candidate(const ConvGeometry& g, at::ScalarType dtype) {
   return dtype == at::kFloat && kHaveWinogradKernel && g.in_c_per_group == 16 && winograd_applies(g);
 }
