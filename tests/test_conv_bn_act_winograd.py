@@ -1,7 +1,7 @@
 """The AVX-512 Winograd F(2x2, 3x3) grouped conv (csrc/cpu/grouped_conv_winograd.h), which the
 CPU operator runs for float32 3x3 stride-1 convs with 32-64 (multiples of 8), 120 or 128
 channels per group (eval; the training forward and input gradients over 1024+ output pixels), and
-where the autotuner picks it at 16 per group (eval):
+where the autotuner picks it at 16 per group (eval, the training forward and the input gradient):
 against the float64 reference (odd and even sizes, images smaller than a tile, batches whose
 tiles share a task, widths padded to whole vectors, residual and ReLU), against oneDNN
 (REGNET_EXT_CPU_CONV=aten), its cached transformed weight after in-place changes, and the fused
@@ -78,6 +78,34 @@ def test_16_per_group_where_the_autotuner_picks_it(autotune, batch, channels, si
             narrow = conv_bn_act(*positional_args(case), **args)
         monkeypatch.delenv("REGNET_EXT_CPU_CONV")
         assert not torch.equal(winograd, narrow), "Winograd must be what ran (its rounding differs)"
+
+
+def _training_step(case, groups):
+    """y and x's gradient of one training call on copies of the case's tensors."""
+    x = case["x"].detach().clone().requires_grad_()
+    stats = [case["running_mean"].clone(), case["running_var"].clone()]
+    y = conv_bn_act(x, case["weight"], case["bn_weight"], case["bn_bias"], *stats, bias=case["bias"],
+                    groups=groups, training=True)
+    y.backward(torch.ones_like(y) + y.detach())
+    return y.detach(), x.grad
+
+
+def test_16_per_group_training_where_the_autotuner_picks_it(autotune, monkeypatch):
+    # The training forward's candidates and the backward's Winograd input-gradient plans; all
+    # others left out, so Winograd computes the conv output and the input gradient.
+    others = ("onednn", "narrow", "onednn_input_grad+own_weight_grad", "narrow_input_grad+onednn_weight_grad",
+              "narrow_input_grad+own_weight_grad")
+    for batch, channels, size in ((2, 64, 12), (1, 48, 9)):
+        groups = channels // 16
+        case = make_case(batch, channels, channels, size, 3, 1, groups, channels_last=True, residual=False, seed=size)
+        with cpu_conv_autotune_excluding(*others):
+            _run_and_compare(case, stride=1, groups=groups, training=True, relu=True)
+            winograd = _training_step(case, groups)
+        monkeypatch.setenv("REGNET_EXT_CPU_CONV", "own")  # the narrow kernel, forward and input gradient
+        narrow = _training_step(case, groups)
+        monkeypatch.delenv("REGNET_EXT_CPU_CONV")
+        assert not torch.equal(winograd[0], narrow[0]) and not torch.equal(winograd[1], narrow[1]), \
+            "Winograd must be what ran (its rounding differs)"
 
 
 def test_cached_weight_follows_in_place_changes():

@@ -244,8 +244,10 @@ inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::Scal
 // GFLOP/s at batch 8, about 90% of the FMA peak of the 2-core Zen 4 VM (AVX-512) measured on
 // 2026-12-07, so only fewer multiplies can be faster: Winograd alone against oneDNN's conv
 // (standalone, interleaved, 2 threads, two runs) at batch 8 1.20-1.29x at 28px, 1.33-1.41x at
-// 14px and 1.13-1.28x at 7px; at batch 1 1.94-1.96x at 28px and 2.42-2.76x at 14px. Eval only:
-// the training forward would transform the weight on every call.
+// 14px and 1.13-1.28x at 7px; at batch 1 1.94-1.96x at 28px and 2.42-2.76x at 14px. Also a
+// candidate for the training forward and (backward_conv_plans) the input gradient, whose weight
+// transform per call is small here (16 x 16 x 16 floats a group): training steps of the op where
+// the autotuner took it 1.02-1.12x faster than with it left out (two runs; interleaved).
 inline bool winograd_16_per_group_candidate(const ConvGeometry& g, at::ScalarType dtype) {
   return dtype == at::kFloat && kHaveWinogradKernel && g.in_c_per_group == 16 && winograd_applies(g);
 }
@@ -254,7 +256,8 @@ inline bool winograd_16_per_group_candidate(const ConvGeometry& g, at::ScalarTyp
 inline std::vector<ConvKernel> forward_conv_kernels(ConvPass pass, const ConvGeometry& g, at::ScalarType dtype) {
   std::vector<ConvKernel> kernels{ConvKernel::kOneDnn};
   if (const std::optional<ConvKernel> own = own_conv_kernel(g, dtype)) kernels.push_back(*own);
-  if (pass == ConvPass::kEval && winograd_16_per_group_candidate(g, dtype)) kernels.push_back(ConvKernel::kWinograd);
+  if ((pass == ConvPass::kEval || pass == ConvPass::kTrainForward) && winograd_16_per_group_candidate(g, dtype))
+    kernels.push_back(ConvKernel::kWinograd);
   if ((pass == ConvPass::kEval || (pass == ConvPass::kTrainForward && gemm_tiles_train_forward_pays(g))) &&
       gemm_tiles_apply(g, dtype))
     kernels.push_back(ConvKernel::kGemmTiles);
@@ -360,7 +363,7 @@ inline bool use_narrow_input_grad(const ConvGeometry& g, at::ScalarType dtype) {
 // oneDNN or the two GEMMs (ATen's or our tiles); for a strided one oneDNN or our tiles; for a
 // float32 grouped conv, oneDNN for both gradients, our tiles for the weight gradient (any
 // grouped conv), Winograd or the narrow-group kernel for the input gradient where they run the
-// forward (the narrow one at stride 1), or both of ours.
+// forward (the narrow one at stride 1; Winograd also at 16 per group), or both of ours.
 inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::ScalarType dtype, bool input_grad,
                                                    bool param_grads) {
   if (gemm_backward_applies(g, dtype)) {
@@ -370,7 +373,8 @@ inline std::vector<ConvKernel> backward_conv_plans(const ConvGeometry& g, at::Sc
   }
   if (gemm_tiles_apply(g, dtype)) return {ConvKernel::kOneDnn, ConvKernel::kGemmTiles};
   if (dtype != at::kFloat || g.groups == 1) return {};
-  const bool winograd = input_grad && own_conv_kernel(g, dtype) == ConvKernel::kWinograd;
+  const bool winograd = input_grad && (own_conv_kernel(g, dtype) == ConvKernel::kWinograd ||
+                                       winograd_16_per_group_candidate(g, dtype));
   const bool narrow = input_grad && narrow_input_grad_applies(g, dtype);
   std::vector<ConvKernel> plans{ConvKernel::kOneDnn};
   if (param_grads) plans.push_back(ConvKernel::kOwnWeightGrad);
