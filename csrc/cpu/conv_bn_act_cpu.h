@@ -126,6 +126,12 @@ inline bool use_narrow_group_kernel(const ConvGeometry& g, at::ScalarType dtype)
   return g.in_c_per_group == 16 && g.batch == 1;
 }
 
+// Whether this build's Winograd kernel can compute the conv (float32, AVX-512, winograd_applies);
+// the rules and candidates below add the widths it is used at.
+inline bool winograd_can_run(const ConvGeometry& g, at::ScalarType dtype) {
+  return kHaveWinogradKernel && dtype == at::kFloat && winograd_applies(g);
+}
+
 // Grouped 3x3 stride-1 convs with 32 or more channels per group (32-64 and 120-128, see
 // winograd_applies), float32: Winograd F(2x2, 3x3) (grouped_conv_winograd.h) instead of oneDNN,
 // in the measured mix only. Measured against oneDNN's conv with the same fused epilogue (eval,
@@ -134,11 +140,13 @@ inline bool use_narrow_group_kernel(const ConvGeometry& g, at::ScalarType dtype)
 // at batch 1 and 7px; one run each: 24 per group 1.09-1.29x, 40 1.44-1.46x, 48 1.35-1.41x, 56
 // 1.23-1.71x, 120 and 128 1.50-1.66x. 24 per group, 1.09-1.29x alone, made whole fused
 // RegNetX/Y-1.6GF forwards 3-6% slower, and 16 per group was 0.82-1.0x at batch 8 (the
-// transforms cost as much as the shallow GEMMs save): those keep oneDNN or the narrow kernel.
+// transforms cost as much as the shallow GEMMs save, with that day's kernel): by these rules
+// those keep oneDNN or the narrow kernel (the autotuner times Winograd at 16 per group too:
+// winograd_16_per_group_candidate).
 inline bool use_winograd_kernel(const ConvGeometry& g, at::ScalarType dtype) {
   const ConvBackend backend = conv_backend();
-  return kHaveWinogradKernel && (backend == ConvBackend::kMixed || backend == ConvBackend::kOwn) &&
-         dtype == at::kFloat && winograd_applies(g) && g.in_c_per_group >= 32;
+  return (backend == ConvBackend::kMixed || backend == ConvBackend::kOwn) && winograd_can_run(g, dtype) &&
+         g.in_c_per_group >= 32;
 }
 
 // The training forward and every input gradient transform the weight on each call
@@ -234,8 +242,7 @@ inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::Scal
   if (gemm_kernel_applies(g, dtype)) return ConvKernel::kGemm;
   if (g.groups == 1 || g.in_c_per_group != g.out_c_per_group) return std::nullopt;
   if (narrow_group_kernel_for(dtype) && (g.in_c_per_group == 8 || g.in_c_per_group == 16)) return ConvKernel::kNarrow;
-  if (dtype == at::kFloat && kHaveWinogradKernel && winograd_applies(g) && g.in_c_per_group >= 32)
-    return ConvKernel::kWinograd;
+  if (winograd_can_run(g, dtype) && g.in_c_per_group >= 32) return ConvKernel::kWinograd;
   return std::nullopt;
 }
 
@@ -250,7 +257,7 @@ inline std::optional<ConvKernel> own_conv_kernel(const ConvGeometry& g, at::Scal
 // the autotuner took it 1.02-1.12x faster than with it left out (two runs; interleaved), whole
 // fused RegNetX-400MF training steps 0.99-1.01x.
 inline bool winograd_16_per_group_candidate(const ConvGeometry& g, at::ScalarType dtype) {
-  return dtype == at::kFloat && kHaveWinogradKernel && g.in_c_per_group == 16 && winograd_applies(g);
+  return winograd_can_run(g, dtype) && g.in_c_per_group == 16;
 }
 
 // What the autotuner compares for a forward pass: oneDNN and our kernel(s), or nothing.
