@@ -178,3 +178,27 @@ def test_autocast_bfloat16_inference_takes_the_cached_fold_in_every_layer(name):
     assert actual.dtype == torch.bfloat16
     assert _cached_layers(fused) == sum(isinstance(m, FusedConvBNAct) for m in fused.modules())
     assert_rel_close(actual.float(), expected.float(), 3e-2, "autocast bfloat16")
+
+
+@pytest.mark.skipif(torch.bfloat16 not in folded_inference._DTYPES, reason="oneDNN runs no bfloat16 on this CPU")
+@pytest.mark.parametrize("name", ["RegNetY-400MF", "RegNetX-400MF"])
+def test_autocast_layers_with_our_bfloat16_kernels_run_the_fold_through_the_operator(name, monkeypatch):
+    # Under autocast the parameters stay float32, so the operator (all tensors of one dtype)
+    # gets the cached bfloat16 fold under an identity BN: the packed path's numbers, our kernels.
+    stock, fused = _pair(name)
+    _, packed_only = _pair(name, packed_only=True)
+    calls = []
+    real = folded_inference.conv_bn_act_eval_call
+    monkeypatch.setattr(folded_inference, "conv_bn_act_eval_call", lambda *a: calls.append(a) or real(*a))
+    x = _cl(images(2, 64, seed=5))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, packed, actual = stock(x), packed_only(x), fused(x)
+    routed = [m for m in fused.modules() if isinstance(m, FusedConvBNAct) and torch.bfloat16 in m._own_cpu_kernel_dtypes]
+    assert routed and len(calls) == len(routed)
+    for x_in, weight, bias, gamma, beta, mean, var, *_ in calls:
+        assert bias is None and x_in.dtype == weight.dtype == beta.dtype == torch.bfloat16
+        assert torch.equal(gamma, torch.ones_like(gamma)) and torch.equal(var, gamma)
+        assert torch.equal(mean, torch.zeros_like(mean))
+    assert actual.dtype == torch.bfloat16
+    assert_rel_close(actual.float(), packed.float(), 1e-2, "operator vs packed oneDNN, bfloat16")
+    assert_rel_close(actual.float(), expected.float(), 3e-2, "autocast bfloat16")

@@ -152,6 +152,31 @@ def test_autocast_inference_after_bfloat16_layers_casts_the_parameters():
 
 
 @pytest.mark.skipif(torch.bfloat16 not in folded_inference._DTYPES, reason="oneDNN runs no bfloat16 on this CPU")
+def test_autocast_se_weights_are_cast_once_and_again_after_they_change():
+    stock, fused = make_pair("ours_regnety_400mf")
+    for model in (stock, fused):
+        model.eval().to(memory_format=torch.channels_last)
+    x = _cl(images(2, 64, seed=11))
+
+    def run(model):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x).float()
+
+    run(fused)
+    se = fused.s2.b1.se
+    first = se._cast._entry[1]
+    run(fused)
+    assert all(a is b for a, b in zip(se._cast._entry[1], first)), "unchanged weights were cast again"
+    with torch.no_grad():  # in place, as an optimizer step writes them, in both models
+        for model in (stock, fused):
+            model.s2.b1.se.reduce.weight.mul_(-1.5)
+            model.s2.b1.se.expand.bias.add_(0.5)
+    expected, actual = run(stock), run(fused)
+    assert not torch.equal(se._cast._entry[1][0], first[0]), "the changed weight kept its old cast"
+    assert (actual - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+@pytest.mark.skipif(torch.bfloat16 not in folded_inference._DTYPES, reason="oneDNN runs no bfloat16 on this CPU")
 @pytest.mark.parametrize("how", ["autocast", "bfloat16 model"])
 def test_bfloat16_lean_blocks_give_exactly_the_module_path_output(how, monkeypatch):
     stock, fused = make_pair("ours_regnety_400mf")

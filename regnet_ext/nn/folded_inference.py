@@ -27,6 +27,8 @@ operator, whose fold is part of the graph).
 import torch
 from torch.nn.modules import module as module_impl
 
+from ..ops.conv_bn_act import conv_bn_act_eval_call
+
 _PACK = getattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)
 _POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 _PACK_LINEAR = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
@@ -170,17 +172,24 @@ class FoldedConv(_OneEntryCache):
     MAX_SHAPES, oldest dropped first) instead of folding and packing again whenever it changes."""
 
     MAX_SHAPES = 4
+    _identity_vectors = None  # through_operator's, made on its first call
 
-    def __call__(self, tensors, eps, x, residual, relu, stride, padding, groups, dtype):
-        """tensors: (conv weight, conv bias, gamma, beta, running mean, running var)."""
+    def _current(self, tensors, eps, dtype):
+        """The entry (key, folded weight, bias, packings by shape) for these tensors, folded
+        again where any of them changed. tensors: (conv weight, conv bias, gamma, beta, running
+        mean, running var)."""
         key = _key(tensors) + (dtype, eps)
-        pads, strides = [padding] * 2, [stride] * 2
         entry = self._entry
         if entry is None or entry[0] != key:
             with torch.no_grad():
                 weight, bias = fold(*tensors, eps)
             entry = self._entry = (key, weight.to(dtype), bias.to(dtype), {})
-        _, folded, bias, packed_by_shape = entry
+        return entry
+
+    def __call__(self, tensors, eps, x, residual, relu, stride, padding, groups, dtype):
+        """tensors: (conv weight, conv bias, gamma, beta, running mean, running var)."""
+        key, folded, bias, packed_by_shape = self._current(tensors, eps, dtype)
+        pads, strides = [padding] * 2, [stride] * 2
         shape = tuple(x.shape)  # batch included: oneDNN packs for one input shape
         weight = packed_by_shape.get(shape)
         if weight is None:  # (the caller, FusedConvBNAct, has checked x's channel count)
@@ -193,10 +202,45 @@ class FoldedConv(_OneEntryCache):
         return _POINTWISE.binary(x, residual.to(dtype), weight, bias, pads, strides, [1, 1], groups, "add",
                                  None, "relu" if relu else None, [], "")
 
+    def through_operator(self, tensors, eps, x, residual, relu, stride, padding, groups, dtype):
+        """The same folded conv through conv_bn_act's eval operator, for layers where one of our
+        kernels may run in `dtype` but the parameters have another (float32 under autocast): the
+        operator takes every tensor in one dtype, so it gets the cached fold as the conv and its
+        bias under an identity BN (scale 1 / sqrt(1 + 0), shift 0 + bias: exact), the same
+        numbers the packed path multiplies, and picks its kernel (or oneDNN) as for any call."""
+        _, folded, bias, _ = self._current(tensors, eps, dtype)
+        ones, zeros = self._identity(bias)
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        if residual is not None and residual.dtype != dtype:
+            residual = residual.to(dtype)
+        return conv_bn_act_eval_call(x, folded, None, ones, bias, zeros, ones, residual, stride, padding, groups,
+                                     0.0, relu)
+
+    def _identity(self, like):
+        """Ones and zeros like `like` (an identity BN's scale, variance and mean), made once."""
+        identity = self._identity_vectors
+        if identity is None or identity[0].shape != like.shape or identity[0].dtype != like.dtype:
+            identity = self._identity_vectors = (torch.ones_like(like), torch.zeros_like(like))
+        return identity
+
     @property
     def shapes(self):
         """The input shapes (N, C, H, W) with a packed weight now."""
         return () if self._entry is None else tuple(self._entry[3])
+
+
+class CastParameters(_OneEntryCache):
+    """Tensors cast to a dtype once, not on every call (a fused SE's weights under autocast, as
+    the lean block path calls it: no autograd), cast again whenever one of them changes."""
+
+    def __call__(self, tensors, dtype):
+        key = _key(tensors) + (dtype,)
+        entry = self._entry
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                entry = self._entry = (key, tuple(None if t is None else t.to(dtype) for t in tensors))
+        return entry[1]
 
 
 class PackedLinear(_OneEntryCache):
