@@ -16,7 +16,9 @@ classifier, 8x440 -> 1000: 88 vs 38 us), the path torch.compile's freezing takes
 
 Layers whose conv one of our CPU kernels can compute (1x1 convs, the narrow-group and Winograd
 grouped convs) call the operator instead, which keeps its own cache of the folded weight packed
-for whichever kernel it chose (csrc/cpu/folded_weight_cache.h).
+for whichever kernel it chose (csrc/cpu/folded_weight_cache.h); under autocast, whose float32
+parameters the operator would refuse beside bfloat16 activations, they hand it this module's
+cached fold in the compute dtype (FoldedConv.through_operator).
 
 Used only where it applies: CPU, float32 or bfloat16 (bfloat16 only on CPUs where oneDNN runs it,
 and with a residual only for ungrouped convs, as csrc/cpu/onednn_fused_conv.h says), a

@@ -280,7 +280,8 @@ class FusedConvBNAct(_HoldsStock):
         """The folded-BN CPU inference both forward and inference_call end in. params: conv
         weight and bias, BN weight, bias, running mean and variance. The operator (its own
         weight cache, our kernels) takes tensors of one dtype; otherwise, as under autocast
-        (float32 parameters, bfloat16 activations), the cached fold casts them."""
+        (float32 parameters, bfloat16 activations), the cached fold casts them, and goes to the
+        operator where one of our kernels may run, else to the packed oneDNN conv."""
         in_channels = params[0].shape[1] * self.groups
         if x.shape[1] != in_channels:  # oneDNN's own refusal (the packed path) names nothing
             raise ValueError(f"FusedConvBNAct: x must have {in_channels} channels (the conv's in_channels), "
