@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/channel_sums.h"
@@ -135,21 +136,24 @@ void elementwise_block(const T* in, int64_t rows, int64_t channels, const A* gat
 
 // out[i] = W[i, :] . v for R rows of a row-major matrix (`stride` apart), n columns: v's loads
 // serve R accumulator chains at once, where one dot product at a time waits on its FMA latency.
-// Zero-filled partial loads take the last columns.
-template <int R, typename A>
-void dot_rows(const A* w, int64_t stride, const A* v, int64_t n, A* out) {
+// Zero-filled partial loads take the last columns. The weight may be 16-bit (WT), converted to
+// the accumulation type as it is loaded.
+template <int R, typename WT, typename A>
+void dot_rows(const WT* w, int64_t stride, const A* v, int64_t n, A* out) {
   using Vec = Vectorized<A>;
+  using S = Simd<WT>;
+  static_assert(std::is_same_v<typename S::Vec, Vec>, "dot_rows: the weight must load as the accumulation type");
   constexpr int64_t W = Vec::size();
   Vec acc[R];
   for (int r = 0; r < R; ++r) acc[r] = Vec(A(0));
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     const Vec vv = Vec::loadu(v + i);
-    for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec::loadu(w + r * stride + i), vv, acc[r]);
+    for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(S::load(w + r * stride + i), vv, acc[r]);
   }
   if (i < n) {
     const Vec vv = Vec::loadu(v + i, n - i);
-    for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec::loadu(w + r * stride + i, n - i), vv, acc[r]);
+    for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(S::load_n(w + r * stride + i, n - i), vv, acc[r]);
   }
   for (int r = 0; r < R; ++r) out[r] = at::vec::vec_reduce_all<A>([](Vec& x, Vec& y) { return x + y; }, acc[r]);
 }
@@ -161,8 +165,8 @@ void dot_rows(const A* w, int64_t stride, const A* v, int64_t n, A* out) {
 // (440 -> 110, 7px) 68-98 -> 51-64 us at batch 8, 20 -> 16 us at batch 1; RegNetY-4.0GF's
 // 1088 -> 272 237 -> 212 us at batch 8 (at batch 1 its 2.4 MB of weights, read from beyond L2,
 // bound it either way: about 40 us).
-template <typename A, typename Unit>
-void linear_rows(const A* w, const A* bias, const A* v, int64_t n, int64_t r0, int64_t r1, A* out, Unit unit) {
+template <typename WT, typename A, typename Unit>
+void linear_rows(const WT* w, const A* bias, const A* v, int64_t n, int64_t r0, int64_t r1, A* out, Unit unit) {
   constexpr int kRows = 8;
   A pre[kRows];
   int64_t r = r0;
@@ -234,9 +238,9 @@ std::pair<int64_t, int64_t> chunk_range(int64_t total, int64_t chunks, int64_t k
   return {begin, begin + base + (k < extra ? 1 : 0)};
 }
 
-// The MLP weights as [rows, cols] contiguous matrices in the accumulation dtype.
-at::Tensor as_acc_matrix(const at::Tensor& w, int64_t rows, int64_t cols, at::ScalarType acc) {
-  return w.reshape({rows, cols}).to(acc).contiguous();
+// An MLP weight as a [rows, cols] contiguous matrix of `dtype`.
+at::Tensor as_matrix(const at::Tensor& w, int64_t rows, int64_t cols, at::ScalarType dtype) {
+  return w.reshape({rows, cols}).to(dtype).contiguous();
 }
 
 at::ScalarType acc_dtype(at::ScalarType t) {
@@ -367,15 +371,18 @@ void on_sample(const SeShape& s, int64_t n, const Rows& rows, const Planes& plan
   }
 }
 
-// The MLP weights, converted once per call to [rows, cols] matrices in the accumulation type.
-template <typename A>
+// The MLP as [rows, cols] weight matrices of WT (the accumulation type, or the forward's x's
+// type: 16-bit weights converted as the dot products load them) and biases of the accumulation
+// type A.
+template <typename WT, typename A>
 struct SeWeights {
-  const A *w1, *b1, *w2, *b2;
+  const WT *w1, *w2;
+  const A *b1, *b2;
 };
 
 // One sample's MLP: hidden z (C_se) and gate (C) from its pooled means.
-template <typename A>
-void excite_sample(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z, A* gate) {
+template <typename WT, typename A>
+void excite_sample(const SeWeights<WT, A>& w, const A* mean, const SeShape& s, A* z, A* gate) {
   linear_rows(w.w1, w.b1, mean, s.channels, 0, s.hidden, z, k::se_hidden_from_dot<A>);
   linear_rows(w.w2, w.b2, z, s.hidden, 0, s.channels, gate, k::se_gate_from_dot<A>);
 }
@@ -383,8 +390,8 @@ void excite_sample(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z,
 // out[n, r] = unit(W[r, :] . in[n, :], bias[r]) for a [rows, in_len] weight and every sample:
 // units of (block of weight rows, sample), ordered block first, so that a block's rows serve
 // every sample from L1.
-template <typename A, typename Unit>
-void linear_batch(const A* weight, const A* bias, const A* in, int64_t in_len, int64_t rows, int64_t batch, A* out,
+template <typename WT, typename A, typename Unit>
+void linear_batch(const WT* weight, const A* bias, const A* in, int64_t in_len, int64_t rows, int64_t batch, A* out,
                   Unit unit) {
   constexpr int64_t kBlockRows = 32;
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
@@ -399,8 +406,8 @@ void linear_batch(const A* weight, const A* bias, const A* in, int64_t in_len, i
 }
 
 // Batch schedule's MLP: z (C_se) and gate (C) of every sample.
-template <typename A>
-void excite_batch(const SeWeights<A>& w, const A* mean, const SeShape& s, A* z, A* gate) {
+template <typename WT, typename A>
+void excite_batch(const SeWeights<WT, A>& w, const A* mean, const SeShape& s, A* z, A* gate) {
   linear_batch(w.w1, w.b1, mean, s.channels, s.hidden, s.batch, z, k::se_hidden_from_dot<A>);
   linear_batch(w.w2, w.b2, z, s.hidden, s.channels, s.batch, gate, k::se_gate_from_dot<A>);
 }
@@ -457,7 +464,7 @@ void linear_grad_row(const A* dout, const A* in, int64_t batch, int64_t rows, in
 // RegNetY-4.0GF's 1088 -> 272 1.32x at batch 1 and 1.23x at batch 8, 1088 -> 128 1.20x and 1.12x,
 // 512 -> 128 at batch 1 1.11x; the smaller SEs that take this schedule (batch 1) 1.00-1.11x.
 template <typename A>
-void excite_backward_batch(const SeWeights<A>& w, const A* mean, const A* dgate, const SeShape& s, A inv_pixels,
+void excite_backward_batch(const SeWeights<A, A>& w, const A* mean, const A* dgate, const SeShape& s, A inv_pixels,
                            A* z, A* gate, A* dpre2, A* dz, A* ds_mean, A* dw1, A* db1, A* dw2, A* db2) {
   const int64_t N = s.batch, C = s.channels, H = s.hidden;
   linear_batch(w.w1, w.b1, mean, C, H, N, z, k::se_hidden_from_dot<A>);
@@ -504,17 +511,21 @@ void excite_backward_batch(const SeWeights<A>& w, const A* mean, const A* dgate,
 
 // ---- operators ------------------------------------------------------------------------------
 
-struct AccWeights {
+// The MLP's tensors for SeWeights: weights as [rows, cols] matrices of `weight_dtype`, biases
+// of `acc`. The forward keeps 16-bit weights as they are (converting RegNetY-400MF's 440 -> 110
+// weights to float on every call made the bfloat16 operator take 2x the float32 one's time at
+// batch 1); the backward reads them several times and converts them once.
+struct MlpTensors {
   at::Tensor w1, b1, w2, b2;
-  AccWeights(const at::Tensor& w1_in, const at::Tensor& b1_in, const at::Tensor& w2_in,
-             const at::Tensor& b2_in, const SeShape& s, at::ScalarType acc)
-      : w1(as_acc_matrix(w1_in, s.hidden, s.channels, acc)),
+  MlpTensors(const at::Tensor& w1_in, const at::Tensor& b1_in, const at::Tensor& w2_in, const at::Tensor& b2_in,
+             const SeShape& s, at::ScalarType weight_dtype, at::ScalarType acc)
+      : w1(as_matrix(w1_in, s.hidden, s.channels, weight_dtype)),
         b1(b1_in.to(acc).contiguous()),
-        w2(as_acc_matrix(w2_in, s.channels, s.hidden, acc)),
+        w2(as_matrix(w2_in, s.channels, s.hidden, weight_dtype)),
         b2(b2_in.to(acc).contiguous()) {}
-  template <typename A>
-  SeWeights<A> view() const {
-    return {w1.const_data_ptr<A>(), b1.const_data_ptr<A>(), w2.const_data_ptr<A>(), b2.const_data_ptr<A>()};
+  template <typename WT, typename A>
+  SeWeights<WT, A> view() const {
+    return {w1.const_data_ptr<WT>(), w2.const_data_ptr<WT>(), b1.const_data_ptr<A>(), b2.const_data_ptr<A>()};
   }
 };
 
@@ -526,7 +537,7 @@ void squeeze_excite_into(const at::Tensor& x, const SeShape& s, const at::Tensor
                          at::Tensor& y) {
   if (s.batch == 0) return;
   const at::ScalarType acc = acc_dtype(x.scalar_type());
-  const AccWeights weights(w1_in, b1_in, w2_in, b2_in, s, acc);
+  const MlpTensors weights(w1_in, b1_in, w2_in, b2_in, s, x.scalar_type(), acc);
   const Schedule sched = choose_schedule(s, x.element_size(), at::elementSize(acc));
   const auto opts = x.options().dtype(acc);
   const int64_t row = partial_row_stride(s, at::elementSize(acc));
@@ -541,7 +552,7 @@ void squeeze_excite_into(const at::Tensor& x, const SeShape& s, const at::Tensor
     scalar_t* yp = y.data_ptr<scalar_t>();
     A *partialp = partial.data_ptr<A>(), *meanp = mean.data_ptr<A>();
     A *zp = z.data_ptr<A>(), *gatep = gate.data_ptr<A>();
-    const SeWeights<A> w = weights.view<A>();
+    const SeWeights<scalar_t, A> w = weights.view<scalar_t, A>();
     const int64_t chunks = sched.chunks, C = s.channels;
     const A inv_pixels = A(1) / static_cast<A>(s.pixels);
     auto pool_rows_task = [&](int64_t n, int64_t part, int64_t p0, int64_t p1) {
@@ -634,7 +645,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
   };
   if (s.batch == 0) return results();
 
-  const AccWeights weights(w1_in, b1_in, w2_in, b2_in, s, acc);
+  const MlpTensors weights(w1_in, b1_in, w2_in, b2_in, s, acc, acc);
   const Schedule sched = choose_schedule(s, x.element_size(), at::elementSize(acc));
   const int64_t rows = s.batch * sched.chunks;
   const int64_t row = partial_row_stride(s, at::elementSize(acc));
@@ -656,7 +667,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
     A *meanp = mean.data_ptr<A>(), *dgatep = dgate.data_ptr<A>(), *zp = z.data_ptr<A>();
     A *gatep = gate.data_ptr<A>(), *dpre2p = dpre2.data_ptr<A>(), *dzp = dz.data_ptr<A>();
     A* dsp = ds_mean.data_ptr<A>();
-    const SeWeights<A> w = weights.view<A>();
+    const SeWeights<A, A> w = weights.view<A, A>();
     const int64_t chunks = sched.chunks, C = s.channels, H = s.hidden;
     const A inv_pixels = A(1) / static_cast<A>(s.pixels);
     auto reduce_rows_task = [&](int64_t n, int64_t part, int64_t p0, int64_t p1) {
