@@ -202,3 +202,19 @@ def test_autocast_layers_with_our_bfloat16_kernels_run_the_fold_through_the_oper
     assert actual.dtype == torch.bfloat16
     assert_rel_close(actual.float(), packed.float(), 1e-2, "operator vs packed oneDNN, bfloat16")
     assert_rel_close(actual.float(), expected.float(), 3e-2, "autocast bfloat16")
+
+
+@pytest.mark.skipif(torch.bfloat16 not in folded_inference._DTYPES, reason="oneDNN runs no bfloat16 on this CPU")
+def test_folds_made_under_inference_mode_are_not_inference_tensors():
+    # The operator's weight cache keys tensors by their version counter, which inference tensors
+    # lack: a fold made under inference_mode was folded and packed again on every call.
+    _, fused = _pair("RegNetX-400MF")
+    x = _cl(images(1, 64))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused(x)
+    routed = [m for m in fused.modules() if isinstance(m, FusedConvBNAct) and torch.bfloat16 in m._own_cpu_kernel_dtypes]
+    assert routed
+    for m in routed:
+        _, weight, bias, _ = m._folded._entry
+        assert not weight.is_inference() and not bias.is_inference()
+        assert not any(t.is_inference() for t in m._folded._identity_vectors)

@@ -183,9 +183,12 @@ class FoldedConv(_OneEntryCache):
         key = _key(tensors) + (dtype, eps)
         entry = self._entry
         if entry is None or entry[0] != key:
-            with torch.no_grad():
+            # Never inference tensors, even under inference_mode: the operator's own weight cache
+            # (through_operator) cannot key them, and folded and packed them again on every call
+            # (bfloat16 autocast, RegNetX-400MF at batch 1: 9.5 against 6.2 ms a forward).
+            with torch.no_grad(), torch.inference_mode(False):
                 weight, bias = fold(*tensors, eps)
-            entry = self._entry = (key, weight.to(dtype), bias.to(dtype), {})
+                entry = self._entry = (key, weight.to(dtype), bias.to(dtype), {})
         return entry
 
     def __call__(self, tensors, eps, x, residual, relu, stride, padding, groups, dtype):
@@ -223,7 +226,8 @@ class FoldedConv(_OneEntryCache):
         """Ones and zeros like `like` (an identity BN's scale, variance and mean), made once."""
         identity = self._identity_vectors
         if identity is None or identity[0].shape != like.shape or identity[0].dtype != like.dtype:
-            identity = self._identity_vectors = (torch.ones_like(like), torch.zeros_like(like))
+            with torch.inference_mode(False):  # (see _current)
+                identity = self._identity_vectors = (torch.ones_like(like), torch.zeros_like(like))
         return identity
 
     @property
