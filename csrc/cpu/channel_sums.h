@@ -43,8 +43,8 @@ struct ReducedSimd {
   }
   // Through a buffer (memcpy: a plain 256-bit store for a whole vector), not the packed pair's
   // store(p, count): that is a 512-bit masked store, and a load of the next 16 values overlapping
-  // its 64 bytes waited for it, so writing in place (squeeze_excite_) in bfloat16 took 3-4x as
-  // long as out of place (Zen 4 VM, batch 8, 48-208 channels).
+  // its 64 bytes waited for it, so writing in place (squeeze_excite_) in bfloat16 took 2.5-3.5x
+  // as long as out of place (Zen 4 VM, batch 8, 48-208 channels).
   static void store_n(T* p, const Vec& v, int64_t count) {
     alignas(64) T packed[2 * Vec::size()];
     at::vec::convert_from_float<T>(v, v).store(packed);
