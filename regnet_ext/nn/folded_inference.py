@@ -122,6 +122,14 @@ def pool_linear_applies(x, weight, bias):
     return weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
 
 
+def cast(t, dtype):
+    """t in dtype (None stays None). t itself where it has the dtype already: Tensor.to would
+    return it too, after a dispatcher round trip (this and the training operator's overload in
+    place of its packet: 346 -> 306 us a training-forward call of a 384-channel layer on a 2x2
+    input, Ice Lake VM)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def _key(tensors):
     # A new storage (.to(), load_state_dict(assign=True), a dtype change) moves data_ptr; an
     # in-place write (optimizer step, copy_) bumps _version.
@@ -215,12 +223,8 @@ class FoldedConv(_OneEntryCache):
         numbers the packed path multiplies, and picks its kernel (or oneDNN) as for any call."""
         _, folded, bias, _ = self._current(tensors, eps, dtype)
         ones, zeros = self._identity(bias)
-        if x.dtype != dtype:
-            x = x.to(dtype)
-        if residual is not None and residual.dtype != dtype:
-            residual = residual.to(dtype)
-        return conv_bn_act_eval_call(x, folded, None, ones, bias, zeros, ones, residual, stride, padding, groups,
-                                     0.0, relu)
+        return conv_bn_act_eval_call(cast(x, dtype), folded, None, ones, bias, zeros, ones, cast(residual, dtype),
+                                     stride, padding, groups, 0.0, relu)
 
     def _identity(self, like):
         """Ones and zeros like `like` (an identity BN's scale, variance and mean), made once."""
@@ -245,7 +249,7 @@ class CastParameters(_OneEntryCache):
         entry = self._entry
         if entry is None or entry[0] != key:
             with torch.no_grad():
-                entry = self._entry = (key, tuple(None if t is None else t.to(dtype) for t in tensors))
+                entry = self._entry = (key, tuple(cast(t, dtype) for t in tensors))
         return entry[1]
 
 

@@ -25,7 +25,7 @@ from .._extension import (compiled_with_gemm_tiles_kernel, compiled_with_narrow_
 from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
 from ..ops.conv_bn_act import UPDATE_RUNNING_STATS, conv_bn_act_eval_call, conv_bn_act_train_call
 from . import conv_pair, folded_inference
-from .folded_inference import hooked
+from .folded_inference import cast as _cast, hooked
 
 _ops = torch.ops.regnet_ext
 # The eval and training operators by their fast entries (ops/conv_bn_act.py; torch.ops while a
@@ -63,13 +63,6 @@ def _all_of_dtype(dtype, *tensors):
         if t is not None and t.dtype != dtype:
             return False
     return True
-
-
-def _cast(t, dtype):
-    # t itself where it has the dtype already: Tensor.to would return it too, after a dispatcher
-    # round trip (this and the training operator's overload in place of its packet: 346 -> 306
-    # us a training-forward call of a 384-channel layer on a 2x2 input, Ice Lake VM).
-    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def conv_geometry(conv):
