@@ -63,8 +63,8 @@ inline kernels::ConvGeometry check_conv_bn_act(const char* op, const at::Tensor&
   TORCH_CHECK(c_out % groups == 0, op, ": weight's output channels (", c_out,
               ") must be divisible by groups (", groups, ")");
   TORCH_CHECK(weight.size(1) == c_in / groups && weight.size(3) == k, op,
-              ": weight must have shape [C_out, C_in/groups = ", c_in / groups, ", K, K], got ",
-              weight.sizes());
+              ": weight must have shape [C_out, C_in/groups = ", c_in / groups, ", K, K] (x has ", c_in,
+              " channels, groups = ", groups, "), got ", weight.sizes());
   TORCH_CHECK(k % 2 == 1, op, ": weight's kernel size must be odd, got ", k);
   TORCH_CHECK(x.size(0) > 0 && c_in > 0 && c_out > 0, op, ": x and weight must not be empty");
   const int64_t out_h = kernels::conv_out_size(x.size(2), k, stride, padding);

@@ -333,6 +333,22 @@ def _check_se(dtype, device, gen, backward):
     return worst
 
 
+def _check_se_inplace(dtype, device, gen):
+    """squeeze_excite_ (fused inference's SE): the result written over x, as squeeze_excite's."""
+    worst = _Worst()
+    for batch, channels, hidden, size, channels_last in SE_CASES:
+        m = _se_inputs(batch, channels, hidden, size, gen)
+        t = {k: _on(v, dtype, device, channels_last) for k, v in m.items()}
+        args = [t[k] for k in ("x", "w1", "b1", "w2", "b2")]
+        plain = reference_squeeze_excite(*args)
+        x = args[0].clone(memory_format=torch.preserve_format)
+        torch.ops.regnet_ext.squeeze_excite_(x, *args[1:])
+        name = f"N{batch}_C{channels}_{'nhwc' if channels_last else 'nchw'}"
+        worst.add(f"{name}: x", x, reference_squeeze_excite(*[m[k] for k in ("x", "w1", "b1", "w2", "b2")]),
+                  plain, dtype)
+    return worst
+
+
 def reference_conv_pair(x, weight_a, bias_a, weight_b, bias_b, stride, groups):
     a = F.relu(F.conv2d(x, weight_a, bias_a))
     return F.relu(F.conv2d(a, weight_b, bias_b, stride=stride, padding=1, groups=groups))
@@ -370,6 +386,26 @@ def _check_pool_linear(dtype, device, gen):
     return worst
 
 
+def _check_pool_linear_backward(dtype, device, gen):
+    """pool_linear_backward (a fused head in training) against autograd through the stock head."""
+    worst = _Worst()
+    for batch, channels, size, classes in ((8, 440, 7, 1000), (3, 13, 5, 7)):
+        m = [(torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale
+             for shape, scale in (((batch, channels, size, size), 1.0), ((classes, channels), channels ** -0.5),
+                                  ((classes,), 1.0), ((batch, classes), 1.0))]
+        t = [_on(v, dtype, device, channels_last=v.dim() == 4) for v in m]
+        ours = torch.ops.regnet_ext.pool_linear_backward(t[3], t[0], t[1])
+
+        def autograd(src):
+            leaves = [v.detach().clone().requires_grad_(True) for v in src[:3]]
+            F.linear(leaves[0].mean((2, 3)), leaves[1], leaves[2]).backward(src[3])
+            return [leaf.grad for leaf in leaves]
+
+        for name, o, r, p in zip(("grad_x", "grad_weight", "grad_bias"), ours, autograd(m), autograd(t)):
+            worst.add(f"N{batch}_C{channels}_{size}px_K{classes}: {name}", o, r, p, dtype)
+    return worst
+
+
 CHECKS = {
     "conv_bn_act_eval": _check_conv_eval,
     "conv_bn_act_train": _check_conv_train,
@@ -379,14 +415,18 @@ CHECKS = {
     "conv_bn_act[autograd+running_stats]": _check_conv_autograd,
     "squeeze_excite": lambda d, dev, g: _check_se(d, dev, g, backward=False),
     "squeeze_excite_backward": lambda d, dev, g: _check_se(d, dev, g, backward=True),
+    "squeeze_excite_": _check_se_inplace,
     "conv_pair_relu": _check_conv_pair,
     "pool_linear": _check_pool_linear,
+    "pool_linear_backward": _check_pool_linear_backward,
 }
 # Operators that exist for some devices and dtypes only: checked where they run.
 APPLIES = {
     "conv_pair_relu": lambda dtype, device: (device.type == "cpu" and dtype == torch.float32
                                              and _extension.compiled_with_narrow_group_kernel()),
-    "pool_linear": lambda dtype, device: device.type == "cpu" and dtype == torch.float32,
+    "squeeze_excite_": lambda dtype, device: device.type == "cpu",
+    "pool_linear": lambda dtype, device: device.type == "cpu" and dtype in (torch.float32, torch.float64),
+    "pool_linear_backward": lambda dtype, device: device.type == "cpu" and dtype in (torch.float32, torch.float64),
 }
 
 

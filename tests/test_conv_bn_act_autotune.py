@@ -229,3 +229,20 @@ def test_excluding_an_unknown_kernel_is_refused_and_errors_restore_the_set():
             raise RuntimeError("inside")
     assert cpu_conv_autotune_excluded() == ()
     assert "onednn" in cpu_conv_kernel_names() and len(set(cpu_conv_kernel_names())) == len(cpu_conv_kernel_names())
+
+
+def test_unknown_switch_values_warn_instead_of_passing_for_settings():
+    # In a fresh process: each warning is issued once per process.
+    import os
+    import subprocess
+    import sys
+
+    script = ("import torch; from regnet_ext.ops import conv_bn_act\n"
+              "x, w = torch.randn(1, 16, 8, 8), torch.randn(16, 8, 3, 3)\n"
+              "with torch.no_grad(): conv_bn_act(x, w, torch.ones(16), torch.zeros(16), torch.zeros(16), "
+              "torch.ones(16), groups=2)\n")
+    env = dict(os.environ, REGNET_EXT_CPU_CONV="owm", REGNET_EXT_CPU_AUTOTUNE="maybe")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "REGNET_EXT_CPU_CONV=owm is not one of tiles, aten, own, gemm_tiles, wide_group" in run.stderr
+    assert "REGNET_EXT_CPU_AUTOTUNE=maybe is neither 0 (off) nor 1 (on)" in run.stderr

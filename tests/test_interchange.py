@@ -156,6 +156,17 @@ def test_missing_unexpected_and_misshapen_tensors_are_reported():
         check_architecture(model, fewer_blocks)
 
 
+def test_errors_name_the_keys_as_the_users_file_has_them():
+    theirs = torchvision.models.regnet_x_400mf().state_dict()
+    key = "trunk_output.block2.block2-1.f.a.0.weight"
+    missing = {k: v for k, v in theirs.items() if k != key}
+    with pytest.raises(ValueError, match=rf"missing keys '{re.escape(key)}'$"):
+        load_torchvision(missing)
+    # The head is sized from fc.weight, so fc.bias is the tensor that does not fit.
+    with pytest.raises(ValueError, match=r"shape mismatches: 'fc\.bias': \(1000,\) in torchvision's"):
+        load_torchvision({**theirs, "fc.weight": torch.zeros(10, 400)})
+
+
 def test_spec_from_state_dict_rebuilds_the_architecture():
     for name in ("RegNetY-800MF", "RegNetX-8.0GF"):
         spec = regnet_spec(name, rounding="torchvision", num_classes=10)

@@ -20,6 +20,21 @@ def test_every_operator_passes_on_cpu():
         assert 0 <= r.max_error <= r.tolerance
 
 
+def test_every_registered_operator_has_a_check():
+    # fuse(verify=True) runs these checks: an operator fused models call must not be missing.
+    from regnet_ext.info import registered_operators
+
+    checked = {op.split("[")[0] for op in selfcheck.CHECKS}
+    assert {name.split("::")[1] for name in registered_operators()} <= checked
+
+
+def test_float64_passes_on_cpu():
+    results = selfcheck.run("cpu", [torch.float64])
+    assert {"squeeze_excite_", "pool_linear", "pool_linear_backward"} <= {r.op for r in results}
+    failed = [r for r in results if not r.passed]
+    assert not failed, failed
+
+
 def test_bfloat16_passes_on_cpu():
     failed = [r for r in selfcheck.run("cpu", [torch.bfloat16]) if not r.passed]
     assert not failed, failed

@@ -123,8 +123,15 @@ inline std::string_view conv_backend_setting() {
 
 inline ConvBackend conv_backend() {
   const std::string_view c = conv_backend_setting();
-  return c == "tiles" ? ConvBackend::kTiles : c == "aten" ? ConvBackend::kAten
-         : c == "own" || c == "gemm_tiles" || c == "wide_group" ? ConvBackend::kOwn : ConvBackend::kMixed;
+  if (c == "tiles") return ConvBackend::kTiles;
+  if (c == "aten") return ConvBackend::kAten;
+  if (c == "own" || c == "gemm_tiles" || c == "wide_group") return ConvBackend::kOwn;
+  // A misspelt setting would otherwise look like one that took effect.
+  if (!c.empty()) {
+    TORCH_WARN_ONCE("REGNET_EXT_CPU_CONV=", c, " is not one of tiles, aten, own, gemm_tiles, wide_group: ",
+                    "the measured mix runs");
+  }
+  return ConvBackend::kMixed;
 }
 
 // REGNET_EXT_CPU_CONV=gemm_tiles (see above).
@@ -136,6 +143,9 @@ inline bool wide_group_forced() { return conv_backend_setting() == "wide_group";
 inline bool conv_autotune_enabled() {
   const char* v = std::getenv("REGNET_EXT_CPU_AUTOTUNE");
   if (v != nullptr && std::strcmp(v, "0") == 0) return false;
+  if (v != nullptr && *v != '\0' && std::strcmp(v, "1") != 0) {
+    TORCH_WARN_ONCE("REGNET_EXT_CPU_AUTOTUNE=", v, " is neither 0 (off) nor 1 (on): the autotuner stays on");
+  }
   return conv_backend() == ConvBackend::kMixed && !at::globalContext().deterministicAlgorithms();
 }
 

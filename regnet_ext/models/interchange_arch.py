@@ -12,6 +12,7 @@ from itertools import chain
 import torch
 from torch import nn
 
+from .interchange_keys import key_in_layout
 from .spec import AnyNetSpec
 from .zoo import STANDARD_MODELS, regnet_spec
 
@@ -93,34 +94,35 @@ def architecture_differences(expected, found, source="the weights", target="the 
     return out
 
 
-def state_dict_fits(expected, found, source="the weights", target="the model"):
+def state_dict_fits(expected, found, source="the weights", target="the model", layout="ours"):
     """Raises ValueError unless state_dict `found` has exactly the keys and shapes of state_dict
     `expected` (both in our layout).
 
     The message names the stage and the width that differ when the architectures differ, and
-    lists missing/unexpected keys or mismatched shapes otherwise."""
+    lists missing/unexpected keys or mismatched shapes otherwise, each key as it is named in
+    `layout`, the layout `found` was converted from (the user's file)."""
     differences = architecture_differences(expected, found, source, target)
     if differences:
         raise ValueError(f"architecture mismatch between {source} and {target}: "
                          + "; ".join(differences))
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k}: {tuple(found[k].shape)} in {source}, {tuple(v.shape)} in {target}"
+    name = lambda k: repr(key_in_layout(k, layout))  # noqa: E731
+    missing = [name(k) for k in expected if k not in found]
+    unexpected = [name(k) for k in found if k not in expected]
+    shapes = [f"{name(k)}: {tuple(found[k].shape)} in {source}, {tuple(v.shape)} in {target}"
               for k, v in expected.items() if k in found and found[k].shape != v.shape]
     problems = [f"{label}{', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-                for label, items in (("missing keys ", [repr(k) for k in missing]),
-                                     ("unexpected keys ", [repr(k) for k in unexpected]),
+                for label, items in (("missing keys ", missing), ("unexpected keys ", unexpected),
                                      ("shape mismatches: ", shapes)) if items]
     if problems:
         raise ValueError(f"{source} do not fit {target}: " + "; ".join(problems))
 
 
-def check_architecture(model, state_dict, source="the weights"):
-    """Raises ValueError unless `state_dict` (our layout) fits `model` exactly; see
-    state_dict_fits."""
+def check_architecture(model, state_dict, source="the weights", layout="ours"):
+    """Raises ValueError unless `state_dict` (our layout, converted from `layout`) fits `model`
+    exactly; see state_dict_fits."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    state_dict_fits(model.state_dict(), state_dict, source, "the model")
+    state_dict_fits(model.state_dict(), state_dict, source, "the model", layout)
 
 
 def device_and_dtype(state_dict):

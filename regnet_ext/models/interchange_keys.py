@@ -148,6 +148,15 @@ def _to_our_key(key, layout, outer, inner):
     return f"{prefix}{ours}.{leaf}"
 
 
+def key_in_layout(our_key, layout):
+    """One of our keys as it is named in `layout` ("ours", "torchvision", "timm" or "pycls"), for
+    messages about a user's file; the key itself where it has no counterpart there."""
+    try:
+        return _from_our_key(our_key, LAYOUTS[layout])
+    except (KeyError, ValueError, TypeError):
+        return our_key
+
+
 def _reverse(mapping):
     return {v: k for k, v in mapping.items()}
 

@@ -20,5 +20,5 @@ def load_pycls(checkpoint, *, bgr_to_rgb=True):
     label, _ = match_standard(spec)
     spec = replace(spec, name=label or "pycls RegNet")
     ours = build_on_meta(lambda: AnyNet(spec))
-    check_architecture(ours, state_dict, source="the pycls checkpoint")
+    check_architecture(ours, state_dict, source="the pycls checkpoint", layout="pycls")
     return assign_weights(ours, state_dict).eval()

@@ -132,7 +132,7 @@ def load_timm(model, *, pretrained=True):
         spec = spec_from_state_dict(state_dict, strides=_strides(module) if module else None)
         spec = replace(spec, name=match_standard(spec)[0] or f"timm {label}")
     ours = build_on_meta(lambda: AnyNet(spec))
-    check_architecture(ours, state_dict, source=f"timm's {label} weights")
+    check_architecture(ours, state_dict, source=f"timm's {label} weights", layout="timm")
     return assign_weights(ours, state_dict).train(module.training if module is not None else False)
 
 

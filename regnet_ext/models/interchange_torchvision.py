@@ -113,7 +113,7 @@ def load_torchvision(model, *, weights="DEFAULT"):
         spec = spec_from_state_dict(state_dict, strides=_strides(module) if module else None)
         spec = replace(spec, name=_match_builder(spec) or "torchvision RegNet")
     ours = build_on_meta(lambda: AnyNet(spec))
-    check_architecture(ours, state_dict, source=f"torchvision's {builder or 'RegNet'} weights")
+    check_architecture(ours, state_dict, source=f"torchvision's {builder or 'RegNet'} weights", layout="torchvision")
     return assign_weights(ours, state_dict).train(module.training if module is not None else False)
 
 

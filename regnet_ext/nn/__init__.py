@@ -6,8 +6,12 @@
 
 Needs the compiled extension (regnet_ext.ops); importing this package fails clearly without it.
 """
-from .fuse_model import FuseReport, fuse, unfuse, verify_device
-from .modules import (FusedBranch, FusedConvBNAct, FusedHead, FusedLinear, FusedResBottleneck,
+from .._extension import require
+
+require()  # the build hint, not a bare "cannot import name '_C'"
+
+from .fuse_model import FuseReport, fuse, unfuse, verify_device  # noqa: E402
+from .modules import (FusedBranch, FusedConvBNAct, FusedHead, FusedLinear, FusedResBottleneck,  # noqa: E402
                       FusedSqueezeExcite)
 
 __all__ = ["fuse", "unfuse", "verify_device", "FuseReport", "FusedConvBNAct", "FusedSqueezeExcite",

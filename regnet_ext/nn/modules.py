@@ -24,6 +24,7 @@ from .._extension import (compiled_with_gemm_tiles_kernel, compiled_with_narrow_
                           compiled_with_narrow_group_kernel, compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
 from ..ops.conv_bn_act import UPDATE_RUNNING_STATS, conv_bn_act_eval_call, conv_bn_act_train_call
+from ..ops._tracing import quiet_shape_checks_under_trace
 from . import conv_pair, folded_inference
 from .folded_inference import cast as _cast, hooked
 
@@ -153,6 +154,15 @@ def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
     return frozenset({torch.float32}) if (winograd and compiled_with_winograd_kernel()) or wide else frozenset()
 
 
+@quiet_shape_checks_under_trace
+def _check_in_channels(x, in_channels):
+    """The same ValueError on every path (the operator's would blame its weight; oneDNN's packed
+    path names nothing)."""
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"FusedConvBNAct: x must be [N, {in_channels}, H, W] ({in_channels} channels, the "
+                         f"conv's in_channels), got shape {list(x.shape)}")
+
+
 class FusedConvBNAct(_HoldsStock):
     """conv2d -> BatchNorm2d [-> + residual] [-> ReLU] as one conv_bn_act call.
 
@@ -192,6 +202,7 @@ class FusedConvBNAct(_HoldsStock):
         # visible share of a layer's time.
         conv, bn = self._modules[self._conv_name], self._modules[self._bn_name]
         relu = self.relu if relu is None else relu
+        _check_in_channels(x, conv.weight.shape[1] * self.groups)
         if not x.is_contiguous(memory_format=torch.channels_last) and _is_channels_last(conv.weight):
             # nn.Conv2d's rule: channels_last out when the input or the weight is. The operator
             # keeps its input's format, so a channels_last model fed NCHW images would otherwise
@@ -275,10 +286,7 @@ class FusedConvBNAct(_HoldsStock):
         weight cache, our kernels) takes tensors of one dtype; otherwise, as under autocast
         (float32 parameters, bfloat16 activations), the cached fold casts them, and goes to the
         operator where one of our kernels may run, else to the packed oneDNN conv."""
-        in_channels = params[0].shape[1] * self.groups
-        if x.shape[1] != in_channels:  # oneDNN's own refusal (the packed path) names nothing
-            raise ValueError(f"FusedConvBNAct: x must have {in_channels} channels (the conv's in_channels), "
-                             f"got shape {list(x.shape)}")
+        _check_in_channels(x, params[0].shape[1] * self.groups)
         geometry = (self.stride, self.padding, self.groups)
         if dtype in self._own_cpu_kernel_dtypes:
             if _all_of_dtype(dtype, x, *params):

@@ -175,10 +175,13 @@ def _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padd
     if c_out % groups:
         raise ValueError(f"conv_bn_act: weight's output channels ({c_out}) must be divisible by groups ({groups})")
     if weight.shape[1] != c_in // groups or weight.shape[3] != k:
-        raise ValueError(f"conv_bn_act: weight must have shape [C_out, C_in/groups={c_in // groups}, K, K], "
-                         f"got {list(weight.shape)}")
+        raise ValueError(f"conv_bn_act: weight must have shape [C_out, C_in/groups={c_in // groups}, K, K] "
+                         f"(x has {c_in} channels, groups={groups}), got {list(weight.shape)}")
     if k % 2 == 0:
         raise ValueError(f"conv_bn_act: weight's kernel size must be odd, got {k}")
+    if x.shape[0] == 0 or c_in == 0 or c_out == 0:
+        raise ValueError(f"conv_bn_act: x and weight must not be empty, got shapes {list(x.shape)} and "
+                         f"{list(weight.shape)}")
     pad = k // 2 if padding is None else int(padding)
     h_out, w_out = _out_size(x.shape[2], k, stride, pad), _out_size(x.shape[3], k, stride, pad)
     if h_out < 1 or w_out < 1:

@@ -57,14 +57,11 @@ def build_model(name, num_classes=1000):
 
 def fuse_model(model):
     """regnet_ext.fuse(model), or a clear error when the fused path is not available."""
-    import regnet_ext
-    fuse = getattr(regnet_ext, "fuse", None)
-    if fuse is None:
-        try:
-            from regnet_ext.nn import fuse
-        except ImportError as exc:
-            raise RuntimeError("fused=True needs regnet_ext.fuse (regnet_ext.nn), which is not "
-                               f"available: {exc}") from exc
+    try:
+        from regnet_ext.nn import fuse
+    except ImportError as exc:  # the compiled extension did not load
+        raise RuntimeError("fused=True needs regnet_ext.fuse (regnet_ext.nn), which is not "
+                           f"available: {exc}") from exc
     return fuse(model)
 
 
@@ -197,6 +194,12 @@ def _check_args(input_shape, dtype, device, iters, warmup):
     return shape, dtype, device
 
 
+def _private_copy(model):
+    """A module to profile without touching the caller's: a session sets the mode, moves and
+    converts the model, fuses it, and in training steps update BN statistics and gradients."""
+    return model if isinstance(model, str) else copy.deepcopy(model)
+
+
 class _Session:
     """One model variant ready to run: its units, traffic and inputs; collects samples."""
 
@@ -325,9 +328,10 @@ def profile(model, input_shape, *, device="cpu", dtype=torch.float32, fused=Fals
             ceiling=None, name=None):
     """Profiles ``model`` (a module or a name for build_model) per stage and per block kind.
 
-    ``input_shape`` is (batch, channels, height, width). ``fused=True`` runs regnet_ext.fuse on
-    it first. ``schedule`` overrides the traffic schedule (default: "eager" stock,
-    schedules.FUSED_SCHEDULE fused).
+    ``input_shape`` is (batch, channels, height, width). A module is profiled as a copy, so the
+    caller's model keeps its mode, memory format, parameters, gradients and BN statistics.
+    ``fused=True`` runs regnet_ext.fuse on the copy first. ``schedule`` overrides the traffic
+    schedule (default: "eager" stock, schedules.FUSED_SCHEDULE fused).
     ``ceiling`` is a roofline.Ceiling (default: this device, measured once and cached).
     Returns a ProfileResult (``.table()``, ``.to_json()``).
 
@@ -336,7 +340,7 @@ def profile(model, input_shape, *, device="cpu", dtype=torch.float32, fused=Fals
     first, as `regnet-ext profile` does, avoids them).
     """
     shape, dtype, device = _check_args(input_shape, dtype, device, iters, warmup)
-    session = _Session(model, shape, device=device, dtype=dtype, fused=fused, train=train,
+    session = _Session(_private_copy(model), shape, device=device, dtype=dtype, fused=fused, train=train,
                        schedule=schedule, channels_last=channels_last, name=name)
     return _measure([session], iters, warmup, count_kernels, ceiling)[0]
 
@@ -345,13 +349,13 @@ def profile_stock_and_fused(model, input_shape, *, device="cpu", dtype=torch.flo
                             train=False, iters=10, warmup=2, channels_last=True,
                             count_kernels=True, ceiling=None, name=None):
     """(stock, fused) ProfileResults of the same model, iterations interleaved so that both
-    see the same machine conditions. ``model`` is a name or a module (copied for fusing).
+    see the same machine conditions. ``model`` is a name or a module (profiled as two copies,
+    as in profile()).
     Page faults as in profile(): with glibc's defaults the stock model paid about 9,400 per
     RegNetY-400MF batch-8 forward and the fused one none (2026-12-04)."""
     shape, dtype, device = _check_args(input_shape, dtype, device, iters, warmup)
-    other = model if isinstance(model, str) else copy.deepcopy(model)
     common = dict(device=device, dtype=dtype, train=train, schedule=None,
                   channels_last=channels_last, name=name)
-    fused = _Session(other, shape, fused=True, **common)  # fails early if fuse() is missing
-    stock = _Session(model, shape, fused=False, **common)
+    fused = _Session(_private_copy(model), shape, fused=True, **common)  # fails early if fuse() is missing
+    stock = _Session(_private_copy(model), shape, fused=False, **common)
     return tuple(_measure([stock, fused], iters, warmup, count_kernels, ceiling))
