@@ -5,12 +5,13 @@ import importlib
 import pkgutil
 import sys
 
-from . import commands
+from . import __version__, commands
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="regnet-ext", description="RegNet models, fused kernels, profiler and design-space tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

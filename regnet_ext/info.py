@@ -56,7 +56,9 @@ def collect():
         "cuda_kernels": {op: _has_kernel(op, "CUDA") for op in ops},
         "cuda_available": cuda_available,
         "cuda_device": torch.cuda.get_device_name() if cuda_available else None,
-        "cuda_gpu_verified": _verification.CUDA_KERNELS_GPU_VERIFIED,
+        # The release's record of a GPU run: about this build only when it has CUDA kernels.
+        "cuda_gpu_verified": (_verification.CUDA_KERNELS_GPU_VERIFIED if config.get("CUDA_COMPILED")
+                              else None),
         "cuda_verification": (_verification.CUDA_VERIFICATION if config.get("CUDA_COMPILED")
                               else "CUDA kernels were not compiled in this build."),
         "operators": ops,

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from regnet_ext import _extension
+from regnet_ext import _extension, _verification
 from regnet_ext.cli import main
 
 
@@ -23,4 +23,14 @@ def test_info_json_reports_kernels_and_parallel_passes(capsys):
     assert info["cpu_narrow_group_kernel"] is _extension.compiled_with_narrow_group_kernel()
     assert info["cpu_winograd_kernel"] is _extension.compiled_with_winograd_kernel()
     assert info["cpu_gemm_tiles_kernel"] is _extension.compiled_with_gemm_tiles_kernel()
-    assert isinstance(info["cuda_gpu_verified"], bool)
+    # The release's record of a GPU run is about this build only when it compiled CUDA kernels.
+    expected = _verification.CUDA_KERNELS_GPU_VERIFIED if info["cuda_compiled"] else None
+    assert info["cuda_gpu_verified"] is expected
+
+
+def test_info_text_does_not_claim_gpu_verification_without_cuda_kernels(capsys, monkeypatch):
+    monkeypatch.setattr(_extension, "build_config", lambda: {"CUDA_COMPILED": 0})
+    assert main(["info"]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert rows["cuda_gpu_verified"] == "-"
+    assert rows["cuda_verification"] == "CUDA kernels were not compiled in this build."

@@ -35,3 +35,36 @@ def test_demo_tunes_malloc_by_default_without_mmap(tmp_path, capsys, recorded_ma
                  "--no-efficientnet", "--out", str(tmp_path)]) == 0
     assert calls == [{"use_mmap": False}]
     assert "no model pays first-touch page faults" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "foo"], "--model: unknown RegNet model 'foo'"),
+    (["--device", "tpu"], "--device: expected cpu, cuda or auto, got 'tpu'"),
+    (["--batch", "0"], "--batch: expected an int >= 1, got 0"),
+    (["--resolution", "0"], "--resolution: expected an int >= 1, got 0"),
+    (["--iters", "0"], "--iters: expected an int >= 1, got 0"),
+    (["--rounds", "0"], "--rounds: expected an int >= 1, got 0"),
+])
+def test_bad_arguments_fail_before_any_work(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["demo", *argv, "--out", str(out), "--no-tune-malloc"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()  # no model table, no files
+    assert captured.err.startswith(f"regnet-ext demo: {message}") and captured.err.count("\n") == 1
+
+
+def test_cuda_without_a_gpu_fails_before_any_work(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["demo", "--device", "cuda", "--no-tune-malloc"]) == 2
+    assert capsys.readouterr().err == ("regnet-ext demo: --device: cuda requested but "
+                                       "torch.cuda.is_available() is False\n")
+
+
+def test_help_says_what_the_demo_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "list the 24 standard models" in text and "RegNetY-400MF (or --model)" in text
+    assert "PNG and JSON files to --out" in text

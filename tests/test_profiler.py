@@ -99,12 +99,11 @@ def test_profile_third_party_model():
 
 
 def test_fused_profile_needs_fuse():
-    import regnet_ext
     try:
         from regnet_ext.nn import fuse  # noqa: F401
         available = True
     except ImportError:
-        available = hasattr(regnet_ext, "fuse")
+        available = False
     if available:
         result = profile(_tiny(), (1, 3, 32, 32), fused=True, iters=1, warmup=0, ceiling=FAKE)
         assert result.meta["schedule"] == FUSED_SCHEDULE
@@ -215,3 +214,11 @@ def test_kernel_counting_keeps_kinetos_start_stop_lines_off_stderr(capfd):
     err = capfd.readouterr().err
     assert "profiler_start" not in err and "profiler_stop" not in err
     assert "still ours" in err, "stderr must be restored"
+
+
+def test_cli_profile_help_states_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["profile", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "device to profile on (default cpu)" in text
+    assert "dtype of the model and input (default float32)" in text

@@ -54,20 +54,47 @@ def test_standard_model_by_name_and_table_output(capsys):
                  "--batch-size", "1024", "--no-progress", "--tune-malloc"]) == 0
     out = capsys.readouterr().out
     assert "RegNetX-200MF" in out and "top-1" in out and "accuracy" in out
+    # Flops are multiply-adds, as `regnet-ext models` says; one epoch is "1 epoch".
+    assert "M multiply-adds/image at 8x8" in out and "FLOPs" not in out
+    assert "recipe  1 epoch, batch 1024" in out and "warmup 1 epoch\n" in out
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--w0", "8", "--wa", "8"], "--wm"),
-    (["--resume"], "--checkpoint"),
-    (["--data", "/no/such/folder"], "name_or_path"),
-    (["--device", "tpu"], "--device"),
-    (["--model", "RegNetZ-1GF"], "name"),
-    (["--resolution", "8", "--batch-size", "4096"], "batch_size"),
+    (["--w0", "8", "--wa", "8"], "--wm: a custom RegNet needs"),
+    (["--se-ratio", "0.25"], "--w0: a custom RegNet needs"),
+    (["--model", "RegNetX-200MF", "--w0", "48"],
+     "--w0: RegNetX-200MF has w0=24, got 48; leave --model out"),
+    (["--resume"], "--resume: needs --checkpoint"),
+    (["--data", "/no/such/folder"], "--data: expected 'digits' or a directory"),
+    (["--device", "tpu"], "--device: expected cpu, cuda or auto"),
+    (["--model", "RegNetZ-1GF"], "--model: unknown RegNet model"),
+    (["--resolution", "0"], "--resolution: expected a positive integer, got 0"),
+    (["--resolution", "8", "--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    (["--resolution", "8", "--batch-size", "4096"], "--batch-size: 4096 is larger than"),
+    (["--resolution", "8", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+    (["--resolution", "8", "--lr", "0"], "--lr: expected lr > 0"),
+    (["--resolution", "8", "--workers", "-1"], "--workers: expected an integer >= 0"),
+    (["--device", "cpu", "--sync-bn"], "--sync-bn: SyncBatchNorm needs CUDA"),
 ])
-def test_bad_arguments_fail_with_a_message(argv, message, capsys):
+def test_bad_arguments_fail_with_a_message_naming_the_option(argv, message, capsys):
     assert main(["train", "--epochs", "1", *argv]) == 2
     err = capsys.readouterr().err
-    assert "regnet-ext train: error:" in err and message in err
+    assert err.startswith(f"regnet-ext train: error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("empty", ["train/a", "val/a"])
+def test_image_folder_without_images_fails_with_a_message(empty, tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        if f"{split}/a" != empty:
+            Image.new("RGB", (8, 8)).save(tmp_path / split / "a" / "0.png")
+    assert main(["train", *TINY, "--epochs", "1", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"regnet-ext train: error: --data: {tmp_path / empty[:-2]}: Found no "
+                          "valid file for the classes a"), err
 
 
 def test_fused_without_kernels_fails_with_a_message(monkeypatch, capsys):

@@ -5,11 +5,13 @@ import statistics
 import sys
 from pathlib import Path
 
+from ._checks import FUSE_MISSING, first_below_one, fuse_available, option_error, resolve_device
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
-HELP = ("The main job: build RegNetY-400MF from the generator, fuse it, check its outputs against "
-        "the stock model, profile it per stage (stock vs fused), compare images/s with "
-        "EfficientNet-B0, and write the PNGs.")
+HELP = ("The main job: list the 24 standard models with their complexity, build RegNetY-400MF "
+        "(or --model) from the generator, fuse it, check its outputs against the stock model, "
+        "profile it per stage (stock vs fused), compare images/s with EfficientNet-B0, and write "
+        "PNG and JSON files to --out.")
 
 
 MALLOC_TUNED = ("glibc malloc keeps freed memory and serves every block from its heap "
@@ -21,7 +23,8 @@ def add_arguments(parser):
     parser.add_argument("--model", default="RegNetY-400MF", help="standard model (default RegNetY-400MF)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--resolution", type=int, default=224, help="input resolution (default 224)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda or auto (default: cuda when available, else cpu)")
     parser.add_argument("--iters", type=int, default=5, help="profiled iterations per run (default 5)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--out", default="regnet_ext_demo", help="folder for PNG/JSON (default ./regnet_ext_demo)")
@@ -156,10 +159,28 @@ def compare_efficientnet(model, fused, x, args, out, malloc_tuned):
     plt.close(fig)
 
 
+def _check(args):
+    """The device the demo runs on; ValueError naming the option that is wrong."""
+    from ..models import canonical_name
+
+    error = first_below_one(args, ("batch", "resolution", "iters", "rounds"))
+    if error:
+        raise ValueError(error)
+    canonical_name(args.model)
+    device = resolve_device(args.device)
+    if not fuse_available():  # the demo is about the fused model
+        raise ValueError(f"{FUSE_MISSING}; `regnet-ext profile` runs without them")
+    return device
+
+
 def run(args):
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:  # before any work, as train and profile do
+        device = _check(args)
+    except ValueError as exc:
+        print(f"regnet-ext demo: {option_error(exc, args, {'name': 'model'})}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Before any model runs: EfficientNet-B0's big activations would otherwise come from fresh

@@ -2,6 +2,7 @@
 import json
 import sys
 
+from ._checks import FUSE_MISSING, first_below_one, fuse_available
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (traffic model), "
@@ -14,8 +15,10 @@ def add_arguments(parser):
                              "torchvision:NAME / timm:NAME (default RegNetY-400MF)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--resolution", type=int, default=224, help="input side (default 224)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="device to profile on (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="dtype of the model and input (default float32)")
     parser.add_argument("--fused", action="store_true", help="run regnet_ext.fuse(model) first")
     parser.add_argument("--train", action="store_true", help="forward + backward (BN in training mode)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
@@ -34,16 +37,19 @@ def add_arguments(parser):
                         help="write JSON (to stdout when no PATH is given)")
     parser.add_argument("--plot", default=None, metavar="PATH",
                         help="PNG of stacked stage times, stock and fused side by side "
-                             "(profiles both, interleaved, when fuse() is available)")
+                             "(profiles both, interleaved, when fuse() is available; else stock "
+                             "only, with a note on stderr)")
 
 
 def run(args):
     from ..profiling import plot_profiles, profile, profile_stock_and_fused, stage_speedups
 
-    for name in ("batch", "resolution", "iters", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            print(f"regnet-ext profile: --{name} must be >= 1", file=sys.stderr)
-            return 2
+    error = first_below_one(args, ("batch", "resolution", "iters", "threads"))
+    if error is None and args.fused and not fuse_available():
+        error = f"--fused: {FUSE_MISSING}; profile without --fused"
+    if error:
+        print(f"regnet-ext profile: {error}", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -60,8 +66,10 @@ def run(args):
             return 2
     shape = (args.batch, 3, args.resolution, args.resolution)
     result = other = None
-    if args.plot and args.schedule is None:
-        # Stock and fused, iterations interleaved; falls back to one run without fuse().
+    if args.plot and args.schedule is None and not fuse_available():
+        print(f"regnet-ext profile: --plot: profiling stock only; {FUSE_MISSING}", file=sys.stderr)
+    elif args.plot and args.schedule is None:
+        # Stock and fused, iterations interleaved; falls back to one run if fuse() refuses.
         try:
             stock, fused = profile_stock_and_fused(args.model, shape, **common)
             result, other = (fused, stock) if args.fused else (stock, fused)

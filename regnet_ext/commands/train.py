@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from ._checks import FUSE_MISSING, fuse_available, option_error, resolve_device
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Train a RegNet (standard or custom, --fused on/off) with the paper's recipe on digits or "
@@ -14,13 +15,18 @@ HELP = ("Train a RegNet (standard or custom, --fused on/off) with the paper's re
 
 DEFAULT_MODEL = "RegNetX-200MF"
 CUSTOM_PARAMS = ("w0", "wa", "wm", "depth", "group_width")
+# The Python API's parameter names in error messages -> the options that set them.
+RENAMES = {"name_or_path": "data", "num_workers": "workers", "name": "model",
+           "nesterov": "momentum"}
 
 
 def add_arguments(parser):
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None,
                        help=f"standard model name, any spelling (default {DEFAULT_MODEL} unless "
-                            "--w0/--wa/--wm/--depth/--group-width describe a custom one)")
+                            "--w0/--wa/--wm/--depth/--group-width describe a custom one; given "
+                            "with --model, those and --bottleneck-multiplier/--se-ratio must "
+                            "match the model's)")
     model.add_argument("--w0", type=int, help="custom RegNet: initial width (multiple of 8)")
     model.add_argument("--wa", type=float, help="custom RegNet: width slope")
     model.add_argument("--wm", type=float, help="custom RegNet: width multiplier (> 1)")
@@ -66,7 +72,8 @@ def add_arguments(parser):
     run_group.add_argument("--device", default="auto",
                            help="cpu, cuda or auto (default: cuda when available, else cpu)")
     run_group.add_argument("--sync-bn", action="store_true",
-                           help="SyncBatchNorm across processes (CUDA only)")
+                           help="SyncBatchNorm across the torchrun processes (CUDA only, "
+                                "refused on the CPU; a single process trains as without it)")
     run_group.add_argument("--checkpoint", default=None,
                            help="checkpoint file, written after every epoch")
     run_group.add_argument("--resume", action="store_true",
@@ -80,48 +87,47 @@ def add_arguments(parser):
 
 
 def build_model(args, num_classes):
-    """The RegNet the arguments describe (a standard name, or the custom generator parameters)."""
+    """The RegNet the arguments describe: a standard name (generator parameters given with it
+    must match the model's, as regnet() checks) or the custom generator parameters."""
     from ..models import regnet
 
-    custom = {name: getattr(args, name) for name in CUSTOM_PARAMS}
-    if all(v is None for v in custom.values()):
-        return regnet(args.model or DEFAULT_MODEL, num_classes=num_classes,
-                      rounding=args.rounding)
-    missing = [f"--{k.replace('_', '-')}" for k, v in custom.items() if v is None]
-    if missing:
+    given = {name: getattr(args, name) for name in CUSTOM_PARAMS if getattr(args, name) is not None}
+    custom = given or args.se_ratio != 0.0 or args.bottleneck_multiplier != 1.0
+    name = args.model or (None if custom else DEFAULT_MODEL)
+    missing = [f"--{k.replace('_', '-')}" for k in CUSTOM_PARAMS if k not in given]
+    if name is None and missing:
         raise ValueError(f"{missing[0]}: a custom RegNet needs --w0, --wa, --wm, --depth and "
-                         f"--group-width (missing {', '.join(missing)})")
-    return regnet(args.model, num_classes=num_classes, rounding=args.rounding,
-                  bottleneck_multiplier=args.bottleneck_multiplier, se_ratio=args.se_ratio,
-                  **custom)
-
-
-def _device(name):
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.split(":")[0] not in ("cpu", "cuda"):
-        raise ValueError(f"--device: expected cpu, cuda or auto, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device: cuda asked for but torch.cuda.is_available() is False")
-    return name
+                         f"--group-width (missing {', '.join(missing)}), or give --model")
+    try:
+        return regnet(name, num_classes=num_classes, rounding=args.rounding,
+                      bottleneck_multiplier=args.bottleneck_multiplier, se_ratio=args.se_ratio,
+                      **given)
+    except ValueError as e:  # regnet()'s "name" is the command's --model
+        raise ValueError(str(e).replace("leave the name out", "leave --model out")) from e
 
 
 def _prepare(args):
-    import regnet_ext
     import torch
 
     from ..training import load_dataset, num_classes_of
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume: needs --checkpoint PATH")
-    if args.fused and getattr(regnet_ext, "fuse", None) is None:
-        raise ValueError("--fused: the fused kernels are not available in this installation "
-                         "(regnet_ext.fuse is missing); train without --fused")
-    device = _device(args.device)
-    train = load_dataset(args.data, resolution=args.resolution, split="train")
-    val = load_dataset(args.data, resolution=args.resolution, split="val")
+    if args.fused and not fuse_available():
+        raise ValueError(f"--fused: {FUSE_MISSING}; train without --fused")
+    device = resolve_device(args.device)
+    if args.sync_bn and not device.startswith("cuda"):
+        # torch's SyncBatchNorm: plain BatchNorm in one process, an error at the first step of a
+        # CPU run under torchrun (gloo).
+        raise ValueError("--sync-bn: SyncBatchNorm needs CUDA; train on the CPU without it")
+
+    def load(split):
+        try:
+            return load_dataset(args.data, resolution=args.resolution, split=split)
+        except FileNotFoundError as e:  # torchvision's ImageFolder: no class folder, or no images
+            raise ValueError(f"--data: {os.path.join(args.data, split)}: {e}") from e
+
+    train, val = load("train"), load("val")
     torch.manual_seed(args.seed)  # the model's initialisation follows the seed too
     model = build_model(args, num_classes_of(train))
     return model, train, val, device
@@ -135,7 +141,7 @@ def run(args):
     try:
         model, train, val, device = _prepare(args)
     except (ValueError, RuntimeError) as e:
-        print(f"regnet-ext train: error: {e}", file=sys.stderr)
+        print(f"regnet-ext train: error: {option_error(e, args, RENAMES)}", file=sys.stderr)
         return 2
     cost = complexity(model.spec, args.resolution)  # before fit: fuse() may swap modules
     try:
@@ -146,7 +152,7 @@ def run(args):
                      fused=args.fused, checkpoint=args.checkpoint, resume=args.resume,
                      num_workers=args.workers, sync_batchnorm=args.sync_bn)
     except ValueError as e:  # a setting fit() refuses (batch too large, resume mismatch, ...)
-        print(f"regnet-ext train: error: {e}", file=sys.stderr)
+        print(f"regnet-ext train: error: {option_error(e, args, RENAMES)}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports
@@ -163,12 +169,12 @@ def run(args):
 
 def _print_table(r, args):
     rows = [
-        ("model", f"{r['model']}  ({r['params']:,} params, {r['flops'] / 1e6:.2f} MFLOPs/image "
-                  f"at {r['resolution']}x{r['resolution']})"),
+        ("model", f"{r['model']}  ({r['params']:,} params, {r['flops'] / 1e6:.2f} M "
+                  f"multiply-adds/image at {r['resolution']}x{r['resolution']})"),
         ("data", f"{r['data']}: {r['train_size']} train / {r['val_size']} val images"),
-        ("recipe", f"{r['epochs']} epochs, batch {r['batch_size']}, SGD lr {r['lr']} "
+        ("recipe", f"{_epochs(r['epochs'])}, batch {r['batch_size']}, SGD lr {r['lr']} "
                    f"(Nesterov, momentum {args.momentum}, weight decay {args.weight_decay}), "
-                   f"cosine per iteration, warmup {args.warmup_epochs} epochs"),
+                   f"cosine per iteration, warmup {_epochs(args.warmup_epochs)}"),
         ("run", f"{r['device']} x {r['world_size']} process(es), fused: "
                 f"{'yes' if r['fused'] else 'no'}"
                 + (f", resumed after epoch {r['resumed_from_epoch']}"
@@ -180,3 +186,7 @@ def _print_table(r, args):
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+
+def _epochs(n):
+    return f"{n:g} epoch{'' if n == 1 else 's'}"

@@ -1,0 +1,51 @@
+"""The argument checks the sub-commands share: options named as on the command line, the
+device, and whether fuse() can run here."""
+
+
+def option_error(exc, args, renames=None):
+    """``exc``'s message with its leading Python parameter name (``batch_size: ...``) replaced by
+    the option that sets it (``--batch-size: ...``, ``renames`` maps the names that differ);
+    any other message unchanged."""
+    name, sep, rest = str(exc).partition(": ")
+    name = (renames or {}).get(name, name)
+    if sep and name.isidentifier() and not name.startswith("_") and hasattr(args, name):
+        return f"--{name.replace('_', '-')}: {rest}"
+    return str(exc)
+
+
+def first_below_one(args, names):
+    """The error message for the first of the int options ``names`` below 1, or None."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"--{name.replace('_', '-')}: expected an int >= 1, got {value}"
+    return None
+
+
+def resolve_device(name):
+    """cpu, cuda[:N] or auto (cuda when available) -> the device name; ValueError otherwise."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu, cuda or auto, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device: cuda requested but torch.cuda.is_available() is False")
+    return name
+
+
+def fuse_available():
+    """Whether regnet_ext.fuse() can run here (it needs the compiled extension)."""
+    import regnet_ext
+
+    try:
+        regnet_ext.fuse  # noqa: B018  (imports regnet_ext.nn, which loads regnet_ext._C)
+    except (AttributeError, ImportError):  # the lazy __getattr__ raises ImportError without _C
+        return False
+    return True
+
+
+# What the --fused and fuse()-based commands say when fuse_available() is False.
+FUSE_MISSING = ("the fused kernels are not available here (the compiled extension "
+                "regnet_ext._C did not load: `regnet-ext info` says why)")

@@ -1,0 +1,68 @@
+"""`regnet-ext` where the compiled extension is missing (a copy of the package without _C, run
+as a subprocess, as a user's install without the build would be) and the top-level --version."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import regnet_ext
+from regnet_ext.cli import main
+
+
+@pytest.fixture(scope="module")
+def noext_root(tmp_path_factory):
+    """A folder holding a copy of the package without the compiled module."""
+    root = tmp_path_factory.mktemp("noext")
+    shutil.copytree(regnet_ext.__path__[0], root / "regnet_ext",
+                    ignore=shutil.ignore_patterns("_C*.so", "_C*.pyd", "__pycache__"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def without_extension(noext_root):
+    """Runs `python -m regnet_ext ARGS` on the copy without the compiled module."""
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "regnet_ext", *argv], cwd=noext_root,
+                              capture_output=True, text=True, timeout=300)
+    return run
+
+
+def test_fuse_without_the_extension_says_how_to_build_it(noext_root):
+    script = ("import torch, regnet_ext\n"
+              "try:\n    regnet_ext.fuse(torch.nn.Linear(2, 2))\n"
+              "except ImportError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=noext_root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "compiled operators are not available" in done.stdout and "make build" in done.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--fused"], "regnet-ext train: error: --fused: the fused kernels are not available"),
+    (["profile", "--fused"], "regnet-ext profile: --fused: the fused kernels are not available"),
+    (["demo"], "regnet-ext demo: the fused kernels are not available"),
+])
+def test_commands_needing_fuse_fail_with_one_line(without_extension, argv, message):
+    done = without_extension(*argv)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_profile_plot_falls_back_to_stock_only(without_extension, tmp_path):
+    png = tmp_path / "p.png"
+    done = without_extension("profile", "--model", "RegNetY-200MF", "--batch", "1",
+                             "--resolution", "32", "--iters", "1", "--warmup", "0",
+                             "--plot", str(png), "--no-tune-malloc")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("regnet-ext profile: --plot: profiling stock only;")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "stock / fused" not in done.stdout and f"plot written to {png}" in done.stdout
+    assert png.stat().st_size > 0
+
+
+def test_version_prints_the_version_info_reports(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"regnet-ext {regnet_ext.__version__}\n"
