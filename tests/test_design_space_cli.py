@@ -42,7 +42,52 @@ def test_bad_input_is_a_clear_error(capsys):
     code, _, err = _run(capsys, "sample", "regnetx", "--set", "colour=red")
     assert code == 2 and "--set" in err
     code, _, err = _run(capsys, "sample", "regnetx", "--flops", "400M")
-    assert code == 2 and "LOW:HIGH" in err
+    assert code == 2 and "--flops: expected LO:HI" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "regnetx", "--flops", "100X:200M"],
+     "--flops: expected LO:HI with numbers and an optional k, M or G suffix, got '100X:200M'"),
+    (["sample", "regnetx", "--params", ":6Q"], "--params: expected LO:HI"),
+    (["sample", "regnetx", "--set", "wm=abc"], "--set wm: expected LO:HI or one number"),
+    (["sample", "anynetx_a", "--set", "group_widths=8,x"],
+     "--set group_widths: expected comma-separated numbers"),
+    (["sample", "regnetx", "--set", "se_ratio=q"], "--set se_ratio: expected a number"),
+    (["fit", "--widths", "32,abc"], "--widths: expected comma-separated numbers (e.g. 24,56,152), "
+                                    "got '32,abc'"),
+    (["fit", "--widths", "24,56", "--wm-range", "a:b"], "--wm-range: expected LO:HI"),
+    (["fit", "--widths", "24,56", "--wm-range", ":3"], "wm_range: expected (low, high)"),
+])
+def test_unparseable_values_name_the_option(argv, message, capsys):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == "" and err.startswith(f"regnet-ext space: {message}")
+    assert err.count("\n") == 1  # one line, no traceback
+
+
+def test_missing_and_empty_input_files_are_told_apart(tmp_path, capsys):
+    missing, empty = tmp_path / "nope.jsonl", tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = str(tmp_path / "r.jsonl")
+    for argv, name, what in ((["sweep", "{}", "--out", out], "path", "sample records"),
+                             (["analyze", "{}"], "paths", "records")):
+        code, _, err = _run(capsys, *[a.format(missing) for a in argv])
+        assert code == 2 and err == f"regnet-ext space: {name}: {missing} does not exist\n"
+        code, _, err = _run(capsys, *[a.format(empty) for a in argv])
+        assert code == 2 and err == f"regnet-ext space: {name}: {empty} holds no {what}\n"
+
+
+def test_sample_table_shows_group_widths_as_built_and_marks_adjusted_ones(capsys):
+    code, out, _ = _run(capsys, "sample", "anynetx_a", "-n", "3", "--flops", "100M:400M")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].endswith("depths / widths / group widths (as built)")
+    samples = ds.sample("anynetx_a", 3, flops=(100e6, 400e6))
+    adjusted = 0
+    for s, line in zip(samples, lines[1:]):
+        built, sampled = s.spec.group_widths, s.config["group_widths"]
+        marked = ", ".join(f"{b}*" if b != g else str(b) for b, g in zip(built, sampled))
+        assert line.endswith(f"[{marked}]")
+        adjusted += list(built) != sampled
+    assert adjusted and lines[4].startswith("* changed from the sampled value")
 
 
 def test_fit_from_widths(capsys):
@@ -85,3 +130,26 @@ def test_every_action_has_help(action, capsys):
     with pytest.raises(SystemExit) as e:
         main(["space", action, "--help"])
     assert e.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_analyze_warns_when_results_were_trained_with_different_settings(tmp_path, capsys):
+    settings = ds.sweep_settings(epochs=1)
+
+    def results(name, space, **changes):
+        path = tmp_path / name
+        write_records(str(path), [{"space": space, "trial": t, "flops": 1e8 + t, "params": 1e6,
+                                   "acts": 1e6, "config": {"wm": 2 + t / 10},
+                                   "spec": {"depths": [1] * 4, "widths": [8] * 4},
+                                   "top1_error": 30.0 + t, "settings": dict(settings, **changes)}
+                                  for t in range(4)])
+        return str(path)
+
+    a, b = results("a.jsonl", "anynetx_a"), results("b.jsonl", "regnetx")
+    c = results("c.jsonl", "regnetx", epochs=5, lr=0.1)
+    code, _, err = _run(capsys, "analyze", a, b, "--repetitions", "10")
+    assert code == 0 and err == ""
+    code, out, err = _run(capsys, "analyze", a, b, c, "--repetitions", "10", "--json")
+    assert code == 0 and json.loads(out)["summary"]["regnetx"]["n"] == 8  # a warning, not an error
+    assert err == (f"regnet-ext space: warning: results trained with different settings are "
+                   f"compared: epochs=5, lr=0.1 in {c} (regnetx) vs epochs=1, lr=0.025 in "
+                   f"{a} (anynetx_a), {b} (regnetx)\n")

@@ -121,6 +121,21 @@ def test_user_variants_fix_b_g_and_se():
                             "bottleneck_ratios": [1] * 4, "group_widths": [8] * 4})
 
 
+def test_a_variant_without_a_name_is_not_taken_for_its_base_space():
+    variant = ds.REGNETX.replace(wm=(2.3, 2.7))
+    assert variant.name == "regnetx_custom"  # as `space sample --set` names it
+    assert variant.replace(depth=(12, 20)).name == "regnetx_custom"  # one suffix, not two
+    assert ds.get_space("regnetx", wm=(2.3, 2.7)).name == "regnetx_custom"
+    assert ds.REGNETX.replace(name="mine", wm=(2.3, 2.7)).name == "mine"
+    assert ds.REGNETX.replace(se_ratio=0.0).name == "regnetx"  # no setting changed
+    assert ds.REGNETX.name == "regnetx" and ds.REGNETY.name == "regnety"
+    samples = ds.sample(ds.REGNETX, 2, seed=0) + ds.sample(variant, 2, seed=0)
+    assert [s.space for s in samples] == ["regnetx"] * 2 + ["regnetx_custom"] * 2
+    assert samples[-1].spec.name == "regnetx_custom"
+    records = [dict(s.to_dict(), top1_error=30.0) for s in samples]
+    assert list(ds.group_by_space(records)) == ["regnetx", "regnetx_custom"]
+
+
 def test_stagewise_complexity_matches_the_models_complexity():
     rng = np.random.default_rng(0)
     for name in ("anynetx_a", "regnety"):

@@ -136,3 +136,38 @@ def test_failed_trials_are_reported_and_retried(tmp_path):
         ds.run_sweep(_samples(2), str(out), engine="inline", progress=False,
                      **dict(SETTINGS, dataset=str(tmp_path / "no-such-folder")))
     assert read_records(str(out)) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_local_sweep_cleanly_and_it_resumes(tmp_path, monkeypatch):
+    samples = _samples(16)  # every architecture of TINY: enough trials to be stopped midway
+    ds.save_samples(samples, str(tmp_path / "s.jsonl"))
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "regnet_ext", "space", "sweep", str(tmp_path / "s.jsonl"),
+           "--out", str(out), "--engine", "local", "--workers", "2", "--no-progress",
+           "--resolution", "16", "--epochs", "3", "--batch-size", "32", "--train-subset", "128",
+           "--val-subset", "64"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # Its own process group, signalled as a whole, as a shell or a job scheduler stops a job.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not read_records(str(out)):
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the sweep ended before it could be stopped: " \
+                                f"{proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert "leaked" not in err.decode(), err.decode()  # the pool's semaphores were released
+    assert proc.returncode == 128 + signal.SIGTERM
+    finished = read_records(str(out))
+    assert 1 <= len(finished) < len(samples)
+
+    trained = []
+    original = sweep_module.train_trial
+    monkeypatch.setattr(sweep_module, "train_trial", lambda task: trained.append(task["trial"])
+                        or original(task))
+    settings = dict(SETTINGS, epochs=3)
+    records = ds.run_sweep(samples, str(out), engine="inline", progress=False, **settings)
+    assert sorted(trained) == sorted(set(range(16)) - {r["trial"] for r in finished})
+    assert [r["trial"] for r in records] == list(range(16))

@@ -1,5 +1,6 @@
 """`regnet-ext space`: design spaces - list, sample, sweep, analyze, fit."""
 import json
+import signal
 import sys
 
 HELP = ("Design spaces (AnyNetX A-E, RegNetX/Y): sample under complexity budgets, sweep "
@@ -26,14 +27,36 @@ def _plain_value(text):
     return text
 
 
-def _band(text):
+def _parsed(option, expected, text, parse):
+    """parse(text), or a ValueError that names the option and what it expects."""
+    try:
+        return parse(text)
+    except ValueError:
+        raise ValueError(f"{option}: expected {expected}, got {text!r}") from None
+
+
+def _numbers(text):
+    """"24,56,152" -> [24, 56, 152] (blank items skipped)."""
+    return [_number(v) for v in text.split(",") if v.strip()]
+
+
+def _low_high(text):
+    lo, sep, hi = text.partition(":")
+    if not sep:
+        raise ValueError("no ':'")
+    return (_number(lo) if lo.strip() else None, _number(hi) if hi.strip() else None)
+
+
+def _range(text):
+    lo, _, hi = text.partition(":")
+    return _number(lo), _number(hi or lo)
+
+
+def _band(option, text):
     """"360M:400M" -> (360e6, 400e6); either side may be empty (no bound)."""
     if text is None:
         return None
-    lo, sep, hi = text.partition(":")
-    if not sep:
-        raise ValueError(f"expected LOW:HIGH (e.g. 360M:400M), got {text!r}")
-    return (_number(lo) if lo.strip() else None, _number(hi) if hi.strip() else None)
+    return _parsed(option, "LO:HI with numbers and an optional k, M or G suffix", text, _low_high)
 
 
 def _space_changes(assignments, base):
@@ -51,13 +74,21 @@ def _space_changes(assignments, base):
                 raise ValueError(f"--set {key}: expected true or false, got {value!r}")
             changes[key] = value.lower() in ("true", "1")
         elif isinstance(current, tuple) and key in _VALUE_SETS:
-            changes[key] = tuple(_number(v) for v in value.split(","))
+            changes[key] = tuple(_parsed(f"--set {key}", "comma-separated numbers (e.g. 1,2,4)",
+                                         value, _numbers))
         elif isinstance(current, tuple):
-            lo, _, hi = value.partition(":")
-            changes[key] = (_number(lo), _number(hi or lo))
+            changes[key] = _parsed(f"--set {key}", "LO:HI or one number (e.g. 12:20)", value,
+                                   _range)
         else:
-            changes[key] = _number(value)
+            changes[key] = _parsed(f"--set {key}", "a number", value, _number)
     return changes
+
+
+def _as_built(built, sampled):
+    """"[8, 384*]": the built values, * marking each one that differs from the sampled value."""
+    if sampled is None:
+        return str(list(built))
+    return "[" + ", ".join(f"{b}*" if b != s else str(b) for b, s in zip(built, sampled)) + "]"
 
 
 def _print_json(doc):
@@ -177,26 +208,39 @@ def _sample(args):
 
     base = get_space(args.space)
     changes = _space_changes(args.set, base)
-    if changes:
-        changes["name"] = args.name or f"{base.name}_custom"
-    elif args.name:
+    if args.name:
         changes["name"] = args.name
-    space = base.replace(**changes) if changes else base
-    samples = sample(space, args.n, flops=_band(args.flops), params=_band(args.params),
-                     acts=_band(args.acts), seed=args.seed, resolution=args.resolution,
+    space = base.replace(**changes)  # a variant is named SPACE_custom unless --name says
+    samples = sample(space, args.n, flops=_band("--flops", args.flops),
+                     params=_band("--params", args.params), acts=_band("--acts", args.acts),
+                     seed=args.seed, resolution=args.resolution,
                      max_attempts=args.max_attempts)
     if args.out:
         save_samples(samples, args.out)
     if args.json:
         _print_json([s.to_dict() for s in samples])
         return 0
-    print(f"{'#':>4} {'MFLOPs':>9} {'Mparams':>8} {'Macts':>7}  depths / widths / groups")
+    print(f"{'#':>4} {'MFLOPs':>9} {'Mparams':>8} {'Macts':>7}  "
+          f"depths / widths / group widths (as built)")
+    rows = []
     for i, s in enumerate(samples):
-        print(f"{i:4d} {s.flops / 1e6:9.1f} {s.params / 1e6:8.2f} {s.acts / 1e6:7.2f}  "
-              f"{list(s.spec.depths)} {list(s.spec.widths)} {list(s.spec.group_widths)}")
+        groups = s.config.get("group_widths")
+        if groups is None and "group_width" in s.config:  # RegNet: one group width for all stages
+            groups = [s.config["group_width"]] * len(s.spec.group_widths)
+        rows.append(f"{i:4d} {s.flops / 1e6:9.1f} {s.params / 1e6:8.2f} {s.acts / 1e6:7.2f}  "
+                    f"{list(s.spec.depths)} {_as_built(s.spec.widths, s.config.get('widths'))} "
+                    f"{_as_built(s.spec.group_widths, groups)}")
+    print("\n".join(rows))
+    if any("*" in row for row in rows):
+        print("* changed from the sampled value by the group/bottleneck compatibility step "
+              "(records keep both: config = sampled, spec = built)")
     if args.out:
         print(f"{len(samples)} samples of {space.name} -> {args.out}")
     return 0
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)  # the shell's status for a process ended by that signal
 
 
 def _sweep(args):
@@ -210,13 +254,20 @@ def _sweep(args):
         if not (sep and key):
             raise ValueError(f"--submitit-option: expected KEY=VALUE, got {item!r}")
         options[key] = _plain_value(value)
-    records = run_sweep(load_samples(args.samples), args.out, engine=args.engine,
-                        workers=args.workers, engine_options=options,
-                        progress=not args.no_progress, dataset=args.dataset,
-                        resolution=args.resolution, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                        seed=args.seed, train_subset=args.train_subset,
-                        val_subset=args.val_subset, threads_per_trial=args.threads_per_trial)
+    # SIGTERM unwinds like Ctrl-C, so that the sweep's finally blocks shut its worker pool down
+    # (killed outright, it leaks the pool's semaphores and leaves workers waiting forever).
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        records = run_sweep(load_samples(args.samples), args.out, engine=args.engine,
+                            workers=args.workers, engine_options=options,
+                            progress=not args.no_progress, dataset=args.dataset,
+                            resolution=args.resolution, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr,
+                            weight_decay=args.weight_decay, seed=args.seed,
+                            train_subset=args.train_subset, val_subset=args.val_subset,
+                            threads_per_trial=args.threads_per_trial)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         _print_json(records)
         return 0
@@ -233,10 +284,16 @@ def _analyze(args):
     import numpy as np
 
     from ..design_space import (empirical_bootstrap, group_by_space, load_results,
-                                matched_weights, model_parameters, parameter_table, summarize)
+                                matched_weights, model_parameters, parameter_table,
+                                settings_warning, summarize)
     from ..design_space.plots import plot_edfs, plot_error_vs_parameters
 
-    records = load_results(args.results)
+    labelled = [(f"{path} ({r.get('space', '?')})", r) for path in args.results
+                for r in load_results(path)]
+    records = [r for _, r in labelled]
+    warning = settings_warning(labelled)
+    if warning:  # a warning, not an error: comparing across settings can be intended
+        print(f"regnet-ext space: warning: {warning}", file=sys.stderr)
     groups = group_by_space(records)
     summary = summarize(records)
     wanted = [p.strip() for p in args.params.split(",")] if args.params else None
@@ -297,13 +354,14 @@ def _analyze(args):
 def _fit(args):
     from ..design_space import fit_widths
 
-    wm_range = _band(args.wm_range)
+    wm_range = _band("--wm-range", args.wm_range)
     if args.model:
         from ..models.zoo import regnet_spec
 
         widths = regnet_spec(args.model)
     else:
-        widths = [_number(w) for w in args.widths.split(",") if w.strip()]
+        widths = _parsed("--widths", "comma-separated numbers (e.g. 24,56,152)", args.widths,
+                         _numbers)
     fit = fit_widths(widths, wm_range=wm_range)
     if args.json:
         _print_json(fit.to_dict())

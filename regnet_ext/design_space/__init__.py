@@ -8,7 +8,8 @@ sweeps, error EDFs, the empirical bootstrap and the quantized-linear width fit.
     ds.empirical_bootstrap([r["config"]["wm"] for r in records], [r["top1_error"] for r in records])
     ds.fit_widths([24, 56, 152, 152, 368, 368])                          # -> WidthFit(..., e_fit)
 """
-from .analysis import group_by_space, load_results, model_parameters, parameter_table, summarize
+from .analysis import (group_by_space, load_results, model_parameters, parameter_table,
+                       settings_warning, summarize)
 from .bootstrap import BootstrapResult, empirical_bootstrap
 from .edf import complexity_bins, error_edf, matched_weights
 from .engines import ENGINES, make_engine
@@ -16,7 +17,7 @@ from .fit import WidthFit, fit_error, fit_widths, per_block_widths
 from .sample import Sample, load_samples, sample, save_samples, stagewise_complexity
 from .spaces import (ANYNETX_A, ANYNETX_B, ANYNETX_C, ANYNETX_D, ANYNETX_E, REGNETX, REGNETY,
                      SPACES, AnyNetXSpace, DesignSpace, InvalidConfigError, RegNetSpace, get_space)
-from .sweep import run_sweep, sweep_settings, train_trial
+from .sweep import run_sweep, settings_diff, sweep_settings, train_trial
 
 
 def build_model(sample_or_record, *, num_classes=1000, in_channels=3):
@@ -36,5 +37,5 @@ __all__ = [
     "sweep_settings", "train_trial", "ENGINES", "make_engine", "error_edf", "matched_weights",
     "complexity_bins", "empirical_bootstrap", "BootstrapResult", "fit_widths", "fit_error",
     "per_block_widths", "WidthFit", "load_results", "group_by_space", "model_parameters",
-    "parameter_table", "summarize",
+    "parameter_table", "summarize", "settings_diff", "settings_warning",
 ]

@@ -1,7 +1,8 @@
-"""Sweep results as populations: grouping, per-model parameters and summaries."""
+"""Sweep results as populations: grouping, per-model parameters, summaries, settings checks."""
 import numpy as np
 
-from .records import read_records
+from .records import read_input
+from .sweep import settings_diff
 
 
 def load_results(paths):
@@ -10,15 +11,38 @@ def load_results(paths):
         paths = [paths]
     records = []
     for path in paths:
-        found = read_records(path)
-        if not found:
-            raise ValueError(f"paths: {path} holds no records")
+        found = read_input(path, "paths")
         for r in found:
             if "top1_error" not in r:
                 raise ValueError(f"paths: {path} holds a record without top1_error (a samples "
                                  f"file, not sweep results?)")
         records.extend(found)
     return records
+
+
+def settings_warning(labelled):
+    """None when the records of ``labelled``, (label, record) pairs such as
+    ("r.jsonl (regnetx)", record), were all trained with the same settings; else a message naming
+    the labels and the settings that differ (the errors then differ by training too)."""
+    groups = []  # [settings, labels] per distinct settings, in order of first appearance
+    for label, record in labelled:
+        settings = record.get("settings")
+        group = next((g for g in groups if not settings_diff(g[0], settings)), None)
+        if group is None:
+            group = [settings, []]
+            groups.append(group)
+        if label not in group[1]:
+            group[1].append(label)
+    if len(groups) < 2:
+        return None
+    (first, first_labels), parts = groups[0], []
+    for settings, labels in groups[1:]:
+        diff = settings_diff(first, settings)
+        parts.append(f"{', '.join(f'{k}={b!r}' for k, (_, b) in diff.items())} in "
+                     f"{', '.join(labels)} vs "
+                     f"{', '.join(f'{k}={a!r}' for k, (a, _) in diff.items())} in "
+                     f"{', '.join(first_labels)}")
+    return "results trained with different settings are compared: " + "; ".join(parts)
 
 
 def group_by_space(records):

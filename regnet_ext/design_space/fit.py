@@ -150,7 +150,8 @@ def fit_widths(widths, *, q=QUANTUM, wm_range=(1.5, 3.0), wa_range=(0.0, 256.0),
         raise ValueError(f"widths: expected a non-empty sequence of positive widths, got {widths!r}")
     if not (isinstance(q, int) and q >= 1):
         raise ValueError(f"q: expected an integer >= 1, got {q!r}")
-    if not (len(wm_range) == 2 and 1 < wm_range[0] <= wm_range[1]):
+    numbers = all(isinstance(v, (int, float)) for v in wm_range)  # None (an open side) too
+    if not (len(wm_range) == 2 and numbers and 1 < wm_range[0] <= wm_range[1]):
         raise ValueError(f"wm_range: expected (low, high) with 1 < low <= high, got {wm_range!r}")
     if not (len(wa_range) == 2 and 0 <= wa_range[0] <= wa_range[1] and wa_range[1] > 0):
         raise ValueError(f"wa_range: expected (low, high) with 0 <= low <= high, high > 0, "

@@ -64,3 +64,15 @@ def read_records(path, *, repair=False):
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
     return records
+
+
+def read_input(path, name, what="records"):
+    """The records of an input file; ValueError naming the argument ``name`` when the file does not
+    exist or holds no records (read_records returns [] for both: a sweep's new output file)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{name}: {path} does not exist" if not os.path.exists(path)
+                         else f"{name}: {path} is not a file")
+    records = read_records(path)
+    if not records:
+        raise ValueError(f"{name}: {path} holds no {what}")
+    return records

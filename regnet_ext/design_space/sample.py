@@ -12,7 +12,7 @@ import numpy as np
 from ..models.complexity import (Complexity, block_complexity, head_complexity, output_size,
                                  stem_complexity)
 from ..models.spec import AnyNetSpec, BlockSpec
-from .records import read_records, write_records
+from .records import read_input, write_records
 from .spaces import DesignSpace, InvalidConfigError, get_space, spec_key
 
 METRICS = ("flops", "params", "acts")
@@ -162,7 +162,4 @@ def save_samples(samples, path):
 
 def load_samples(path):
     """Reads a file written by save_samples (or any JSONL of sample records, e.g. sweep results)."""
-    records = read_records(path)
-    if not records:
-        raise ValueError(f"path: {path} holds no sample records")
-    return [Sample.from_dict(r) for r in records]
+    return [Sample.from_dict(r) for r in read_input(path, "path", "sample records")]

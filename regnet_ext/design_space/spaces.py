@@ -45,7 +45,14 @@ class DesignSpace(abc.ABC):
         return AnyNet(self.to_spec(config, num_classes=num_classes, in_channels=in_channels))
 
     def replace(self, **changes):
-        """A variant of this space (e.g. ``replace(name="x_b1", bottleneck_ratios=(1,))``)."""
+        """A variant of this space (e.g. ``replace(name="x_b1", bottleneck_ratios=(1,))``).
+
+        Without a ``name``, a variant that changes a setting is named ``<name>_custom`` (as
+        ``space sample --set`` names it), so that its samples are not grouped with the base
+        space's; pass ``name=`` to tell several variants apart."""
+        if "name" not in changes and any(getattr(self, k, None) != v for k, v in changes.items()):
+            # A variant of a variant keeps one suffix: regnetx_custom, not regnetx_custom_custom.
+            changes["name"] = self.name if self.name.endswith("_custom") else f"{self.name}_custom"
         return dataclasses.replace(self, **changes)
 
     def describe(self):

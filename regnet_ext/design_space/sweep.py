@@ -100,6 +100,13 @@ def train_trial(task):
     return record
 
 
+def settings_diff(a, b):
+    """{setting: (value in a, value in b)} for the training settings where records' ``settings``
+    a and b differ (None stands for a missing setting, or for records without settings)."""
+    a, b = a or {}, b or {}
+    return {k: (a.get(k), b.get(k)) for k in {**a, **b} if a.get(k) != b.get(k)}
+
+
 def _check_resumable(records, tasks, path):
     by_trial = {}
     for r in records:
@@ -111,9 +118,8 @@ def _check_resumable(records, tasks, path):
         if r.get("spec") != task["sample"]["spec"]:
             raise ValueError(f"out: {path} trial {trial} is another architecture than this "
                              f"sweep's; use a new file for a different sweep")
-        if r.get("settings") != task["settings"]:
-            diff = {k: (r.get("settings", {}).get(k), v) for k, v in task["settings"].items()
-                    if r.get("settings", {}).get(k) != v}
+        diff = settings_diff(r.get("settings"), task["settings"])
+        if diff:
             raise ValueError(f"out: {path} was written with other settings (file vs now: {diff}); "
                              f"use a new file or the same settings")
         if trial in by_trial:
@@ -179,8 +185,9 @@ def run_sweep(samples, out, *, engine="local", workers=None, engine_options=None
     runner = make_engine(engine, workers=workers, folder=folder, options=options)
     bar = _Progress(len(tasks), len(done), progress)
     failures, start = [], time.time()
+    results = runner.run(train_trial, pending)
     try:
-        for task, result in runner.run(train_trial, pending):
+        for task, result in results:
             if isinstance(result, BaseException):
                 failures.append((task["trial"], f"{type(result).__name__}: {result}"))
                 continue
@@ -188,6 +195,9 @@ def run_sweep(samples, out, *, engine="local", workers=None, engine_options=None
             done[task["trial"]] = result
             bar.update(result)
     finally:
+        # Stop the engine now (pool shut down, jobs cancelled) when interrupted, not whenever
+        # the traceback that holds this frame is freed.
+        results.close()
         bar.close()
     if failures:
         listed = "; ".join(f"trial {t}: {msg}" for t, msg in failures[:5])
