@@ -26,7 +26,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args._run(args) or 0
+    try:
+        return args._run(args) or 0
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (sweeps and train resume)
+        print(f"\nregnet-ext {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -66,3 +66,13 @@ def test_version_prints_the_version_info_reports(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"regnet-ext {regnet_ext.__version__}\n"
+
+
+def test_ctrl_c_ends_a_command_with_one_line(monkeypatch, capsys):
+    from regnet_ext.commands import info
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(info, "run", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "\nregnet-ext info: interrupted\n"

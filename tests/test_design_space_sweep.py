@@ -100,6 +100,8 @@ def test_resume_refuses_a_different_sweep(tmp_path):
                      **dict(SETTINGS, epochs=2))
     with pytest.raises(ValueError, match="another architecture"):
         ds.run_sweep(samples[1:], str(out), engine="inline", progress=False, **SETTINGS)
+    with pytest.raises(ValueError, match="is a directory; expected a JSONL file path"):
+        ds.run_sweep(samples[:1], str(tmp_path), engine="inline", progress=False, **SETTINGS)
 
 
 @pytest.mark.slow

@@ -175,6 +175,8 @@ def run_sweep(samples, out, *, engine="local", workers=None, engine_options=None
     samples = [s if isinstance(s, Sample) else Sample.from_dict(s) for s in samples]
     if not samples:
         raise ValueError("samples: expected at least one sample")
+    if os.path.isdir(out):
+        raise ValueError(f"out: {out} is a directory; expected a JSONL file path")
     settings = sweep_settings(**settings)
     tasks = [{"trial": i, "sample": s.to_dict(), "settings": settings}
              for i, s in enumerate(samples)]
