@@ -5,7 +5,7 @@
 // Why: torch.ops.regnet_ext.conv_bn_act_eval(...) converts each of its 13 arguments to an
 // IValue against the schema before the dispatcher runs: 11.9 us a call on a 4-pixel input on
 // the 2-core Ice Lake VM against 8.9 us through this entry (F.conv2d: 6.0 us). A fused
-// RegNetX-400MF forward makes 71 such calls; README, fuse(), says what it saved there.
+// RegNetX-400MF forward makes 71 such calls; docs/fused_inference.md says what it saved there.
 //
 // The call below is the dispatcher's own, so autograd (csrc/autograd.cpp), autocast,
 // TorchDispatchModes, the profiler's RecordFunction and inference mode behave as through
