@@ -24,7 +24,6 @@ from .._extension import (compiled_with_gemm_tiles_kernel, compiled_with_narrow_
                           compiled_with_narrow_group_kernel, compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
 from ..ops.conv_bn_act import UPDATE_RUNNING_STATS, conv_bn_act_eval_call, conv_bn_act_train_call
-from ..ops._tracing import quiet_shape_checks_under_trace
 from . import conv_pair, folded_inference
 from .folded_inference import cast as _cast, hooked
 
@@ -154,11 +153,13 @@ def _own_cpu_kernel_dtypes(conv, stride, padding, groups):
     return frozenset({torch.float32}) if (winograd and compiled_with_winograd_kernel()) or wide else frozenset()
 
 
-@quiet_shape_checks_under_trace
 def _check_in_channels(x, in_channels):
     """The same ValueError on every path (the operator's would blame its weight; oneDNN's packed
-    path names nothing)."""
-    if x.dim() != 4 or x.shape[1] != in_channels:
+    path names nothing). Not while jit-traced: sizes read there are traced values that warn, and
+    the operator checks the call anyway."""
+    # is_compiling first: Dynamo folds it to True and never meets _is_tracing, which it cannot trace.
+    jit_tracing = not torch.compiler.is_compiling() and torch._C._is_tracing()
+    if not jit_tracing and (x.dim() != 4 or x.shape[1] != in_channels):
         raise ValueError(f"FusedConvBNAct: x must be [N, {in_channels}, H, W] ({in_channels} channels, the "
                          f"conv's in_channels), got shape {list(x.shape)}")
 
