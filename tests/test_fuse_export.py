@@ -96,6 +96,30 @@ def test_torch_export_of_eval_model():
         rel_close(program.module()(images(seed=4)), fused(images(seed=4)), 1e-6)
 
 
+def test_a_saved_trace_and_export_load_in_a_new_process_after_importing_the_operators(tmp_path):
+    # Both hold calls of our operators, which `import regnet_ext.ops` registers with torch.
+    import subprocess
+    import sys
+
+    _, fused = small_pair()
+    fused.eval()
+    x = images()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates torch.jit, not removed
+        expected = fused(x)
+        torch.jit.save(torch.jit.trace(fused, x), tmp_path / "traced.pt")
+    torch.export.save(torch.export.export(fused, (x,)), tmp_path / "exported.pt2")
+    torch.save(x, tmp_path / "x.pt")
+    script = (f"import torch, regnet_ext.ops\nx = torch.load({str(tmp_path / 'x.pt')!r})\n"
+              f"traced = torch.jit.load({str(tmp_path / 'traced.pt')!r})\n"
+              f"exported = torch.export.load({str(tmp_path / 'exported.pt2')!r}).module()\n"
+              f"with torch.no_grad():\n    torch.save((traced(x), exported(x)), {str(tmp_path / 'y.pt')!r})\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for y in torch.load(tmp_path / "y.pt"):
+        rel_close(y, expected, 1e-6)
+
+
 def test_channels_last_training_step_matches_stock():
     stock, fused = small_pair(torch.float64)
     cl = torch.channels_last
@@ -107,6 +131,8 @@ def test_channels_last_training_step_matches_stock():
     nn.functional.cross_entropy(stock(x), target).backward()
     for p, q in zip(fused.parameters(), stock.parameters()):
         rel_close(p.grad, q.grad, 1e-9)
+        # In the Parameter's strides, as stock's (else AccumulateGrad copies and DDP warns).
+        assert p.grad.stride() == p.stride() == q.grad.stride()
     with torch.no_grad():
         assert fused.s1(fused.stem(x)).is_contiguous(memory_format=cl)  # the layout is kept
 

@@ -140,6 +140,21 @@ def test_conv_shaped_weights_give_conv_shaped_gradients():
         assert_close_to_reference(g, r, name=f"grad_{name}")
 
 
+def test_weight_gradients_keep_the_weights_strides():
+    # A channels_last model's 1x1 SE weights have strides (C, 1, C, C): a gradient in other strides
+    # costs AccumulateGrad a copy and makes DDP warn that they do not match its bucket views.
+    x, w1, b1, w2, b2 = make_inputs(2, 16, 5, 5, 4, conv_weights=True)
+    w1, w2 = (torch.nn.Conv2d(*w.shape[1::-1], 1).to(memory_format=torch.channels_last).weight.detach().copy_(w)
+              for w in (w1, w2))  # as model.to(memory_format=torch.channels_last) leaves them
+    assert w1.stride() == (16, 1, 16, 16)
+    leaves = [t.requires_grad_() for t in (x, w1, b1, w2, b2)]
+    squeeze_excite(*leaves).sum().backward()
+    assert w1.grad.stride() == w1.stride() and w2.grad.stride() == w2.stride()
+    grad_y = torch.randn(x.shape).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(BACKWARD_OP, [grad_y, *(t.detach() for t in leaves)],
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
 def test_matches_an_se_module_built_from_convs():
     channels, hidden = 32, 8
     fc1, fc2 = torch.nn.Conv2d(channels, hidden, 1), torch.nn.Conv2d(hidden, channels, 1)

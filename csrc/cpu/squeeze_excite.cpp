@@ -26,6 +26,7 @@
 #include "cpu/channel_sums.h"
 #include "cpu/chunk_stride.h"
 #include "kernels/squeeze_excite.h"
+#include "tensor_layout.h"
 
 namespace regnet_ext::cpu {
 namespace {
@@ -638,9 +639,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
   at::Tensor dw1 = weight_grad({s.hidden, s.channels}), db1 = weight_grad({s.hidden});
   at::Tensor dw2 = weight_grad({s.channels, s.hidden}), db2 = weight_grad({s.channels});
   auto results = [&] {
-    return std::make_tuple(dx, dw1.to(w1_in.scalar_type()).reshape(w1_in.sizes()),
+    // The weights' own strides (a channels_last 1x1 weight's): see in_layout_of.
+    return std::make_tuple(dx, in_layout_of(dw1.to(w1_in.scalar_type()).reshape(w1_in.sizes()), w1_in),
                            db1.to(b1_in.scalar_type()),
-                           dw2.to(w2_in.scalar_type()).reshape(w2_in.sizes()),
+                           in_layout_of(dw2.to(w2_in.scalar_type()).reshape(w2_in.sizes()), w2_in),
                            db2.to(b2_in.scalar_type()));
   };
   if (s.batch == 0) return results();

@@ -16,6 +16,7 @@
 #include "checks.h"
 #include "cuda/element_type_of.h"
 #include "cuda/squeeze_excite_kernels.h"
+#include "tensor_layout.h"
 
 namespace regnet_ext::cuda {
 namespace {
@@ -127,8 +128,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
     launch_se_input_grad(dy.const_data_ptr(), gate.const_data_ptr<float>(), ds_mean.const_data_ptr<float>(), s,
                          dtype, dx.data_ptr(), stream);
   }
-  return std::make_tuple(dx, dw1.to(w1_in.scalar_type()).reshape(w1_in.sizes()), db1.to(b1_in.scalar_type()),
-                         dw2.to(w2_in.scalar_type()).reshape(w2_in.sizes()), db2.to(b2_in.scalar_type()));
+  return std::make_tuple(dx, in_layout_of(dw1.to(w1_in.scalar_type()).reshape(w1_in.sizes()), w1_in),
+                         db1.to(b1_in.scalar_type()),
+                         in_layout_of(dw2.to(w2_in.scalar_type()).reshape(w2_in.sizes()), w2_in),
+                         db2.to(b2_in.scalar_type()));
 }
 
 }  // namespace

@@ -125,7 +125,8 @@ def _squeeze_excite_backward_fake(grad_y, x, w1, b1, w2, b2):
     if grad_y.shape != x.shape:
         raise ValueError(f"squeeze_excite_backward: grad_y must have x's shape {list(x.shape)}, "
                          f"got {list(grad_y.shape)}")
-    return (_like_x(x), w1.new_empty(w1.shape), b1.new_empty(b1.shape), w2.new_empty(w2.shape),
+    # The weight gradients in the weights' own strides, as the kernels return them.
+    return (_like_x(x), torch.empty_like(w1), b1.new_empty(b1.shape), torch.empty_like(w2),
             b2.new_empty(b2.shape))
 
 
