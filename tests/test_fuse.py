@@ -94,6 +94,13 @@ def test_fuse_swaps_whole_blocks_and_keeps_state_dict(name):
     assert [n for n, _ in model.named_parameters()] == names
     se_blocks = [m for m in model.modules() if isinstance(m, FusedSqueezeExcite)]
     assert len(se_blocks) == (0 if "regnetx" in name else EXPECTED_BLOCKS[name])
+    # Fusing again swaps nothing and says why (naming the outermost fused modules: a FusedHead
+    # holds the FusedLinear swapped in after it).
+    paths = [path for path, _, _ in report.swapped]
+    outermost = [p for p in paths if not any(p.startswith(q + ".") for q in paths)]
+    again, report = fuse(model, report=True)
+    assert again is model and report.swapped == [] and report.already_fused == outermost
+    assert f"already fused before this call: {len(outermost)} module(s)" in str(report)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

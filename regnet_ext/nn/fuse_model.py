@@ -27,9 +27,11 @@ _SELFCHECK_RESULTS = {}
 
 @dataclasses.dataclass
 class FuseReport:
-    """What fuse() did: `swapped` (path, stock class, fused class), `left_stock` (path, class) of
-    conv/BN layers it left unfused, and `notes` (path, why a known block/layer did not match)."""
+    """What fuse() did: `swapped` (path, stock class, fused class), `already_fused` (paths of the
+    fused modules the model held before, as after an earlier fuse()), `left_stock` (path, class)
+    of conv/BN layers it left unfused, and `notes` (path, why a known block/layer did not match)."""
     swapped: list = dataclasses.field(default_factory=list)
+    already_fused: list = dataclasses.field(default_factory=list)
     left_stock: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
 
@@ -41,6 +43,8 @@ class FuseReport:
         lines = [f"fuse: swapped {len(self.swapped)} module(s)"
                  + (": " + ", ".join(f"{self.count(k)} {k}" for k in kinds) if kinds else "")]
         lines += [f"  {path:<40} {stock} -> {fused}" for path, stock, fused in self.swapped]
+        if self.already_fused:
+            lines.append(f"already fused before this call: {len(self.already_fused)} module(s)")
         if self.left_stock:
             lines.append(f"left stock (not a recognised pattern): {len(self.left_stock)} conv/BN layer(s)")
             lines += [f"  {path:<40} {cls}" for path, cls in self.left_stock]
@@ -126,7 +130,8 @@ def _fuse_children(module, prefix, report):
     for name, child in list(module.named_children()):
         path = f"{prefix}.{name}" if prefix else name
         if isinstance(child, _HoldsStock):
-            continue  # already fused
+            report.already_fused.append(path)
+            continue
         fused = _fuse_one(child, path, report)
         if isinstance(fused, FusedHead):
             _fuse_children(fused, path, report)  # it holds the stock head's fc: fused on its own
@@ -191,6 +196,8 @@ def fuse(model, *, verify=False, report=False):
         if first is not None:
             verify_device(first.device, first.dtype)
     summary = FuseReport()
+    if isinstance(model, _HoldsStock):
+        summary.already_fused.append("")
     fused_root = None if isinstance(model, _HoldsStock) else _fuse_one(model, "", summary)
     if fused_root is not None:
         model = fused_root
