@@ -308,7 +308,16 @@ def _se_inputs(batch, channels, hidden, size, gen):
             "b2": rand(channels, scale=0.1), "grad_y": rand(batch, channels, size, size)}
 
 
-def _check_se(dtype, device, gen, backward):
+def _squeeze_excite_inplace(x, *weights):
+    """squeeze_excite_ (fused inference's SE) on a copy of x: the result written over it."""
+    x = x.clone(memory_format=torch.preserve_format)
+    torch.ops.regnet_ext.squeeze_excite_(x, *weights)
+    return x
+
+
+def _check_se(dtype, device, gen, backward, forward=None):
+    """squeeze_excite (or `forward`, an operator computing the same) or its backward."""
+    forward = forward or torch.ops.regnet_ext.squeeze_excite  # (bound at run time: run() loads _C)
     worst = _Worst()
     for batch, channels, hidden, size, channels_last in SE_CASES:
         m = _se_inputs(batch, channels, hidden, size, gen)
@@ -316,7 +325,7 @@ def _check_se(dtype, device, gen, backward):
         name = f"N{batch}_C{channels}_{'nhwc' if channels_last else 'nchw'}"
         args = [t[k] for k in ("x", "w1", "b1", "w2", "b2")]
         if not backward:
-            ours = torch.ops.regnet_ext.squeeze_excite(*args)
+            ours = forward(*args)
             ref = reference_squeeze_excite(*[m[k] for k in ("x", "w1", "b1", "w2", "b2")])
             worst.add(f"{name}: y", ours, ref, reference_squeeze_excite(*args), dtype)
             continue
@@ -330,22 +339,6 @@ def _check_se(dtype, device, gen, backward):
         ref, plain = autograd(m), autograd(t)
         for k in ref:
             worst.add(f"{name}: grad_{k}", ours[k], ref[k], plain[k], dtype)
-    return worst
-
-
-def _check_se_inplace(dtype, device, gen):
-    """squeeze_excite_ (fused inference's SE): the result written over x, as squeeze_excite's."""
-    worst = _Worst()
-    for batch, channels, hidden, size, channels_last in SE_CASES:
-        m = _se_inputs(batch, channels, hidden, size, gen)
-        t = {k: _on(v, dtype, device, channels_last) for k, v in m.items()}
-        args = [t[k] for k in ("x", "w1", "b1", "w2", "b2")]
-        plain = reference_squeeze_excite(*args)
-        x = args[0].clone(memory_format=torch.preserve_format)
-        torch.ops.regnet_ext.squeeze_excite_(x, *args[1:])
-        name = f"N{batch}_C{channels}_{'nhwc' if channels_last else 'nchw'}"
-        worst.add(f"{name}: x", x, reference_squeeze_excite(*[m[k] for k in ("x", "w1", "b1", "w2", "b2")]),
-                  plain, dtype)
     return worst
 
 
@@ -374,14 +367,23 @@ def _check_conv_pair(dtype, device, gen):
     return worst
 
 
+# (batch, channels, size, classes): RegNetY-400MF's head at batch 8, and a small odd one.
+POOL_LINEAR_CASES = ((8, 440, 7, 1000), (3, 13, 5, 7))
+
+
+def _pool_linear_inputs(batch, channels, size, classes, gen, dtype, device):
+    """x, weight, bias and a grad_y in float64 (m) and in dtype on device (t)."""
+    m = [(torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale
+         for shape, scale in (((batch, channels, size, size), 1.0), ((classes, channels), channels ** -0.5),
+                              ((classes,), 1.0), ((batch, classes), 1.0))]
+    return m, [_on(v, dtype, device, channels_last=v.dim() == 4) for v in m]
+
+
 def _check_pool_linear(dtype, device, gen):
     worst = _Worst()
-    for batch, channels, size, classes in ((8, 440, 7, 1000), (3, 13, 5, 7)):
-        m = [(torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale
-             for shape, scale in (((batch, channels, size, size), 1.0), ((classes, channels), channels ** -0.5),
-                                  ((classes,), 1.0))]
-        t = [_on(v, dtype, device, channels_last=v.dim() == 4) for v in m]
-        worst.add(f"N{batch}_C{channels}_{size}px_K{classes}: y", torch.ops.regnet_ext.pool_linear(*t),
+    for batch, channels, size, classes in POOL_LINEAR_CASES:
+        m, t = _pool_linear_inputs(batch, channels, size, classes, gen, dtype, device)
+        worst.add(f"N{batch}_C{channels}_{size}px_K{classes}: y", torch.ops.regnet_ext.pool_linear(*t[:3]),
                   F.linear(m[0].mean((2, 3)), m[1], m[2]), F.linear(t[0].mean((2, 3)), t[1], t[2]), dtype)
     return worst
 
@@ -389,11 +391,8 @@ def _check_pool_linear(dtype, device, gen):
 def _check_pool_linear_backward(dtype, device, gen):
     """pool_linear_backward (a fused head in training) against autograd through the stock head."""
     worst = _Worst()
-    for batch, channels, size, classes in ((8, 440, 7, 1000), (3, 13, 5, 7)):
-        m = [(torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale
-             for shape, scale in (((batch, channels, size, size), 1.0), ((classes, channels), channels ** -0.5),
-                                  ((classes,), 1.0), ((batch, classes), 1.0))]
-        t = [_on(v, dtype, device, channels_last=v.dim() == 4) for v in m]
+    for batch, channels, size, classes in POOL_LINEAR_CASES:
+        m, t = _pool_linear_inputs(batch, channels, size, classes, gen, dtype, device)
         ours = torch.ops.regnet_ext.pool_linear_backward(t[3], t[0], t[1])
 
         def autograd(src):
@@ -415,7 +414,7 @@ CHECKS = {
     "conv_bn_act[autograd+running_stats]": _check_conv_autograd,
     "squeeze_excite": lambda d, dev, g: _check_se(d, dev, g, backward=False),
     "squeeze_excite_backward": lambda d, dev, g: _check_se(d, dev, g, backward=True),
-    "squeeze_excite_": _check_se_inplace,
+    "squeeze_excite_": lambda d, dev, g: _check_se(d, dev, g, backward=False, forward=_squeeze_excite_inplace),
     "conv_pair_relu": _check_conv_pair,
     "pool_linear": _check_pool_linear,
     "pool_linear_backward": _check_pool_linear_backward,

@@ -3,8 +3,8 @@ mode, memory format, module types, parameters, gradients and BN statistics."""
 import pytest
 import torch
 
-from regnet_ext.models import regnet
 from regnet_ext.profiling import profile, profile_stock_and_fused
+from test_profiler import _tiny
 
 
 def _snapshot(model):
@@ -26,7 +26,7 @@ def _assert_unchanged(model, before):
 @pytest.mark.parametrize("call", ["profile", "profile_stock_and_fused"])
 def test_profiling_leaves_the_callers_model_as_it_was(call):
     torch.manual_seed(0)
-    model = regnet(w0=16, wa=8.0, wm=1.5, depth=6, group_width=8, se_ratio=0.25).train()
+    model = _tiny().train()
     before = _snapshot(model)
     kwargs = dict(iters=1, warmup=0, train=True, count_kernels=False)
     if call == "profile":

@@ -36,14 +36,10 @@ def resolve_device(name):
 
 
 def fuse_available():
-    """Whether regnet_ext.fuse() can run here (it needs the compiled extension)."""
-    import regnet_ext
+    """Whether regnet_ext.fuse() can run here: it needs the compiled extension."""
+    from .. import _extension
 
-    try:
-        regnet_ext.fuse  # noqa: B018  (imports regnet_ext.nn, which loads regnet_ext._C)
-    except (AttributeError, ImportError):  # the lazy __getattr__ raises ImportError without _C
-        return False
-    return True
+    return _extension.load()
 
 
 # What the --fused and fuse()-based commands say when fuse_available() is False.

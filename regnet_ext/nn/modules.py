@@ -278,6 +278,7 @@ class FusedConvBNAct(_HoldsStock):
             return _ops.conv_bn_act_eval.default(*args) if out is NotImplemented else out
         if not folded_inference.residual_fusable(residual, dtype, self.groups):
             return self(x, residual=residual, relu=relu)
+        _check_in_channels(x, weight.shape[1] * self.groups)  # (forward checks its own calls)
         params = (weight, bias, gamma, beta, running_mean, running_var)
         return self._cpu_inference(x, params, bn.eps, residual, relu, dtype)
 
@@ -287,7 +288,6 @@ class FusedConvBNAct(_HoldsStock):
         weight cache, our kernels) takes tensors of one dtype; otherwise, as under autocast
         (float32 parameters, bfloat16 activations), the cached fold casts them, and goes to the
         operator where one of our kernels may run, else to the packed oneDNN conv."""
-        _check_in_channels(x, params[0].shape[1] * self.groups)
         geometry = (self.stride, self.padding, self.groups)
         if dtype in self._own_cpu_kernel_dtypes:
             if _all_of_dtype(dtype, x, *params):
