@@ -18,6 +18,13 @@ met or not, never asserted. Writes benchmarks/results/fuse_cpu.json and .png.
 --autocast bfloat16 runs every call under torch.autocast("cpu", dtype=torch.bfloat16) (the models
 stay float32), the way CPUs with AVX-512 BF16 serve and train in 16 bits.
 
+Variants `aoti` and `fused-aoti` (inference only, not in the default run) are the stock and the
+fused model as deployed without Python: torch.export, then AOTInductor (freezing) packages
+compiled for each input shape during the warm-up; `fused-aoti` is also reported against `aoti`:
+
+    .venv/bin/python benchmarks/bench_fuse.py --modes inference --variants eager fused compile aoti \
+        fused-aoti --out benchmarks/results/fuse_cpu_aoti.json
+
 Variant `fused-module-calls` is the fused model with its blocks' lean inference off (every layer
 through its module call, folded_inference.lean_blocks = False): the A/B of that path.
 
@@ -35,6 +42,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,11 +65,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("RegNetY-400MF", "RegNetX-400MF")
 SHAPES = ((8, 224), (32, 128))  # (batch, resolution)
 VARIANTS = ("eager", "fused", "compile")
-ALL_VARIANTS = VARIANTS + ("fused-module-calls", "fused-excluding")
-FUSED_VARIANTS = ("fused", "fused-module-calls", "fused-excluding")
+ALL_VARIANTS = VARIANTS + ("fused-module-calls", "fused-excluding", "aoti", "fused-aoti")
+FUSED_VARIANTS = ("fused", "fused-module-calls", "fused-excluding", "fused-aoti")
+AOTI_VARIANTS = ("aoti", "fused-aoti")  # inference only: an AOTInductor package has no backward
 MODES = ("inference", "training")
-# What the fused variant's ratios compare against, with their table headings.
-BASELINES = {"eager": "f/eager", "compile": "f/comp", "fused-module-calls": "f/modcall", "fused-excluding": "f/excl"}
+# The ratios reported, (variant, baseline) -> table heading: images/s of the variant over the
+# baseline's, per round.
+RATIOS = {("fused", "eager"): "f/eager", ("fused", "compile"): "f/comp", ("fused", "aoti"): "f/aoti",
+          ("fused", "fused-module-calls"): "f/modcall", ("fused", "fused-excluding"): "f/excl",
+          ("fused-aoti", "aoti"): "fa/aoti"}
 GOALS = {("inference", "eager"): 1.6, ("inference", "compile"): 1.1, ("training", "eager"): 1.3}
 
 
@@ -126,14 +138,18 @@ def build_cases(models, shapes, variants, modes=MODES, autocast=None, excluded=(
         for mode in modes:
             built = {}
             for variant in variants:
+                if mode == "training" and variant in AOTI_VARIANTS:
+                    continue
                 model = copy.deepcopy(base).train(mode == "training")
                 if variant in FUSED_VARIANTS:
                     model = fuse(model)
-                elif variant == "compile":
+                if variant == "compile":
                     model = _compiled(model, freezing=mode == "inference")
+                elif variant in AOTI_VARIANTS:
+                    model = _AotiPackages(model)
                 built[variant] = model
             for batch, resolution in shapes:
-                cases += [Case(name, batch, resolution, mode, v, built[v], autocast, excluded) for v in variants]
+                cases += [Case(name, batch, resolution, mode, v, m, autocast, excluded) for v, m in built.items()]
     return cases
 
 
@@ -148,6 +164,28 @@ def _compiled(model, freezing):
             return compiled(x)
 
     return _CallableModel(call, model)
+
+
+class _AotiPackages:
+    """An eval model as torch.export + AOTInductor (freezing) deploy it: one package per input
+    shape, compiled on the shape's first call (the warm-up) and then called instead of the model."""
+
+    def __init__(self, model):
+        self.model = model
+        self.runners = {}
+        self.directory = tempfile.TemporaryDirectory(prefix="bench_fuse_aoti_")  # removed at exit
+
+    def __call__(self, x):
+        key = (tuple(x.shape), x.dtype)
+        if key not in self.runners:
+            from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+            path = Path(self.directory.name) / f"package_{len(self.runners)}.pt2"
+            with torch.no_grad():
+                program = torch.export.export(self.model, (x,))
+                aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
+            self.runners[key] = aoti_load_package(str(path))
+        return self.runners[key](x)
 
 
 class _CallableModel:
@@ -188,14 +226,13 @@ def summarise(cases):
                          images_per_s=statistics.median(case.per_round), rounds=case.per_round,
                          page_faults_per_call=statistics.median(case.faults_per_call)))
     for (model, batch, resolution, mode), by_variant in groups.items():
-        fused = by_variant.get("fused")
-        for other in BASELINES:
-            if fused is None or other not in by_variant:
+        for variant, other in RATIOS:
+            if variant not in by_variant or other not in by_variant:
                 continue
-            per_round = [f / o for f, o in zip(fused.per_round, by_variant[other].per_round)]
+            per_round = [f / o for f, o in zip(by_variant[variant].per_round, by_variant[other].per_round)]
             ratio = statistics.median(per_round)
-            goal = GOALS.get((mode, other))
-            ratios.append(dict(model=model, batch=batch, resolution=resolution, mode=mode,
+            goal = GOALS.get((mode, other)) if variant == "fused" else None
+            ratios.append(dict(model=model, batch=batch, resolution=resolution, mode=mode, variant=variant,
                                fused_vs=other, ratio=ratio, per_round=per_round, goal=goal,
                                goal_met=None if goal is None else ratio >= goal))
     return rows, ratios
@@ -203,16 +240,17 @@ def summarise(cases):
 
 def print_table(rows, ratios):
     variants = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
-    others = [o for o in BASELINES if any(r["fused_vs"] == o for r in ratios)]
+    pairs = [p for p in RATIOS if any((r["variant"], r["fused_vs"]) == p for r in ratios)]
     ips = {(r["model"], r["batch"], r["resolution"], r["mode"], r["variant"]): r["images_per_s"] for r in rows}
-    rat = {(r["model"], r["batch"], r["resolution"], r["mode"], r["fused_vs"]): r["ratio"] for r in ratios}
-    header = (f"{'model':<14} {'shape':<9} {'mode':<9} " + " ".join(f"{v[:9]:>9}" for v in variants) + " "
-              + " ".join(f"{BASELINES[o]:>9}" for o in others))
+    rat = {(r["model"], r["batch"], r["resolution"], r["mode"], r["variant"], r["fused_vs"]): r["ratio"]
+           for r in ratios}
+    header = (f"{'model':<14} {'shape':<9} {'mode':<9} " + " ".join(f"{v[:10]:>10}" for v in variants) + " "
+              + " ".join(f"{RATIOS[p]:>9}" for p in pairs))
     print(header)
     print("-" * len(header))
     for key in dict.fromkeys((r["model"], r["batch"], r["resolution"], r["mode"]) for r in rows):
-        cells = [f"{ips[key + (v,)]:9.1f}" if key + (v,) in ips else f"{'-':>9}" for v in variants]
-        ratio_cells = [f"{rat[key + (o,)]:8.2f}x" if key + (o,) in rat else f"{'-':>9}" for o in others]
+        cells = [f"{ips[key + (v,)]:10.1f}" if key + (v,) in ips else f"{'-':>10}" for v in variants]
+        ratio_cells = [f"{rat[key + p]:8.2f}x" if key + p in rat else f"{'-':>9}" for p in pairs]
         print(f"{key[0]:<14} {f'{key[1]}x{key[2]}':<9} {key[3]:<9} {' '.join(cells)} {' '.join(ratio_cells)}")
     faulting = [r for r in rows if r["page_faults_per_call"] >= 100]
     if faulting:  # fresh pages cost time outside any kernel: say where they were paid
@@ -233,10 +271,10 @@ def plot(rows, ratios, path, dtype_label="float32"):
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
     axes = axes[0]
     colors = {"eager": "tab:gray", "fused": "tab:blue", "compile": "tab:purple", "fused-module-calls": "tab:cyan",
-              "fused-excluding": "tab:olive"}
+              "fused-excluding": "tab:olive", "aoti": "tab:brown", "fused-aoti": "tab:green"}
     for ax, mode in zip(axes, modes):
         keys = list(dict.fromkeys((r["model"], r["batch"], r["resolution"]) for r in rows if r["mode"] == mode))
-        variants = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
+        variants = [v for v in ALL_VARIANTS if any(r["variant"] == v and r["mode"] == mode for r in rows)]
         width = 0.8 / len(variants)
         for j, variant in enumerate(variants):
             values = [next((r["images_per_s"] for r in rows if (r["model"], r["batch"], r["resolution"]) == k
@@ -245,7 +283,7 @@ def plot(rows, ratios, path, dtype_label="float32"):
                    color=colors[variant])
         for i, k in enumerate(keys):
             # One line per baseline: side by side, neighbouring groups' labels ran into each other.
-            text = "\n".join(f"{r['ratio']:.2f}x {r['fused_vs']}" for r in ratios
+            text = "\n".join(f"{r['ratio']:.2f}x {RATIOS[r['variant'], r['fused_vs']]}" for r in ratios
                              if (r["model"], r["batch"], r["resolution"]) == k and r["mode"] == mode)
             ax.annotate(text, (i, 0), xytext=(0, -26), textcoords="offset points", ha="center", va="top",
                         fontsize=7)
@@ -276,7 +314,8 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(VARIANTS),
                         help="fused-module-calls: fused with the blocks' lean inference off; "
-                             "fused-excluding: see --exclude-kernels")
+                             "fused-excluding: see --exclude-kernels; aoti, fused-aoti: torch.export + "
+                             "AOTInductor packages of the stock and fused model (inference only)")
     parser.add_argument("--exclude-kernels", nargs="+", default=[], metavar="NAME",
                         help="add variant fused-excluding, whose autotuner leaves these CPU conv kernels out "
                              f"(names: {', '.join(cpu_conv_kernel_names())})")
@@ -302,6 +341,8 @@ def main(argv=None):
         args.variants.append("fused-excluding")
     if "fused-excluding" in args.variants and not args.exclude_kernels:
         parser.error("--variants fused-excluding needs --exclude-kernels")
+    if args.autocast and set(args.variants) & set(AOTI_VARIANTS):
+        parser.error("--variants aoti/fused-aoti run without autocast (export the model in the dtype to serve)")
     models, shapes, variants = args.models, args.configs or SHAPES, args.variants
     if args.quick:
         models, shapes = ("RegNetX-400MF",), ((4, 64),)

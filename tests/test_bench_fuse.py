@@ -51,6 +51,20 @@ def test_exclude_kernels_adds_the_in_process_ab(tmp_path):
     assert {r["fused_vs"] for r in doc["ratios"]} == {"eager", "fused-excluding"}
 
 
+@pytest.mark.slow
+def test_aoti_variants_run_in_inference_and_compare_with_each_other(tmp_path):
+    bench = benchmark_scripts.load("bench_fuse")
+    out = tmp_path / "fuse_aoti.json"
+    assert bench.main(["--models", "RegNetX-400MF", "--configs", "2x32", "--rounds", "1", "--reps", "1",
+                       "--warmup", "1", "--no-tune-malloc", "--variants", "fused", "aoti", "fused-aoti",
+                       "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    # No training rows for the packages: they have no backward.
+    assert {(r["mode"], r["variant"]) for r in doc["results"]} == {
+        ("inference", "fused"), ("inference", "aoti"), ("inference", "fused-aoti"), ("training", "fused")}
+    assert {(r["variant"], r["fused_vs"]) for r in doc["ratios"]} == {("fused", "aoti"), ("fused-aoti", "aoti")}
+
+
 def test_bad_excluded_kernels_are_refused_clearly(capsys):
     bench = benchmark_scripts.load("bench_fuse")
     with pytest.raises(SystemExit):
@@ -59,3 +73,6 @@ def test_bad_excluded_kernels_are_refused_clearly(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--variants", "fused", "fused-excluding"])
     assert "needs --exclude-kernels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "fused-aoti", "--autocast", "bfloat16"])
+    assert "without autocast" in capsys.readouterr().err

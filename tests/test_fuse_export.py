@@ -1,5 +1,5 @@
 """A fused RegNet under torch.compile(fullgraph=True) (eval and a training step), torch.jit.trace,
-torch.export, channels_last training and CPU autocast (bfloat16), each against the eager fused
+torch.export (and an AOTInductor package of it), channels_last training and CPU autocast (bfloat16), each against the eager fused
 model or the stock model. A small RegNetY keeps compile times short; it has every block kind
 (projection and identity shortcuts, SE, grouped 3x3 convs with stride 1 and 2).
 """
@@ -118,6 +118,35 @@ def test_a_saved_trace_and_export_load_in_a_new_process_after_importing_the_oper
     assert done.returncode == 0, done.stderr
     for y in torch.load(tmp_path / "y.pt"):
         rel_close(y, expected, 1e-6)
+
+
+def test_an_aoti_package_runs_in_a_new_process_after_importing_the_operators(tmp_path):
+    # Deployment without Python's model code: torch.export with a dynamic batch, then AOTInductor
+    # (freezing), as the README shows; the package calls our operators through the dispatcher.
+    import subprocess
+    import sys
+
+    from torch._inductor import aoti_compile_and_package
+
+    stock, fused = small_pair()
+    cl = torch.channels_last
+    stock, fused = stock.eval().to(memory_format=cl), fused.eval().to(memory_format=cl)
+    xs = [images(n).contiguous(memory_format=cl) for n in (4, 1)]
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with torch.no_grad():
+        expected = [stock(x) for x in xs]
+        program = torch.export.export(fused, (xs[0],), dynamic_shapes=({0: batch},))
+        aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"),
+                                 inductor_configs={"freezing": True})
+    assert any("regnet_ext" in str(node.target) for node in program.graph.nodes)
+    torch.save(xs, tmp_path / "xs.pt")
+    script = (f"import torch, regnet_ext.ops\nxs = torch.load({str(tmp_path / 'xs.pt')!r})\n"
+              f"runner = torch._inductor.aoti_load_package({str(tmp_path / 'fused.pt2')!r})\n"
+              f"with torch.no_grad():\n    torch.save([runner(x) for x in xs], {str(tmp_path / 'ys.pt')!r})\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for y, e in zip(torch.load(tmp_path / "ys.pt"), expected):
+        rel_close(y, e, 1e-5)
 
 
 def test_channels_last_training_step_matches_stock():
