@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent
 
 # One source of truth for what is compiled; CMakeLists.txt globs the same patterns
 # (tests/test_build.py checks the two agree).
-CPU_SOURCE_PATTERNS = ("csrc/*.cpp", "csrc/cpu/*.cpp")
+CPU_SOURCE_PATTERNS = ("csrc/*.cpp", "csrc/cpu/*.cpp", "csrc/python/*.cpp")
 CUDA_SOURCE_PATTERNS = ("csrc/cuda/*.cu", "csrc/cuda/*.cpp")
 CUDA_MODES = ("auto", "0", "1")
 

@@ -1,6 +1,6 @@
 // The C++ signatures of the conv_bn_act operators' schemas (csrc/library.cpp) and the lookup of
 // their typed dispatcher handles, for the code that calls them through the dispatcher
-// (csrc/autograd.cpp, csrc/python_fast_calls.cpp).
+// (csrc/autograd.cpp, csrc/python/fast_calls.cpp).
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>

@@ -41,18 +41,52 @@ def test_bad_cuda_mode_is_refused(monkeypatch):
         SETUP["decide_cuda"]()
 
 
+@pytest.fixture(scope="module")
+def cmake_cpu_build(tmp_path_factory):
+    """The CMake build of the CPU library, with the C++ examples: (build dir, listed sources)."""
+    build_dir = tmp_path_factory.mktemp("cmake")
+    listed = _configure(build_dir, "-DREGNET_EXT_CPP_EXAMPLES=ON")
+    subprocess.run([_cmake(), "--build", str(build_dir)], check=True, capture_output=True, text=True)
+    return build_dir, listed
+
+
 @pytest.mark.slow
-def test_cmake_builds_the_same_cpu_library(tmp_path):
-    listed = _configure(tmp_path)
+def test_cmake_builds_the_same_cpu_library(cmake_cpu_build):
+    build_dir, listed = cmake_cpu_build
     assert listed == SETUP["sources"](SETUP["CPU_SOURCE_PATTERNS"])
-    subprocess.run([_cmake(), "--build", str(tmp_path)], check=True, capture_output=True, text=True)
-    built = next(tmp_path.glob("_C*.so"))
+    built = next(build_dir.glob("_C*.so"))
     # A fresh interpreter, so the operators are not registered twice.
     code = ("import torch; torch.ops.load_library(%r); "
             "print([s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith('regnet_ext::')])"
             ) % str(built)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert "regnet_ext::conv_bn_act" in out.stdout and "regnet_ext::squeeze_excite" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_cpp_program_runs_an_aoti_package_of_a_fused_model(cmake_cpu_build, tmp_path):
+    # examples/cpp/run_aoti_package: libtorch and libregnet_ext_ops, no Python (it would not link
+    # if the operators' library needed Python's symbols).
+    from torch._inductor import aoti_compile_and_package
+
+    from test_fuse_export import images, rel_close, small_pair
+
+    build_dir, _ = cmake_cpu_build
+    stock, fused = small_pair()
+    cl = torch.channels_last
+    stock, fused = stock.eval().to(memory_format=cl), fused.eval().to(memory_format=cl)
+    x = images()
+    with torch.no_grad():
+        expected = stock(x)
+        program = torch.export.export(fused, (x.contiguous(memory_format=cl),))
+        aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"),
+                                 inductor_configs={"freezing": True})
+    torch.save(x, tmp_path / "x.pt")
+    runner = next(build_dir.rglob("run_aoti_package"))
+    done = subprocess.run([str(runner), str(tmp_path / "fused.pt2"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rel_close(torch.load(tmp_path / "y.pt"), expected, 1e-5)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The operators' fast entries from Python (csrc/python_fast_calls.cpp: conv_bn_act_eval for the
+"""The operators' fast entries from Python (csrc/python/fast_calls.cpp: conv_bn_act_eval for the
 fused modules' CPU inference, conv_bn_act_train for their training forward): the same results,
 gradients, errors and dispatcher behaviour as torch.ops' call, and torch.ops taking every call the
 fast entries leave to it."""

@@ -88,7 +88,7 @@ def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
 
 
 def _through_fast_entry(entry, op, doc):
-    """op(*args) by `entry`, its C entry (csrc/python_fast_calls.cpp: the dispatcher's typed call,
+    """op(*args) by `entry`, its C entry (csrc/python/fast_calls.cpp: the dispatcher's typed call,
     a few us less than torch.ops' boxed one), or by op itself where only torch.ops handles the
     call (__torch_function__, other argument types: the entry returns NotImplemented) and while
     torch.compile or jit.trace traces (they must see torch.ops' call)."""
