@@ -45,3 +45,8 @@ def fuse_available():
 # What the --fused and fuse()-based commands say when fuse_available() is False.
 FUSE_MISSING = ("the fused kernels are not available here (the compiled extension "
                 "regnet_ext._C did not load: `regnet-ext info` says why)")
+
+
+# --model's help where a model is built by name (profiling.profiler.build_model).
+MODEL_BY_NAME_HELP = ("ours by name (RegNetY-400MF, regnet_y_400mf, regnety_004), or "
+                      "torchvision:NAME / timm:NAME (default RegNetY-400MF)")

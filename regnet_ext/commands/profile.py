@@ -2,7 +2,7 @@
 import json
 import sys
 
-from ._checks import FUSE_MISSING, first_below_one, fuse_available
+from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (traffic model), "
@@ -10,9 +10,7 @@ HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (tr
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", default="RegNetY-400MF",
-                        help="ours by name (RegNetY-400MF, regnet_y_400mf, regnety_004), or "
-                             "torchvision:NAME / timm:NAME (default RegNetY-400MF)")
+    parser.add_argument("--model", default="RegNetY-400MF", help=MODEL_BY_NAME_HELP)
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--resolution", type=int, default=224, help="input side (default 224)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),

@@ -1,0 +1,144 @@
+"""`regnet-ext export`: a fused RegNet as an AOTInductor package, checked against the stock model."""
+import copy
+import os
+import sys
+import time
+
+from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available
+
+HELP = ("Export a RegNet (fused by default) for inference without Python's model code: torch.export "
+        "with a dynamic batch, then an AOTInductor package (.pt2), loaded back and compared with "
+        "the stock model.")
+
+# Output of the package against the stock model in float32, relative to the largest logit: fused
+# and stock RegNets agree to about 1e-6 (the demo's check); anything near this bound is a bug.
+TOLERANCE = 1e-4
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", default="RegNetY-400MF", help=MODEL_BY_NAME_HELP)
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="a state_dict saved with torch.save (the model's own key layout) or a "
+                             "`regnet-ext train` checkpoint; the class count is read from it "
+                             "(default: random weights)")
+    parser.add_argument("--out", required=True, metavar="PATH.pt2", help="the package to write")
+    parser.add_argument("--resolution", type=int, default=224,
+                        help="input side the package is compiled for (default 224)")
+    parser.add_argument("--max-batch", type=int, default=256,
+                        help="largest batch the package takes; any batch from 1 up runs (default 256)")
+    parser.add_argument("--no-fuse", action="store_true", help="export the stock model (no regnet_ext operators)")
+
+
+def _check(args):
+    error = first_below_one(args, ("resolution", "max_batch"))
+    if error:
+        return error
+    if os.path.isdir(args.out):
+        return f"--out: {args.out!r} is a directory; give the package's file name"
+    if not args.out.endswith(".pt2"):
+        return f"--out: an AOTInductor package's name ends in .pt2, got {args.out!r}"
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        return f"--out: the folder {folder!r} does not exist"
+    if args.weights is not None and not os.path.isfile(args.weights):
+        return f"--weights: {args.weights!r} does not exist"
+    if not args.no_fuse and not fuse_available():
+        return f"{FUSE_MISSING}; export the stock model with --no-fuse"
+    return None
+
+
+def load_state(path):
+    """The state_dict in ``path``: saved on its own, or a `regnet-ext train` checkpoint's model."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "format_version" in state and "model" in state:
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"--weights: {path!r} holds no state_dict (a dict of tensors) nor a "
+                         f"`regnet-ext train` checkpoint")
+    return state
+
+
+def classes_in(state):
+    """Rows of the state's classifier weight (the last 2-D `...fc.weight`), or None."""
+    return next((v.shape[0] for k, v in reversed(state.items()) if k.endswith("fc.weight") and v.dim() == 2),
+                None)
+
+
+def _say(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args):
+    error = _check(args)
+    if error:
+        print(f"regnet-ext export: {error}", file=sys.stderr)
+        return 2
+    import torch
+
+    from ..profiling.profiler import build_model
+
+    try:
+        state = load_state(args.weights) if args.weights else None
+        classes = (classes_in(state) if state else None) or 1000
+        stock = build_model(args.model, num_classes=classes)
+        if state is not None:
+            try:
+                stock.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(f"--weights: does not fit --model {args.model}: {exc}") from exc
+    except (ValueError, ImportError) as exc:  # build_model's messages start "name: " or "model: "
+        message = str(exc)
+        if not message.startswith("--"):
+            message = "--model: " + message.removeprefix("name: ").removeprefix("model: ")
+        print(f"regnet-ext export: {message}", file=sys.stderr)
+        return 2
+    stock = stock.eval().to(memory_format=torch.channels_last)
+    model = copy.deepcopy(stock)
+    if not args.no_fuse:
+        from ..nn import fuse
+
+        model, report = fuse(model, report=True)
+        # The whole report when something stayed stock, else its first line.
+        _say(str(report) if report.left_stock or report.notes else str(report).splitlines()[0])
+    return _export(args, stock, model)
+
+
+def _images(batch, resolution, seed):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, resolution, resolution, generator=g).contiguous(memory_format=torch.channels_last)
+
+
+def _export(args, stock, model):
+    import torch
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    # An example batch of 2: export specialises a dimension of size 1.
+    batch = torch.export.Dim("batch", min=1, max=args.max_batch)
+    start = time.perf_counter()
+    _say(f"exporting {args.model} ({args.resolution}x{args.resolution}, batch 1..{args.max_batch}) ...")
+    with torch.no_grad():
+        program = torch.export.export(model, (_images(2, args.resolution, 0),), dynamic_shapes=({0: batch},))
+        _say("compiling the AOTInductor package (tens of seconds) ...")
+        aoti_compile_and_package(program, package_path=args.out, inductor_configs={"freezing": True})
+    _say(f"wrote {args.out} in {time.perf_counter() - start:.0f} s; checking it against the stock model")
+    runner = aoti_load_package(args.out)
+    worst = 0.0
+    with torch.no_grad():
+        for n in sorted({1, min(3, args.max_batch)}):
+            x = _images(n, args.resolution, n)
+            expected = stock(x)
+            worst = max(worst, ((runner(x) - expected).abs().max() / expected.abs().max()).item())
+    if not worst <= TOLERANCE:
+        print(f"regnet-ext export: the package's output differs from the stock model's by {worst:.2e} "
+              f"(relative to the largest output; at most {TOLERANCE:.0e} expected): {args.out} is not "
+              f"fit to serve", file=sys.stderr)
+        return 1
+    print(f"{args.out}: max relative difference to the stock model {worst:.2e} (batch 1 and 3)")
+    print("load it with:  import torch" + ("" if args.no_fuse else ", regnet_ext.ops  # registers the operators")
+          + f"\n               runner = torch._inductor.aoti_load_package({args.out!r})"
+          + "\n               logits = runner(images)  # [N, 3, H, W] float32, channels_last, under torch.no_grad()")
+    return 0

@@ -1,0 +1,95 @@
+"""`regnet-ext export`: a fused RegNet as an AOTInductor package that serves in a new process,
+with weights from a state_dict or a training checkpoint; bad arguments refused before any work."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from regnet_ext.cli import main
+from regnet_ext.commands.export import classes_in, load_state
+from regnet_ext.models import regnet
+from test_cli_errors import run_without_extension
+
+
+def _trained_like(num_classes=10):
+    """RegNetY-200MF with random weights and non-trivial BN statistics, as a trained one has."""
+    torch.manual_seed(0)
+    model = regnet("RegNetY-200MF", num_classes=num_classes)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_the_package_serves_in_a_new_process_with_the_given_weights(tmp_path, capsys):
+    model = _trained_like()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--model", "RegNetY-200MF", "--weights", str(tmp_path / "weights.pt"),
+                 "--resolution", "32", "--max-batch", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "max relative difference to the stock model" in printed.out and "aoti_load_package" in printed.out
+    assert "13 FusedResBottleneck" in printed.err
+    x = torch.randn(5, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    script = (f"import torch, regnet_ext.ops\nrunner = torch._inductor.aoti_load_package({str(out)!r})\n"
+              f"x = torch.load({str(tmp_path / 'x.pt')!r}).contiguous(memory_format=torch.channels_last)\n"
+              f"with torch.no_grad():\n    torch.save(runner(x), {str(tmp_path / 'y.pt')!r})\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    y = torch.load(tmp_path / "y.pt")
+    with torch.no_grad():
+        expected = model(x)
+    assert y.shape == (5, 10)  # the class count read from the weights
+    assert (y - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_weights_load_from_a_state_dict_or_a_training_checkpoint(tmp_path):
+    state = _trained_like(7).state_dict()
+    torch.save(state, tmp_path / "state.pt")
+    torch.save({"format_version": 1, "model": state, "epoch": 3, "settings": {"lr": 0.1}}, tmp_path / "ckpt.pt")
+    for name in ("state.pt", "ckpt.pt"):
+        loaded = load_state(tmp_path / name)
+        assert loaded.keys() == state.keys() and classes_in(loaded) == 7
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="--weights: .* holds no state_dict"):
+        load_state(tmp_path / "list.pt")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--out", "model.onnx"], "--out: an AOTInductor package's name ends in .pt2"),
+    (["--out", "{tmp}"], "is a directory"),
+    (["--out", "{tmp}/no/such/model.pt2"], "--out: the folder"),
+    (["--out", "{tmp}/m.pt2", "--weights", "{tmp}/missing.pt"], "--weights: "),
+    (["--out", "{tmp}/m.pt2", "--resolution", "0"], "--resolution: expected an int >= 1, got 0"),
+    (["--out", "{tmp}/m.pt2", "--max-batch", "0"], "--max-batch: expected an int >= 1, got 0"),
+    (["--out", "{tmp}/m.pt2", "--model", "RegNetZ-1GF"], "--model: unknown RegNet model"),
+    (["--out", "{tmp}/m.pt2", "--model", "keras:regnet"], "--model: expected NAME, torchvision:NAME or timm:NAME"),
+])
+def test_bad_arguments_are_refused_naming_the_option(tmp_path, capsys, extra, message):
+    argv = ["export"] + [a.format(tmp=tmp_path) for a in extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("regnet-ext export: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.pt2").exists()
+
+
+def test_weights_that_do_not_fit_the_model_are_refused(tmp_path, capsys):
+    torch.save(_trained_like().state_dict(), tmp_path / "y200.pt")
+    assert main(["export", "--model", "RegNetX-200MF", "--weights", str(tmp_path / "y200.pt"),
+                 "--out", str(tmp_path / "m.pt2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("regnet-ext export: --weights: does not fit --model RegNetX-200MF")
+    assert not (tmp_path / "m.pt2").exists()
+
+
+def test_without_the_extension_it_points_to_no_fuse(tmp_path):
+    code = ("from regnet_ext.cli import main\n"
+            f"raise SystemExit(main(['export', '--out', {str(tmp_path / 'm.pt2')!r}]))\n")
+    done = run_without_extension(code)
+    assert done.returncode == 2, done.stderr
+    assert "the fused kernels are not available" in done.stderr and "--no-fuse" in done.stderr
