@@ -93,3 +93,33 @@ def test_without_the_extension_it_points_to_no_fuse(tmp_path):
     done = run_without_extension(code)
     assert done.returncode == 2, done.stderr
     assert "the fused kernels are not available" in done.stderr and "--no-fuse" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_bfloat16_package_is_checked_against_float64(tmp_path, capsys):
+    out = tmp_path / "bf16.pt2"
+    assert main(["export", "--model", "RegNetY-200MF", "--resolution", "32", "--max-batch", "4",
+                 "--dtype", "bfloat16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "max relative difference to the stock model in float64" in printed and "bfloat16" in printed
+    runner = torch._inductor.aoti_load_package(str(out))
+    with torch.no_grad():
+        y = runner(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last))
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 1000)
+
+
+def test_a_package_whose_output_is_off_fails_the_check(tmp_path, capsys, monkeypatch):
+    # The compile and load stubbed: the "package" is the stock model, 1% off.
+    import torch._inductor as inductor
+
+    def compile_stub(program, package_path, inductor_configs):
+        with open(package_path, "wb") as f:
+            f.write(b"stub")
+        return package_path
+
+    monkeypatch.setattr(inductor, "aoti_compile_and_package", compile_stub)
+    monkeypatch.setattr(inductor, "aoti_load_package", lambda path: lambda x: 1.01 * _trained_like(1000)(x))
+    monkeypatch.setattr("regnet_ext.profiling.profiler.build_model", lambda name, num_classes: _trained_like(1000))
+    assert main(["export", "--model", "RegNetY-200MF", "--resolution", "32", "--out", str(tmp_path / "m.pt2")]) == 1
+    err = capsys.readouterr().err
+    assert "the package's output differs from the stock model's by 1.00e-02" in err and "not fit to serve" in err

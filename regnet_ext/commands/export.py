@@ -10,7 +10,7 @@ HELP = ("Export a RegNet (fused by default) for inference without Python's model
         "with a dynamic batch, then an AOTInductor package (.pt2), loaded back and compared with "
         "the stock model.")
 
-# Output of the package against the stock model in float32, relative to the largest logit: fused
+# float32: the package's output against the stock model's, relative to the largest logit: fused
 # and stock RegNets agree to about 1e-6 (the demo's check); anything near this bound is a bug.
 TOLERANCE = 1e-4
 
@@ -26,6 +26,9 @@ def add_arguments(parser):
                         help="input side the package is compiled for (default 224)")
     parser.add_argument("--max-batch", type=int, default=256,
                         help="largest batch the package takes; any batch from 1 up runs (default 256)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="dtype of the weights, input and output (default float32; bfloat16 for CPUs "
+                             "with AVX512-BF16 or AMX)")
     parser.add_argument("--no-fuse", action="store_true", help="export the stock model (no regnet_ext operators)")
 
 
@@ -112,33 +115,65 @@ def _images(batch, resolution, seed):
     return torch.randn(batch, 3, resolution, resolution, generator=g).contiguous(memory_format=torch.channels_last)
 
 
+def _reference_check(stock, dtype):
+    """check(x, y) -> (error, allowed) of the package's output y for the float32 images x, both
+    relative to the largest reference output. float32: against the stock model, within TOLERANCE.
+    bfloat16: against the stock model in float64, within the project's rule for 16-bit results
+    (regnet_ext.tolerances: ERROR_MULTIPLE x the stock model's own error in bfloat16, plus a few
+    ulps)."""
+    import torch
+
+    from ..tolerances import ERROR_MULTIPLE, FLOOR_ULPS, ULP_AT_ONE, max_error
+
+    if dtype == torch.float32:
+        def check(x, y):
+            expected = stock(x)
+            scale = expected.abs().max().item()
+            return max_error(y, expected) / scale, TOLERANCE
+        return check
+    exact, plain = copy.deepcopy(stock).double(), copy.deepcopy(stock).to(dtype)
+
+    def check(x, y):
+        expected = exact(x.double())
+        scale = expected.abs().max().item()
+        allowed = ERROR_MULTIPLE * max_error(plain(x.to(dtype)), expected) / scale + FLOOR_ULPS * ULP_AT_ONE[dtype]
+        return max_error(y, expected) / scale, allowed
+    return check
+
+
 def _export(args, stock, model):
     import torch
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
+    dtype = getattr(torch, args.dtype)
+    model = model.to(dtype)
     # An example batch of 2: export specialises a dimension of size 1.
     batch = torch.export.Dim("batch", min=1, max=args.max_batch)
     start = time.perf_counter()
-    _say(f"exporting {args.model} ({args.resolution}x{args.resolution}, batch 1..{args.max_batch}) ...")
+    _say(f"exporting {args.model} ({args.resolution}x{args.resolution}, batch 1..{args.max_batch}, {args.dtype}) ...")
     with torch.no_grad():
-        program = torch.export.export(model, (_images(2, args.resolution, 0),), dynamic_shapes=({0: batch},))
+        example = _images(2, args.resolution, 0).to(dtype)
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         _say("compiling the AOTInductor package (tens of seconds) ...")
         aoti_compile_and_package(program, package_path=args.out, inductor_configs={"freezing": True})
     _say(f"wrote {args.out} in {time.perf_counter() - start:.0f} s; checking it against the stock model")
-    runner = aoti_load_package(args.out)
-    worst = 0.0
+    runner, check = aoti_load_package(args.out), _reference_check(stock, dtype)
+    worst, bound = 0.0, float("inf")
     with torch.no_grad():
         for n in sorted({1, min(3, args.max_batch)}):
             x = _images(n, args.resolution, n)
-            expected = stock(x)
-            worst = max(worst, ((runner(x) - expected).abs().max() / expected.abs().max()).item())
-    if not worst <= TOLERANCE:
+            error, allowed = check(x, runner(x.to(dtype)))
+            worst, bound = max(worst, error), min(bound, allowed)
+    if not worst <= bound:
         print(f"regnet-ext export: the package's output differs from the stock model's by {worst:.2e} "
-              f"(relative to the largest output; at most {TOLERANCE:.0e} expected): {args.out} is not "
+              f"(relative to the largest output; at most {bound:.1e} expected): {args.out} is not "
               f"fit to serve", file=sys.stderr)
         return 1
-    print(f"{args.out}: max relative difference to the stock model {worst:.2e} (batch 1 and 3)")
+    versus = "the stock model" if dtype == torch.float32 else "the stock model in float64"
+    print(f"{args.out}: max relative difference to {versus} {worst:.2e}, at most {bound:.1e} allowed "
+          f"(batch 1 and 3)")
     print("load it with:  import torch" + ("" if args.no_fuse else ", regnet_ext.ops  # registers the operators")
           + f"\n               runner = torch._inductor.aoti_load_package({args.out!r})"
-          + "\n               logits = runner(images)  # [N, 3, H, W] float32, channels_last, under torch.no_grad()")
+          + f"\n               logits = runner(images)  # [N, 3, H, W] {args.dtype}, channels_last, under "
+            "torch.no_grad()")
     return 0
