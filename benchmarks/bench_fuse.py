@@ -178,13 +178,12 @@ class _AotiPackages:
     def __call__(self, x):
         key = (tuple(x.shape), x.dtype)
         if key not in self.runners:
-            from torch._inductor import aoti_compile_and_package, aoti_load_package
+            from torch._inductor import aoti_load_package
 
-            path = Path(self.directory.name) / f"package_{len(self.runners)}.pt2"
-            with torch.no_grad():
-                program = torch.export.export(self.model, (x,))
-                aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
-            self.runners[key] = aoti_load_package(str(path))
+            from regnet_ext.deploy import aoti_package
+
+            path = aoti_package(self.model, x, Path(self.directory.name) / f"package_{len(self.runners)}.pt2")
+            self.runners[key] = aoti_load_package(path)
         return self.runners[key](x)
 
 

@@ -123,3 +123,13 @@ def test_a_package_whose_output_is_off_fails_the_check(tmp_path, capsys, monkeyp
     assert main(["export", "--model", "RegNetY-200MF", "--resolution", "32", "--out", str(tmp_path / "m.pt2")]) == 1
     err = capsys.readouterr().err
     assert "the package's output differs from the stock model's by 1.00e-02" in err and "not fit to serve" in err
+
+
+def test_aoti_package_refuses_a_wrong_name_or_a_batch_of_one_for_a_dynamic_batch(tmp_path):
+    from regnet_ext.deploy import aoti_package
+
+    model = _trained_like()
+    with pytest.raises(ValueError, match="path: an AOTInductor package's name ends in .pt2"):
+        aoti_package(model, torch.randn(2, 3, 32, 32), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="example: a dynamic batch needs an example batch of 2 or more, got 1"):
+        aoti_package(model, torch.randn(1, 3, 32, 32), tmp_path / "m.pt2", max_batch=8)

@@ -143,19 +143,15 @@ def _reference_check(stock, dtype):
 
 def _export(args, stock, model):
     import torch
-    from torch._inductor import aoti_compile_and_package, aoti_load_package
+    from torch._inductor import aoti_load_package
+
+    from ..deploy import aoti_package
 
     dtype = getattr(torch, args.dtype)
-    model = model.to(dtype)
-    # An example batch of 2: export specialises a dimension of size 1.
-    batch = torch.export.Dim("batch", min=1, max=args.max_batch)
     start = time.perf_counter()
-    _say(f"exporting {args.model} ({args.resolution}x{args.resolution}, batch 1..{args.max_batch}, {args.dtype}) ...")
-    with torch.no_grad():
-        example = _images(2, args.resolution, 0).to(dtype)
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        _say("compiling the AOTInductor package (tens of seconds) ...")
-        aoti_compile_and_package(program, package_path=args.out, inductor_configs={"freezing": True})
+    _say(f"exporting {args.model} ({args.resolution}x{args.resolution}, batch 1..{args.max_batch}, {args.dtype}) "
+         f"and compiling the AOTInductor package (tens of seconds) ...")
+    aoti_package(model.to(dtype), _images(2, args.resolution, 0).to(dtype), args.out, max_batch=args.max_batch)
     _say(f"wrote {args.out} in {time.perf_counter() - start:.0f} s; checking it against the stock model")
     runner, check = aoti_load_package(args.out), _reference_check(stock, dtype)
     worst, bound = 0.0, float("inf")
