@@ -102,6 +102,7 @@ def test_a_bfloat16_package_is_checked_against_float64(tmp_path, capsys):
                  "--dtype", "bfloat16", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "max relative difference to the stock model in float64" in printed and "bfloat16" in printed
+    assert "(batch 1 and 3)" in printed
     runner = torch._inductor.aoti_load_package(str(out))
     with torch.no_grad():
         y = runner(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last))
@@ -122,7 +123,8 @@ def test_a_package_whose_output_is_off_fails_the_check(tmp_path, capsys, monkeyp
     monkeypatch.setattr("regnet_ext.profiling.profiler.build_model", lambda name, num_classes: _trained_like(1000))
     assert main(["export", "--model", "RegNetY-200MF", "--resolution", "32", "--out", str(tmp_path / "m.pt2")]) == 1
     err = capsys.readouterr().err
-    assert "the package's output differs from the stock model's by 1.00e-02" in err and "not fit to serve" in err
+    assert "the package's output differs from the stock model's by 1.00e-02 at batch" in err
+    assert "not fit to serve" in err
 
 
 def test_aoti_package_refuses_a_wrong_name_or_a_batch_of_one_for_a_dynamic_batch(tmp_path):
@@ -133,3 +135,11 @@ def test_aoti_package_refuses_a_wrong_name_or_a_batch_of_one_for_a_dynamic_batch
         aoti_package(model, torch.randn(2, 3, 32, 32), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="example: a dynamic batch needs an example batch of 2 or more, got 1"):
         aoti_package(model, torch.randn(1, 3, 32, 32), tmp_path / "m.pt2", max_batch=8)
+
+
+@pytest.mark.slow
+def test_max_batch_one_exports_a_static_batch(tmp_path, capsys):
+    out = tmp_path / "b1.pt2"
+    assert main(["export", "--model", "RegNetX-200MF", "--resolution", "32", "--max-batch", "1",
+                 "--out", str(out)]) == 0
+    assert "(batch 1)" in capsys.readouterr().out
