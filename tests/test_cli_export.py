@@ -1,8 +1,5 @@
 """`regnet-ext export`: a fused RegNet as an AOTInductor package that serves in a new process,
 with weights from a state_dict or a training checkpoint; bad arguments refused before any work."""
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -10,6 +7,7 @@ from regnet_ext.cli import main
 from regnet_ext.commands.export import classes_in, load_state
 from regnet_ext.models import regnet
 from test_cli_errors import run_without_extension
+from test_fuse_export import run_package_in_a_new_process
 
 
 def _trained_like(num_classes=10):
@@ -34,14 +32,8 @@ def test_the_package_serves_in_a_new_process_with_the_given_weights(tmp_path, ca
     printed = capsys.readouterr()
     assert "max relative difference to the stock model" in printed.out and "aoti_load_package" in printed.out
     assert "13 FusedResBottleneck" in printed.err
-    x = torch.randn(5, 3, 32, 32)
-    torch.save(x, tmp_path / "x.pt")
-    script = (f"import torch, regnet_ext.ops\nrunner = torch._inductor.aoti_load_package({str(out)!r})\n"
-              f"x = torch.load({str(tmp_path / 'x.pt')!r}).contiguous(memory_format=torch.channels_last)\n"
-              f"with torch.no_grad():\n    torch.save(runner(x), {str(tmp_path / 'y.pt')!r})\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    y = torch.load(tmp_path / "y.pt")
+    x = torch.randn(5, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    [y] = run_package_in_a_new_process(out, [x], tmp_path)
     with torch.no_grad():
         expected = model(x)
     assert y.shape == (5, 10)  # the class count read from the weights

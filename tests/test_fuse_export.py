@@ -123,9 +123,6 @@ def test_a_saved_trace_and_export_load_in_a_new_process_after_importing_the_oper
 def test_an_aoti_package_runs_in_a_new_process_after_importing_the_operators(tmp_path):
     # Deployment without Python's model code: torch.export with a dynamic batch, then AOTInductor
     # (freezing), as the README shows; the package calls our operators through the dispatcher.
-    import subprocess
-    import sys
-
     from torch._inductor import aoti_compile_and_package
 
     stock, fused = small_pair()
@@ -139,14 +136,23 @@ def test_an_aoti_package_runs_in_a_new_process_after_importing_the_operators(tmp
         aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"),
                                  inductor_configs={"freezing": True})
     assert any("regnet_ext" in str(node.target) for node in program.graph.nodes)
+    for y, e in zip(run_package_in_a_new_process(tmp_path / "fused.pt2", xs, tmp_path), expected):
+        rel_close(y, e, 1e-5)
+
+
+def run_package_in_a_new_process(package, xs, tmp_path):
+    """The AOTInductor package's outputs for the batches xs, from a fresh interpreter that imports
+    regnet_ext.ops, as a serving process does."""
+    import subprocess
+    import sys
+
     torch.save(xs, tmp_path / "xs.pt")
     script = (f"import torch, regnet_ext.ops\nxs = torch.load({str(tmp_path / 'xs.pt')!r})\n"
-              f"runner = torch._inductor.aoti_load_package({str(tmp_path / 'fused.pt2')!r})\n"
+              f"runner = torch._inductor.aoti_load_package({str(package)!r})\n"
               f"with torch.no_grad():\n    torch.save([runner(x) for x in xs], {str(tmp_path / 'ys.pt')!r})\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    for y, e in zip(torch.load(tmp_path / "ys.pt"), expected):
-        rel_close(y, e, 1e-5)
+    return torch.load(tmp_path / "ys.pt")
 
 
 def test_channels_last_training_step_matches_stock():
