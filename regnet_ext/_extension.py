@@ -26,7 +26,7 @@ def require():
 
 
 def _build_flag(name):
-    """A constant _C sets at import (csrc/library.cpp), as a bool; None when the extension is
+    """A constant _C sets at import (csrc/python/module.cpp), as a bool; None when the extension is
     not loaded."""
     if not load():
         return None

@@ -66,27 +66,32 @@ def test_cmake_builds_the_same_cpu_library(cmake_cpu_build):
 @pytest.mark.slow
 def test_a_cpp_program_runs_an_aoti_package_of_a_fused_model(cmake_cpu_build, tmp_path):
     # examples/cpp/run_aoti_package: libtorch and libregnet_ext_ops, no Python (it would not link
-    # if the operators' library needed Python's symbols).
-    from torch._inductor import aoti_compile_and_package
-
+    # if the operators' library needed Python's symbols). It hands the batch over in the package's
+    # memory format and has the package check it (AOTI_RUNTIME_CHECK_INPUTS).
+    from regnet_ext.deploy import aoti_package
     from test_fuse_export import images, rel_close, small_pair
 
     build_dir, _ = cmake_cpu_build
+    runner = next(build_dir.rglob("run_aoti_package"))
     stock, fused = small_pair()
     cl = torch.channels_last
     stock, fused = stock.eval().to(memory_format=cl), fused.eval().to(memory_format=cl)
-    x = images()
-    with torch.no_grad():
-        expected = stock(x)
-        program = torch.export.export(fused, (x.contiguous(memory_format=cl),))
-        aoti_compile_and_package(program, package_path=str(tmp_path / "fused.pt2"),
-                                 inductor_configs={"freezing": True})
-    torch.save(x, tmp_path / "x.pt")
-    runner = next(build_dir.rglob("run_aoti_package"))
-    done = subprocess.run([str(runner), str(tmp_path / "fused.pt2"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    rel_close(torch.load(tmp_path / "y.pt"), expected, 1e-5)
+    aoti_package(fused, images(2).contiguous(memory_format=cl), tmp_path / "fused.pt2", max_batch=4)
+
+    def run(x):
+        torch.save(x, tmp_path / "x.pt")
+        return subprocess.run([str(runner), str(tmp_path / "fused.pt2"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                              capture_output=True, text=True, timeout=300)
+
+    for n in (1, 3):
+        x = images(n, seed=n)  # NCHW: the program makes it channels_last
+        done = run(x)
+        assert done.returncode == 0, done.stderr
+        with torch.no_grad():
+            rel_close(torch.load(tmp_path / "y.pt"), stock(x), 1e-5)
+    done = run(images(5))  # beyond the package's batches
+    # (AOTInductor prints the message itself too, before the program's one line.)
+    assert done.returncode == 1 and "run_aoti_package: input_handles[0]: dim value is too large" in done.stderr
 
 
 @pytest.mark.slow

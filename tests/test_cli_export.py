@@ -1,10 +1,13 @@
 """`regnet-ext export`: a fused RegNet as an AOTInductor package that serves in a new process,
 with weights from a state_dict or a training checkpoint; bad arguments refused before any work."""
+import json
+
 import pytest
 import torch
 
 from regnet_ext.cli import main
 from regnet_ext.commands.export import classes_in, load_state
+from regnet_ext.deploy import INPUT_KEY, load_package
 from regnet_ext.models import regnet
 from test_cli_errors import run_without_extension
 from test_fuse_export import run_package_in_a_new_process
@@ -30,7 +33,8 @@ def test_the_package_serves_in_a_new_process_with_the_given_weights(tmp_path, ca
     assert main(["export", "--model", "RegNetY-200MF", "--weights", str(tmp_path / "weights.pt"),
                  "--resolution", "32", "--max-batch", "8", "--out", str(out)]) == 0
     printed = capsys.readouterr()
-    assert "max relative difference to the stock model" in printed.out and "aoti_load_package" in printed.out
+    assert "max relative difference to the stock model" in printed.out and "load_package" in printed.out
+    assert "[1..8, 3, 32, 32] float32" in printed.out
     assert "13 FusedResBottleneck" in printed.err
     x = torch.randn(5, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     [y] = run_package_in_a_new_process(out, [x], tmp_path)
@@ -50,6 +54,12 @@ def test_weights_load_from_a_state_dict_or_a_training_checkpoint(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="--weights: .* holds no state_dict"):
         load_state(tmp_path / "list.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled module, not tensors
+    for name in ("text.pt", "empty.pt", "module.pt"):
+        with pytest.raises(ValueError, match="--weights: cannot read .* as a torch.save file of tensors"):
+            load_state(tmp_path / name)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -57,10 +67,12 @@ def test_weights_load_from_a_state_dict_or_a_training_checkpoint(tmp_path):
     (["--out", "{tmp}"], "is a directory"),
     (["--out", "{tmp}/no/such/model.pt2"], "--out: the folder"),
     (["--out", "{tmp}/m.pt2", "--weights", "{tmp}/missing.pt"], "--weights: "),
+    (["--out", "{tmp}/m.pt2", "--weights", "{tmp}"], "is not a file"),
     (["--out", "{tmp}/m.pt2", "--resolution", "0"], "--resolution: expected an int >= 1, got 0"),
     (["--out", "{tmp}/m.pt2", "--max-batch", "0"], "--max-batch: expected an int >= 1, got 0"),
     (["--out", "{tmp}/m.pt2", "--model", "RegNetZ-1GF"], "--model: unknown RegNet model"),
     (["--out", "{tmp}/m.pt2", "--model", "keras:regnet"], "--model: expected NAME, torchvision:NAME or timm:NAME"),
+    (["--out", "{tmp}/m.pt2", "--model", "timm:nosuch"], "--model: Unknown model (nosuch)"),
 ])
 def test_bad_arguments_are_refused_naming_the_option(tmp_path, capsys, extra, message):
     argv = ["export"] + [a.format(tmp=tmp_path) for a in extra]
@@ -95,9 +107,8 @@ def test_a_bfloat16_package_is_checked_against_float64(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "max relative difference to the stock model in float64" in printed and "bfloat16" in printed
     assert "(batch 1 and 3)" in printed
-    runner = torch._inductor.aoti_load_package(str(out))
     with torch.no_grad():
-        y = runner(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last))
+        y = load_package(out)(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
     assert y.dtype == torch.bfloat16 and y.shape == (2, 1000)
 
 
@@ -110,28 +121,18 @@ def test_a_package_whose_output_is_off_fails_the_check(tmp_path, capsys, monkeyp
             f.write(b"stub")
         return package_path
 
+    class Off:
+        def get_metadata(self):
+            return {INPUT_KEY: json.dumps({"channels": 3, "height": 32, "width": 32, "dtype": "float32",
+                                           "min_batch": 1, "max_batch": 256, "channels_last": True})}
+
+        def __call__(self, x):
+            return 1.01 * _trained_like(1000)(x)
+
     monkeypatch.setattr(inductor, "aoti_compile_and_package", compile_stub)
-    monkeypatch.setattr(inductor, "aoti_load_package", lambda path: lambda x: 1.01 * _trained_like(1000)(x))
+    monkeypatch.setattr(inductor, "aoti_load_package", lambda path: Off())
     monkeypatch.setattr("regnet_ext.profiling.profiler.build_model", lambda name, num_classes: _trained_like(1000))
     assert main(["export", "--model", "RegNetY-200MF", "--resolution", "32", "--out", str(tmp_path / "m.pt2")]) == 1
     err = capsys.readouterr().err
     assert "the package's output differs from the stock model's by 1.00e-02 at batch" in err
     assert "not fit to serve" in err
-
-
-def test_aoti_package_refuses_a_wrong_name_or_a_batch_of_one_for_a_dynamic_batch(tmp_path):
-    from regnet_ext.deploy import aoti_package
-
-    model = _trained_like()
-    with pytest.raises(ValueError, match="path: an AOTInductor package's name ends in .pt2"):
-        aoti_package(model, torch.randn(2, 3, 32, 32), tmp_path / "m.onnx")
-    with pytest.raises(ValueError, match="example: a dynamic batch needs an example batch of 2 or more, got 1"):
-        aoti_package(model, torch.randn(1, 3, 32, 32), tmp_path / "m.pt2", max_batch=8)
-
-
-@pytest.mark.slow
-def test_max_batch_one_exports_a_static_batch(tmp_path, capsys):
-    out = tmp_path / "b1.pt2"
-    assert main(["export", "--model", "RegNetX-200MF", "--resolution", "32", "--max-batch", "1",
-                 "--out", str(out)]) == 0
-    assert "(batch 1)" in capsys.readouterr().out

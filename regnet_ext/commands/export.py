@@ -7,8 +7,8 @@ import time
 from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available
 
 HELP = ("Export a RegNet (fused by default) for inference without Python's model code: torch.export "
-        "with a dynamic batch, then an AOTInductor package (.pt2), loaded back and compared with "
-        "the stock model.")
+        "(batches 1 to --max-batch), then an AOTInductor package (.pt2), loaded back and compared "
+        "with the stock model. Serve it with regnet_ext.deploy.load_package, which checks its input.")
 
 # float32: the package's output against the stock model's, relative to the largest logit: fused
 # and stock RegNets agree to about 1e-6 (the demo's check); anything near this bound is a bug.
@@ -25,7 +25,8 @@ def add_arguments(parser):
     parser.add_argument("--resolution", type=int, default=224,
                         help="input side the package is compiled for (default 224)")
     parser.add_argument("--max-batch", type=int, default=256,
-                        help="largest batch the package takes; any batch from 1 up runs (default 256)")
+                        help="largest batch the package is compiled for: it takes 1 to this many images "
+                             "(1: a static batch of 1) (default 256)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="dtype of the weights, input and output (default float32; bfloat16 for CPUs "
                              "with AVX512-BF16 or AMX)")
@@ -44,7 +45,7 @@ def _check(args):
     if not os.path.isdir(folder):
         return f"--out: the folder {folder!r} does not exist"
     if args.weights is not None and not os.path.isfile(args.weights):
-        return f"--weights: {args.weights!r} does not exist"
+        return f"--weights: {args.weights!r} is not a file"
     if not args.no_fuse and not fuse_available():
         return f"{FUSE_MISSING}; export the stock model with --no-fuse"
     return None
@@ -52,9 +53,15 @@ def _check(args):
 
 def load_state(path):
     """The state_dict in ``path``: saved on its own, or a `regnet-ext train` checkpoint's model."""
+    import pickle
+
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--weights: cannot read {path!r} as a torch.save file of tensors ({first})") from exc
     if isinstance(state, dict) and "format_version" in state and "model" in state:
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -89,9 +96,11 @@ def run(args):
         if state is not None:
             try:
                 stock.load_state_dict(state)
-            except RuntimeError as exc:
-                raise ValueError(f"--weights: does not fit --model {args.model}: {exc}") from exc
-    except (ValueError, ImportError) as exc:  # build_model's messages start "name: " or "model: "
+            except RuntimeError as exc:  # torch lists every key: keep the start
+                detail = " ".join(str(exc).split())
+                detail = detail if len(detail) <= 400 else detail[:400] + " ..."
+                raise ValueError(f"--weights: does not fit --model {args.model}: {detail}") from exc
+    except (ValueError, ImportError, RuntimeError) as exc:  # build_model's start "name: " or "model: "
         message = str(exc)
         if not message.startswith("--"):
             message = "--model: " + message.removeprefix("name: ").removeprefix("model: ")
@@ -143,9 +152,8 @@ def _reference_check(stock, dtype):
 
 def _export(args, stock, model):
     import torch
-    from torch._inductor import aoti_load_package
 
-    from ..deploy import aoti_package
+    from ..deploy import aoti_package, load_package
 
     dtype = getattr(torch, args.dtype)
     start = time.perf_counter()
@@ -156,7 +164,7 @@ def _export(args, stock, model):
     else:
         aoti_package(model.to(dtype), _images(2, args.resolution, 0).to(dtype), args.out, max_batch=args.max_batch)
     _say(f"wrote {args.out} in {time.perf_counter() - start:.0f} s; checking it against the stock model")
-    runner, check = aoti_load_package(args.out), _reference_check(stock, dtype)
+    runner, check = load_package(args.out), _reference_check(stock, dtype)
     batches = sorted({1, min(3, args.max_batch)})
     with torch.no_grad():
         # (error, allowed, batch) per batch size, the largest error first
@@ -173,8 +181,7 @@ def _export(args, stock, model):
     error, allowed, _ = results[0]
     print(f"{args.out}: max relative difference to {versus} {error:.2e}, at most {allowed:.1e} allowed "
           f"(batch {' and '.join(map(str, batches))})")
-    print("load it with:  import torch" + ("" if args.no_fuse else ", regnet_ext.ops  # registers the operators")
-          + f"\n               runner = torch._inductor.aoti_load_package({args.out!r})"
-          + f"\n               logits = runner(images)  # [N, 3, H, W] {args.dtype}, channels_last, under "
-            "torch.no_grad()")
+    print(f"serve it with:  from regnet_ext.deploy import load_package\n"
+          f"                model = load_package({args.out!r})  # checks every batch: {runner.expected()}\n"
+          f"                logits = model(images)  # under torch.no_grad()")
     return 0
