@@ -19,8 +19,9 @@ def add_arguments(parser):
     parser.add_argument("--model", default="RegNetY-400MF", help=MODEL_BY_NAME_HELP)
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="a state_dict saved with torch.save (the model's own key layout) or a "
-                             "`regnet-ext train` checkpoint; the class count is read from it "
-                             "(default: random weights)")
+                             "`regnet-ext train` checkpoint (give that run's --model and --resolution: "
+                             "it records neither); the class count is read from it (default: random "
+                             "weights)")
     parser.add_argument("--out", required=True, metavar="PATH.pt2", help="the package to write")
     parser.add_argument("--resolution", type=int, default=224,
                         help="input side the package is compiled for (default 224)")
@@ -159,10 +160,9 @@ def _export(args, stock, model):
     start = time.perf_counter()
     _say(f"exporting {args.model} ({args.resolution}x{args.resolution}, batch 1..{args.max_batch}, {args.dtype}) "
          f"and compiling the AOTInductor package (tens of seconds) ...")
-    if args.max_batch == 1:  # a batch dimension of 1 cannot be dynamic (export specialises it)
-        aoti_package(model.to(dtype), _images(1, args.resolution, 0).to(dtype), args.out)
-    else:
-        aoti_package(model.to(dtype), _images(2, args.resolution, 0).to(dtype), args.out, max_batch=args.max_batch)
+    static = args.max_batch == 1  # a batch dimension of 1 cannot be dynamic (export specialises it)
+    example = _images(1 if static else 2, args.resolution, 0).to(dtype)
+    aoti_package(model.to(dtype), example, args.out, max_batch=None if static else args.max_batch)
     _say(f"wrote {args.out} in {time.perf_counter() - start:.0f} s; checking it against the stock model")
     runner, check = load_package(args.out), _reference_check(stock, dtype)
     batches = sorted({1, min(3, args.max_batch)})
