@@ -49,8 +49,8 @@ def test_weights_load_from_a_state_dict_or_a_training_checkpoint(tmp_path):
     torch.save(state, tmp_path / "state.pt")
     torch.save({"format_version": 1, "model": state, "epoch": 3, "settings": {"lr": 0.1}}, tmp_path / "ckpt.pt")
     for name in ("state.pt", "ckpt.pt"):
-        loaded = load_state(tmp_path / name)
-        assert loaded.keys() == state.keys() and classes_in(loaded) == 7
+        loaded, record = load_state(tmp_path / name)
+        assert loaded.keys() == state.keys() and classes_in(loaded) == 7 and record is None
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="--weights: .* holds no state_dict"):
         load_state(tmp_path / "list.pt")
@@ -136,3 +136,32 @@ def test_a_package_whose_output_is_off_fails_the_check(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert "the package's output differs from the stock model's by 1.00e-02 at batch" in err
     assert "not fit to serve" in err
+
+
+@pytest.mark.slow
+def test_a_train_checkpoint_exports_its_own_model_and_resolution(tmp_path, capsys, recorded_malloc_tuning):
+    # A custom RegNet (no name to give --model) trained on 8x8 digits: the checkpoint records
+    # its AnyNetSpec and resolution, which export takes when --model and --resolution are left out.
+    pytest.importorskip("sklearn")
+    from regnet_ext.models import AnyNet, AnyNetSpec
+    from regnet_ext.training import load_checkpoint
+
+    checkpoint = tmp_path / "tiny.pt"
+    assert main(["train", "--w0", "8", "--wa", "8", "--wm", "2", "--depth", "2", "--group-width", "8",
+                 "--resolution", "8", "--batch-size", "64", "--epochs", "1", "--no-progress",
+                 "--checkpoint", str(checkpoint)]) == 0
+    saved = load_checkpoint(checkpoint)
+    assert saved["settings"]["model"]["resolution"] == 8
+    capsys.readouterr()
+    out = tmp_path / "tiny.pt2"
+    assert main(["export", "--weights", str(checkpoint), "--max-batch", "4", "--out", str(out)]) == 0
+    assert "[1..4, 3, 8, 8] float32" in capsys.readouterr().out
+    model = AnyNet(AnyNetSpec(**saved["settings"]["model"]["spec"]))
+    model.load_state_dict(saved["model"])
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        y = load_package(out)(x)
+    assert y.shape == (3, 10)
+    assert (y - expected).abs().max() <= 1e-4 * expected.abs().max()
+

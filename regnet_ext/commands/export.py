@@ -16,15 +16,19 @@ TOLERANCE = 1e-4
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", default="RegNetY-400MF", help=MODEL_BY_NAME_HELP)
+    parser.add_argument("--model", default=None,
+                        help=MODEL_BY_NAME_HELP.replace("(default RegNetY-400MF)", "(default: the model a "
+                                                        "`regnet-ext train` checkpoint in --weights records, "
+                                                        "else RegNetY-400MF)"))
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="a state_dict saved with torch.save (the model's own key layout) or a "
-                             "`regnet-ext train` checkpoint (give that run's --model and --resolution: "
-                             "it records neither); the class count is read from it (default: random "
-                             "weights)")
+                             "`regnet-ext train` checkpoint, whose model and resolution are the defaults "
+                             "of --model and --resolution (checkpoints from before 2026-12-07 record "
+                             "neither); the class count is read from it (default: random weights)")
     parser.add_argument("--out", required=True, metavar="PATH.pt2", help="the package to write")
-    parser.add_argument("--resolution", type=int, default=224,
-                        help="input side the package is compiled for (default 224)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="input side the package is compiled for (default: the resolution a "
+                             "`regnet-ext train` checkpoint in --weights records, else 224)")
     parser.add_argument("--max-batch", type=int, default=256,
                         help="largest batch the package is compiled for: it takes 1 to this many images "
                              "(1: a static batch of 1) (default 256)")
@@ -53,7 +57,9 @@ def _check(args):
 
 
 def load_state(path):
-    """The state_dict in ``path``: saved on its own, or a `regnet-ext train` checkpoint's model."""
+    """(state_dict, record) from ``path``: a state_dict saved on its own (record None), or a
+    `regnet-ext train` checkpoint's model and what it records of it (settings["model"]: the
+    AnyNetSpec as a dict and the resolution; None in older checkpoints)."""
     import pickle
 
     import torch
@@ -63,12 +69,14 @@ def load_state(path):
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"--weights: cannot read {path!r} as a torch.save file of tensors ({first})") from exc
+    record = None
     if isinstance(state, dict) and "format_version" in state and "model" in state:
+        record = (state.get("settings") or {}).get("model")
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"--weights: {path!r} holds no state_dict (a dict of tensors) nor a "
                          f"`regnet-ext train` checkpoint")
-    return state
+    return state, record
 
 
 def classes_in(state):
@@ -91,9 +99,18 @@ def run(args):
     from ..profiling.profiler import build_model
 
     try:
-        state = load_state(args.weights) if args.weights else None
+        state, record = load_state(args.weights) if args.weights else (None, None)
         classes = (classes_in(state) if state else None) or 1000
-        stock = build_model(args.model, num_classes=classes)
+        if args.model is None and record is not None:
+            from ..models import AnyNet, AnyNetSpec
+
+            stock = AnyNet(AnyNetSpec(**record["spec"]))
+            args.model = stock.spec.name or "the checkpoint's model"
+            args.resolution = args.resolution or record["resolution"]
+        else:
+            args.model = args.model or "RegNetY-400MF"
+            stock = build_model(args.model, num_classes=classes)
+        args.resolution = args.resolution or 224
         if state is not None:
             try:
                 stock.load_state_dict(state)

@@ -3,6 +3,7 @@
 Scale out with torchrun, e.g. ``torchrun --nproc_per_node=2 -m regnet_ext train ...`` (gloo on
 CPU, nccl on CUDA); ``--batch-size`` is the global batch, split over the processes.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -150,7 +151,8 @@ def run(args):
                      warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                      seed=args.seed, device=device, progress=not args.no_progress,
                      fused=args.fused, checkpoint=args.checkpoint, resume=args.resume,
-                     num_workers=args.workers, sync_batchnorm=args.sync_bn)
+                     num_workers=args.workers, sync_batchnorm=args.sync_bn,
+                     model_record={"spec": dataclasses.asdict(model.spec), "resolution": args.resolution})
     except ValueError as e:  # a setting fit() refuses (batch too large, resume mismatch, ...)
         print(f"regnet-ext train: error: {option_error(e, args, RENAMES)}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "momentum", "nester
 def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_decay=5e-5,
         momentum=0.9, nesterov=True, warmup_epochs=0, warmup_factor=0.1, label_smoothing=0.0,
         seed=0, device="cpu", progress=True, fused=False, checkpoint=None, resume=False,
-        num_workers=0, sync_batchnorm=False, channels_last=True, on_epoch_end=None):
+        num_workers=0, sync_batchnorm=False, channels_last=True, on_epoch_end=None, model_record=None):
     """Trains ``model`` on ``train_set``, evaluates on ``val_set`` after every epoch.
 
     Recipe (pycls): SGD (PyTorch's ``fused=True`` implementation where it takes the parameters:
@@ -48,7 +48,10 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
     (our kernels, unrelated to the optimizer's) swaps them in with ``regnet_ext.fuse(model)``
     first. ``channels_last`` (default) trains in NHWC, the layout oneDNN and the fused kernels are
     fastest in. ``on_epoch_end(epoch, record)`` is called on every process after each epoch's
-    checkpoint. The model is trained in place.
+    checkpoint. ``model_record``: plain values (dicts, lists, numbers, strings) the checkpoint keeps
+    in its settings under "model", for whoever rebuilds the model from it (`regnet-ext train`: the
+    model's AnyNetSpec and the image resolution, which `regnet-ext export` reads). The model is
+    trained in place.
 
     Returns a dict: top1_acc and top1_error (percent, last epoch, on val_set), best_top1_acc,
     train_time_s (all epochs, including those before a resume), epochs, history (one record per
@@ -60,6 +63,8 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
                                warmup_epochs=warmup_epochs, warmup_factor=warmup_factor,
                                label_smoothing=label_smoothing, seed=seed,
                                num_workers=num_workers)
+    if model_record is not None:
+        settings["model"] = model_record
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if resume and checkpoint is None:
