@@ -99,3 +99,30 @@ def test_aoti_package_refuses_bad_arguments_before_exporting(tmp_path):
     ]:
         with pytest.raises(ValueError, match=error):
             call()
+
+
+def test_a_bfloat16_package_serves_in_a_new_process(tmp_path):
+    # load_package in a fresh interpreter (it loads the operators itself), float32 images in,
+    # bfloat16 handed over: within the 16-bit rule against the stock model in float64.
+    import copy
+
+    from tolerances import assert_close_to_reference
+
+    stock, fused = small_pair()
+    stock, fused = stock.eval(), fused.eval().to(memory_format=CL)
+    path = aoti_package(fused.to(torch.bfloat16), images(2).to(torch.bfloat16).contiguous(memory_format=CL),
+                        tmp_path / "bf16.pt2", max_batch=4)
+    x = images(3, seed=7)
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import torch\nfrom regnet_ext.deploy import load_package\n"
+            f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+            f"with torch.no_grad():\n    torch.save(load_package({str(path)!r})(x.bfloat16()), "
+            f"{str(tmp_path / 'y.pt')!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    y = torch.load(tmp_path / "y.pt")
+    assert y.dtype == torch.bfloat16
+    with torch.no_grad():
+        reference = copy.deepcopy(stock).double()(x.double())
+        plain = copy.deepcopy(stock).to(torch.bfloat16)(x.bfloat16())
+    assert_close_to_reference(y, reference, plain_torch=plain, name="bfloat16 package")
