@@ -16,6 +16,23 @@ import os
 INPUT_KEY = "regnet_ext.input"
 
 
+def check_package_path(path, name="path"):
+    """ValueError (naming the argument ``name``) unless ``path`` can be a new package file: a
+    .pt2 name, not a directory, in a folder that exists."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory; give the package's file name")
+    if not path.endswith(".pt2"):
+        raise ValueError(f"{name}: an AOTInductor package's name ends in .pt2, got {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{name}: the folder {folder!r} does not exist")
+
+
+def _dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
 def aoti_package(model, example, path, *, max_batch=None):
     """torch.export of ``model`` on ``example`` (one image batch, [N, C, H, W]), then an
     AOTInductor package with inductor's freezing at ``path`` (a .pt2 file name); returns ``path``.
@@ -26,11 +43,7 @@ def aoti_package(model, example, path, *, max_batch=None):
     from torch._inductor import aoti_compile_and_package
 
     path = os.fspath(path)
-    if not path.endswith(".pt2"):
-        raise ValueError(f"path: an AOTInductor package's name ends in .pt2, got {path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"path: the folder {folder!r} does not exist")
+    check_package_path(path)
     if not isinstance(example, torch.Tensor) or example.dim() != 4:
         raise ValueError(f"example: expected an image batch [N, C, H, W], got "
                          f"{tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__}")
@@ -46,7 +59,7 @@ def aoti_package(model, example, path, *, max_batch=None):
         dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
     channels_last = example.is_contiguous(memory_format=torch.channels_last)
     record = {"channels": example.shape[1], "height": example.shape[2], "width": example.shape[3],
-              "dtype": str(example.dtype).removeprefix("torch."), "min_batch": 1 if dynamic else batch,
+              "dtype": _dtype_name(example.dtype), "min_batch": 1 if dynamic else batch,
               "max_batch": max_batch if dynamic else batch, "channels_last": channels_last}
     configs = {"freezing": True, "aot_inductor.metadata": {INPUT_KEY: json.dumps(record)},
                # So that AOTI_RUNTIME_CHECK_INPUTS=1 (C++ programs) accepts batches of 1: without
@@ -95,9 +108,9 @@ class Package:
         shape = tuple(images.shape)
         if (images.dim() != 4 or shape[1:] != (i["channels"], i["height"], i["width"])
                 or not i["min_batch"] <= shape[0] <= i["max_batch"]
-                or str(images.dtype).removeprefix("torch.") != i["dtype"] or images.device.type != "cpu"):
+                or _dtype_name(images.dtype) != i["dtype"] or images.device.type != "cpu"):
             raise ValueError(f"images: {self.path} takes {self.expected()}, got {list(shape)} "
-                             f"{str(images.dtype).removeprefix('torch.')} on {images.device}")
+                             f"{_dtype_name(images.dtype)} on {images.device}")
         layout = torch.channels_last if i["channels_last"] else torch.contiguous_format
         return self.runner(images.contiguous(memory_format=layout))
 

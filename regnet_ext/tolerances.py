@@ -10,6 +10,14 @@ ULP_AT_ONE = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
 FLOOR_ULPS = 4
 
 
+def allowed_error(reference, plain, dtype):
+    """The largest error a 16-bit result may have against its float64 ``reference``: ERROR_MULTIPLE
+    times plain PyTorch's (``plain``, the same computation in ``dtype``), plus FLOOR_ULPS ulps at
+    the reference's magnitude (at least 1)."""
+    scale = max(reference.detach().abs().max().item(), 1.0) if reference.numel() else 1.0
+    return ERROR_MULTIPLE * max_error(plain, reference) + FLOOR_ULPS * ULP_AT_ONE[dtype] * scale
+
+
 def max_error(actual, reference):
     """Largest absolute difference, computed in float64 on the CPU."""
     if actual.numel() == 0:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from regnet_ext.deploy import INPUT_KEY, aoti_package, load_package
-from test_fuse_export import images, rel_close, small_pair
+from test_fuse_export import images, rel_close, run_package_in_a_new_process, small_pair
 
 CL = torch.channels_last
 
@@ -113,14 +113,7 @@ def test_a_bfloat16_package_serves_in_a_new_process(tmp_path):
     path = aoti_package(fused.to(torch.bfloat16), images(2).to(torch.bfloat16).contiguous(memory_format=CL),
                         tmp_path / "bf16.pt2", max_batch=4)
     x = images(3, seed=7)
-    torch.save(x, tmp_path / "x.pt")
-    code = ("import torch\nfrom regnet_ext.deploy import load_package\n"
-            f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
-            f"with torch.no_grad():\n    torch.save(load_package({str(path)!r})(x.bfloat16()), "
-            f"{str(tmp_path / 'y.pt')!r})\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    y = torch.load(tmp_path / "y.pt")
+    [y] = run_package_in_a_new_process(path, [x.bfloat16()], tmp_path, through_load_package=True)
     assert y.dtype == torch.bfloat16
     with torch.no_grad():
         reference = copy.deepcopy(stock).double()(x.double())

@@ -140,15 +140,18 @@ def test_an_aoti_package_runs_in_a_new_process_after_importing_the_operators(tmp
         rel_close(y, e, 1e-5)
 
 
-def run_package_in_a_new_process(package, xs, tmp_path):
+def run_package_in_a_new_process(package, xs, tmp_path, through_load_package=False):
     """The AOTInductor package's outputs for the batches xs, from a fresh interpreter that imports
-    regnet_ext.ops, as a serving process does."""
+    regnet_ext.ops and loads it with torch's loader, or (through_load_package) with
+    regnet_ext.deploy.load_package alone, as a serving process does."""
     import subprocess
     import sys
 
     torch.save(xs, tmp_path / "xs.pt")
-    script = (f"import torch, regnet_ext.ops\nxs = torch.load({str(tmp_path / 'xs.pt')!r})\n"
-              f"runner = torch._inductor.aoti_load_package({str(package)!r})\n"
+    load = ("from regnet_ext.deploy import load_package as load" if through_load_package else
+            "import regnet_ext.ops\nload = torch._inductor.aoti_load_package")
+    script = (f"import torch\n{load}\nxs = torch.load({str(tmp_path / 'xs.pt')!r})\n"
+              f"runner = load({str(package)!r})\n"
               f"with torch.no_grad():\n    torch.save([runner(x) for x in xs], {str(tmp_path / 'ys.pt')!r})\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -6,7 +6,7 @@ the same float64 reference, so the tolerance means "no worse than stock PyTorch"
 """
 import torch
 
-from regnet_ext.tolerances import ERROR_MULTIPLE, FLOOR_ULPS, ULP_AT_ONE, max_error  # noqa: F401
+from regnet_ext.tolerances import ERROR_MULTIPLE, FLOOR_ULPS, ULP_AT_ONE, allowed_error, max_error  # noqa: F401
 
 # atol/rtol for dtypes whose rounding error is far below the tests' signal.
 _FIXED = {
@@ -42,9 +42,8 @@ def assert_close_to_reference(actual, reference, *, plain_torch=None, name="resu
         return
     if plain_torch is None:
         raise ValueError(f"{name}: a {actual.dtype} result needs plain PyTorch's result to set the tolerance")
-    scale = max(reference.double().abs().max().item(), 1.0) if reference.numel() else 1.0
-    floor = FLOOR_ULPS * ULP_AT_ONE[actual.dtype] * scale
-    allowed = ERROR_MULTIPLE * max_error(plain_torch, reference) + floor
+    allowed = allowed_error(reference, plain_torch, actual.dtype)
+    floor = allowed - ERROR_MULTIPLE * max_error(plain_torch, reference)
     err = max_error(actual, reference)
     assert err <= allowed, (f"{name}: {actual.dtype} max error {err:.3g} exceeds {allowed:.3g} "
                             f"({ERROR_MULTIPLE}x plain PyTorch's {max_error(plain_torch, reference):.3g} + {floor:.3g})")

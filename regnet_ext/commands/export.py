@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available
+from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available, option_error
 
 HELP = ("Export a RegNet (fused by default) for inference without Python's model code: torch.export "
         "(batches 1 to --max-batch), then an AOTInductor package (.pt2), loaded back and compared "
@@ -42,13 +42,12 @@ def _check(args):
     error = first_below_one(args, ("resolution", "max_batch"))
     if error:
         return error
-    if os.path.isdir(args.out):
-        return f"--out: {args.out!r} is a directory; give the package's file name"
-    if not args.out.endswith(".pt2"):
-        return f"--out: an AOTInductor package's name ends in .pt2, got {args.out!r}"
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder):
-        return f"--out: the folder {folder!r} does not exist"
+    from ..deploy import check_package_path
+
+    try:
+        check_package_path(args.out, "--out")
+    except ValueError as exc:
+        return str(exc)
     if args.weights is not None and not os.path.isfile(args.weights):
         return f"--weights: {args.weights!r} is not a file"
     if not args.no_fuse and not fuse_available():
@@ -118,11 +117,11 @@ def run(args):
                 detail = " ".join(str(exc).split())
                 detail = detail if len(detail) <= 400 else detail[:400] + " ..."
                 raise ValueError(f"--weights: does not fit --model {args.model}: {detail}") from exc
-    except (ValueError, ImportError, RuntimeError) as exc:  # build_model's start "name: " or "model: "
-        message = str(exc)
-        if not message.startswith("--"):
-            message = "--model: " + message.removeprefix("name: ").removeprefix("model: ")
-        print(f"regnet-ext export: {message}", file=sys.stderr)
+    except (ValueError, ImportError, RuntimeError) as exc:
+        # build_model's messages start "name: " or "model: "; timm's name nothing: all --model's.
+        message = option_error(exc, args, {"name": "model"})
+        print(f"regnet-ext export: {message if message.startswith('--') else '--model: ' + message}",
+              file=sys.stderr)
         return 2
     stock = stock.eval().to(memory_format=torch.channels_last)
     model = copy.deepcopy(stock)
@@ -146,11 +145,11 @@ def _reference_check(stock, dtype):
     """check(x, y) -> (error, allowed) of the package's output y for the float32 images x, both
     relative to the largest reference output. float32: against the stock model, within TOLERANCE.
     bfloat16: against the stock model in float64, within the project's rule for 16-bit results
-    (regnet_ext.tolerances: ERROR_MULTIPLE x the stock model's own error in bfloat16, plus a few
-    ulps)."""
+    (regnet_ext.tolerances.allowed_error: ERROR_MULTIPLE x the stock model's own error in
+    bfloat16, plus a few ulps)."""
     import torch
 
-    from ..tolerances import ERROR_MULTIPLE, FLOOR_ULPS, ULP_AT_ONE, max_error
+    from ..tolerances import allowed_error, max_error
 
     if dtype == torch.float32:
         def check(x, y):
@@ -163,8 +162,7 @@ def _reference_check(stock, dtype):
     def check(x, y):
         expected = exact(x.double())
         scale = expected.abs().max().item()
-        allowed = ERROR_MULTIPLE * max_error(plain(x.to(dtype)), expected) / scale + FLOOR_ULPS * ULP_AT_ONE[dtype]
-        return max_error(y, expected) / scale, allowed
+        return max_error(y, expected) / scale, allowed_error(expected, plain(x.to(dtype)), dtype) / scale
     return check
 
 
