@@ -43,16 +43,25 @@ def test_bad_cuda_mode_is_refused(monkeypatch):
 
 @pytest.fixture(scope="module")
 def cmake_cpu_build(tmp_path_factory):
-    """The CMake build of the CPU library, with the C++ examples: (build dir, listed sources)."""
+    """The CMake build of the CPU library, with the C++ examples: (build dir, listed sources,
+    what the build printed)."""
     build_dir = tmp_path_factory.mktemp("cmake")
     listed = _configure(build_dir, "-DREGNET_EXT_CPP_EXAMPLES=ON")
-    subprocess.run([_cmake(), "--build", str(build_dir)], check=True, capture_output=True, text=True)
-    return build_dir, listed
+    done = subprocess.run([_cmake(), "--build", str(build_dir)], check=True, capture_output=True, text=True)
+    return build_dir, listed, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_cmake_build_prints_no_compiler_warnings(cmake_cpu_build):
+    # A user's CMake build, `setup.py build_ext` or `pip install -v` shows them (GCC 12 printed
+    # about 640 before the quiet flags of setup.py and CMakeLists.txt).
+    warnings = [line for line in cmake_cpu_build[2].splitlines() if "warning:" in line]
+    assert not warnings, f"{len(warnings)} compiler warnings, the first: {warnings[:3]}"
 
 
 @pytest.mark.slow
 def test_cmake_builds_the_same_cpu_library(cmake_cpu_build):
-    build_dir, listed = cmake_cpu_build
+    build_dir, listed, _ = cmake_cpu_build
     assert listed == SETUP["sources"](SETUP["CPU_SOURCE_PATTERNS"])
     built = next(build_dir.glob("_C*.so"))
     # A fresh interpreter, so the operators are not registered twice.
@@ -71,7 +80,7 @@ def test_a_cpp_program_runs_an_aoti_package_of_a_fused_model(cmake_cpu_build, tm
     from regnet_ext.deploy import aoti_package
     from test_fuse_export import images, rel_close, small_pair
 
-    build_dir, _ = cmake_cpu_build
+    build_dir, _, _ = cmake_cpu_build
     runner = next(build_dir.rglob("run_aoti_package"))
     stock, fused = small_pair()
     cl = torch.channels_last

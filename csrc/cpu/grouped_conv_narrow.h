@@ -29,7 +29,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -302,14 +301,18 @@ inline void walk_staged_window(const kernels::ConvGeometry& g, const T* x, int64
 }  // namespace narrow
 
 #if defined(__AVX512F__)
-// GCC 12 warns that _mm512_permutexvar_ps's unused pass-through operand is uninitialised.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace narrow {
 
 // The valid lanes of a block of 16 output channels (only the last of an odd count of 8-channel
 // groups holds 8).
 inline __mmask16 block_lanes(bool full) { return full ? __mmask16(0xFFFF) : __mmask16(0x00FF); }
+
+// One input channel's weights for the three taps (kw = 0, 1, 2) of a window row, in the 3x3
+// tiles. Not std::array<__m512, 3>: GCC drops a vector type's attributes as a template argument.
+struct ThreeTaps {
+  __m512 w[3];
+  __m512 operator[](int kw) const { return w[kw]; }
+};
 
 // The float32 3x3 tiles' staging (walk_staged_window): a window row's columns
 // j_lo <= j < j_hi (the `lanes` of 16 channels at row + j * in_c; a half block must not read past
@@ -495,7 +498,7 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const float* x, const float
   SplitAccumulators<kRows * kPixels> acc;
   const auto weights = [&](int64_t kh, int c) {  // taps (kh, 0..2): 8 input channels x 16 lanes each
     const float* w = packed_pair + kh * 3 * 128 + 16 * c;
-    return std::array<__m512, 3>{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 128), _mm512_loadu_ps(w + 256)};
+    return ThreeTaps{{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 128), _mm512_loadu_ps(w + 256)}};
   };
   // The row's columns staged (stage_window_row); against loading each column from x per input
   // channel with the tests at the image's edges (interleaved, one process, 2-core Ice Lake VM,
@@ -518,7 +521,7 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const float* x, const floa
   SplitAccumulators<kRows * kPixels> acc;
   const auto weights = [&](int64_t kh, int c) {  // taps (kh, 0..2): 16 input channels x 16 lanes each
     const float* w = packed_group + kh * 3 * 256 + 16 * c;
-    return std::array<__m512, 3>{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 256), _mm512_loadu_ps(w + 512)};
+    return ThreeTaps{{_mm512_loadu_ps(w), _mm512_loadu_ps(w + 256), _mm512_loadu_ps(w + 512)}};
   };
   // The row's columns staged as in tile8_k3 (stage_window_row), each value broadcast from there.
   // Against broadcasting from x with the edge tests (interleaved, same VM and day), RegNetX-400MF's
@@ -555,7 +558,6 @@ inline void half_broadcast_indices(__m512i (&idx)[kHalf]) {
 }
 
 }  // namespace narrow
-#pragma GCC diagnostic pop
 #endif
 
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)

@@ -15,7 +15,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -135,6 +134,13 @@ inline void tile16(const kernels::ConvGeometry& g, const c10::BFloat16* x, const
                       __mmask16(0xFFFF), relu);
 }
 
+// ThreeTaps (grouped_conv_narrow.h) for bfloat16 pairs: a window row's three taps of one pair
+// of input channels.
+struct ThreeTapPairs {
+  __m512i w[3];
+  __m512i operator[](int kw) const { return w[kw]; }
+};
+
 // 3x3, 8 per group: tile8 with the window walked column by column (narrow::walk_window, as the
 // float32 tile8_k3): each pixel's pair k of both groups is permuted once and feeds every tap that
 // reads it.
@@ -146,7 +152,7 @@ inline void tile8_k3(const kernels::ConvGeometry& g, const c10::BFloat16* x, con
   narrow::SplitAccumulators<kPixels> acc;
   const auto weights = [&](int64_t kh, int k) {  // taps (kh, 0..2): 4 pairs x 16 lanes x 2 each
     const c10::BFloat16* w = packed_pair + kh * 3 * 128 + 32 * k;
-    return std::array<__m512i, 3>{_mm512_loadu_si512(w), _mm512_loadu_si512(w + 128), _mm512_loadu_si512(w + 256)};
+    return ThreeTapPairs{{_mm512_loadu_si512(w), _mm512_loadu_si512(w + 128), _mm512_loadu_si512(w + 256)}};
   };
   const auto load = [&](const c10::BFloat16* row, int k, int j) {
     const c10::BFloat16* at = row + j * g.in_c;
@@ -169,7 +175,7 @@ inline void tile16_k3(const kernels::ConvGeometry& g, const c10::BFloat16* x, co
   narrow::SplitAccumulators<kPixels> acc;
   const auto weights = [&](int64_t kh, int k) {  // taps (kh, 0..2): 8 pairs x 16 lanes x 2 each
     const c10::BFloat16* w = packed_group + kh * 3 * 256 + 32 * k;
-    return std::array<__m512i, 3>{_mm512_loadu_si512(w), _mm512_loadu_si512(w + 256), _mm512_loadu_si512(w + 512)};
+    return ThreeTapPairs{{_mm512_loadu_si512(w), _mm512_loadu_si512(w + 256), _mm512_loadu_si512(w + 512)}};
   };
   const auto load = [&](const c10::BFloat16* row, int k, int j) {
     int32_t pair;

@@ -41,9 +41,6 @@ inline bool narrow_weight_grad_applies(const kernels::ConvGeometry& g) {
 }
 
 #if defined(__AVX512F__)
-// GCC 12 warns that _mm512_permutexvar_ps's unused pass-through operand is uninitialised.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace narrow_wgrad {
 
 // 24 accumulators: i = kw * 8 + ci for 8 input channels x 3 kernel columns.
@@ -150,7 +147,6 @@ inline void accumulate_band(const kernels::ConvGeometry& g, const float* x, cons
 }
 
 }  // namespace narrow_wgrad
-#pragma GCC diagnostic pop
 
 // The raw weight gradient (see the top of this file) of a conv narrow_weight_grad_applies to:
 // per chunk of output rows (chunk_count, merged in chunk order, so every run sums alike), bands of
