@@ -39,9 +39,10 @@ using HeadSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const Opt
 using HeadGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using HeadBackwardSignature = HeadGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
-const auto& eval_op() {
+const auto& eval_op(bool cached = true) {
   static const auto op = find_op<EvalSignature>("regnet_ext::conv_bn_act_eval");
-  return op;
+  static const auto uncached = find_op<EvalSignature>("regnet_ext::conv_bn_act_eval", "uncached");
+  return cached ? op : uncached;
 }
 const auto& train_op() {
   static const auto op = find_op<TrainSignature>("regnet_ext::conv_bn_act_train");
@@ -134,8 +135,11 @@ variable_list conv_input_grads(AutogradContext* ctx, const at::Tensor& grad_y, c
   const bool input_grad = needs(0);
   const bool param_grads = needs(1) || needs(2) || needs(3) || needs(4);
   const bool residual_grad = needs(residual_index);
+  // Without ReLU the forward saved no y (an in-place change of the output, as a residual add
+  // into it, must not break the backward): the backward reads y only for ReLU's mask, and
+  // grad_y stands in for it.
   auto [gx, gw, gb, ggamma, gbeta, gres] = conv_backward_op().call(
-      grad_y, y, x, weight, optional_of(bias), bn_weight, optional_of(conv_out), mean, var, s.stride,
+      grad_y, s.relu ? y : grad_y, x, weight, optional_of(bias), bn_weight, optional_of(conv_out), mean, var, s.stride,
       s.padding, s.groups, s.eps, s.relu, training, input_grad, param_grads, residual_grad);
   variable_list out(n_inputs);
   if (input_grad) out[0] = gx;
@@ -152,14 +156,15 @@ struct ConvBnActEval : Function<ConvBnActEval> {
                             const OptTensor& bias, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
                             const at::Tensor& running_mean, const at::Tensor& running_var,
                             const OptTensor& residual, int64_t stride, int64_t padding, int64_t groups,
-                            double eps, bool relu) {
+                            double eps, bool relu, bool cached) {
     at::Tensor y;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      y = eval_op().call(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
-                         stride, padding, groups, eps, relu);
+      y = eval_op(cached).call(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
+                               stride, padding, groups, eps, relu);
     }
-    ctx->save_for_backward({x, weight, or_undefined(bias), bn_weight, running_mean, running_var, y});
+    ctx->save_for_backward(
+        {x, weight, or_undefined(bias), bn_weight, running_mean, running_var, relu ? y : at::Tensor()});
     ConvSettings{stride, padding, groups, eps, relu, bias.has_value(), residual.has_value()}.save(ctx);
     return y;
   }
@@ -168,7 +173,7 @@ struct ConvBnActEval : Function<ConvBnActEval> {
     const auto saved = ctx->get_saved_variables();
     // x, weight, bias, bn_weight, running_mean, running_var, y
     return conv_input_grads(ctx, grads[0], saved[6], saved[0], saved[1], saved[2], saved[3],
-                            at::Tensor(), saved[4], saved[5], /*training=*/false, 13, 7);
+                            at::Tensor(), saved[4], saved[5], /*training=*/false, 14, 7);
   }
 };
 
@@ -185,7 +190,7 @@ struct ConvBnActTrain : Function<ConvBnActTrain> {
     }
     ctx->mark_non_differentiable({z, mean, var});
     ctx->set_materialize_grads(false);  // no zero-filled gradient for z (activation-sized)
-    ctx->save_for_backward({x, weight, or_undefined(bias), bn_weight, y, z, mean, var});
+    ctx->save_for_backward({x, weight, or_undefined(bias), bn_weight, relu ? y : at::Tensor(), z, mean, var});
     ConvSettings{stride, padding, groups, eps, relu, bias.has_value(), residual.has_value()}.save(ctx);
     return {y, z, mean, var};
   }
@@ -199,6 +204,7 @@ struct ConvBnActTrain : Function<ConvBnActTrain> {
   }
 };
 
+template <bool kCached>
 at::Tensor conv_bn_act_eval_autograd(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
                                      const at::Tensor& bn_weight, const at::Tensor& bn_bias,
                                      const at::Tensor& running_mean, const at::Tensor& running_var,
@@ -206,11 +212,11 @@ at::Tensor conv_bn_act_eval_autograd(const at::Tensor& x, const at::Tensor& weig
                                      int64_t groups, double eps, bool relu) {
   if (!needs_autograd(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return eval_op().call(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual, stride,
-                          padding, groups, eps, relu);
+    return eval_op(kCached).call(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
+                                 stride, padding, groups, eps, relu);
   }
   return ConvBnActEval::apply(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual,
-                              stride, padding, groups, eps, relu);
+                              stride, padding, groups, eps, relu, kCached);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_bn_act_train_autograd(
@@ -389,7 +395,8 @@ HeadGrads pool_linear_backward_autograd(const at::Tensor& grad_y, const at::Tens
 }  // namespace regnet_ext
 
 TORCH_LIBRARY_IMPL(regnet_ext, Autograd, m) {
-  m.impl("conv_bn_act_eval", &regnet_ext::conv_bn_act_eval_autograd);
+  m.impl("conv_bn_act_eval", &regnet_ext::conv_bn_act_eval_autograd<true>);
+  m.impl("conv_bn_act_eval.uncached", &regnet_ext::conv_bn_act_eval_autograd<false>);
   m.impl("conv_bn_act_train", &regnet_ext::conv_bn_act_train_autograd);
   m.impl("conv_bn_act_backward", &regnet_ext::conv_bn_act_backward_autograd);
   m.impl("squeeze_excite", &regnet_ext::squeeze_excite_autograd);

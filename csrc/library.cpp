@@ -26,6 +26,14 @@ TORCH_LIBRARY(regnet_ext, m) {
       "conv_bn_act_eval(Tensor x, Tensor weight, Tensor? bias, Tensor bn_weight, Tensor bn_bias, "
       "Tensor running_mean, Tensor running_var, Tensor? residual, int stride, int padding, "
       "int groups, float eps, bool relu) -> Tensor");
+  // The same without the CPU's folded-weight cache (csrc/cpu/folded_weight_cache.h), for graphs
+  // that torch.compile traces with weights computed in the graph (autocast's casts): the compiled
+  // code reuses such a tensor's buffer for another layer's values without bumping its version, so
+  // a cached fold would be another layer's.
+  m.def(
+      "conv_bn_act_eval.uncached(Tensor x, Tensor weight, Tensor? bias, Tensor bn_weight, "
+      "Tensor bn_bias, Tensor running_mean, Tensor running_var, Tensor? residual, int stride, "
+      "int padding, int groups, float eps, bool relu) -> Tensor");
   m.def(
       "conv_bn_act_train(Tensor x, Tensor weight, Tensor? bias, Tensor bn_weight, "
       "Tensor bn_bias, Tensor? residual, int stride, int padding, int groups, float eps, "

@@ -20,8 +20,8 @@ using TrainSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
     const OptTensor&, int64_t, int64_t, int64_t, double, bool);
 
 template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+c10::TypedOperatorHandle<Signature> find_op(const char* name, const char* overload = "") {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).typed<Signature>();
 }
 
 }  // namespace regnet_ext

@@ -66,6 +66,7 @@ def test_opcheck_forward_operators(requires_grad, channels_last, monkeypatch):
     for k in ("x", "weight", "bias", "bn_weight", "bn_bias", "residual"):
         case[k] = case[k].detach().requires_grad_(requires_grad)
     torch.library.opcheck(ops.conv_bn_act_eval.default, _op_args(case, 2, 2, False))
+    torch.library.opcheck(ops.conv_bn_act_eval.uncached, _op_args(case, 2, 2, False))
     torch.library.opcheck(ops.conv_bn_act_train.default, _op_args(case, 2, 2, True))
 
 

@@ -332,6 +332,38 @@ def test_a_sequential_conv_bn_relu_is_fused_and_a_root_pattern_is_returned():
     assert unfuse(fused) is seq
 
 
+class _InPlaceResidual(nn.Module):
+    """conv + BN, then the input added into the output in place (torchvision's MobileNetV3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+
+    def forward(self, x):
+        y = self.proj(x)
+        y += x
+        return y
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_an_in_place_add_into_a_fused_output_without_relu_keeps_the_backward(mode):
+    # The operators saved their output for ReLU's mask even without ReLU, so the in-place add
+    # made autograd refuse the backward.
+    torch.manual_seed(0)
+    stock = randomize(_InPlaceResidual()).double()
+    fused = fuse(copy.deepcopy(stock))
+    assert isinstance(fused.proj, FusedConvBNAct) and not fused.proj.relu
+    grads = []
+    for model in (stock, fused):
+        getattr(model, mode)()
+        x = torch.randn(2, 8, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                        requires_grad=True)
+        (model(x) ** 2).sum().backward()
+        grads.append([x.grad] + [p.grad for p in model.parameters()])
+    for ours, expected in zip(*grads):
+        torch.testing.assert_close(ours, expected)
+
+
 def test_fusing_twice_changes_nothing():
     model = fuse(regnet("RegNetX-400MF"))
     _, report = fuse(model, report=True)

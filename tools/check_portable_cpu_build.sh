@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CPU extension on a CPU without AVX-512 (e.g. a laptop): builds it for x86-64-v3 (AVX2)
 # into a scratch folder, checks which of our kernels it has (the narrow-group conv's AVX2 variant
-# where the target has AVX2+FMA; never the AVX-512 Winograd conv), and runs the operator tests
-# against that build. CI runs it after the main tests; the default build uses -march=native.
+# where the target has AVX2+FMA; never the AVX-512 Winograd conv) and that it compiled without
+# warnings, and runs the operator tests against that build. CI runs it after the main tests; the
+# default build uses -march=native.
 #
 #   bash tools/check_portable_cpu_build.sh            # uses .venv/bin/python
 #   MARCH=x86-64-v2 bash tools/check_portable_cpu_build.sh
@@ -17,6 +18,12 @@ echo "[portable] building the CPU extension with -march=$MARCH"
 REGNET_EXT_CUDA=0 REGNET_EXT_CPU_FLAGS="-march=$MARCH" \
   "$PY" setup.py -q build_ext --build-lib "$SCRATCH/lib" --build-temp "$SCRATCH/tmp" >"$SCRATCH/build.log" 2>&1 ||
   { tail -40 "$SCRATCH/build.log"; exit 1; }
+# A laptop's build shows its warnings to whoever builds it (tests/test_build.py checks the native one).
+if grep -q "warning:" "$SCRATCH/build.log"; then
+  grep "warning:" "$SCRATCH/build.log" | head -20
+  echo "[portable] the -march=$MARCH build printed $(grep -c "warning:" "$SCRATCH/build.log") compiler warnings" >&2
+  exit 1
+fi
 
 # The package and tests beside the portable library, so that nothing imports the native build.
 mkdir -p "$SCRATCH/tree"

@@ -542,6 +542,16 @@ at::Tensor conv_bn_act_eval_cpu(const at::Tensor& x, const at::Tensor& weight,
   return y;
 }
 
+at::Tensor conv_bn_act_eval_uncached_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                         const std::optional<at::Tensor>& bias, const at::Tensor& bn_weight,
+                                         const at::Tensor& bn_bias, const at::Tensor& running_mean,
+                                         const at::Tensor& running_var, const std::optional<at::Tensor>& residual,
+                                         int64_t stride, int64_t padding, int64_t groups, double eps, bool relu) {
+  const FoldedWeightCacheOff off;
+  return conv_bn_act_eval_cpu(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual, stride,
+                              padding, groups, eps, relu);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_bn_act_train_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& bn_weight, const at::Tensor& bn_bias, const std::optional<at::Tensor>& residual,
@@ -561,5 +571,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_bn_act_train_cpu
 
 TORCH_LIBRARY_IMPL(regnet_ext, CPU, m) {
   m.impl("conv_bn_act_eval", &regnet_ext::cpu::conv_bn_act_eval_cpu);
+  m.impl("conv_bn_act_eval.uncached", &regnet_ext::cpu::conv_bn_act_eval_uncached_cpu);
   m.impl("conv_bn_act_train", &regnet_ext::cpu::conv_bn_act_train_cpu);
 }

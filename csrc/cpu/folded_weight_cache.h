@@ -96,13 +96,23 @@ struct FoldedWeights {
                              // bfloat16 narrow kernel's: [scale; shift], its weight unfolded)
 };
 
+// Set while this thread runs conv_bn_act_eval.uncached (FoldedWeightCacheOff).
+inline thread_local bool folded_weight_cache_off = false;
+
 inline bool folded_weight_cache_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("REGNET_EXT_CPU_WEIGHT_CACHE");
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
-  return enabled;
+  return enabled && !folded_weight_cache_off;
 }
+
+// Turns the cache off on this thread for its lifetime.
+struct FoldedWeightCacheOff {
+  bool was = folded_weight_cache_off;
+  FoldedWeightCacheOff() { folded_weight_cache_off = true; }
+  ~FoldedWeightCacheOff() { folded_weight_cache_off = was; }
+};
 
 class FoldedWeightCache {
  public:

@@ -327,6 +327,7 @@ Grads conv_bn_act_backward_cuda(const at::Tensor& grad_y, const at::Tensor& y, c
 
 TORCH_LIBRARY_IMPL(regnet_ext, CUDA, m) {
   m.impl("conv_bn_act_eval", &regnet_ext::cuda::conv_bn_act_eval_cuda);
+  m.impl("conv_bn_act_eval.uncached", &regnet_ext::cuda::conv_bn_act_eval_cuda);  // no cache on CUDA
   m.impl("conv_bn_act_train", &regnet_ext::cuda::conv_bn_act_train_cuda);
   m.impl("conv_bn_act_update_running_stats", &regnet_ext::cuda::update_running_stats_cuda);
   m.impl("conv_bn_act_backward", &regnet_ext::cuda::conv_bn_act_backward_cuda);

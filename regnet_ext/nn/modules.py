@@ -23,7 +23,8 @@ from .. import _C
 from .._extension import (compiled_with_gemm_tiles_kernel, compiled_with_narrow_group_bf16_kernel,
                           compiled_with_narrow_group_kernel, compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
-from ..ops.conv_bn_act import UPDATE_RUNNING_STATS, conv_bn_act_eval_call, conv_bn_act_train_call
+from ..ops.conv_bn_act import (UPDATE_RUNNING_STATS, conv_bn_act_eval_call, conv_bn_act_eval_of_own_tensors_call,
+                               conv_bn_act_train_call)
 from . import conv_pair, folded_inference
 from .folded_inference import cast as _cast, hooked
 
@@ -226,6 +227,14 @@ class FusedConvBNAct(_HoldsStock):
         gamma, beta = _cast(bn.weight, dtype), _cast(bn.bias, dtype)
         if batch_stats:
             return self._batch_stats_forward(bn, x, weight, bias, gamma, beta, residual, relu)
+        if torch.compiler.is_compiling() and _all_of_dtype(dtype, conv.weight, conv.bias, bn.weight, bn.bias,
+                                                           running_mean, bn.running_var):
+            # Nothing cast: the operator gets the module's own tensors (graph inputs or frozen
+            # constants, never a buffer the compiled code reuses), so the trace keeps the
+            # operator's folded-weight cache (ops/conv_bn_act.py).
+            return conv_bn_act_eval_of_own_tensors_call(x, weight, bias, gamma, beta, running_mean, bn.running_var,
+                                                        residual, self.stride, self.padding, self.groups,
+                                                        float(bn.eps), bool(relu))
         return conv_bn_act(x, weight, gamma, beta, bn.running_mean.to(dtype), bn.running_var.to(dtype),
                            bias=bias, stride=self.stride, padding=self.padding, groups=self.groups,
                            training=False, eps=bn.eps, relu=relu, residual=residual)

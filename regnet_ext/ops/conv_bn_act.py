@@ -15,6 +15,7 @@ require()
 
 _ops = torch.ops.regnet_ext
 _EVAL = _ops.conv_bn_act_eval.default
+_EVAL_UNCACHED = _ops.conv_bn_act_eval.uncached
 _TRAIN = _ops.conv_bn_act_train.default
 # The overload itself: calling it skips the packet's overload resolution.
 UPDATE_RUNNING_STATS = _ops.conv_bn_act_update_running_stats.default
@@ -87,14 +88,17 @@ def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
     return y
 
 
-def _through_fast_entry(entry, op, doc):
+def _through_fast_entry(entry, op, doc, traced_op=None):
     """op(*args) by `entry`, its C entry (csrc/python/fast_calls.cpp: the dispatcher's typed call,
     a few us less than torch.ops' boxed one), or by op itself where only torch.ops handles the
     call (__torch_function__, other argument types: the entry returns NotImplemented) and while
-    torch.compile or jit.trace traces (they must see torch.ops' call)."""
+    torch.compile or jit.trace traces (they must see torch.ops' call; traced_op, where given, is
+    what a trace records)."""
+    traced_op = traced_op or op
+
     def call(*args):
         if torch.compiler.is_compiling() or torch._C._is_tracing():
-            return op(*args)
+            return traced_op(*args)
         out = entry(*args)
         return op(*args) if out is NotImplemented else out
 
@@ -102,9 +106,18 @@ def _through_fast_entry(entry, op, doc):
     return call
 
 
+# A trace records the eval operator without the CPU's folded-weight cache: the weights it is given
+# may be computed in the graph (a cast), and compiled code reuses their buffers for other layers'
+# values without bumping a version (library.cpp). Callers whose weight and BN tensors are a
+# module's own parameters and buffers (graph inputs or frozen constants) trace the cached one.
 conv_bn_act_eval_call = _through_fast_entry(
     _C.conv_bn_act_eval_call, _EVAL,
-    "regnet_ext::conv_bn_act_eval(*args), the schema's 13 arguments positional (_through_fast_entry).")
+    "regnet_ext::conv_bn_act_eval(*args), the schema's 13 arguments positional (_through_fast_entry); "
+    "a trace records conv_bn_act_eval.uncached.", traced_op=_EVAL_UNCACHED)
+conv_bn_act_eval_of_own_tensors_call = _through_fast_entry(
+    _C.conv_bn_act_eval_call, _EVAL,
+    "conv_bn_act_eval_call for a module's own parameters and buffers: a trace records the cached "
+    "conv_bn_act_eval.")
 conv_bn_act_train_call = _through_fast_entry(
     _C.conv_bn_act_train_call, _TRAIN,
     "regnet_ext::conv_bn_act_train(*args), 11 arguments positional; its 4 outputs, with autograd "
@@ -222,6 +235,7 @@ def _out_shape(x, weight, stride, padding):
 
 # ---- fake kernels ---------------------------------------------------------------------------
 
+@torch.library.register_fake("regnet_ext::conv_bn_act_eval.uncached")
 @torch.library.register_fake("regnet_ext::conv_bn_act_eval")
 def _eval_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual, stride,
                padding, groups, eps, relu):
