@@ -211,7 +211,8 @@ def _check_running_stats(dtype, device, gen):
         ref_m = (1 - factor) * rm0 + factor * bm
         ref_v = (1 - factor) * rv0 + factor * bv * count / (count - 1)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
-        rm, rv = rm0.to(device, dtype), rv0.to(device, dtype)
+        # Copies: the operator updates them in place, and rm0, rv0 (float64) serve the plain update below.
+        rm, rv = rm0.to(device, dtype, copy=True), rv0.to(device, dtype, copy=True)
         nbt = torch.tensor(batches, dtype=torch.long, device=device) if cumulative else None
         torch.ops.regnet_ext.conv_bn_act_update_running_stats(rm, rv, bm.to(device, acc), bv.to(device, acc), nbt,
                                                               count, MOMENTUM, cumulative)
