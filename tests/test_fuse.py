@@ -412,6 +412,24 @@ def test_bad_arguments_raise_clear_errors():
         layer.train()(torch.randn(1, 3, 1, 1))
 
 
+@pytest.mark.parametrize("num_classes", [5, 0])
+def test_timm_reset_classifier_works_on_a_fused_model(num_classes):
+    # timm's fine-tuning step; the fused head had no reset() (AttributeError).
+    stock = randomize(_timm_regnety_004()).eval()
+    fused = fuse(copy.deepcopy(stock))
+    for model in (stock, fused):
+        model.reset_classifier(num_classes)
+    if num_classes:
+        fused.head.fc.load_state_dict(stock.head.fc.state_dict())
+    assert fused.head_hidden_size == stock.head_hidden_size
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = stock(x)
+        assert expected.shape[1] == (num_classes or stock.num_features)
+        assert_rel_close(fused(x), expected, 1e-5, f"reset_classifier({num_classes})")
+    assert type(unfuse(fused).head.fc) is type(stock.head.fc)
+
+
 def test_a_batchnorm_with_its_own_activation_is_not_fused_outside_timm_layers():
     timm_layers = pytest.importorskip("timm.layers")
     seq = nn.Sequential(nn.Conv2d(4, 8, 1, bias=False), timm_layers.BatchNormAct2d(8, act_layer=nn.ReLU))

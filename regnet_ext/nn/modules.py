@@ -414,10 +414,31 @@ class FusedHead(_HoldsStock):
     def forward(self, x, *args, **kwargs):
         fc, drop = self._modules["fc"], self._modules.get("drop")
         dropping = self.training and isinstance(drop, nn.Dropout) and drop.p > 0
-        if not (dropping or args or any(kwargs.values())) and \
-                folded_inference.pool_linear_applies(x, fc.weight, fc.bias):
-            return _ops.pool_linear(x, fc.weight, fc.bias)
+        weight = getattr(fc, "weight", None)  # none once timm's reset(0) made fc an nn.Identity
+        if not (dropping or args or any(kwargs.values())) and weight is not None and \
+                folded_inference.pool_linear_applies(x, weight, fc.bias):
+            return _ops.pool_linear(x, weight, fc.bias)
         return self._stock_forward(self, x, *args, **kwargs)
+
+    def reset(self, *args, **kwargs):
+        """timm's ClassifierHead.reset (what model.reset_classifier calls): the stock head's reset,
+        whose new children (a new fc, maybe a new pooling) this head then holds."""
+        stock = self.stock_module()
+        if not callable(getattr(type(stock), "reset", None)):
+            raise AttributeError(f"{type(stock).__name__} has no reset()")
+        stock.reset(*args, **kwargs)
+        self._modules.clear()
+        self._modules.update(stock._modules)
+
+    def __getattr__(self, name):
+        # The stock head's own attributes (timm's num_features, read after reset_classifier).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            stock = self.__dict__.get(_STOCK)
+            if stock is None or name.startswith("_") or name not in stock.__dict__:
+                raise
+            return stock.__dict__[name]
 
 
 class FusedBranch(nn.Module):
