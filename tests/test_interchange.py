@@ -223,6 +223,14 @@ def test_torchvision_models_ours_cannot_reproduce_are_refused():
         load_torchvision(torchvision.models.regnet_y_400mf(activation=nn.SiLU))
     with pytest.raises(TypeError, match="torchvision RegNet"):
         load_torchvision(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="got NoneType"):  # was an UnboundLocalError
+        load_torchvision(None)
+
+
+def test_load_timm_refuses_none_naming_what_it_takes():
+    pytest.importorskip("timm")
+    with pytest.raises(TypeError, match="timm RegNet.*got NoneType"):
+        load_timm(None)
 
 
 # ---------------------------------------------------------------- timm

@@ -123,8 +123,8 @@ def load_timm(model, *, pretrained=True):
         state_dict = from_timm(model)
     else:
         label, module = "RegNet", model
+        _check_module(module)  # (None too: a TypeError naming what it takes)
     if module is not None:
-        _check_module(module)
         state_dict = from_timm(module.state_dict())
     num_classes = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else 1000
     spec = timm_spec(label, num_classes) if isinstance(model, str) else None

@@ -103,8 +103,8 @@ def load_torchvision(model, *, weights="DEFAULT"):
         state_dict = from_torchvision(model)
     else:
         builder, module = None, model
+        _check_module(module)  # (None too: a TypeError naming what it takes)
     if module is not None:
-        _check_module(module)
         state_dict = from_torchvision(module.state_dict())
     num_classes = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else 1000
     if builder is not None:
