@@ -10,6 +10,7 @@ torch.profiler, and the roofline from a measured ceiling.
 import copy
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -214,6 +215,8 @@ class _Session:
             raise ValueError(f"input_shape: the model takes {self.spec.in_channels} channels, "
                              f"got {shape[1]}")
         model = model.train(train)  # fuse() sees the mode it must serve (BN folded for inference)
+        # A model fused already is profiled as fused (its label and traffic schedule say so).
+        fused = fused or _fused_already(model)
         if fused:
             model = fuse_model(model)
         self.schedule = get_schedule(schedule or (FUSED_SCHEDULE if fused else "eager"))
@@ -323,6 +326,12 @@ def _measure(sessions, iters, warmup, count_kernels, ceiling):
     return [s.result(k, ceiling, warmup) for s, k in zip(sessions, kernels)]
 
 
+def _fused_already(model):
+    """Whether fuse() swapped fused modules into the model (their module is loaded only then)."""
+    modules = sys.modules.get("regnet_ext.nn.modules")
+    return modules is not None and any(isinstance(m, modules._HoldsStock) for m in model.modules())
+
+
 def profile(model, input_shape, *, device="cpu", dtype=torch.float32, fused=False, train=False,
             iters=10, warmup=2, schedule=None, channels_last=True, count_kernels=True,
             ceiling=None, name=None):
@@ -330,7 +339,8 @@ def profile(model, input_shape, *, device="cpu", dtype=torch.float32, fused=Fals
 
     ``input_shape`` is (batch, channels, height, width). A module is profiled as a copy, so the
     caller's model keeps its mode, memory format, parameters, gradients and BN statistics.
-    ``fused=True`` runs regnet_ext.fuse on the copy first. ``schedule`` overrides the traffic
+    ``fused=True`` runs regnet_ext.fuse on the copy first (a model fused already is profiled as
+    fused either way). ``schedule`` overrides the traffic
     schedule (default: "eager" stock, schedules.FUSED_SCHEDULE fused).
     ``ceiling`` is a roofline.Ceiling (default: this device, measured once and cached).
     Returns a ProfileResult (``.table()``, ``.to_json()``).
