@@ -437,6 +437,8 @@ def run(device="cpu", dtypes=None, seed=0):
     with the exception in `detail`, so one broken kernel does not hide the others."""
     _extension.require()
     device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):  # the only devices with regnet_ext kernels
+        raise RuntimeError(f"selfcheck: regnet_ext has kernels for cpu and cuda, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("selfcheck: CUDA was requested but torch.cuda.is_available() is False")
     results = []

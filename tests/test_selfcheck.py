@@ -92,3 +92,11 @@ def test_cuda_without_gpu_is_a_clear_error(capsys):
         selfcheck.run("cuda")
     assert cli.main(["selfcheck", "--device", "cuda"]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_a_device_without_our_kernels_is_one_clear_error(capsys):
+    # It printed a FAIL row, with an exception, for each of the 16 checks.
+    with pytest.raises(RuntimeError, match="kernels for cpu and cuda, not meta"):
+        selfcheck.run("meta")
+    assert cli.main(["selfcheck", "--device", "meta"]) == 2
+    assert "not meta" in capsys.readouterr().err
