@@ -56,6 +56,13 @@ def test_spec_from_model_rejects_non_regnets():
         spec_from_model(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)))
 
 
+def test_timm_regnetz_is_refused_not_mismodelled():
+    # It was profiled as a RegNetY (83.7M flops where it has 86.6M: its final conv left out).
+    timm = pytest.importorskip("timm")
+    with pytest.raises(ValueError, match="final conv"):
+        spec_from_model(timm.create_model("regnetz_005", pretrained=False))
+
+
 def test_profile_json_schema_and_traffic():
     model = _tiny()
     result = profile(model, (2, 3, 64, 64), iters=2, warmup=1, ceiling=FAKE)

@@ -90,6 +90,15 @@ def spec_from_model(model):
     spec = getattr(model, "spec", None)
     if isinstance(spec, AnyNetSpec):
         return spec
+    # timm's RegNetZ/RegNetV look alike block by block, but neither the spec nor the traffic
+    # model has their final conv or SiLU activations (or their blocks without a shortcut).
+    final_conv = getattr(model, "final_conv", None)
+    if isinstance(final_conv, nn.Module) and not isinstance(final_conv, nn.Identity):
+        raise ValueError(f"model: {type(model).__name__} has a final conv (timm's RegNetZ?), which "
+                         "is not a RegNet of the paper's design space")
+    if any(isinstance(m, nn.SiLU) for m in model.modules()):
+        raise ValueError(f"model: {type(model).__name__} uses SiLU activations, not a RegNet of the "
+                         "paper's design space (ReLU)")
     stages, (_, head_modules) = model_stages(model)
     stem_conv = next((m for m in model.stem.modules() if isinstance(m, nn.Conv2d)), None)
     fc = [m for hm in head_modules for m in hm.modules() if isinstance(m, nn.Linear)]
