@@ -185,6 +185,14 @@ def test_cli_profile_writes_json_and_plot(tmp_path, monkeypatch, capsys):
     assert "GFLOP/s" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_cli_profile_refuses_an_unwritable_output_before_profiling(option, tmp_path, capsys):
+    # It profiled, then ended in a FileNotFoundError traceback.
+    path = tmp_path / "missing" / "out.json"
+    assert main(["profile", "--model", "RegNetY-200MF", option, str(path), "--no-tune-malloc"]) == 2
+    assert capsys.readouterr().err.strip() == f"regnet-ext profile: {option}: the folder of {path} does not exist"
+
+
 def test_cli_profile_rejects_bad_batch(capsys):
     assert main(["profile", "--batch", "0"]) == 2
     assert "--batch" in capsys.readouterr().err

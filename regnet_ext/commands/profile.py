@@ -2,7 +2,7 @@
 import json
 import sys
 
-from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available
+from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, check_output_path, first_below_one, fuse_available
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (traffic model), "
@@ -45,6 +45,12 @@ def run(args):
     error = first_below_one(args, ("batch", "resolution", "iters", "threads"))
     if error is None and args.fused and not fuse_available():
         error = f"--fused: {FUSE_MISSING}; profile without --fused"
+    if error is None:
+        try:  # before the profiling, not with a traceback after it
+            check_output_path("--json", None if args.json == "-" else args.json)
+            check_output_path("--plot", args.plot)
+        except ValueError as exc:
+            error = str(exc)
     if error:
         print(f"regnet-ext profile: {error}", file=sys.stderr)
         return 2
