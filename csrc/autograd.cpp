@@ -139,8 +139,8 @@ variable_list conv_input_grads(AutogradContext* ctx, const at::Tensor& grad_y, c
   // into it, must not break the backward): the backward reads y only for ReLU's mask, and
   // grad_y stands in for it.
   auto [gx, gw, gb, ggamma, gbeta, gres] = conv_backward_op().call(
-      grad_y, s.relu ? y : grad_y, x, weight, optional_of(bias), bn_weight, optional_of(conv_out), mean, var, s.stride,
-      s.padding, s.groups, s.eps, s.relu, training, input_grad, param_grads, residual_grad);
+      grad_y, s.relu ? y : grad_y, x, weight, optional_of(bias), bn_weight, optional_of(conv_out), mean, var,
+      s.stride, s.padding, s.groups, s.eps, s.relu, training, input_grad, param_grads, residual_grad);
   variable_list out(n_inputs);
   if (input_grad) out[0] = gx;
   if (needs(1)) out[1] = gw;
@@ -171,7 +171,7 @@ struct ConvBnActEval : Function<ConvBnActEval> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    // x, weight, bias, bn_weight, running_mean, running_var, y
+    // x, weight, bias, bn_weight, running_mean, running_var, y (with ReLU)
     return conv_input_grads(ctx, grads[0], saved[6], saved[0], saved[1], saved[2], saved[3],
                             at::Tensor(), saved[4], saved[5], /*training=*/false, 14, 7);
   }

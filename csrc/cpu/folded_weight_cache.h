@@ -17,7 +17,9 @@
 // references to those TensorImpls, so an address cannot be reused by another tensor while its
 // entry exists. Not cached (computed per call as before):
 // inference tensors (they have no version counter). Writes through `.data` or `.detach()` views
-// do not bump the version: REGNET_EXT_CPU_WEIGHT_CACHE=0 turns the cache off for such code.
+// do not bump the version: REGNET_EXT_CPU_WEIGHT_CACHE=0 turns the cache off for such code. Nor
+// do compiled graphs' writes into buffers they reuse: conv_bn_act_eval.uncached (library.cpp),
+// which traces record, runs with the cache off.
 #pragma once
 
 #include <ATen/ATen.h>
