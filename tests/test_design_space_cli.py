@@ -153,3 +153,77 @@ def test_analyze_warns_when_results_were_trained_with_different_settings(tmp_pat
     assert err == (f"regnet-ext space: warning: results trained with different settings are "
                    f"compared: epochs=5, lr=0.1 in {c} (regnetx) vs epochs=1, lr=0.025 in "
                    f"{a} (anynetx_a), {b} (regnetx)\n")
+
+
+def _results(path, trials, **fields):
+    write_records(str(path), [dict({"space": "regnetx", "trial": t, "flops": 1e8 + t,
+                                    "params": 1e6, "acts": 1e6, "config": {"wm": 2 + t / 10},
+                                    "spec": {"depths": [1] * 4, "widths": [8] * 4},
+                                    "top1_error": 30.0 + t}, **fields) for t in trials])
+    return str(path)
+
+
+def test_analyze_warns_about_missing_trials_and_counts_diverged_ones(tmp_path, capsys):
+    part = _results(tmp_path / "part.jsonl", [0, 1, 3], sweep_trials=4)
+    code, out, err = _run(capsys, "analyze", part, "--repetitions", "10")
+    assert code == 0 and err == (f"regnet-ext space: warning: {part} holds 3 of its sweep's 4 "
+                                 f"trials (1 missing: run the sweep again to finish it)\n")
+    full = _results(tmp_path / "full.jsonl", range(4), sweep_trials=4)
+    write_records(full, [dict(r, diverged=True, top1_error=100.0) if r["trial"] == 2 else r
+                         for r in ds.load_results(full)])
+    code, out, err = _run(capsys, "analyze", full, "--repetitions", "10")
+    assert code == 0 and err == ""
+    assert out.splitlines()[0].split()[:3] == ["space", "n", "diverged"]
+    assert out.splitlines()[1].split()[:3] == ["regnetx", "4", "1"]
+
+
+def test_analyze_reads_a_file_given_twice_once(tmp_path, capsys):
+    path = _results(tmp_path / "r.jsonl", range(4))
+    code, once, _ = _run(capsys, "analyze", path, "--repetitions", "50", "--json")
+    code, twice, err = _run(capsys, "analyze", path, str(tmp_path / "." / "r.jsonl"),
+                            "--repetitions", "50", "--json")
+    assert code == 0 and json.loads(twice) == json.loads(once)
+    assert err == (f"regnet-ext space: warning: {tmp_path / '.' / 'r.jsonl'} is {path} again; "
+                   f"it is read once\n")
+
+
+@pytest.mark.parametrize("fraction", ["0", "-0.1", "1.5", "4"])
+def test_analyze_refuses_a_fraction_outside_0_1(tmp_path, fraction, capsys):
+    path = _results(tmp_path / "r.jsonl", range(4))
+    code, out, err = _run(capsys, "analyze", path, "--fraction", fraction)
+    assert code == 2 and out == "" and err == (f"regnet-ext space: --fraction: expected a "
+                                               f"fraction of the models in (0, 1], got "
+                                               f"{float(fraction):g}\n")
+    assert _run(capsys, "analyze", path, "--fraction", "1", "--repetitions", "10")[0] == 0
+
+
+@pytest.mark.parametrize("resolution", ["0", "-224"])
+def test_sample_refuses_a_non_positive_resolution(resolution, capsys):
+    code, out, err = _run(capsys, "sample", "regnetx", "-n", "2", "--resolution", resolution)
+    assert code == 2 and out == "" and err == (f"regnet-ext space: --resolution: expected an "
+                                               f"integer >= 1, got {resolution}\n")
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    assert _run(capsys, "sample", "regnetx", "-n", "2", "--out", str(samples))[0] == 0
+    results = _results(tmp_path / "r.jsonl", range(4))
+    missing = tmp_path / "nodir" / "x.png"
+    cases = [
+        (["sample", "regnetx", "-n", "2", "--out", str(tmp_path)],
+         f"--out: {tmp_path} is a directory; expected a file path"),
+        (["sample", "regnetx", "-n", "2", "--out", str(missing)],
+         f"--out: the folder of {missing} does not exist"),
+        (["sweep", str(samples), "--out", str(missing), "--engine", "inline"],
+         f"--out: the folder of {missing} does not exist"),
+        (["analyze", results, "--edf", str(missing)],
+         f"--edf: the folder of {missing} does not exist"),
+        (["analyze", results, "--scatter", str(missing)],
+         f"--scatter: the folder of {missing} does not exist"),
+        (["analyze", results, "--edf", "/proc/x.png"], "--edf: cannot write /proc/x.png ("),
+    ]
+    for argv, message in cases:
+        code, out, err = _run(capsys, *argv)
+        assert code == 2 and out == "" and err.startswith(f"regnet-ext space: {message}"), err
+        assert err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "s.jsonl"]

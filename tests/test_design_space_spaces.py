@@ -181,3 +181,9 @@ def test_group_width_draw_is_powers_of_two_then_multiples_of_8():
     # The power-of-two step picks < 8 with probability 3/8 (exponents 0..7, three below 8).
     share_small = np.mean(np.array(draws) < 8)
     assert abs(share_small - 3 / 8) < 5 * math.sqrt(3 / 8 * 5 / 8 / 3000)
+
+
+@pytest.mark.parametrize("resolution", [0, -224, (224, 0), (224,), 22.4])
+def test_sample_refuses_a_resolution_that_is_not_positive_integers(resolution):
+    with pytest.raises(ValueError, match="resolution: expected an integer >= 1"):
+        ds.sample("regnetx", 2, resolution=resolution)

@@ -173,3 +173,64 @@ def test_sigterm_stops_a_local_sweep_cleanly_and_it_resumes(tmp_path, monkeypatc
     records = ds.run_sweep(samples, str(out), engine="inline", progress=False, **settings)
     assert sorted(trained) == sorted(set(range(16)) - {r["trial"] for r in finished})
     assert [r["trial"] for r in records] == list(range(16))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_local_sweep_at_once_even_when_pressed_twice(tmp_path):
+    ds.save_samples(_samples(4), str(tmp_path / "s.jsonl"))
+    out = tmp_path / "r.jsonl"
+    # Trials of about a minute: a sweep that waited for its running trials would take that long.
+    cmd = [sys.executable, "-m", "regnet_ext", "space", "sweep", str(tmp_path / "s.jsonl"),
+           "--out", str(out), "--engine", "local", "--workers", "2", "--no-progress",
+           "--resolution", "16", "--epochs", "100", "--batch-size", "32", "--train-subset", "128",
+           "--val-subset", "64"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(8)  # workers spawned and training
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    start = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)  # a second Ctrl-C must not hang the sweep
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the interrupted sweep did not end")
+    took, err = time.time() - start, err.decode()
+    assert proc.returncode == 128 + signal.SIGINT and took < 25, (proc.returncode, took, err)
+    assert "leaked" not in err and "Traceback" not in err, err
+    assert read_records(str(out)) == []  # no trial had finished: all are redone on resume
+
+
+def test_a_diverged_trial_is_recorded_with_maximal_error(tmp_path, monkeypatch):
+    import regnet_ext.training
+    from regnet_ext.training.loop import TrainingDiverged
+
+    original = regnet_ext.training.fit
+
+    def diverging(model, *args, seed, **kwargs):
+        if seed == SETTINGS["seed"] + 1:  # trial 1
+            raise TrainingDiverged("training diverged: the loss is nan (try a smaller lr)")
+        return original(model, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(regnet_ext.training, "fit", diverging)
+    out = tmp_path / "r.jsonl"
+    records = ds.run_sweep(_samples(3), str(out), engine="inline", progress=False, **SETTINGS)
+    assert read_records(str(out)) == records and [r["trial"] for r in records] == [0, 1, 2]
+    assert records[1]["diverged"] is True and records[1]["top1_error"] == 100.0
+    assert records[1]["train"]["num_params"] > 0 and records[1]["train_time_s"] >= 0
+    assert "diverged" not in records[0] and records[0]["top1_error"] < 100
+    assert all(r["sweep_trials"] == 3 for r in records)
+    summary = ds.summarize(records)["tiny"]
+    assert summary["n"] == 3 and summary["diverged"] == 1
+
+
+def test_sweep_refuses_an_output_in_a_missing_folder_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "train_trial", lambda task: pytest.fail("trained"))
+    with pytest.raises(ValueError, match="out: the folder of .* does not exist"):
+        ds.run_sweep(_samples(1), str(tmp_path / "nodir" / "r.jsonl"), engine="inline",
+                     progress=False, **SETTINGS)

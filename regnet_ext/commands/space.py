@@ -3,6 +3,8 @@ import json
 import signal
 import sys
 
+from ._checks import check_output_path
+
 HELP = ("Design spaces (AnyNetX A-E, RegNetX/Y): sample under complexity budgets, sweep "
         "(short training, resumable), analyze (EDFs, bootstrap, trends), fit widths.")
 
@@ -211,6 +213,9 @@ def _sample(args):
     if args.name:
         changes["name"] = args.name
     space = base.replace(**changes)  # a variant is named SPACE_custom unless --name says
+    if args.resolution < 1:
+        raise ValueError(f"--resolution: expected an integer >= 1, got {args.resolution}")
+    check_output_path("--out", args.out)
     samples = sample(space, args.n, flops=_band("--flops", args.flops),
                      params=_band("--params", args.params), acts=_band("--acts", args.acts),
                      seed=args.seed, resolution=args.resolution,
@@ -254,6 +259,7 @@ def _sweep(args):
         if not (sep and key):
             raise ValueError(f"--submitit-option: expected KEY=VALUE, got {item!r}")
         options[key] = _plain_value(value)
+    check_output_path("--out", args.out)
     # SIGTERM unwinds like Ctrl-C, so that the sweep's finally blocks shut its worker pool down
     # (killed outright, it leaks the pool's semaphores and leaves workers waiting forever).
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -284,12 +290,29 @@ def _analyze(args):
     import numpy as np
 
     from ..design_space import (empirical_bootstrap, group_by_space, load_results,
-                                matched_weights, model_parameters, parameter_table,
-                                settings_warning, summarize)
+                                matched_weights, missing_trials_warning, model_parameters,
+                                parameter_table, settings_warning, summarize)
     from ..design_space.plots import plot_edfs, plot_error_vs_parameters
 
-    labelled = [(f"{path} ({r.get('space', '?')})", r) for path in args.results
-                for r in load_results(path)]
+    if not 0 < args.fraction <= 1:
+        raise ValueError(f"--fraction: expected a fraction of the models in (0, 1], "
+                         f"got {args.fraction:g}")
+    check_output_path("--edf", args.edf)
+    check_output_path("--scatter", args.scatter)
+    paths = {}  # real path -> path as given, each file once
+    for path in args.results:
+        twin = paths.setdefault(os.path.realpath(path), path)
+        if twin is not path:  # its models counted twice would narrow every interval for nothing
+            print(f"regnet-ext space: warning: {path} is {twin} again; it is read once",
+                  file=sys.stderr)
+    paths = list(paths.values())
+    loaded = {path: load_results(path) for path in paths}
+    for path, found in loaded.items():
+        warning = missing_trials_warning(path, found)
+        if warning:
+            print(f"regnet-ext space: warning: {warning}", file=sys.stderr)
+    labelled = [(f"{path} ({r.get('space', '?')})", r) for path, found in loaded.items()
+                for r in found]
     records = [r for _, r in labelled]
     warning = settings_warning(labelled)
     if warning:  # a warning, not an error: comparing across settings can be intended
@@ -337,10 +360,10 @@ def _analyze(args):
     if args.json:
         _print_json(doc)
         return 0
-    print(f"{'space':14s} {'n':>4} {'min err':>8} {'median':>8} {'mean':>8}")
+    print(f"{'space':14s} {'n':>4} {'diverged':>8} {'min err':>8} {'median':>8} {'mean':>8}")
     for space, s in summary.items():
-        print(f"{space[:14]:14s} {s['n']:4d} {s['min_error']:8.2f} {s['median_error']:8.2f} "
-              f"{s['mean_error']:8.2f}")
+        print(f"{space[:14]:14s} {s['n']:4d} {s['diverged']:8d} {s['min_error']:8.2f} "
+              f"{s['median_error']:8.2f} {s['mean_error']:8.2f}")
     for space, intervals in doc["bootstrap"].items():
         print(f"\n{space}: best model's parameter, {args.fraction:g} samples x {args.repetitions} "
               f"(95% interval)")

@@ -8,8 +8,8 @@ sweeps, error EDFs, the empirical bootstrap and the quantized-linear width fit.
     ds.empirical_bootstrap([r["config"]["wm"] for r in records], [r["top1_error"] for r in records])
     ds.fit_widths([24, 56, 152, 152, 368, 368])                          # -> WidthFit(..., e_fit)
 """
-from .analysis import (group_by_space, load_results, model_parameters, parameter_table,
-                       settings_warning, summarize)
+from .analysis import (group_by_space, load_results, missing_trials_warning, model_parameters,
+                       parameter_table, settings_warning, summarize)
 from .bootstrap import BootstrapResult, empirical_bootstrap
 from .edf import complexity_bins, error_edf, matched_weights
 from .engines import ENGINES, make_engine
@@ -38,4 +38,5 @@ __all__ = [
     "complexity_bins", "empirical_bootstrap", "BootstrapResult", "fit_widths", "fit_error",
     "per_block_widths", "WidthFit", "load_results", "group_by_space", "model_parameters",
     "parameter_table", "summarize", "settings_diff", "settings_warning",
+    "missing_trials_warning",
 ]

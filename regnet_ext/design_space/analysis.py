@@ -45,6 +45,21 @@ def settings_warning(labelled):
     return "results trained with different settings are compared: " + "; ".join(parts)
 
 
+def missing_trials_warning(path, records):
+    """None when the results ``records`` of file ``path`` hold every trial of their sweep (as
+    recorded in ``sweep_trials``; older files without it are taken as complete), else a message
+    saying how many are missing: an interrupted sweep is then analyzed as a smaller population."""
+    totals = {r["sweep_trials"] for r in records if isinstance(r.get("sweep_trials"), int)}
+    if not totals:
+        return None
+    total = max(totals)
+    have = len({r.get("trial") for r in records})
+    if have >= total:
+        return None
+    return (f"{path} holds {have} of its sweep's {total} trials ({total - have} missing: run the "
+            f"sweep again to finish it)")
+
+
 def group_by_space(records):
     """{space name: [records]} in order of first appearance."""
     groups = {}
@@ -87,12 +102,14 @@ def parameter_table(records, names=None):
 
 
 def summarize(records):
-    """Per space: n, min/median/mean error and the best model's trial and config."""
+    """Per space: n, how many of them diverged (recorded with maximal error), min/median/mean
+    error and the best model's trial and config."""
     out = {}
     for space, group in group_by_space(records).items():
         errors = np.array([r["top1_error"] for r in group], dtype=np.float64)
         best = group[int(np.argmin(errors))]
-        out[space] = {"n": len(group), "min_error": float(errors.min()),
+        out[space] = {"n": len(group), "diverged": sum(bool(r.get("diverged")) for r in group),
+                      "min_error": float(errors.min()),
                       "median_error": float(np.median(errors)), "mean_error": float(errors.mean()),
                       "best_trial": best.get("trial"), "best_config": best.get("config")}
     return out

@@ -12,6 +12,8 @@ import concurrent.futures
 import concurrent.futures.process
 import multiprocessing
 import os
+import signal
+import threading
 
 ENGINES = ("local", "inline", "submitit")
 
@@ -44,6 +46,7 @@ class LocalEngine:
         context = multiprocessing.get_context("spawn")
         pool = concurrent.futures.ProcessPoolExecutor(min(self.workers, len(tasks)),
                                                       mp_context=context)
+        finished = False
         try:
             futures = {pool.submit(fn, task): task for task in tasks}
             for future in concurrent.futures.as_completed(futures):
@@ -54,8 +57,35 @@ class LocalEngine:
                         "sweep under `if __name__ == '__main__':` (spawned workers import the "
                         "main module again); otherwise the trial may have run out of memory")
                 yield futures[future], error if error is not None else future.result()
+            finished = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if finished:
+                pool.shutdown(wait=True)
+            else:
+                _stop_now(pool)
+
+
+def _stop_now(pool):
+    """Shuts a pool down without waiting for its running trials (interrupted sweep: they are
+    redone on resume). Ctrl-C and SIGTERM are ignored for these few seconds: a second Ctrl-C
+    that interrupted a pool's shutdown has been seen to leave the sweep hung for good."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if main else {}
+    try:
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)  # queued trials: no worker picks one up
+        for process in workers:
+            process.terminate()
+        for process in workers:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        pool.shutdown(wait=True)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 class SubmititEngine:

@@ -118,6 +118,11 @@ def sample(space, n, *, flops=None, params=None, acts=None, seed=0, resolution=2
     if not (isinstance(n, (int, np.integer)) and n >= 1):
         raise ValueError(f"n: expected an integer >= 1, got {n!r}")
     bands = {m: _band(m, b) for m, b in zip(METRICS, (flops, params, acts)) if b is not None}
+    sides = (resolution, resolution) if isinstance(resolution, (int, np.integer)) else resolution
+    if not (isinstance(sides, (tuple, list)) and len(sides) == 2
+            and all(isinstance(v, (int, np.integer)) and v >= 1 for v in sides)):
+        raise ValueError(f"resolution: expected an integer >= 1 or a (height, width) pair of "
+                         f"them, got {resolution!r}")
     patience = None
     if max_attempts is None:
         max_attempts, patience = 1000 * n + EARLY_STOP_ATTEMPTS, EARLY_STOP_ATTEMPTS

@@ -17,6 +17,7 @@ from .records import append_record, read_records, write_records
 from .sample import Sample, spec_from_dict
 
 TRAIN_FIELDS = ("top1_acc", "best_top1_acc", "epochs", "num_params")
+DIVERGED_ERROR = 100.0  # top1_error recorded for a trial whose training diverged
 _DATASETS = {}  # per worker process: (name, resolution, split) -> dataset, loaded once
 
 
@@ -73,6 +74,7 @@ def train_trial(task):
 
     from ..models.anynet import AnyNet
     from ..training import fit, num_classes_of
+    from ..training.loop import TrainingDiverged
 
     settings, trial = task["settings"], task["trial"]
     threads = torch.get_num_threads()
@@ -85,15 +87,26 @@ def train_trial(task):
         seed = settings["seed"] + trial
         torch.manual_seed(seed)
         model = AnyNet(spec_from_dict(spec_fields))
-        result = fit(model, train, val, epochs=settings["epochs"],
-                     batch_size=settings["batch_size"], lr=settings["lr"],
-                     weight_decay=settings["weight_decay"], momentum=settings["momentum"],
-                     seed=seed, device="cpu", progress=False)
+        start, diverged = time.perf_counter(), False
+        try:
+            result = fit(model, train, val, epochs=settings["epochs"],
+                         batch_size=settings["batch_size"], lr=settings["lr"],
+                         weight_decay=settings["weight_decay"], momentum=settings["momentum"],
+                         seed=seed, device="cpu", progress=False)
+        except TrainingDiverged:
+            diverged = True
+            # A diverged model is a result, not a failure: the paper counts it as maximal error.
+            result = {"top1_error": DIVERGED_ERROR, "train_time_s": time.perf_counter() - start,
+                      "num_params": sum(p.numel() for p in model.parameters())}
     finally:
         torch.set_num_threads(threads)
     record = dict(task["sample"], trial=trial, settings=settings,
                   top1_error=float(result["top1_error"]),
                   train_time_s=float(result["train_time_s"]))
+    if diverged:
+        record["diverged"] = True
+    if "trials" in task:
+        record["sweep_trials"] = task["trials"]  # lets analyze notice a sweep's missing trials
     # Only what the seed decides: timings other than train_time_s would make resumed and
     # uninterrupted sweeps differ for no reason.
     record["train"] = {k: result[k] for k in TRAIN_FIELDS if k in result}
@@ -177,8 +190,10 @@ def run_sweep(samples, out, *, engine="local", workers=None, engine_options=None
         raise ValueError("samples: expected at least one sample")
     if os.path.isdir(out):
         raise ValueError(f"out: {out} is a directory; expected a JSONL file path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):  # found now, not after a trial
+        raise ValueError(f"out: the folder of {out} does not exist")
     settings = sweep_settings(**settings)
-    tasks = [{"trial": i, "sample": s.to_dict(), "settings": settings}
+    tasks = [{"trial": i, "sample": s.to_dict(), "settings": settings, "trials": len(samples)}
              for i, s in enumerate(samples)]
     done = _check_resumable(read_records(out, repair=True), tasks, out)
     pending = [t for t in tasks if t["trial"] not in done]
