@@ -51,6 +51,9 @@ def test_regnet_spec_for_named_and_custom_models():
     assert (list(spec.depths), list(spec.widths), list(spec.group_widths)) == (
         g["depths"], g["widths"], g["group_widths"])
     assert spec.se_ratio == 0.25 and spec.name == "RegNetY-400MF" and spec.num_classes == 1000
+    with pytest.raises(ValueError, match="se_ratio: RegNetY-400MF has se_ratio=0.25, got 0.0"):
+        regnet_spec("RegNetY-400MF", se_ratio=0.0)  # was kept at 0.25 silently
+    assert regnet_spec("RegNetX-400MF", se_ratio=0.0) == regnet_spec("RegNetX-400MF")
     custom = regnet_spec(w0=48, wa=27.89, wm=2.09, depth=16, group_width=8, se_ratio=0.25,
                          num_classes=10)
     assert custom == regnet_spec("RegNetY-400MF", num_classes=10)  # name is not compared

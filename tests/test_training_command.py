@@ -1,5 +1,7 @@
 """`regnet-ext train` end to end on a tiny custom RegNet and the digits data at 8x8."""
 import json
+import os
+import tempfile
 
 import pytest
 import torch
@@ -72,6 +74,10 @@ def test_standard_model_by_name_and_table_output(capsys):
     (["--resolution", "8", "--batch-size", "4096"], "--batch-size: 4096 is larger than"),
     (["--resolution", "8", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
     (["--resolution", "8", "--lr", "0"], "--lr: expected lr > 0"),
+    (["--resolution", "8", "--lr", "inf"], "--lr: expected lr > 0 and finite, got inf"),
+    (["--resolution", "8", "--lr", "nan"], "--lr: expected lr > 0 and finite, got nan"),
+    (["--resolution", "8", "--weight-decay", "inf"],
+     "--weight-decay: expected >= 0 and finite, got inf"),
     (["--resolution", "8", "--workers", "-1"], "--workers: expected an integer >= 0"),
     (["--device", "cpu", "--sync-bn"], "--sync-bn: SyncBatchNorm needs CUDA"),
 ])
@@ -94,6 +100,122 @@ def test_image_folder_without_images_fails_with_a_message(empty, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith(f"regnet-ext train: error: --data: {tmp_path / empty[:-2]}: Found no "
                           "valid file for the classes a"), err
+
+
+@pytest.mark.parametrize("val_classes", [("a", "c"), ("a", "b", "c", "d")])
+def test_image_folder_with_other_val_classes_fails_with_a_message(val_classes, tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    from PIL import Image
+
+    for split, classes in {"train": ("a", "b", "c"), "val": val_classes}.items():
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / cls / "0.png")
+    assert main(["train", *TINY, "--epochs", "1", "--batch-size", "2", "--data",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"regnet-ext train: error: --data: {str(tmp_path)!r}: train/ and val/ must have "
+                   f"the same class folders, got train/ ['a', 'b', 'c'] and val/ "
+                   f"{list(val_classes)}\n"), err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A one-epoch checkpoint of TINY (8 px); tests resume copies of it."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    assert main(["train", *TINY, "--epochs", "1", "--checkpoint", str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize("argv, written, requested", [
+    (["--resolution", "12"], "--resolution 8", "--resolution 12"),
+    (["--lr", "0.05"], "--lr 0.02", "--lr 0.05"),
+    (["--warmup-epochs", "0.5"], "--warmup-epochs 1.0", "--warmup-epochs 0.5"),
+    # Another architecture: named, not load_state_dict's traceback.
+    (["--se-ratio", "0.25"], "--model RegNetX(w0=8", "--model RegNetY(w0=8"),
+])
+def test_resume_refuses_other_options_naming_them(argv, written, requested, tiny_checkpoint,
+                                                  tmp_path, capsys):
+    path = tmp_path / "run.pt"
+    path.write_bytes(tiny_checkpoint.read_bytes())
+    capsys.readouterr()
+    assert main(["train", *TINY, "--epochs", "1", "--checkpoint", str(path), "--resume",
+                 *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"regnet-ext train: error: --resume: the checkpoint {str(path)!r} was "
+                          f"written with {written}") and err.count("\n") == 1, err
+    assert f"but this run has {requested}" in err and "new --checkpoint path" in err
+    assert path.read_bytes() == tiny_checkpoint.read_bytes()  # left as it was
+
+
+def test_resume_refuses_a_standard_model_of_another_name(tmp_path, capsys):
+    path = tmp_path / "x.pt"
+    common = ["--resolution", "8", "--epochs", "1", "--batch-size", "1024", "--no-progress",
+              "--checkpoint", str(path)]
+    assert main(["train", "--model", "RegNetX-200MF", *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "--model", "RegNetY-200MF", *common, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"regnet-ext train: error: --resume: the checkpoint {str(path)!r} was written "
+                   "with --model RegNetX-200MF but this run has --model RegNetY-200MF; use the "
+                   "same options or a new --checkpoint path\n"), err
+
+
+@pytest.mark.parametrize("content", ["truncated", "text"])
+def test_unreadable_checkpoint_fails_with_a_message(content, tiny_checkpoint, tmp_path, capsys):
+    path = tmp_path / "bad.pt"
+    if content == "truncated":
+        path.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    else:
+        path.write_text("not a checkpoint\n")
+    capsys.readouterr()
+    assert main(["train", *TINY, "--epochs", "1", "--checkpoint", str(path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"regnet-ext train: error: --checkpoint: {str(path)!r} is not a "
+                          "readable regnet_ext training checkpoint (") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("where", ["directory", "under a file", "read-only"])
+def test_unwritable_checkpoint_path_fails_before_training(where, tmp_path, monkeypatch, capsys):
+    import regnet_ext.training
+
+    monkeypatch.setattr(regnet_ext.training, "fit", lambda *a, **k: pytest.fail("trained"))
+    (tmp_path / "file").write_text("")
+    path = {"directory": tmp_path, "under a file": tmp_path / "file" / "sub" / "x.pt",
+            "read-only": tmp_path / "ro" / "new" / "x.pt"}[where]
+    if where == "read-only":
+        (tmp_path / "ro").mkdir()
+        real = tempfile.TemporaryFile
+
+        def refuse(*args, dir=None, **kwargs):  # root may write anywhere chmod allows: simulate
+            if dir is not None and os.fspath(dir) == os.fspath(tmp_path / "ro"):
+                raise PermissionError(13, "Permission denied")
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    assert main(["train", *TINY, "--epochs", "1", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    expected = {"directory": f"{str(path)!r} is a directory; expected a file path",
+                "under a file": f"cannot write {str(path)!r}: {str(tmp_path / 'file')!r} is not a "
+                                "directory",
+                "read-only": f"cannot write {str(path)!r}: {str(tmp_path / 'ro')!r} is not "
+                             "writable"}[where]
+    assert err == f"regnet-ext train: error: --checkpoint: {expected}\n", err
+
+
+def test_checkpoint_in_a_new_folder_is_written(tmp_path, capsys):
+    path = tmp_path / "new" / "sub" / "x.pt"
+    assert main(["train", *TINY, "--epochs", "1", "--checkpoint", str(path)]) == 0
+    assert path.is_file()
+
+
+def test_divergence_fails_with_a_one_line_message(capsys):
+    # The default model at this lr: the loss is nan within the first epoch.
+    assert main(["train", "--resolution", "8", "--epochs", "1", "--batch-size", "256",
+                 "--no-progress", "--lr", "1e4"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("regnet-ext train: error: training diverged: the loss is nan (try a smaller "
+                   "--lr)\n"), err
 
 
 def test_fused_without_kernels_fails_with_a_message(monkeypatch, capsys):

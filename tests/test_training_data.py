@@ -1,4 +1,5 @@
 """Datasets for training: sklearn's digits (default) and ImageFolder trees."""
+import re
 import sys
 
 import numpy as np
@@ -102,6 +103,19 @@ def test_image_folder_val_split_is_resized_and_normalised(tmp_path):
                                    atol=1e-6, rtol=0)
     train = load_dataset(str(tmp_path), resolution=12, split="train")
     assert len(train) == 4 and train[0][0].shape == (3, 12, 12)
+
+
+@pytest.mark.parametrize("val_classes", [("a", "c"), ("a", "b", "c", "d")])
+def test_image_folder_splits_must_have_the_same_classes(val_classes, tmp_path):
+    # ImageFolder numbers each split's classes alone: val's 'c' would be label 1 (missing 'b') or
+    # an extra class would index past the model's outputs.
+    pytest.importorskip("torchvision")
+    _write_image_folder(tmp_path, {"train": {c: [(0, 0, 0)] for c in ("a", "b", "c")},
+                                   "val": {c: [(0, 0, 0)] for c in val_classes}})
+    expected = f"train/ {['a', 'b', 'c']} and val/ {list(val_classes)}"
+    for split in ("train", "val"):
+        with pytest.raises(ValueError, match="^name_or_path: .*" + re.escape(expected)):
+            load_dataset(tmp_path, resolution=8, split=split)
 
 
 def test_bad_arguments_name_the_argument(tmp_path):

@@ -194,6 +194,31 @@ def test_resume_refuses_a_checkpoint_with_other_settings(tmp_path):
             resume=True, progress=False)
 
 
+def test_resume_refuses_another_model_record_or_architecture(tmp_path):
+    from regnet_ext.training.loop import ResumeMismatch
+
+    train = random_dataset(16)
+    path = tmp_path / "ckpt.pt"
+    settings = dict(epochs=1, batch_size=8, checkpoint=path, progress=False)
+    fit(conv_net(), train, train, model_record={"resolution": 6}, **settings)
+    with pytest.raises(ResumeMismatch, match=r"model_record.resolution=6 but this run has "
+                                             r"model_record.resolution=8") as caught:
+        fit(conv_net(), train, train, model_record={"resolution": 8}, resume=True, **settings)
+    assert (caught.value.key, caught.value.saved, caught.value.current) == (
+        "model_record.resolution", 6, 8)
+    # Without a record to compare, another architecture is still a ValueError naming resume.
+    with pytest.raises(ValueError, match="^resume: .* holds the weights of another model"):
+        fit(conv_net(batchnorm=True), train, train, resume=True, **settings)
+
+
+def test_divergence_raises_training_diverged():
+    from regnet_ext.training.loop import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="the loss is nan"):
+        fit(conv_net(), random_dataset(8), random_dataset(4), epochs=1, batch_size=4, lr=1e30,
+            progress=False)
+
+
 def test_resume_without_a_checkpoint_file_starts_from_scratch(tmp_path):
     train = random_dataset(16)
     path = tmp_path / "new.pt"
@@ -230,6 +255,8 @@ def test_fused_trains_the_model_fuse_returns(monkeypatch):
     (dict(weight_decay=-1.0), "weight_decay"), (dict(warmup_epochs=5), "warmup_epochs"),
     (dict(label_smoothing=1.0), "label_smoothing"), (dict(resume=True), "resume"),
     (dict(momentum=0.0), "nesterov"), (dict(num_workers=-1), "num_workers"),
+    (dict(lr=math.inf), "lr"), (dict(lr=math.nan), "lr"),
+    (dict(weight_decay=math.inf), "weight_decay"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, argument):
     settings = dict(epochs=2, batch_size=4, progress=False)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 
 from ._checks import FUSE_MISSING, fuse_available, option_error, resolve_device
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
@@ -19,6 +20,9 @@ CUSTOM_PARAMS = ("w0", "wa", "wm", "depth", "group_width")
 # The Python API's parameter names in error messages -> the options that set them.
 RENAMES = {"name_or_path": "data", "num_workers": "workers", "name": "model",
            "nesterov": "momentum"}
+# fit()'s resume settings that no option of the same name sets -> the options that do.
+RESUME_OPTIONS = {"model_record.spec": "--model", "model_record.resolution": "--resolution",
+                  "train_size": "--data"}
 
 
 def add_arguments(parser):
@@ -35,8 +39,8 @@ def add_arguments(parser):
     model.add_argument("--group-width", type=int, help="custom RegNet: group width")
     model.add_argument("--bottleneck-multiplier", type=float, default=1.0,
                        help="custom RegNet: bottleneck multiplier (default 1)")
-    model.add_argument("--se-ratio", type=float, default=0.0,
-                       help="custom RegNet: squeeze-excite ratio (0 = RegNetX, 0.25 = RegNetY)")
+    model.add_argument("--se-ratio", type=float, default=None,
+                       help="custom RegNet: squeeze-excite ratio (0 = RegNetX, the default; 0.25 = RegNetY)")
     model.add_argument("--rounding", default="pycls", choices=("pycls", "torchvision"),
                        help="generator rounding (default pycls)")
     model.add_argument("--fused", action="store_true",
@@ -93,7 +97,7 @@ def build_model(args, num_classes):
     from ..models import regnet
 
     given = {name: getattr(args, name) for name in CUSTOM_PARAMS if getattr(args, name) is not None}
-    custom = given or args.se_ratio != 0.0 or args.bottleneck_multiplier != 1.0
+    custom = given or args.se_ratio is not None or args.bottleneck_multiplier != 1.0
     name = args.model or (None if custom else DEFAULT_MODEL)
     missing = [f"--{k.replace('_', '-')}" for k in CUSTOM_PARAMS if k not in given]
     if name is None and missing:
@@ -114,6 +118,8 @@ def _prepare(args):
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume: needs --checkpoint PATH")
+    if args.checkpoint:
+        _check_checkpoint_path(args.checkpoint)
     if args.fused and not fuse_available():
         raise ValueError(f"--fused: {FUSE_MISSING}; train without --fused")
     device = resolve_device(args.device)
@@ -134,9 +140,53 @@ def _prepare(args):
     return model, train, val, device
 
 
+def _check_checkpoint_path(path):
+    """Refuses a --checkpoint that could not be written, now rather than after the first epoch."""
+    if os.path.isdir(path):
+        raise ValueError(f"--checkpoint: {path!r} is a directory; expected a file path")
+    # save_checkpoint creates missing folders: probe the nearest one that exists.
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"--checkpoint: cannot write {path!r}: {folder!r} is not a directory")
+    try:  # os.access says yes to root on read-only or special file systems: try it
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"--checkpoint: cannot write {path!r}: {folder!r} is not "
+                         "writable") from e
+
+
+def _resume_error(e, args):
+    """A ResumeMismatch in the command's terms: the option that differs, as on the command line."""
+    option = RESUME_OPTIONS.get(e.key) or f"--{e.key.replace('_', '-')}"
+    if option[2:].replace("-", "_") not in vars(args):  # set only from Python (nesterov, ...)
+        return option_error(e, args, RENAMES)
+    saved, current = e.saved, e.current
+    if e.key == "model_record.spec":
+        saved, current = _spec_names(saved, current)
+    if e.key == "train_size":
+        return (f"--resume: the checkpoint {e.path!r} was trained on {saved} images but this "
+                f"run's --data has {current}; use the same --data or a new --checkpoint path")
+    return (f"--resume: the checkpoint {e.path!r} was written with {option} {saved} but this "
+            f"run has {option} {current}; use the same options or a new --checkpoint path")
+
+
+def _spec_names(saved, current):
+    # Two specs by name; where the names agree (e.g. another --data's class count), the fields.
+    saved, current = dict(saved or {}), dict(current or {})
+    if saved.get("name") != current.get("name"):
+        return saved.get("name"), current.get("name")
+    keys = [k for k in sorted(saved.keys() | current.keys()) if saved.get(k) != current.get(k)]
+    return tuple(f"{d.get('name')} ({', '.join(f'{k}={d.get(k)}' for k in keys)})"
+                 for d in (saved, current))
+
+
 def run(args):
     from ..models import complexity
     from ..training import fit
+    from ..training.loop import ResumeMismatch, TrainingDiverged
 
     apply_tune_malloc(args, "regnet-ext train", use_mmap=False)
     try:
@@ -153,9 +203,16 @@ def run(args):
                      fused=args.fused, checkpoint=args.checkpoint, resume=args.resume,
                      num_workers=args.workers, sync_batchnorm=args.sync_bn,
                      model_record={"spec": dataclasses.asdict(model.spec), "resolution": args.resolution})
-    except ValueError as e:  # a setting fit() refuses (batch too large, resume mismatch, ...)
+    except ResumeMismatch as e:
+        print(f"regnet-ext train: error: {_resume_error(e, args)}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # a setting fit() refuses (batch too large, ...)
         print(f"regnet-ext train: error: {option_error(e, args, RENAMES)}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:  # not a usage error: the options were valid, the run failed
+        print(f"regnet-ext train: error: {str(e).replace('smaller lr', 'smaller --lr')}",
+              file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports
     report = {"model": model.spec.name, "params": cost.params, "flops": cost.flops,

@@ -74,10 +74,11 @@ def canonical_name(name):
 
 
 def regnet_spec(name=None, *, w0=None, wa=None, wm=None, depth=None, group_width=None,
-                bottleneck_multiplier=1.0, se_ratio=0.0, rounding="pycls", num_classes=1000):
+                bottleneck_multiplier=1.0, se_ratio=None, rounding="pycls", num_classes=1000):
     """The AnyNetSpec of a standard model (by name) or of any generator parameters.
 
-    With a name, the generator parameters come from STANDARD_MODELS; any also passed must agree.
+    With a name, the generator parameters come from STANDARD_MODELS; any also passed must agree
+    (se_ratio too: 0 for a RegNetY is refused). Without one, se_ratio defaults to 0 (a RegNetX).
     ``rounding="torchvision"`` builds torchvision's architecture (it differs from pycls's for
     RegNetX-400MF, RegNetY-800MF, RegNetY-8.0GF, RegNetX-4.0GF and RegNetY-4.0GF).
     """
@@ -88,8 +89,7 @@ def regnet_spec(name=None, *, w0=None, wa=None, wm=None, depth=None, group_width
         label = canonical_name(name)
         params = STANDARD_MODELS[label]
         for key, value in [*given.items(), ("se_ratio", se_ratio)]:
-            if value is not None and value != getattr(params, key) and not (
-                    key == "se_ratio" and value == 0.0):
+            if value is not None and value != getattr(params, key):
                 raise ValueError(f"{key}: {label} has {key}={getattr(params, key)}, got {value}; "
                                  "leave the name out to build a custom model")
         if bottleneck_multiplier != 1.0:
@@ -99,6 +99,7 @@ def regnet_spec(name=None, *, w0=None, wa=None, wm=None, depth=None, group_width
         given = {key: getattr(params, key) for key in given}
         se_ratio = params.se_ratio
     else:
+        se_ratio = 0.0 if se_ratio is None else se_ratio
         missing = [key for key, value in given.items() if value is None]
         if missing:
             raise ValueError(f"{missing[0]}: required when no model name is given "

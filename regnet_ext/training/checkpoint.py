@@ -28,7 +28,12 @@ def load_checkpoint(path, map_location="cpu"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint: no checkpoint file at {path!r}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torn, truncated or another format: torch raises many kinds
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0].split('. ')[0]}"
+        raise ValueError(f"checkpoint: {path!r} is not a readable regnet_ext training checkpoint "
+                         f"({reason})") from e
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"checkpoint: {path!r} is not a regnet_ext training checkpoint "
                          f"(format_version {FORMAT_VERSION} expected)")

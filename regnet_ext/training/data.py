@@ -115,6 +115,7 @@ def _image_folder(root, resolution, split, augment):
     if not os.path.isdir(folder):  # the argument's own error first, with or without torchvision
         raise ValueError(f"name_or_path: {root!r} has no {split}/ subfolder; expected the "
                          f"ImageFolder layout {root}/{{train,val}}/<class>/<image>")
+    _check_same_classes(root)
     try:
         from torchvision import datasets, transforms
     except ImportError as e:
@@ -128,3 +129,20 @@ def _image_folder(root, resolution, split, augment):
                  transforms.CenterCrop(resolution)]
     transform = transforms.Compose(steps + [transforms.ToTensor(), normalise])
     return datasets.ImageFolder(folder, transform=transform)
+
+
+def _class_folders(folder):
+    # ImageFolder's own rule (find_classes): the sorted subfolders, indexed in that order.
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def _check_same_classes(root):
+    """ImageFolder numbers each split's classes on its own: train/ and val/ must list the same
+    class folders, or val labels silently mean other classes (or exceed the model's outputs)."""
+    folders = [os.path.join(root, split) for split in SPLITS]
+    if not all(os.path.isdir(folder) for folder in folders):
+        return  # the missing split's own load says so
+    train, val = (_class_folders(folder) for folder in folders)
+    if train != val:
+        raise ValueError(f"name_or_path: {root!r}: train/ and val/ must have the same class "
+                         f"folders, got train/ {train} and val/ {val}")

@@ -19,6 +19,21 @@ RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "momentum", "nester
                "warmup_epochs", "warmup_factor", "label_smoothing", "seed", "train_size")
 
 
+class ResumeMismatch(ValueError):
+    """A checkpoint written with other settings than this run's: ``key`` (a RESUME_KEYS entry, or
+    ``model_record.K`` for entry K of model_record), its ``saved`` and ``current`` values."""
+
+    def __init__(self, path, key, saved, current):
+        self.path, self.key, self.saved, self.current = path, key, saved, current
+        super().__init__(f"resume: the checkpoint {path!r} was written with {key}={saved!r} but "
+                         f"this run has {key}={current!r}; use the same settings or a new "
+                         "checkpoint path")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became inf or nan (a learning rate or weight decay too large)."""
+
+
 def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_decay=5e-5,
         momentum=0.9, nesterov=True, warmup_epochs=0, warmup_factor=0.1, label_smoothing=0.0,
         seed=0, device="cpu", progress=True, fused=False, checkpoint=None, resume=False,
@@ -221,7 +236,7 @@ def _train_one_epoch(model, loader, criterion, optimizer, scheduler, device, mem
         bar.update(**({"loss": f"{loss.item():.3f}"} if bar.enabled and step % 10 == 0 else {}))
     loss_sum, correct, count = ctx.all_reduce_sum(totals).tolist()
     if not math.isfinite(loss_sum):
-        raise RuntimeError(f"training diverged: the loss is {loss_sum} (try a smaller lr)")
+        raise TrainingDiverged(f"training diverged: the loss is {loss_sum} (try a smaller lr)")
     return loss_sum / count, 100.0 * correct / count
 
 
@@ -263,10 +278,21 @@ def _restore(path, settings, ctx, model, optimizer, scheduler):
     saved = state["settings"]
     for key in RESUME_KEYS:
         if saved.get(key) != settings.get(key):
-            raise ValueError(f"resume: the checkpoint {path!r} was written with {key}="
-                             f"{saved.get(key)!r} but this run has {key}={settings.get(key)!r}; "
-                             f"use the same settings or a new checkpoint path")
-    model.load_state_dict(state["model"])
+            raise ResumeMismatch(path, key, saved.get(key), settings.get(key))
+    # The model record (`regnet-ext train`: the architecture and the resolution) must match too:
+    # the run would otherwise not be the uninterrupted one, and the record would change under it.
+    saved_record, record = saved.get("model"), settings.get("model")
+    if isinstance(saved_record, dict) and isinstance(record, dict):
+        for key in sorted(saved_record.keys() | record.keys()):
+            if saved_record.get(key) != record.get(key):
+                raise ResumeMismatch(path, f"model_record.{key}", saved_record.get(key),
+                                     record.get(key))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # another architecture: missing/unexpected keys, other shapes
+        raise ValueError(f"resume: the checkpoint {path!r} holds the weights of another model "
+                         f"({str(e).splitlines()[0].rstrip(':. ')}); use the same model or a new "
+                         "checkpoint path") from e
     # The checkpoint's groups carry the implementation they ran with (fused or not): keep this
     # run's, which computes the same update.
     implementation = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
@@ -304,10 +330,11 @@ def _check_settings(**s):
     positive_int("batch_size")
     if not (isinstance(s["num_workers"], int) and s["num_workers"] >= 0):
         raise ValueError(f"num_workers: expected an integer >= 0, got {s['num_workers']!r}")
-    if not s["lr"] > 0:
-        raise ValueError(f"lr: expected lr > 0, got {s['lr']!r}")
-    if not s["weight_decay"] >= 0:
-        raise ValueError(f"weight_decay: expected >= 0, got {s['weight_decay']!r}")
+    # Finite too: an infinite lr or weight decay only turns the weights into nan.
+    if not 0 < s["lr"] < math.inf:
+        raise ValueError(f"lr: expected lr > 0 and finite, got {s['lr']!r}")
+    if not 0 <= s["weight_decay"] < math.inf:
+        raise ValueError(f"weight_decay: expected >= 0 and finite, got {s['weight_decay']!r}")
     if not 0 <= s["momentum"] < 1:
         raise ValueError(f"momentum: expected 0 <= momentum < 1, got {s['momentum']!r}")
     if s["nesterov"] and s["momentum"] == 0:
