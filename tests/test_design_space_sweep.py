@@ -140,19 +140,24 @@ def test_failed_trials_are_reported_and_retried(tmp_path):
     assert read_records(str(out)) == []
 
 
-@pytest.mark.slow
-def test_sigterm_stops_a_local_sweep_cleanly_and_it_resumes(tmp_path, monkeypatch):
-    samples = _samples(16)  # every architecture of TINY: enough trials to be stopped midway
+def _start_local_sweep(tmp_path, samples, epochs):
+    """`regnet-ext space sweep` of `samples` with the local engine (2 workers) in a process group
+    of its own, signalled as a whole, as a shell or a job scheduler stops a job: (process, out)."""
     ds.save_samples(samples, str(tmp_path / "s.jsonl"))
     out = tmp_path / "r.jsonl"
     cmd = [sys.executable, "-m", "regnet_ext", "space", "sweep", str(tmp_path / "s.jsonl"),
            "--out", str(out), "--engine", "local", "--workers", "2", "--no-progress",
-           "--resolution", "16", "--epochs", "3", "--batch-size", "32", "--train-subset", "128",
+           "--resolution", "16", "--epochs", str(epochs), "--batch-size", "32", "--train-subset", "128",
            "--val-subset", "64"]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    # Its own process group, signalled as a whole, as a shell or a job scheduler stops a job.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True), out
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_local_sweep_cleanly_and_it_resumes(tmp_path, monkeypatch):
+    samples = _samples(16)  # every architecture of TINY: enough trials to be stopped midway
+    proc, out = _start_local_sweep(tmp_path, samples, epochs=3)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not read_records(str(out)):
         time.sleep(0.02)
@@ -177,16 +182,8 @@ def test_sigterm_stops_a_local_sweep_cleanly_and_it_resumes(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_ctrl_c_stops_a_local_sweep_at_once_even_when_pressed_twice(tmp_path):
-    ds.save_samples(_samples(4), str(tmp_path / "s.jsonl"))
-    out = tmp_path / "r.jsonl"
     # Trials of about a minute: a sweep that waited for its running trials would take that long.
-    cmd = [sys.executable, "-m", "regnet_ext", "space", "sweep", str(tmp_path / "s.jsonl"),
-           "--out", str(out), "--engine", "local", "--workers", "2", "--no-progress",
-           "--resolution", "16", "--epochs", "100", "--batch-size", "32", "--train-subset", "128",
-           "--val-subset", "64"]
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc, out = _start_local_sweep(tmp_path, _samples(4), epochs=100)
     time.sleep(8)  # workers spawned and training
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     start = time.time()
