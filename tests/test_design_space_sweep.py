@@ -150,8 +150,11 @@ def _start_local_sweep(tmp_path, samples, epochs):
            "--resolution", "16", "--epochs", str(epochs), "--batch-size", "32", "--train-subset", "128",
            "--val-subset", "64"]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # SIGINT's default action restored: a shell starts background jobs (a CI run launched with
+    # `&`) with it ignored, and Python then installs no Ctrl-C handler at all.
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True), out
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)), out
 
 
 @pytest.mark.slow
