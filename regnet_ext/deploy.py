@@ -11,6 +11,8 @@ compiled for. C++ programs run the same packages through libregnet_ext_ops (CMak
 import json
 import os
 
+from ._paths import check_output_path
+
 # The metadata entry aoti_package writes: a JSON object with the input's channels, height,
 # width, dtype, min_batch, max_batch and channels_last.
 INPUT_KEY = "regnet_ext.input"
@@ -18,15 +20,11 @@ INPUT_KEY = "regnet_ext.input"
 
 def check_package_path(path, name="path"):
     """ValueError (naming the argument ``name``) unless ``path`` can be a new package file: a
-    .pt2 name, not a directory, in a folder that exists."""
+    writable file path (_paths.check_output_path) with a .pt2 name."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{name}: {path!r} is a directory; give the package's file name")
+    check_output_path(name, path)
     if not path.endswith(".pt2"):
         raise ValueError(f"{name}: an AOTInductor package's name ends in .pt2, got {path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{name}: the folder {folder!r} does not exist")
 
 
 def _dtype_name(dtype):

@@ -51,25 +51,3 @@ FUSE_MISSING = ("the fused kernels are not available here (the compiled extensio
 MODEL_BY_NAME_HELP = ("ours by name (RegNetY-400MF, regnet_y_400mf, regnety_004), or "
                       "torchvision:NAME / timm:NAME (default RegNetY-400MF)")
 
-
-def check_output_path(option, path):
-    """Refuses an output path that cannot be written, before any work is done (not with a
-    traceback once it is): a directory, a missing folder, a read-only place. ValueError naming
-    the option; None passes."""
-    import os
-
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise ValueError(f"{option}: {path} is a directory; expected a file path")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{option}: the folder of {path} does not exist")
-    existed = os.path.exists(path)
-    try:
-        with open(path, "a"):  # appending changes nothing; a file made just for the check goes
-            pass
-    except OSError as e:
-        raise ValueError(f"{option}: cannot write {path} ({e.strerror})") from None
-    if not existed:
-        os.unlink(path)

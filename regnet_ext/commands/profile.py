@@ -2,7 +2,8 @@
 import json
 import sys
 
-from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, check_output_path, first_below_one, fuse_available
+from .._paths import check_output_path
+from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (traffic model), "

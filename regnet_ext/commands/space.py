@@ -3,7 +3,7 @@ import json
 import signal
 import sys
 
-from ._checks import check_output_path
+from .._paths import check_output_path
 
 HELP = ("Design spaces (AnyNetX A-E, RegNetX/Y): sample under complexity budgets, sweep "
         "(short training, resumable), analyze (EDFs, bootstrap, trends), fit widths.")
