@@ -14,9 +14,15 @@ keeps its weight packed for oneDNN the same way.
 
 Under autocast the operators run in autocast's dtype (the inputs and weights are cast, as
 autocast does for conv2d); running statistics stay in their own dtype and are updated there.
+Outside autocast an input of another dtype than the parameters is refused with a RuntimeError,
+as stock conv2d refuses it (compute_dtype).
+
+torch.fx's symbolic trace (torchvision's create_feature_extractor) records each fused module as
+one call_module node, as it records a torch.nn layer (_fx_leaf_call).
 """
 import torch
 from torch import nn
+from torch.fx import Proxy as _FxProxy
 from torch.nn import functional as F
 
 from .. import _C
@@ -24,7 +30,7 @@ from .._extension import (compiled_with_gemm_tiles_kernel, compiled_with_narrow_
                           compiled_with_narrow_group_kernel, compiled_with_winograd_kernel)
 from ..ops import conv_bn_act, squeeze_excite, squeeze_excite_
 from ..ops.conv_bn_act import (UPDATE_RUNNING_STATS, conv_bn_act_eval_call, conv_bn_act_eval_of_own_tensors_call,
-                               conv_bn_act_train_call)
+                               conv_bn_act_train_call, save_after_running_stats_update)
 from . import conv_pair, folded_inference
 from .folded_inference import cast as _cast, hooked
 
@@ -39,15 +45,46 @@ _TRAIN_OP = conv_bn_act_train_call
 _STOCK = "_stock_module"
 
 
-def compute_dtype(x):
+def compute_dtype(x, param_dtype=None, who="fused module"):
     """The dtype a fused operator runs in: autocast's for x's device when autocast is on (float32
-    inputs only, as autocast casts them), x's own otherwise."""
+    inputs only, as autocast casts them), x's own otherwise. Outside autocast an input of another
+    dtype than the module's parameters (`param_dtype`) raises the RuntimeError stock conv2d does
+    (the operators would otherwise run in the input's dtype, casting the parameters), naming
+    `who`."""
     dtype = x.dtype
-    if dtype == torch.float32:
-        kind = "cpu" if x.is_cpu else x.device.type  # (x.device builds a torch.device: 0.7 us)
-        if torch.is_autocast_enabled(kind):
-            return torch.get_autocast_dtype(kind)
+    if dtype == torch.float32 or dtype != param_dtype:
+        kind = _autocast_kind(x)
+        if kind is not None and torch.is_autocast_enabled(kind):
+            return torch.get_autocast_dtype(kind) if dtype == torch.float32 else dtype
+        if param_dtype is not None and dtype != param_dtype:
+            raise RuntimeError(
+                f"{who}: input x is {dtype} but the parameters are {param_dtype}; outside torch.autocast "
+                f"the input must have the parameters' dtype, as for the stock model (x.to({param_dtype}), "
+                f"or the model .to({dtype}))")
     return dtype
+
+
+def _autocast_kind(x):
+    """The autocast device type of x's device, or None where autocast has none (meta: asking
+    torch.is_autocast_enabled about it raises)."""
+    if x.is_cpu:
+        return "cpu"  # (x.device builds a torch.device: 0.7 us)
+    if x.is_meta:
+        return None
+    return x.device.type
+
+
+def _fx_leaf_call(module, x, *args, **kwargs):
+    """The call of a fused module that torch.fx's symbolic trace (torchvision's
+    create_feature_extractor) records: one call_module node, as for a torch.nn layer (the tracer's
+    leaf modules). Our forwards branch on the input's dtype, device and layout, which a symbolic
+    trace cannot follow; the module runs its own forward when the traced graph calls it."""
+    tracer = x.tracer
+    if module is tracer.root:  # (its graph would call itself)
+        raise TypeError(f"torch.fx cannot trace a {type(module).__name__} alone (its forward is one opaque call): "
+                        "trace the model that holds it")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (x, *args), kwargs)
 
 
 def _is_channels_last(weight):
@@ -200,22 +237,25 @@ class FusedConvBNAct(_HoldsStock):
 
     def forward(self, x, residual=None, relu=None):
         """y = act(BN(conv(x)) + residual); relu=None uses the module's own setting."""
+        if isinstance(x, _FxProxy):
+            return _fx_leaf_call(self, x, residual=residual, relu=relu)
         # Children straight from _modules and each tensor read once: at batch 1 this Python is a
         # visible share of a layer's time.
         conv, bn = self._modules[self._conv_name], self._modules[self._bn_name]
         relu = self.relu if relu is None else relu
-        _check_in_channels(x, conv.weight.shape[1] * self.groups)
-        if not x.is_contiguous(memory_format=torch.channels_last) and _is_channels_last(conv.weight):
+        conv_weight = conv.weight
+        _check_in_channels(x, conv_weight.shape[1] * self.groups)
+        if not x.is_contiguous(memory_format=torch.channels_last) and _is_channels_last(conv_weight):
             # nn.Conv2d's rule: channels_last out when the input or the weight is. The operator
             # keeps its input's format, so a channels_last model fed NCHW images would otherwise
             # run NCHW throughout (RegNetY-400MF, batch 8: 87 ms against 54 ms, stock 74 ms).
             x = x.contiguous(memory_format=torch.channels_last)
+        dtype = compute_dtype(x, conv_weight.dtype, "FusedConvBNAct")
         # SyncBatchNorm needs statistics from every process; an empty batch, which our operators
         # refuse, gets the stock modules' result (an empty output). (A trace records no branch:
         # reading the size there would only warn.)
         if isinstance(bn, nn.SyncBatchNorm) or (not torch.jit.is_tracing() and x.numel() == 0):
             return self._stock_forward(conv, bn, x, residual, relu)
-        dtype = compute_dtype(x)
         running_mean = bn.running_mean
         batch_stats = bn.training or running_mean is None
         if not batch_stats:
@@ -255,6 +295,7 @@ class FusedConvBNAct(_HoldsStock):
                 UPDATE_RUNNING_STATS(
                     bn.running_mean, bn.running_var, mean, var, bn.num_batches_tracked, count,
                     0.0 if momentum is None else float(momentum), momentum is None)
+            save_after_running_stats_update(y)
         return y
 
     def inference_call(self, x, residual, relu, dtype):
@@ -338,9 +379,11 @@ class FusedSqueezeExcite(_HoldsStock):
         self._remember_stock(stock)
 
     def forward(self, x):
+        if isinstance(x, _FxProxy):
+            return _fx_leaf_call(self, x)
         reduce, expand = self._modules[self._reduce_name], self._modules[self._expand_name]
-        dtype = compute_dtype(x)
         params = (reduce.weight, reduce.bias, expand.weight, expand.bias)
+        dtype = compute_dtype(x, params[0].dtype, "FusedSqueezeExcite")
         if _all_of_dtype(dtype, x, *params):  # nothing to cast
             return squeeze_excite(x, *params)
         return squeeze_excite(x.to(dtype), reduce.weight.to(dtype), reduce.bias.to(dtype),
@@ -383,8 +426,10 @@ class FusedLinear(_HoldsStock, nn.Linear):
         self._remember_stock(stock)
 
     def forward(self, x):
+        if isinstance(x, _FxProxy):
+            return _fx_leaf_call(self, x)
         weight, bias = self.weight, self.bias
-        dtype = compute_dtype(x)
+        dtype = compute_dtype(x, weight.dtype, "FusedLinear")
         if folded_inference.linear_applies(x, weight, bias, dtype):
             return self._packed(weight, bias, x, dtype)
         return F.linear(x, weight, bias)
@@ -412,6 +457,8 @@ class FusedHead(_HoldsStock):
         self._remember_stock(stock)
 
     def forward(self, x, *args, **kwargs):
+        if isinstance(x, _FxProxy):
+            return _fx_leaf_call(self, x, *args, **kwargs)
         fc, drop = self._modules["fc"], self._modules.get("drop")
         dropping = self.training and isinstance(drop, nn.Dropout) and drop.p > 0
         weight = getattr(fc, "weight", None)  # none once timm's reset(0) made fc an nn.Identity
@@ -492,7 +539,13 @@ class FusedResBottleneck(_HoldsStock):
         return module
 
     def forward(self, x):
-        dtype = compute_dtype(x)
+        if isinstance(x, _FxProxy):
+            return _fx_leaf_call(self, x)
+        # Checked once here for the block: its lean path calls the layers without their forward.
+        a = self.part("a")
+        conv_a = a._modules[a._conv_name]
+        weight_a = conv_a._parameters.get("weight")  # (nn.Module's getattr: 1 us; a parametrized weight is not there)
+        dtype = compute_dtype(x, (conv_a.weight if weight_a is None else weight_a).dtype, "FusedResBottleneck")
         if folded_inference.lean_block_inference(x, dtype):
             return self._lean_forward(x, dtype)
         if self.shortcut == "proj":

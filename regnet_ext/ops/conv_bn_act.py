@@ -85,7 +85,49 @@ def _run(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, stride,
                 if num_batches_tracked is not None:  # a refused call changes nothing
                     num_batches_tracked.sub_(1)
                 raise
+        save_after_running_stats_update(y)
     return y
+
+
+def save_after_running_stats_update(y):
+    """Call after updating running statistics from the training operator's output y: under
+    saved-tensor hooks (torch.utils.checkpoint's non-reentrant mode), saves one empty tensor for
+    backward (_SaveAfterRunningStatsUpdate says why). Elsewhere, and while torch.compile or
+    jit.trace trace (which record no Python autograd Function), nothing."""
+    if torch.is_grad_enabled() and _saved_tensor_hooks_active() and not torch.compiler.is_compiling() and \
+            not torch._C._is_tracing():
+        _SaveAfterRunningStatsUpdate.apply(y)
+
+
+# Whether saved-tensor hooks are set (torch.autograd.graph.saved_tensors_hooks, which
+# non-reentrant checkpointing uses): torch's private query, looked up once; a torch without it
+# gets the behaviour from before this fix (one update less in a checkpointed segment's recompute).
+_top_saved_tensor_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
+
+def _saved_tensor_hooks_active():
+    return _top_saved_tensor_hooks is not None and _top_saved_tensor_hooks(False) is not None
+
+
+class _SaveAfterRunningStatsUpdate(torch.autograd.Function):
+    """Saves one empty tensor for backward, after a running-statistics update.
+
+    Non-reentrant checkpointing recomputes a segment in backward only until it has saved as many
+    tensors as the forward did (early stop). The training operator saves its tensors before the
+    running-statistics update, which runs in Python after it, so the segment's last such call
+    skipped its second update, where stock BN (which updates inside its own operator) updates
+    twice, in the forward and in the recomputation. This save comes after the update. Its output
+    is dropped: nothing unpacks it."""
+
+    @staticmethod
+    def forward(ctx, y):
+        marker = y.new_empty(0)
+        ctx.save_for_backward(marker)
+        return marker
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
 
 
 def _through_fast_entry(entry, op, doc, traced_op=None):
