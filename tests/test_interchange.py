@@ -148,7 +148,7 @@ def test_missing_unexpected_and_misshapen_tensors_are_reported():
     with pytest.raises(ValueError, match="unexpected keys"):
         check_architecture(model, {**good, "s1.b1.b.conv.bias": torch.zeros(24)})
     wrong = {**good, "head.fc.weight": torch.zeros(10, 368)}
-    with pytest.raises(ValueError, match=r"head\.fc\.weight: shape \(10, 368\)"):
+    with pytest.raises(ValueError, match=r"'head\.fc\.weight': shape \(10, 368\)"):
         check_architecture(model, wrong)
     fewer_blocks = {k: v for k, v in good.items() if not k.startswith("s4.b7.")}
     with pytest.raises(ValueError,
@@ -165,6 +165,29 @@ def test_errors_name_the_keys_as_the_users_file_has_them():
     # The head is sized from fc.weight, so fc.bias is the tensor that does not fit.
     with pytest.raises(ValueError, match=r"shape mismatches: 'fc\.bias': \(1000,\) in torchvision's"):
         load_torchvision({**theirs, "fc.weight": torch.zeros(10, 400)})
+
+
+def test_errors_reading_the_architecture_name_the_source_key_and_ours():
+    theirs = torchvision.models.regnet_x_400mf(num_classes=10).state_dict()
+    no_fc = {k: v for k, v in theirs.items() if k != "fc.weight"}
+    with pytest.raises(ValueError,
+                       match=r"missing 'fc\.weight' \(ours: 'head\.fc\.weight'\), needed for the classifier"):
+        load_torchvision(no_fc)
+    key = "trunk_output.block2.block2-0.f.c.0.weight"
+    with pytest.raises(ValueError, match=rf"missing '{re.escape(key)}' \(ours: 's2\.b1\.c\.conv\.weight'\)"):
+        load_torchvision({k: v for k, v in theirs.items() if k != key})
+    # A classifier of another width than the last stage: the architecture check names it.
+    ours = regnet("RegNetX-400MF", rounding="torchvision", num_classes=10)
+    wrong_fc = from_torchvision({**theirs, "fc.weight": torch.zeros(10, 384)})
+    with pytest.raises(ValueError, match=r"'fc\.weight' \(ours: 'head\.fc\.weight'\): shape \(10, 384\)"):
+        check_architecture(ours, wrong_fc, layout="torchvision")
+    timm_sd = to_timm(ours.state_dict())  # timm names the classifier as we do: one name
+    with pytest.raises(ValueError, match=r"missing 'stem\.conv\.weight', needed"):
+        spec_from_state_dict(from_timm({k: v for k, v in timm_sd.items() if k != "stem.conv.weight"}),
+                             layout="timm")
+    pycls_sd = to_pycls(ours.state_dict())
+    with pytest.raises(ValueError, match=r"missing 's1\.b1\.f\.b\.weight' \(ours: 's1\.b1\.b\.conv\.weight'\)"):
+        load_pycls({k: v for k, v in pycls_sd.items() if k != "s1.b1.f.b.weight"})
 
 
 def test_spec_from_state_dict_rebuilds_the_architecture():

@@ -22,14 +22,22 @@ StageShape.__doc__ = "A stage as its first block's tensors show it (se_width 0 w
 _BLOCK_KEY = re.compile(r"^s(\d+)\.b(\d+)\.")
 
 
-def _shape(state_dict, key, what):
+def key_name(key, layout="ours"):
+    """One of our keys for a message about a state_dict converted from `layout`: its name there,
+    with ours beside it where they differ ("'fc.weight' (ours: 'head.fc.weight')")."""
+    theirs = key_in_layout(key, layout)
+    return repr(theirs) if theirs == key else f"{theirs!r} (ours: {key!r})"
+
+
+def _shape(state_dict, key, what, layout="ours"):
     if key not in state_dict:
-        raise ValueError(f"state_dict: missing {key!r} (needed for the {what})")
+        raise ValueError(f"state_dict: missing {key_name(key, layout)}, needed for the {what}")
     return tuple(state_dict[key].shape)
 
 
-def stage_shapes(state_dict):
-    """One StageShape per stage of a state_dict in our layout (stages s1..sN, blocks b1..bD)."""
+def stage_shapes(state_dict, layout="ours"):
+    """One StageShape per stage of a state_dict in our layout (stages s1..sN, blocks b1..bD),
+    converted from `layout` (the names its errors give keys)."""
     blocks = {}
     for key in state_dict:
         m = _BLOCK_KEY.match(key)
@@ -45,25 +53,26 @@ def stage_shapes(state_dict):
             raise ValueError(f"state_dict: stage s{stage} has blocks {['b%d' % b for b in found]}, "
                              f"expected b1..b{len(found)}")
         p = f"s{stage}.b1."
-        width = _shape(state_dict, p + "c.conv.weight", f"width of stage s{stage}")[0]
-        inner = _shape(state_dict, p + "a.conv.weight", f"inner width of stage s{stage}")[0]
-        group = _shape(state_dict, p + "b.conv.weight", f"group width of stage s{stage}")[1]
+        width = _shape(state_dict, p + "c.conv.weight", f"width of stage s{stage}", layout)[0]
+        inner = _shape(state_dict, p + "a.conv.weight", f"inner width of stage s{stage}", layout)[0]
+        group = _shape(state_dict, p + "b.conv.weight", f"group width of stage s{stage}", layout)[1]
         se_key = p + "se.reduce.weight"
         se = state_dict[se_key].shape[0] if se_key in state_dict else 0
         shapes.append(StageShape(len(found), width, inner, group, se))
     return shapes
 
 
-def spec_from_state_dict(state_dict, *, strides=None, name=""):
-    """The AnyNetSpec whose model has exactly this state_dict's keys and shapes (our layout).
+def spec_from_state_dict(state_dict, *, strides=None, name="", layout="ours"):
+    """The AnyNetSpec whose model has exactly this state_dict's keys and shapes (our layout,
+    converted from `layout`: the naming of the keys its errors name).
 
     Strides are not stored in weights: pass them per stage (default 2 everywhere, as in every
     standard RegNet). The SE ratio is read from the first block (its SE width over its input
     width, the stem width); blocks whose SE width does not follow from that ratio are reported
     by check_architecture."""
-    stem = _shape(state_dict, "stem.conv.weight", "stem")
-    fc = _shape(state_dict, "head.fc.weight", "classifier")
-    stages = stage_shapes(state_dict)
+    stem = _shape(state_dict, "stem.conv.weight", "stem", layout)
+    fc = _shape(state_dict, "head.fc.weight", "classifier", layout)
+    stages = stage_shapes(state_dict, layout)
     se_widths = {s.se_width > 0 for s in stages}
     if len(se_widths) > 1:
         raise ValueError("state_dict: some stages have squeeze-excite and others do not")
@@ -75,9 +84,10 @@ def spec_from_state_dict(state_dict, *, strides=None, name=""):
                       in_channels=stem[1], num_classes=fc[0], name=name)
 
 
-def architecture_differences(expected, found, source="the weights", target="the model"):
-    """Human-readable differences between two state_dicts' architectures (our layout)."""
-    a, b = stage_shapes(found), stage_shapes(expected)
+def architecture_differences(expected, found, source="the weights", target="the model", layout="ours"):
+    """Human-readable differences between two state_dicts' architectures (our layout; `found`
+    converted from `layout`, whose names the keys are given in)."""
+    a, b = stage_shapes(found, layout), stage_shapes(expected)
     out = []
     if len(a) != len(b):
         out.append(f"{len(a)} stages in {source}, {len(b)} in {target}")
@@ -89,7 +99,7 @@ def architecture_differences(expected, found, source="the weights", target="the 
                 out.append(f"stage s{i + 1}: {label} {va} in {source}, {vb} in {target}")
     for key in ("stem.conv.weight", "head.fc.weight"):
         if key in expected and key in found and expected[key].shape != found[key].shape:
-            out.append(f"{key}: shape {tuple(found[key].shape)} in {source}, "
+            out.append(f"{key_name(key, layout)}: shape {tuple(found[key].shape)} in {source}, "
                        f"{tuple(expected[key].shape)} in {target}")
     return out
 
@@ -101,7 +111,7 @@ def state_dict_fits(expected, found, source="the weights", target="the model", l
     The message names the stage and the width that differ when the architectures differ, and
     lists missing/unexpected keys or mismatched shapes otherwise, each key as it is named in
     `layout`, the layout `found` was converted from (the user's file)."""
-    differences = architecture_differences(expected, found, source, target)
+    differences = architecture_differences(expected, found, source, target, layout)
     if differences:
         raise ValueError(f"architecture mismatch between {source} and {target}: "
                          + "; ".join(differences))

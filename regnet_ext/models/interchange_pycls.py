@@ -16,7 +16,7 @@ def load_pycls(checkpoint, *, bgr_to_rgb=True):
     weights (strides 2) and named after the standard model it matches, if any. Returns the model
     in eval mode."""
     state_dict = from_pycls(checkpoint, bgr_to_rgb=bgr_to_rgb)
-    spec = spec_from_state_dict(state_dict)
+    spec = spec_from_state_dict(state_dict, layout="pycls")
     label, _ = match_standard(spec)
     spec = replace(spec, name=label or "pycls RegNet")
     ours = build_on_meta(lambda: AnyNet(spec))

@@ -129,7 +129,7 @@ def load_timm(model, *, pretrained=True):
     num_classes = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else 1000
     spec = timm_spec(label, num_classes) if isinstance(model, str) else None
     if spec is None:
-        spec = spec_from_state_dict(state_dict, strides=_strides(module) if module else None)
+        spec = spec_from_state_dict(state_dict, strides=_strides(module) if module else None, layout="timm")
         spec = replace(spec, name=match_standard(spec)[0] or f"timm {label}")
     ours = build_on_meta(lambda: AnyNet(spec))
     check_architecture(ours, state_dict, source=f"timm's {label} weights", layout="timm")

@@ -110,7 +110,7 @@ def load_torchvision(model, *, weights="DEFAULT"):
     if builder is not None:
         spec = torchvision_spec(builder, num_classes=num_classes)
     else:
-        spec = spec_from_state_dict(state_dict, strides=_strides(module) if module else None)
+        spec = spec_from_state_dict(state_dict, strides=_strides(module) if module else None, layout="torchvision")
         spec = replace(spec, name=_match_builder(spec) or "torchvision RegNet")
     ours = build_on_meta(lambda: AnyNet(spec))
     check_architecture(ours, state_dict, source=f"torchvision's {builder or 'RegNet'} weights", layout="torchvision")
