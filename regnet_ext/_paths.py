@@ -1,4 +1,5 @@
-"""The check of an output file's path that the commands and regnet_ext.deploy share."""
+"""Output files' paths that the commands and regnet_ext.deploy share: the check that one can be
+written, and the name a matplotlib plot is saved under."""
 import os
 
 
@@ -21,3 +22,23 @@ def check_output_path(option, path):
         raise ValueError(f"{option}: cannot write {path} ({e.strerror})") from None
     if not existed:
         os.unlink(path)
+
+
+def plot_path(path, option="path"):
+    """The file a plot saved to ``path`` goes to: ``path`` with ".png" added when it has no
+    extension (savefig would add its default format's, which a matplotlibrc may change), else
+    ``path`` itself; ValueError naming ``option`` when matplotlib writes no such format. A path
+    naming a directory is returned as it is, for the caller's output-path check to refuse."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1][1:]
+    if not ext:
+        if not os.path.basename(path).rstrip(".") or os.path.isdir(path):
+            return path
+        return path.rstrip(".") + ".png"  # savefig's own spelling: "edf." -> "edf.png"
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext.lower() not in formats:
+        raise ValueError(f"{option}: matplotlib cannot write .{ext} files ({path}); use one of "
+                         f"{', '.join(sorted(formats))}, or no extension for png")
+    return path

@@ -143,3 +143,20 @@ def test_parameters_and_summary_of_records():
     s = summarize(records)
     assert s["regnetx"]["n"] == 2 and s["regnetx"]["min_error"] == 28.0
     assert s["regnetx"]["best_trial"] == 1 and math.isclose(s["regnetx"]["mean_error"], 29.0)
+
+
+def test_anynet_parameters_are_the_built_widths_and_group_widths():
+    # The compatibility step changes some sampled widths and group widths: the bootstrap and the
+    # trend plots take the trained (built) model's, which the records' spec holds.
+    from regnet_ext import design_space as ds
+
+    samples = ds.sample("anynetx_a", 40, flops=(150e6, 600e6), seed=1)
+    changed = [s for s in samples if list(s.spec.widths) != s.config["widths"]
+               or list(s.spec.group_widths) != s.config["group_widths"]]
+    assert changed  # else this test would check nothing
+    for s in samples:
+        p = model_parameters(dict(s.to_dict(), top1_error=30.0))
+        assert [p[f"w{i}"] for i in range(1, 5)] == list(s.spec.widths)
+        assert [p[f"g{i}"] for i in range(1, 5)] == list(s.spec.group_widths)
+        assert [p[f"d{i}"] for i in range(1, 5)] == list(s.spec.depths)
+        assert [p[f"b{i}"] for i in range(1, 5)] == s.config["bottleneck_ratios"]

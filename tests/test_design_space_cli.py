@@ -227,3 +227,28 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
         assert code == 2 and out == "" and err.startswith(f"regnet-ext space: {message}"), err
         assert err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "s.jsonl"]
+
+
+def test_analyze_reports_the_files_it_writes_for_names_without_an_extension(tmp_path, capsys,
+                                                                            monkeypatch):
+    # matplotlib adds .png to a name without an extension: that file is the one reported.
+    monkeypatch.chdir(tmp_path)
+    _results(tmp_path / "r.jsonl", range(4))
+    _results(tmp_path / "y.jsonl", range(4), space="regnety")
+    code, out, _ = _run(capsys, "analyze", "r.jsonl", "--edf", "edf", "--scatter", "trend.",
+                        "--repetitions", "10", "--json")
+    assert code == 0 and json.loads(out)["plots"] == ["trend.png", "edf.png"]
+    code, out, _ = _run(capsys, "analyze", "r.jsonl", "y.jsonl", "--scatter", "trend",
+                        "--repetitions", "10")
+    assert code == 0 and out.endswith("wrote trend_regnetx.png\nwrote trend_regnety.png\n"), out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "edf.png", "r.jsonl", "trend.png", "trend_regnetx.png", "trend_regnety.png", "y.jsonl"]
+
+
+def test_analyze_refuses_a_plot_format_matplotlib_cannot_write_before_any_work(tmp_path, capsys):
+    results = _results(tmp_path / "r.jsonl", range(4))
+    code, out, err = _run(capsys, "analyze", results, "--edf", str(tmp_path / "edf.v1"))
+    assert code == 2 and out == "" and err.startswith(
+        f"regnet-ext space: --edf: matplotlib cannot write .v1 files ({tmp_path / 'edf.v1'}); "
+        "use one of ") and "png, " in err and err.count("\n") == 1, err
+    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]

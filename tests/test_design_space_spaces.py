@@ -187,3 +187,21 @@ def test_group_width_draw_is_powers_of_two_then_multiples_of_8():
 def test_sample_refuses_a_resolution_that_is_not_positive_integers(resolution):
     with pytest.raises(ValueError, match="resolution: expected an integer >= 1"):
         ds.sample("regnetx", 2, resolution=resolution)
+
+
+def test_pycls_sampler_defaults_are_a_regnetx_variant():
+    # pycls's REGNET_SAMPLER: GROUP_W [8, 128] (power2_or_log_uniform, quantum 8), BOT_MUL [1, 1].
+    space = ds.REGNETX.replace(group_width=(8, 128), bottleneck_ratios=(1,))
+    samples = ds.sample(space, 60, flops=(360e6, 400e6), seed=0)
+    groups = {s.config["group_width"] for s in samples}
+    assert groups <= set(range(8, 129, 8)) and len(groups) >= 6
+    assert any(g not in POWERS_OF_TWO_TO_32 for g in groups)  # multiples of 8, not only 2^k
+    for s in samples:
+        space.check(s.config)
+        assert s.config["bottleneck_ratio"] == 1 and set(s.spec.bottleneck_multipliers) == {1.0}
+        # A stage narrower than g builds with its width as the group width.
+        assert all(g <= min(s.config["group_width"], w) and w % g == 0
+                   for g, w in zip(s.spec.group_widths, s.spec.widths))
+    rng = np.random.default_rng(0)
+    draws = [space.draw(rng)["group_width"] for _ in range(4000)]
+    assert set(draws) == set(range(8, 129, 8))  # every multiple of 8 in [8, 128], nothing else

@@ -234,3 +234,21 @@ def test_sweep_refuses_an_output_in_a_missing_folder_before_training(tmp_path, m
     with pytest.raises(ValueError, match="out: the folder of .* does not exist"):
         ds.run_sweep(_samples(1), str(tmp_path / "nodir" / "r.jsonl"), engine="inline",
                      progress=False, **SETTINGS)
+
+
+def test_the_package_docstring_runs_its_sweep_under_a_main_guard():
+    # The local engine spawns its workers, which import the main script again: a script that
+    # starts a sweep outside `if __name__ == "__main__":` fails (every worker dies).
+    import ast
+    import textwrap
+
+    doc = ds.__doc__
+    example = textwrap.dedent("\n".join(line for line in doc.splitlines()
+                                        if line.startswith("    ") or not line.strip()))
+    tree = ast.parse(example)
+    guards = [node for node in tree.body if isinstance(node, ast.If)
+              and ast.unparse(node.test) in ("__name__ == '__main__'", '__name__ == "__main__"')]
+    guarded = {id(n) for g in guards for n in ast.walk(g)}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and n.func.attr == "run_sweep"]
+    assert calls and all(id(c) in guarded for c in calls), example

@@ -185,10 +185,27 @@ def test_cli_profile_writes_json_and_plot(tmp_path, monkeypatch, capsys):
     assert "GFLOP/s" in capsys.readouterr().out
 
 
+def test_cli_profile_reports_the_plot_file_it_writes_for_a_name_without_an_extension(tmp_path, monkeypatch,
+                                                                                       capsys):
+    # matplotlib adds .png to such a name; the command printed the name as given.
+    monkeypatch.setenv("REGNET_EXT_CACHE", str(tmp_path))
+    rc = main(["profile", "--model", "RegNetY-200MF", "--batch", "1", "--resolution", "32", "--iters", "1",
+               "--warmup", "0", "--plot", str(tmp_path / "stages"), "--no-tune-malloc"])
+    assert rc == 0
+    assert (tmp_path / "stages.png").stat().st_size > 0 and not (tmp_path / "stages").exists()
+    assert f"plot written to {tmp_path / 'stages.png'}" in capsys.readouterr().out
+
+
+def test_cli_profile_refuses_a_plot_format_matplotlib_cannot_write(tmp_path, capsys):
+    path = tmp_path / "stages.v1"
+    assert main(["profile", "--model", "RegNetY-200MF", "--plot", str(path), "--no-tune-malloc"]) == 2
+    assert capsys.readouterr().err.startswith("regnet-ext profile: --plot: matplotlib cannot write .v1 files")
+
+
 @pytest.mark.parametrize("option", ["--json", "--plot"])
 def test_cli_profile_refuses_an_unwritable_output_before_profiling(option, tmp_path, capsys):
     # It profiled, then ended in a FileNotFoundError traceback.
-    path = tmp_path / "missing" / "out.json"
+    path = tmp_path / "missing" / ("out.json" if option == "--json" else "out.png")
     assert main(["profile", "--model", "RegNetY-200MF", option, str(path), "--no-tune-malloc"]) == 2
     assert capsys.readouterr().err.strip() == f"regnet-ext profile: {option}: the folder of {path} does not exist"
 

@@ -1,6 +1,9 @@
 """`regnet-ext train` end to end on a tiny custom RegNet and the digits data at 8x8."""
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -236,3 +239,95 @@ def test_malloc_tuning_is_on_by_default_and_warns_only_when_asked_for(flag, appl
     assert main(["train", *TINY, "--epochs", "1", *flag]) == 0
     assert calls == ([{"use_mmap": False}] if applied else [])
     assert ("malloc is not glibc's" in capsys.readouterr().err) == warned
+
+
+def test_an_existing_checkpoint_without_resume_is_refused_before_training(tmp_path, monkeypatch,
+                                                                          capsys):
+    import regnet_ext.training
+
+    monkeypatch.setattr(regnet_ext.training, "fit", lambda *a, **k: pytest.fail("trained"))
+    path = tmp_path / "run.pt"
+    path.write_bytes(b"an earlier run")
+    assert main(["train", *TINY, "--epochs", "1", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"regnet-ext train: error: --checkpoint: {str(path)!r} exists; pass --resume "
+                   "to continue from it, or remove it or choose another path\n"), err
+    assert path.read_bytes() == b"an earlier run"
+
+
+# `regnet-ext train` in which torch.save (the first ARGV entry "save") or the third training
+# step's input transfer ("step") prints a line, then waits for a signal.
+_PAUSED_TRAIN = """
+import sys, time, torch
+import regnet_ext.training.loop as loop
+where = sys.argv.pop(1)
+def pause():
+    print("paused", flush=True)
+    time.sleep(120)
+if where == "save":
+    real_save = torch.save
+    def save_then_wait(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # the temporary file is written, not renamed yet
+        pause()
+    torch.save = save_then_wait
+else:
+    real_to_device, calls = loop._to_device, []
+    def to_device_then_wait(*args):
+        calls.append(1)
+        if len(calls) == 3:  # mid-epoch: the DataLoader workers are running
+            pause()
+        return real_to_device(*args)
+    loop._to_device = to_device_then_wait
+from regnet_ext.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _paused_train(where, *argv):
+    """`regnet-ext train *argv` in a process group of its own, paused at ``where``: the process,
+    once it has paused."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_TRAIN, where, "train", *TINY,
+                             "--no-tune-malloc", *argv], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    line = proc.stdout.readline()  # "" if the process ended first
+    if line != "paused\n":
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the run did not pause: {proc.communicate(timeout=60)}")
+    return proc
+
+
+def _stopped(proc, signum, whole_group=False):
+    """(exit status, stderr) of ``proc`` after ``signum``, sent to it or to its process group."""
+    try:
+        if whole_group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_checkpoint_is_written_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "run.pt"
+    proc = _paused_train("save", "--epochs", "1", "--checkpoint", str(path))
+    assert [p.name for p in tmp_path.iterdir()] == [f"run.pt.tmp.{proc.pid}"]
+    code, err = _stopped(proc, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
+    assert list(tmp_path.iterdir()) == [], err  # neither a temporary file nor a checkpoint
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_ends_a_run_with_dataloader_workers_quietly():
+    # The workers die of the same SIGTERM: the main process must not report them as failed
+    # (a RuntimeError traceback, or one from torch's SIGCHLD handler).
+    proc = _paused_train("step", "--epochs", "1", "--workers", "2", "--batch-size", "16")
+    code, err = _stopped(proc, signal.SIGTERM, whole_group=True)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in err and "Error" not in err, err

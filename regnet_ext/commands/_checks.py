@@ -1,5 +1,8 @@
 """The argument checks the sub-commands share: options named as on the command line, the
-device, and whether fuse() can run here."""
+device, whether fuse() can run here; and SIGTERM handling for long commands."""
+import contextlib
+import signal
+import threading
 
 
 def option_error(exc, args, renames=None):
@@ -51,3 +54,38 @@ FUSE_MISSING = ("the fused kernels are not available here (the compiled extensio
 MODEL_BY_NAME_HELP = ("ours by name (RegNetY-400MF, regnet_y_400mf, regnety_004), or "
                       "torchvision:NAME / timm:NAME (default RegNetY-400MF)")
 
+
+def _ignore_signal(signum, frame):
+    pass
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within the block SIGTERM raises SystemExit(143), as Ctrl-C raises KeyboardInterrupt, so that
+    finally blocks run: killed outright, a process leaves its temporary files and worker pools
+    behind. A SIGTERM sent to the whole process group also ends the DataLoader workers, which the
+    main process would report while it unwinds (a RuntimeError, or a traceback from torch's
+    SIGCHLD handler): once SIGTERM has come, SIGCHLD is ignored and any error leaving the block
+    is SystemExit(143) too.
+    (Signal handlers can only be set in the main thread: elsewhere this does nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def exit_on_signal(signum, frame):
+        received.append(signum)
+        if hasattr(signal, "SIGCHLD"):  # the process is ending: its workers' ends are no news
+            # (A Python no-op, not SIG_DFL: CPython reports a pending signal left without one.)
+            signal.signal(signal.SIGCHLD, _ignore_signal)
+        raise SystemExit(128 + signum)  # the shell's status for a process ended by that signal
+
+    previous = signal.signal(signal.SIGTERM, exit_on_signal)
+    try:
+        yield
+    except Exception:
+        if received:
+            raise SystemExit(128 + received[0]) from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -2,7 +2,7 @@
 import json
 import sys
 
-from .._paths import check_output_path
+from .._paths import check_output_path, plot_path
 from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
@@ -49,6 +49,8 @@ def run(args):
     if error is None:
         try:  # before the profiling, not with a traceback after it
             check_output_path("--json", None if args.json == "-" else args.json)
+            if args.plot is not None:  # the file matplotlib writes: ".png" added to a bare name
+                args.plot = plot_path(args.plot, "--plot")
             check_output_path("--plot", args.plot)
         except ValueError as exc:
             error = str(exc)

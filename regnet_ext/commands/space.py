@@ -1,9 +1,9 @@
 """`regnet-ext space`: design spaces - list, sample, sweep, analyze, fit."""
 import json
-import signal
 import sys
 
 from .._paths import check_output_path
+from ._checks import sigterm_unwinds
 
 HELP = ("Design spaces (AnyNetX A-E, RegNetX/Y): sample under complexity budgets, sweep "
         "(short training, resumable), analyze (EDFs, bootstrap, trends), fit widths.")
@@ -160,12 +160,15 @@ def add_arguments(parser):
     p = sub.add_parser("analyze", help="EDFs, summaries, bootstrap intervals and trend plots",
                        description="Analyze sweep results: one population per space name.")
     p.add_argument("results", nargs="+", help="results JSONL files")
-    p.add_argument("--edf", default=None, metavar="PNG", help="EDF plot of every space")
+    p.add_argument("--edf", default=None, metavar="PNG",
+                   help="EDF plot of every space (any format matplotlib writes, by extension; "
+                        ".png added to a name without one)")
     p.add_argument("--weighted", action="store_true",
                    help="weight models so that the spaces' flop distributions match")
     p.add_argument("--bins", type=int, default=10, help="complexity bins for --weighted (10)")
     p.add_argument("--scatter", default=None, metavar="PNG",
-                   help="error against each parameter (one file per space: PNG stem + space)")
+                   help="error against each parameter (one file per space: PNG stem + "
+                        "_SPACE; .png added to a name without an extension)")
     p.add_argument("--params", default=None,
                    help="comma-separated parameters for the bootstrap and scatter (default: all "
                         "that vary)")
@@ -244,10 +247,6 @@ def _sample(args):
     return 0
 
 
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)  # the shell's status for a process ended by that signal
-
-
 def _sweep(args):
     from ..design_space import load_samples, run_sweep
 
@@ -262,8 +261,7 @@ def _sweep(args):
     check_output_path("--out", args.out)
     # SIGTERM unwinds like Ctrl-C, so that the sweep's finally blocks shut its worker pool down
     # (killed outright, it leaks the pool's semaphores and leaves workers waiting forever).
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
+    with sigterm_unwinds():
         records = run_sweep(load_samples(args.samples), args.out, engine=args.engine,
                             workers=args.workers, engine_options=options,
                             progress=not args.no_progress, dataset=args.dataset,
@@ -272,8 +270,6 @@ def _sweep(args):
                             weight_decay=args.weight_decay, seed=args.seed,
                             train_subset=args.train_subset, val_subset=args.val_subset,
                             threads_per_trial=args.threads_per_trial)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if args.json:
         _print_json(records)
         return 0
@@ -292,13 +288,17 @@ def _analyze(args):
     from ..design_space import (empirical_bootstrap, group_by_space, load_results,
                                 matched_weights, missing_trials_warning, model_parameters,
                                 parameter_table, settings_warning, summarize)
-    from ..design_space.plots import plot_edfs, plot_error_vs_parameters
+    from ..design_space.plots import plot_edfs, plot_error_vs_parameters, plot_path
 
     if not 0 < args.fraction <= 1:
         raise ValueError(f"--fraction: expected a fraction of the models in (0, 1], "
                          f"got {args.fraction:g}")
-    check_output_path("--edf", args.edf)
-    check_output_path("--scatter", args.scatter)
+    # The files the plots go to (matplotlib adds .png to a name without an extension): checked,
+    # and later reported, as written.
+    edf_path = None if args.edf is None else plot_path(args.edf, "--edf")
+    scatter_path = None if args.scatter is None else plot_path(args.scatter, "--scatter")
+    check_output_path("--edf", edf_path)
+    check_output_path("--scatter", scatter_path)
     paths = {}  # real path -> path as given, each file once
     for path in args.results:
         twin = paths.setdefault(os.path.realpath(path), path)
@@ -341,22 +341,21 @@ def _analyze(args):
                                                   repetitions=args.repetitions,
                                                   seed=args.seed).to_dict()
         doc["bootstrap"][space] = intervals
-        if args.scatter and names:
-            stem, ext = os.path.splitext(args.scatter)
-            path = f"{stem}_{space}{ext or '.png'}" if len(groups) > 1 else args.scatter
-            plot_error_vs_parameters(names, values, errors, path, title=space,
-                                     fraction=args.fraction, repetitions=args.repetitions,
-                                     seed=args.seed)
-            doc["plots"].append(path)
-    if args.edf:
+        if scatter_path is not None and names:
+            stem, ext = os.path.splitext(scatter_path)
+            path = f"{stem}_{space}{ext}" if len(groups) > 1 else scatter_path
+            doc["plots"].append(plot_error_vs_parameters(
+                names, values, errors, path, title=space, fraction=args.fraction,
+                repetitions=args.repetitions, seed=args.seed))
+    if edf_path is not None:
         populations = {s: [r["top1_error"] for r in g] for s, g in groups.items()}
         weights = None
         if args.weighted:
             w = matched_weights([[r["flops"] for r in g] for g in groups.values()], bins=args.bins)
             weights = dict(zip(groups, w))
-        plot_edfs(populations, args.edf, weights=weights,
-                  title="error EDF" + (" (flops-matched weights)" if args.weighted else ""))
-        doc["plots"].append(args.edf)
+        doc["plots"].append(plot_edfs(
+            populations, edf_path, weights=weights,
+            title="error EDF" + (" (flops-matched weights)" if args.weighted else "")))
     if args.json:
         _print_json(doc)
         return 0

@@ -9,7 +9,8 @@ import os
 import sys
 import tempfile
 
-from ._checks import FUSE_MISSING, fuse_available, option_error, resolve_device
+from ._checks import (FUSE_MISSING, fuse_available, option_error, resolve_device,
+                      sigterm_unwinds)
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Train a RegNet (standard or custom, --fused on/off) with the paper's recipe on digits or "
@@ -80,7 +81,8 @@ def add_arguments(parser):
                            help="SyncBatchNorm across the torchrun processes (CUDA only, "
                                 "refused on the CPU; a single process trains as without it)")
     run_group.add_argument("--checkpoint", default=None,
-                           help="checkpoint file, written after every epoch")
+                           help="checkpoint file, written after every epoch (an existing "
+                                "one is refused unless --resume is given)")
     run_group.add_argument("--resume", action="store_true",
                            help="continue from --checkpoint when it exists")
     add_tune_malloc_argument(run_group, "keep freed memory for reuse and serve every block from the "
@@ -120,6 +122,9 @@ def _prepare(args):
         raise ValueError("--resume: needs --checkpoint PATH")
     if args.checkpoint:
         _check_checkpoint_path(args.checkpoint)
+        if not args.resume and os.path.lexists(args.checkpoint):  # the first epoch would replace it
+            raise ValueError(f"--checkpoint: {args.checkpoint!r} exists; pass --resume to continue "
+                             "from it, or remove it or choose another path")
     if args.fused and not fuse_available():
         raise ValueError(f"--fused: {FUSE_MISSING}; train without --fused")
     device = resolve_device(args.device)
@@ -196,13 +201,16 @@ def run(args):
         return 2
     cost = complexity(model.spec, args.resolution)  # before fit: fuse() may swap modules
     try:
-        result = fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
-                     lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
-                     warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-                     seed=args.seed, device=device, progress=not args.no_progress,
-                     fused=args.fused, checkpoint=args.checkpoint, resume=args.resume,
-                     num_workers=args.workers, sync_batchnorm=args.sync_bn,
-                     model_record={"spec": dataclasses.asdict(model.spec), "resolution": args.resolution})
+        # SIGTERM unwinds like Ctrl-C: a checkpoint being written removes its temporary file.
+        with sigterm_unwinds():
+            result = fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+                         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                         seed=args.seed, device=device, progress=not args.no_progress,
+                         fused=args.fused, checkpoint=args.checkpoint, resume=args.resume,
+                         num_workers=args.workers, sync_batchnorm=args.sync_bn,
+                         model_record={"spec": dataclasses.asdict(model.spec),
+                                       "resolution": args.resolution})
     except ResumeMismatch as e:
         print(f"regnet-ext train: error: {_resume_error(e, args)}", file=sys.stderr)
         return 2

@@ -2,11 +2,16 @@
 sweeps, error EDFs, the empirical bootstrap and the quantized-linear width fit.
 
     from regnet_ext import design_space as ds
-    samples = ds.sample("regnetx", 100, flops=(360e6, 400e6), seed=0)
-    records = ds.run_sweep(samples, "regnetx.jsonl", epochs=5)        # resumable, parallel
-    x, F = ds.error_edf([r["top1_error"] for r in records])
-    ds.empirical_bootstrap([r["config"]["wm"] for r in records], [r["top1_error"] for r in records])
-    ds.fit_widths([24, 56, 152, 152, 368, 368])                          # -> WidthFit(..., e_fit)
+
+    # The local engine's workers are spawned processes that import this script again: keep the
+    # sweep under the guard, or each of them starts it anew and the sweep fails.
+    if __name__ == "__main__":
+        samples = ds.sample("regnetx", 100, flops=(360e6, 400e6), seed=0)
+        records = ds.run_sweep(samples, "regnetx.jsonl", epochs=5)    # resumable, parallel
+        x, F = ds.error_edf([r["top1_error"] for r in records])
+        ds.empirical_bootstrap([r["config"]["wm"] for r in records],
+                               [r["top1_error"] for r in records])
+        ds.fit_widths([24, 56, 152, 152, 368, 368])                      # -> WidthFit(..., e_fit)
 """
 from .analysis import (group_by_space, load_results, missing_trials_warning, model_parameters,
                        parameter_table, settings_warning, summarize)

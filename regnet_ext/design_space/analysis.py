@@ -68,21 +68,36 @@ def group_by_space(records):
     return groups
 
 
+# Per-stage config lists whose built values the record's spec holds under the same key (the
+# builder may change widths and group widths; depths as drawn; spec keeps 1/b, not b).
+_BUILT = ("depths", "widths", "group_widths")
+
+
 def model_parameters(record):
     """Scalar parameters of one model for scatter plots and the bootstrap.
 
     The space's own scalars (RegNet: depth, w0, wa, wm, group_width, bottleneck_ratio), per-stage
     values of list parameters (AnyNet: d1..d4, w1..w4, b1..b4, g1..g4), and, for every model,
-    the derived total_depth, last_width, flops, params and acts."""
+    the derived total_depth, last_width, flops, params and acts.
+
+    AnyNet's w_i and g_i are the built model's (``record["spec"]``), not the sampled ones
+    (``record["config"]``): the group/bottleneck compatibility step may round a width to fit its
+    group width or lower a group width to the inner width, and the trained model is the built
+    one. (Records without them in ``spec`` fall back to the sampled values.) RegNet's scalars
+    are the generator's inputs as sampled; its group_width is the sampled g, which a stage
+    narrower than g builds with a smaller group."""
     out = {}
+    spec = record.get("spec", {})
     for key, value in record.get("config", {}).items():
         if isinstance(value, (list, tuple)):
+            built = spec.get(key) if key in _BUILT else None
+            if isinstance(built, (list, tuple)) and len(built) == len(value):
+                value = built
             prefix = {"depths": "d", "widths": "w", "bottleneck_ratios": "b",
                       "group_widths": "g"}.get(key, key)
             out.update({f"{prefix}{i + 1}": float(v) for i, v in enumerate(value)})
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
-    spec = record.get("spec", {})
     if spec:
         out["total_depth"] = float(sum(spec["depths"]))
         out["last_width"] = float(spec["widths"][-1])

@@ -1,6 +1,7 @@
 """Figures: error EDFs of several spaces, and error against each parameter (matplotlib)."""
 import numpy as np
 
+from .._paths import plot_path
 from .bootstrap import empirical_bootstrap
 from .edf import error_edf
 
@@ -17,17 +18,21 @@ def _pyplot():
 
 
 def _save(plt, fig, path):
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)  # figures otherwise pile up in pyplot's registry across calls
+    try:
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)  # figures otherwise pile up in pyplot's registry across calls
     return path
 
 
 def plot_edfs(populations, path, *, weights=None, title=None, xlabel="top-1 error (%)"):
-    """One EDF curve per population on one plot, saved to ``path`` (PNG, SVG, PDF...).
+    """One EDF curve per population on one plot, saved to ``path`` (PNG, SVG, PDF...; see
+    plot_path: a name without an extension gets ".png"). Returns the path written.
 
     populations: {label: errors}; weights: optional {label: per-model weights} (see
     edf.matched_weights). The legend shows each population's size and minimum error."""
+    path = plot_path(path)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
     for label, errors in populations.items():
@@ -51,7 +56,9 @@ def plot_error_vs_parameters(names, values, errors, path, *, title=None, bootstr
                              fraction=0.25, repetitions=10_000, seed=0):
     """A grid of scatter plots, error against each parameter, with a trend line (median error
     in equal-count bins) and, when ``bootstrap``, the empirical-bootstrap 95% interval of the
-    best model's value shaded. values[i, k] is parameter names[k] of model i."""
+    best model's value shaded. values[i, k] is parameter names[k] of model i. Saved to ``path``
+    (see plot_path); returns the path written."""
+    path = plot_path(path)
     plt = _pyplot()
     errors = np.asarray(errors, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)

@@ -204,11 +204,17 @@ class RegNetSpace(DesignSpace):
     """RegNet: widths and depths from the quantized linear generator (d, w0, wa, wm), plus a group
     width g and bottleneck ratio b shared by all stages; se_ratio > 0 gives RegNetY.
 
-    Defaults are pycls's RegNet sampler: d uniform in [12, 28]; w0 log-uniform multiple of 8 in
+    Defaults: d, w0, wa and wm as pycls's RegNet sampler (REGNET_SAMPLER in
+    pycls/sweep/config.py) draws them: d uniform in [12, 28]; w0 log-uniform multiple of 8 in
     [8, 256]; wa log-uniform in [8, 256] quantized to 0.1; wm log-uniform in [2, 3] quantized to
-    0.001; g a power of two, or a log-uniform multiple of 8 once it reaches 8, in ``group_width``;
-    b uniform over ``bottleneck_ratios``. The paper's full space (d < 64, w0 < 256, wa < 256,
-    1.5 <= wm <= 3) is ``replace(depth=(1, 63), w0=(8, 248), wa=(0.1, 255.9), wm=(1.5, 3.0))``.
+    0.001. g and b span the paper's RegNet space, whose g and b are AnyNetX's: ``group_width``
+    (1, 32), drawn with pycls's group-width distribution (a power of two, redrawn as a log-uniform
+    multiple of 8 once it reaches 8: 1, 2, 4, 8, 16, 24 or 32, so 24 too, which the paper's
+    {1, 2, 4, ..., 32} lacks), and b uniform over ``bottleneck_ratios`` (1, 2, 4). pycls's sampler
+    itself defaults to g in [8, 128] and b = 1 (BOT_MUL [1, 1]):
+    ``REGNETX.replace(group_width=(8, 128), bottleneck_ratios=(1,))``. The paper's full space
+    (d < 64, w0 < 256, wa < 256, 1.5 <= wm <= 3) is
+    ``replace(depth=(1, 63), w0=(8, 248), wa=(0.1, 255.9), wm=(1.5, 3.0))``.
     Configurations whose widths do not form exactly ``stages`` stages (or whose exponents collapse
     onto one width) are outside the space.
     """

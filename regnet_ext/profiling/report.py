@@ -1,6 +1,8 @@
 """What the profiler reports: the ProfileResult records, its terminal table, JSON and plots."""
 from dataclasses import dataclass, field
 
+from .._paths import plot_path
+
 SCHEMA = "regnet_ext.profile/1"
 
 
@@ -76,7 +78,8 @@ def stage_speedups(baseline, other):
 
 def plot_profiles(results, path):
     """PNG: per run a bar of stacked stage times, runs side by side (e.g. stock vs fused), and
-    per stage the runs' times side by side."""
+    per stage the runs' times side by side. Saved to ``path`` (any format matplotlib writes, by
+    its extension; ".png" added to a name without one); returns the path written."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -85,6 +88,7 @@ def plot_profiles(results, path):
         raise ImportError("plot: needs matplotlib (`pip install matplotlib`)") from exc
     if not results:
         raise ValueError("results: expected at least one ProfileResult")
+    path = plot_path(path)
     labels = [("fused" if r.meta["fused"] else "stock") + f" ({r.meta['schedule']})"
               for r in results]
     stage_names = [s["name"] for s in results[0].stages]

@@ -10,7 +10,11 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path, state):
-    """Writes ``state`` to ``path`` via a temporary file in the same folder and os.replace."""
+    """Writes ``state`` to ``path`` via a temporary file in the same folder and os.replace.
+
+    An exception during the write (KeyboardInterrupt included) removes the temporary file and
+    leaves ``path`` as it was. A signal that kills the process (SIGTERM by default) cannot: the
+    caller makes it unwind (`regnet-ext train` turns SIGTERM into SystemExit)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
