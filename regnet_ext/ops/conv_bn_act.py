@@ -94,8 +94,9 @@ def save_after_running_stats_update(y):
     saved-tensor hooks (torch.utils.checkpoint's non-reentrant mode), saves one empty tensor for
     backward (_SaveAfterRunningStatsUpdate says why). Elsewhere, and while torch.compile or
     jit.trace trace (which record no Python autograd Function), nothing."""
-    if torch.is_grad_enabled() and _saved_tensor_hooks_active() and not torch.compiler.is_compiling() and \
-            not torch._C._is_tracing():
+    # (Compiling first: Dynamo cannot trace the hooks query, and must not reach it.)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch._C._is_tracing() and \
+            _saved_tensor_hooks_active():
         _SaveAfterRunningStatsUpdate.apply(y)
 
 
