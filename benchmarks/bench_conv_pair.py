@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import batch_resolution, format_table, machine_record, write_json, write_ratio_png  # noqa: E402
+from common import (batch_resolution, check_model_names, format_table, machine_record, output_file,  # noqa: E402
+                    write_json, write_ratio_png)
 
 import regnet_ext  # noqa: E402
 from regnet_ext.allocator import tune_malloc  # noqa: E402
@@ -121,6 +122,7 @@ def parse_args(argv):
         args.models, args.configs, args.rounds, args.warmup = ["RegNetY-400MF"], [(2, 64)], 2, 1
     if args.rounds < 1 or args.warmup < 0:
         p.error("--rounds must be >= 1, --warmup >= 0")
+    check_model_names(p, "--models", args.models)
     if args.out is None:
         args.out = str(RESULTS / ("conv_pair_cpu_quick" if args.quick else "conv_pair_cpu"))
     return args
@@ -151,9 +153,9 @@ def main(argv=None):
            "min_intermediate_bytes": conv_pair.MIN_INTERMEDIATE_BYTES, "max_in_channels": conv_pair.MAX_IN_CHANNELS,
            "malloc_tuned": malloc_tuned,
            "machine": machine_record(), "results": results}
-    json_path = write_json(Path(args.out).with_suffix(".json"), doc)
+    json_path = write_json(output_file(args.out, ".json"), doc)
     png_path = write_ratio_png(
-        Path(args.out).with_suffix(".png"),
+        output_file(args.out, ".png"),
         {"per block: time without the pair / with it": {
             "labels": [f"{r['model']} {r['batch']}x{r['resolution']} {b['block']} ({b['intermediate_mb']:.1f} MB)"
                        for r in results for b in r["blocks"]],

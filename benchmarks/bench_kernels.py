@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (DEVICES, DTYPES, check_dtypes, checked_device, cpu_conv_autotune_choices,  # noqa: E402
-                    device_record, format_table, hardware_name, machine_record, print_autotune_summary,
-                    time_interleaved_on, write_json, write_ratio_png)
+from common import (DEVICES, DTYPES, check_dtypes, check_model_names, check_positive, checked_device,  # noqa: E402
+                    cpu_conv_autotune_choices, device_record, format_table, hardware_name, machine_record,
+                    output_file, print_autotune_summary, time_interleaved_on, write_json, write_ratio_png)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 from regnet_ext.models.complexity import output_size  # noqa: E402
 from regnet_ext.profiling.roofline import measure_ceiling  # noqa: E402
@@ -452,6 +452,8 @@ def parse_args(argv):
                    help="output path without extension: writes .json and .png (default "
                         "benchmarks/results/kernels_<device>[_<dtypes>][_<layouts>][_quick])")
     args = p.parse_args(argv)
+    check_positive(p, args, ("batch", "rounds", "sample_s", "threads"))
+    check_model_names(p, "--models", args.models)
     args.device = checked_device(p, args.device)
     check_dtypes(p, "--dtypes", args.dtypes, args.device)
     args.dtypes = list(dict.fromkeys(args.dtypes))
@@ -537,8 +539,8 @@ def main(argv=None):
             print(f"{key}: {value}")
     print_goal_misses(doc)
     print_autotune_summary(doc["cpu_conv_autotune"])
-    json_path = write_json(Path(args.out).with_suffix(".json"), doc)
-    png_path = plot(doc, Path(args.out).with_suffix(".png"))
+    json_path = write_json(output_file(args.out, ".json"), doc)
+    png_path = plot(doc, output_file(args.out, ".png"))
     print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
     return 0
 

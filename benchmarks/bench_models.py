@@ -42,11 +42,12 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import (DEVICES, DTYPES, check_dtypes, checked_device, counting_faults,  # noqa: E402
-                    cpu_conv_autotune_choices, device_record, hardware_name, machine_record,
-                    print_autotune_summary, sgd_implementations, synchronised, time_interleaved,
-                    write_json)
+from common import (DEVICES, DTYPES, check_dtypes, check_model_names, check_positive, checked_device,  # noqa: E402
+                    counting_faults, cpu_conv_autotune_choices, device_record, hardware_name,
+                    machine_record, output_file, print_autotune_summary, sgd_implementations,
+                    synchronised, time_interleaved, write_json)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
+from regnet_ext.models import canonical_name  # noqa: E402
 from regnet_ext.training import sgd  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -366,7 +367,7 @@ RUN_RECORD_KEYS = ("machine", "elapsed_s", "cpu_conv_autotune", "resumed_from")
 
 def resumed_run(json_path, settings, log):
     """({group label: record}, the earlier run's RUN_RECORD_KEYS) from an earlier run's JSON, if it
-    was made with the same settings."""
+    was made with the same settings; ValueError if it was not."""
     try:
         earlier = json.loads(Path(json_path).read_text())
     except FileNotFoundError:
@@ -374,7 +375,7 @@ def resumed_run(json_path, settings, log):
         return {}, {}
     differing = sorted(k for k, v in settings.items() if earlier.get(k) != v)
     if earlier.get("benchmark") != "bench_models" or differing:
-        raise SystemExit(f"--resume: {json_path} was written with other settings ({', '.join(differing)}); "
+        raise ValueError(f"--resume: {json_path} was written with other settings ({', '.join(differing)}); "
                          "use another --out or drop --resume")
     groups = {g["group"]: g for g in earlier.get("groups", [])}
     log(f"--resume: kept {len(groups)} group(s) from {json_path}: {', '.join(groups) or '-'}")
@@ -419,6 +420,7 @@ def main(argv=None):
                         help="keep the groups an earlier, interrupted run with the same settings "
                              "wrote to the --out JSON (written after every group) and run the rest")
     args = parser.parse_args(argv)
+    check_positive(parser, args, ("batch", "rounds", "resolution", "threads"))
     args.device = checked_device(parser, args.device)
     check_dtypes(parser, "--dtype", [args.dtype], args.device)
     quick = args.quick
@@ -427,14 +429,20 @@ def main(argv=None):
     args.resolution = args.resolution or (128 if quick else None)
     args.families = args.families or (["Y"] if quick else ["X", "Y"])
     args.variants = args.variants or (["stock", "fused"] if quick else list(VARIANTS))
-    for name in ("batch", "rounds", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
+    if args.compile_models:  # matched against the run's names: a misspelt one compiled nothing
+        check_model_names(parser, "--compile-models", args.compile_models)
+        args.compile_models = [canonical_name(name) for name in args.compile_models]
+        in_run = [label for _, _, members in plan(args) for label, family, _, _ in members
+                  if family == "regnet"]
+        missing = [name for name in args.compile_models if name not in in_run]
+        if missing:
+            parser.error(f"--compile-models: {', '.join(missing)} not in this run (its RegNets: "
+                         f"{', '.join(in_run)})")
     if args.threads:
         torch.set_num_threads(args.threads)
     malloc_tuned = apply_tune_malloc(args, "bench_models.py", use_mmap=False)
     out = Path(args.out) if args.out else default_out(args.device, args.dtype, quick)
-    groups = plan(args)
+    groups = every_group = plan(args)
     if args.groups is not None:
         bad = [i for i in args.groups if not 0 <= i < len(GROUPS)]
         if bad:
@@ -453,13 +461,18 @@ def main(argv=None):
     doc = dict(benchmark="bench_models", **settings, malloc_tuned=malloc_tuned,
                machine=machine_record(load_average_start=os.getloadavg(),
                                       **device_record(args.device)), groups=[], complete=False)
-    json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
-    done, earlier_run = resumed_run(json_path, settings, log) if args.resume else ({}, {})
+    json_path, png_path = output_file(out, ".json"), output_file(out, ".png")
+    try:
+        done, earlier_run = resumed_run(json_path, settings, log) if args.resume else ({}, {})
+    except ValueError as exc:  # a usage error: exit 2, as argparse's (SystemExit(message) gave 1)
+        parser.error(str(exc))
     doc["resumed_groups"] = sorted(done)  # measured by the earlier run, in its conditions
     if done:
         doc["resumed_from"] = earlier_run
     print(f"on {args.device.type} ({hardware_name(doc['machine'])}), {args.dtype}, batch {args.batch}")
-    for index, label, members in groups:
+    # --resume keeps the earlier groups that --groups leaves out, in their place: the rewritten
+    # JSON held only this run's groups (--groups 4 --resume dropped groups 0-3 from the file).
+    for index, label, members in (g for g in every_group if g in groups or g[1] in done):
         if label in done:
             group = done[label]
         else:

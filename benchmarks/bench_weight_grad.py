@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import distinct_shapes  # noqa: E402
-from common import format_table, machine_record, time_interleaved_on, write_json, write_ratio_png  # noqa: E402
+from common import (check_model_names, format_table, machine_record, output_file, time_interleaved_on,  # noqa: E402
+                    write_json, write_ratio_png)
 
 import regnet_ext.ops  # noqa: E402,F401  (registers the operators)
 
@@ -85,6 +86,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
         p.error("--rounds and --batch must be >= 1, --warmup >= 0")
+    check_model_names(p, "--models", args.models)
     if args.quick:
         args.models, args.batch, args.rounds, args.warmup = ["RegNetY-400MF"], [1], 2, 1
     if args.out is None:
@@ -107,10 +109,10 @@ def main(argv=None):
                          f"{r['default_over_best']:.2f}"] for r in rows]))
     doc = {"benchmark": "weight_grad", "quick": args.quick, "models": args.models, "batches": args.batch,
            "rounds": args.rounds, "machine": machine_record(), "rows": rows}
-    json_path = write_json(Path(args.out).with_suffix(".json"), doc)
+    json_path = write_json(output_file(args.out, ".json"), doc)
     labels = [r["label"] for r in rows]
     png_path = write_ratio_png(
-        Path(args.out).with_suffix(".png"),
+        output_file(args.out, ".png"),
         {"training backward, grouped 3x3": {"labels": labels, "series": {
             "oneDNN time / tiles time": [r["onednn_over_tiles"] for r in rows],
             "best time / default time": [1.0 / r["default_over_best"] for r in rows]}}},

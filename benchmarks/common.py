@@ -36,6 +36,30 @@ def batch_resolution(text):
     return batch, resolution
 
 
+def check_positive(parser, args, names):
+    """Int/float options in ``names`` (attribute names) that were given below 1 are a usage error
+    (exit 2), checked before any default replaces them: `args.x or default` would silently run
+    the default for 0, and a batch of 0 ran every row into an error."""
+    for name in names:
+        value = getattr(args, name)
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and v <= 0 for v in values):
+            parser.error(f"--{name.replace('_', '-')}: expected values > 0, got "
+                         f"{' '.join(map(str, values))}")
+
+
+def check_model_names(parser, option, names):
+    """Unknown RegNet names are a usage error (exit 2, one line) before any work, not a
+    traceback once the run reaches them."""
+    from regnet_ext.models import canonical_name
+
+    for name in names or ():
+        try:
+            canonical_name(name)
+        except ValueError as exc:
+            parser.error(f"{option}: {str(exc).removeprefix('name: ')}")
+
+
 # ---- device and dtype options ---------------------------------------------------------------
 
 def checked_device(parser, name):
@@ -176,6 +200,16 @@ def print_autotune_summary(choices):
         kept[c["chosen"]] = kept.get(c["chosen"], 0) + 1
     print(f"cpu conv autotuner: {len(choices)} shapes timed, kept " +
           ", ".join(f"{k} {n}" for k, n in sorted(kept.items())))
+
+
+def output_file(stem, suffix):
+    """The file ``suffix`` (".json", ".png") of an --out stem: the stem with the suffix appended.
+    Path.with_suffix cut a stem at its last dot: --out results/kernels_y4.0gf wrote kernels_y4.json
+    and kernels_y4.png. A stem given as a .json or .png file name has that replaced."""
+    stem = Path(stem)
+    if stem.suffix.lower() in (".json", ".png"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + suffix)
 
 
 def write_json(path, doc):

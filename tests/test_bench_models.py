@@ -126,7 +126,7 @@ def test_bfloat16_quick_run_records_the_dtype(tmp_path):
         assert stock["infer_images_per_s"] > 0 and stock["peak_infer_bytes"] > 0, label
 
 
-def test_interrupted_run_keeps_its_groups_and_resume_runs_the_rest(tmp_path, monkeypatch):
+def test_interrupted_run_keeps_its_groups_and_resume_runs_the_rest(tmp_path, monkeypatch, capsys):
     """The JSON is written after every group; --resume keeps those groups (same settings only)."""
     bench = _bench()
     calls = []
@@ -159,5 +159,7 @@ def test_interrupted_run_keeps_its_groups_and_resume_runs_the_rest(tmp_path, mon
     assert done["resumed_from"]["machine"] == first["machine"]
     assert done["resumed_from"]["cpu_conv_autotune"] == [{"shape": "from the first run"}]
 
-    with pytest.raises(SystemExit, match="other settings \\(batch\\)"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: exit 2 (it was 1)
         bench.main(argv + ["--resume", "--batch", "4"])
+    assert exit_info.value.code == 2 and "other settings (batch)" in capsys.readouterr().err
