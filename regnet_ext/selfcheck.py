@@ -436,11 +436,14 @@ def run(device="cpu", dtypes=None, seed=0):
     An operator that raises (no kernel for the device, a launch failure, ...) is reported as failed
     with the exception in `detail`, so one broken kernel does not hide the others."""
     _extension.require()
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:  # torch's message lists some twenty device types and names no argument
+        raise RuntimeError(f"device: expected cpu, cuda or cuda:N, got {str(device)!r}") from None
     if device.type not in ("cpu", "cuda"):  # the only devices with regnet_ext kernels
-        raise RuntimeError(f"selfcheck: regnet_ext has kernels for cpu and cuda, not {device.type}")
+        raise RuntimeError(f"device: regnet_ext has kernels for cpu and cuda, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("selfcheck: CUDA was requested but torch.cuda.is_available() is False")
+        raise RuntimeError("device: CUDA was requested but torch.cuda.is_available() is False")
     results = []
     for dtype in dtypes or default_dtypes(device):
         for op, check in CHECKS.items():

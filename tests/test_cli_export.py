@@ -166,3 +166,24 @@ def test_a_train_checkpoint_exports_its_own_model_and_resolution(tmp_path, capsy
     assert y.shape == (3, 10)
     assert (y - expected).abs().max() <= 1e-4 * expected.abs().max()
 
+
+
+def test_a_train_checkpoints_resolution_is_the_default_with_model_given(tmp_path, monkeypatch):
+    # With --model given, the package was compiled for 224 whatever resolution the checkpoint
+    # recorded (the README: its model and resolution are the defaults of --model and --resolution).
+    import regnet_ext.commands.export as export
+
+    checkpoint = {"format_version": 1, "model": _trained_like().state_dict(),
+                  "settings": {"model": {"spec": {}, "resolution": 48}}}
+    torch.save(checkpoint, tmp_path / "run.pt")
+    exported = []
+    monkeypatch.setattr(export, "_export", lambda args, stock, model: exported.append(args) or 0)
+    argv = ["export", "--model", "RegNetY-200MF", "--weights", str(tmp_path / "run.pt"), "--no-fuse",
+            "--out", str(tmp_path / "m.pt2")]
+    assert main(argv) == 0
+    assert exported[-1].resolution == 48 and exported[-1].model == "RegNetY-200MF"
+    assert main(argv + ["--resolution", "64"]) == 0
+    assert exported[-1].resolution == 64
+    torch.save(checkpoint["model"], tmp_path / "state.pt")  # a bare state_dict records none
+    assert main(argv[:3] + ["--weights", str(tmp_path / "state.pt")] + argv[5:]) == 0
+    assert exported[-1].resolution == 224

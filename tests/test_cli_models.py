@@ -46,12 +46,14 @@ def test_table_has_one_line_per_model(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--name", "RegNetZ-400MF"], "name: unknown RegNet model"),
-    (["--resolution", "0"], "--resolution must be >= 1"),
+    (["--name", "RegNetZ-400MF"], "regnet-ext models: --name: unknown RegNet model 'RegNetZ-400MF'"),
+    (["--resolution", "0"], "regnet-ext models: --resolution must be >= 1"),
 ])
-def test_bad_arguments_exit_with_a_message(argv, message):
-    with pytest.raises(SystemExit, match=message):
-        main(["models", *argv])
+def test_bad_arguments_exit_with_a_message(capsys, argv, message):
+    # Exit status 2 as for argparse's own errors (it was 1: SystemExit with a message).
+    assert main(["models", *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and not captured.out
 
 
 def test_runs_as_a_module():

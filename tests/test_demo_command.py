@@ -53,6 +53,18 @@ def test_bad_arguments_fail_before_any_work(argv, message, tmp_path, capsys):
     assert captured.err.startswith(f"regnet-ext demo: {message}") and captured.err.count("\n") == 1
 
 
+def test_an_out_that_cannot_be_a_folder_fails_before_any_work(tmp_path, capsys):
+    # It was a FileExistsError traceback from mkdir.
+    taken = tmp_path / "results.json"
+    taken.write_text("{}")
+    assert main(["demo", "--out", str(taken), "--no-tune-malloc"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and taken.read_text() == "{}"
+    assert captured.err == f"regnet-ext demo: --out: cannot make the folder {taken} (a file is there)\n"
+    assert main(["demo", "--out", str(taken / "sub"), "--no-tune-malloc"]) == 2
+    assert capsys.readouterr().err.startswith(f"regnet-ext demo: --out: cannot make the folder {taken / 'sub'} (")
+
+
 def test_cuda_without_a_gpu_fails_before_any_work(monkeypatch, capsys):
     import torch
 

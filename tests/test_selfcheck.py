@@ -91,7 +91,7 @@ def test_cuda_without_gpu_is_a_clear_error(capsys):
     with pytest.raises(RuntimeError, match="CUDA"):
         selfcheck.run("cuda")
     assert cli.main(["selfcheck", "--device", "cuda"]) == 2
-    assert "CUDA" in capsys.readouterr().err
+    assert "regnet-ext selfcheck: --device: CUDA" in capsys.readouterr().err
 
 
 def test_a_device_without_our_kernels_is_one_clear_error(capsys):
@@ -100,3 +100,14 @@ def test_a_device_without_our_kernels_is_one_clear_error(capsys):
         selfcheck.run("meta")
     assert cli.main(["selfcheck", "--device", "meta"]) == 2
     assert "not meta" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, message", [
+    # torch's own message listed twenty device types and named no option.
+    ("tpu", "regnet-ext selfcheck: --device: expected cpu, cuda or cuda:N, got 'tpu'"),
+    ("meta", "regnet-ext selfcheck: --device: regnet_ext has kernels for cpu and cuda, not meta"),
+])
+def test_a_bad_device_names_the_option(capsys, device, message):
+    assert cli.main(["selfcheck", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "selfcheck: selfcheck" not in err

@@ -182,7 +182,12 @@ def run(args):
         print(f"regnet-ext demo: {option_error(exc, args, {'name': 'model'})}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # a file or an unwritable place: one line naming --out, before any work
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "a file is there" if isinstance(exc, FileExistsError) else exc.strerror
+        print(f"regnet-ext demo: --out: cannot make the folder {args.out} ({reason})", file=sys.stderr)
+        return 2
     # Before any model runs: EfficientNet-B0's big activations would otherwise come from fresh
     # mmaps on every call (33,000-48,000 page faults per batch-8 forward here, the fused RegNet's
     # 0-1,500), and the comparison would measure glibc rather than the networks.

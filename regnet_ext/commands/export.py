@@ -105,11 +105,12 @@ def run(args):
 
             stock = AnyNet(AnyNetSpec(**record["spec"]))
             args.model = stock.spec.name or "the checkpoint's model"
-            args.resolution = args.resolution or record["resolution"]
         else:
             args.model = args.model or "RegNetY-400MF"
             stock = build_model(args.model, num_classes=classes)
-        args.resolution = args.resolution or 224
+        # The checkpoint's resolution is the default with --model given too (the weights were
+        # trained at it; a 224 package would refuse the images they are served with).
+        args.resolution = args.resolution or (record or {}).get("resolution") or 224
         if state is not None:
             try:
                 stock.load_state_dict(state)

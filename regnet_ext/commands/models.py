@@ -1,5 +1,8 @@
 """`regnet-ext models`: the standard RegNets with their stages and analytic complexity."""
 import json
+import sys
+
+from ._checks import option_error
 
 HELP = ("List the standard RegNetX/RegNetY models: stage depths, widths, group widths, flops "
         "(multiply-adds), params and activations (pycls conventions, computed analytically).")
@@ -62,12 +65,15 @@ def format_table(rows, resolution):
 
 
 def run(args):
+    # Argument errors exit with 2, as argparse's own (SystemExit with a message exits with 1).
     if args.resolution < 1:
-        raise SystemExit(f"regnet-ext models: --resolution must be >= 1, got {args.resolution}")
+        print(f"regnet-ext models: --resolution must be >= 1, got {args.resolution}", file=sys.stderr)
+        return 2
     try:
         rows = model_rows(args.name, args.rounding, args.resolution)
     except ValueError as exc:
-        raise SystemExit(f"regnet-ext models: {exc}") from None
+        print(f"regnet-ext models: {option_error(exc, args)}", file=sys.stderr)
+        return 2
     if args.json:  # one model per line: readable, and still one JSON document
         print("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]")
     else:

@@ -2,6 +2,8 @@
 import json
 import sys
 
+from ._checks import option_error
+
 HELP = ("Run every regnet_ext operator on random inputs against stock PyTorch and report pass/fail "
         "per operator and dtype (exit status 1 on any failure).")
 
@@ -27,7 +29,7 @@ def run(args):
     try:
         results = selfcheck.run(device, dtypes, seed=args.seed)
     except (ImportError, RuntimeError) as exc:
-        print(f"regnet-ext selfcheck: {exc}", file=sys.stderr)
+        print(f"regnet-ext selfcheck: {option_error(exc, args)}", file=sys.stderr)
         return 2
     passed = selfcheck.all_passed(results)
     if args.json:
