@@ -99,6 +99,12 @@ def decide_cuda():
     return True, cuda_home, f"toolkit at {cuda_home}"
 
 
+def cpu_flags():
+    """The C++ flags that pick the CPU kernels' instruction set (REGNET_EXT_CPU_FLAGS). The package
+    is compiled on the machine that runs it, so by default they tune for its CPU."""
+    return os.environ.get("REGNET_EXT_CPU_FLAGS", "-march=native").split()
+
+
 def write_build_config(build_cuda, arch_list, reason):
     import torch
 
@@ -108,6 +114,8 @@ def write_build_config(build_cuda, arch_list, reason):
         f"CUDA_ARCH_LIST = {arch_list!r}\n"
         f"CUDA_BUILD_REASON = {reason!r}\n"
         f"TORCH_VERSION_AT_BUILD = {torch.__version__!r}\n"
+        # A -march=native build runs only on CPUs with this one's instructions (`regnet-ext info`).
+        f"CPU_FLAGS = {' '.join(cpu_flags())!r}\n"
     )
     (ROOT / "regnet_ext" / "_build_config.py").write_text(text)
 
@@ -133,8 +141,6 @@ def main():
     print(f"regnet_ext: CUDA {'ON' if build_cuda else 'OFF'} ({reason}); archs={arch_list}")
     write_build_config(build_cuda, arch_list, reason)
 
-    # The package is compiled on the machine that runs it, so tune for its CPU by default.
-    cpu_flags = os.environ.get("REGNET_EXT_CPU_FLAGS", "-march=native").split()
     # -fopenmp: ATen's at::parallel_for is a header template that only runs in parallel when the
     # including translation unit is compiled with OpenMP (else it silently runs on one thread;
     # `regnet-ext info` reports it as cpu_kernels_parallel). The link resolves libgomp.so.1 to the
@@ -147,7 +153,7 @@ def main():
     # -Wpsabi: built without AVX-512, our 64-byte lane vectors "change the ABI" of the inline
     # functions that return them, while no function of ours crosses an ABI with one.
     quiet = ["-include", str(ROOT / "csrc" / "quiet_intrinsic_headers.h"), "-Wno-unknown-pragmas", "-Wno-psabi"]
-    cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unused-function", *quiet, *openmp, *cpu_flags]
+    cxx_flags = ["-O3", "-std=c++20", "-Wall", "-Wno-unused-function", *quiet, *openmp, *cpu_flags()]
     link_flags = openmp
     define_macros = []
     srcs = [os.path.relpath(s, ROOT) for s in sources(CPU_SOURCE_PATTERNS)]

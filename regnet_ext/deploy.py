@@ -85,7 +85,10 @@ class Package:
             raise ValueError(f"path: no package file at {path!r}")
         _extension.load()  # registers the operators a fused model's package calls
         self.path = path
-        self.runner = aoti_load_package(path)
+        try:
+            self.runner = aoti_load_package(path)
+        except RuntimeError as exc:  # torch's message ("Failed to initialize zip archive") names no file
+            raise ValueError(f"path: {path!r} is not an AOTInductor package ({exc})") from None
         record = self.runner.get_metadata().get(INPUT_KEY)
         if record is None:
             raise ValueError(f"path: {path!r} has no record of its input (not written by "

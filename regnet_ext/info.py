@@ -41,6 +41,8 @@ def collect():
         "extension_loaded": _extension.load(),
         "extension_error": None if _extension.load() else str(_extension._state["error"]),
         "cpu_kernels": {op: _has_kernel(op, "CPU") for op in ops},
+        # The instruction set the CPU kernels were compiled for (-march=native: the building CPU's).
+        "cpu_flags_at_build": config.get("CPU_FLAGS"),
         # Our CPU passes run on several threads only when _C was compiled with OpenMP.
         "cpu_kernels_parallel": _extension.compiled_with_openmp(),
         # Grouped convs with 8 or 16 channels per group run our AVX-512 or AVX2 kernel, if built.

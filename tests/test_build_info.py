@@ -23,6 +23,8 @@ def test_info_json_reports_kernels_and_parallel_passes(capsys):
     assert info["cpu_narrow_group_kernel"] is _extension.compiled_with_narrow_group_kernel()
     assert info["cpu_winograd_kernel"] is _extension.compiled_with_winograd_kernel()
     assert info["cpu_gemm_tiles_kernel"] is _extension.compiled_with_gemm_tiles_kernel()
+    # The instruction set a -march=native build needs on the machine it is moved to.
+    assert info["cpu_flags_at_build"] == _extension.build_config()["CPU_FLAGS"] != ""
     # The release's record of a GPU run is about this build only when it compiled CUDA kernels.
     expected = _verification.CUDA_KERNELS_GPU_VERIFIED if info["cuda_compiled"] else None
     assert info["cuda_gpu_verified"] is expected

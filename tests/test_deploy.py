@@ -63,6 +63,9 @@ def test_inputs_the_package_was_not_compiled_for_are_refused(fused_package, bad,
 def test_a_package_without_the_record_or_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="path: no package file"):
         load_package(tmp_path / "none.pt2")
+    (tmp_path / "junk.pt2").write_bytes(b"not a zip archive")  # torch's error named no file
+    with pytest.raises(ValueError, match="path: '.*junk.pt2' is not an AOTInductor package"):
+        load_package(tmp_path / "junk.pt2")
     stock, _ = small_pair()
     raw = torch._inductor.aoti_compile_and_package(torch.export.export(stock.eval(), (images(2),)),
                                                    package_path=str(tmp_path / "raw.pt2"))

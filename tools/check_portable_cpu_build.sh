@@ -41,7 +41,11 @@ fi
 narrow=no
 if target_has __AVX2__ && target_has __FMA__; then narrow=yes; fi
 info=$(PYTHONPATH=. "$PY" -m regnet_ext info)
-echo "$info" | grep -E "^cpu_(narrow_group|winograd)_kernel"
+echo "$info" | grep -E "^cpu_(narrow_group|winograd)_kernel|^cpu_flags_at_build"
+if ! echo "$info" | grep -qE "^cpu_flags_at_build +-march=$MARCH\b"; then
+  echo "[portable] info should report the build's flags, -march=$MARCH" >&2
+  exit 1
+fi
 if ! echo "$info" | grep -qE "^cpu_narrow_group_kernel +$narrow\b" ||
    ! echo "$info" | grep -qE "^cpu_winograd_kernel +no\b"; then
   echo "[portable] a -march=$MARCH build should have narrow_group_kernel=$narrow, winograd_kernel=no" >&2
