@@ -22,3 +22,26 @@ def test_an_interrupted_save_removes_its_temporary_file(interruption, tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
     state = load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(state["weight"], torch.ones(3))
+
+
+def test_a_killed_writers_temporary_file_goes_at_the_next_save(tmp_path):
+    # SIGKILL (the OOM killer) during a save leaves the temporary file; nothing read it again,
+    # and each such run left another.
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    dead_pid = int(ended.stdout)
+    host = socket.gethostname()
+    path = tmp_path / "run.pt"
+    dead = tmp_path / f"run.pt.tmp.{host}.{dead_pid}"
+    live = tmp_path / f"run.pt.tmp.{host}.{os.getppid()}"  # a writer still running: kept
+    elsewhere = tmp_path / f"run.pt.tmp.{host}x.{dead_pid}"  # another host's: its pid means nothing here
+    other = tmp_path / f"other.pt.tmp.{host}.{dead_pid}"  # another checkpoint's
+    for p in (dead, live, elsewhere, other):
+        p.write_bytes(b"partial")
+    save_checkpoint(path, {"epoch": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (path, live, elsewhere, other))

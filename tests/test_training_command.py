@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -318,7 +319,7 @@ def _stopped(proc, signum, whole_group=False):
 def test_sigterm_while_a_checkpoint_is_written_leaves_no_temporary_file(tmp_path):
     path = tmp_path / "run.pt"
     proc = _paused_train("save", "--epochs", "1", "--checkpoint", str(path))
-    assert [p.name for p in tmp_path.iterdir()] == [f"run.pt.tmp.{proc.pid}"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"run.pt.tmp.{socket.gethostname()}.{proc.pid}"]
     code, err = _stopped(proc, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, err
     assert list(tmp_path.iterdir()) == [], err  # neither a temporary file nor a checkpoint

@@ -194,6 +194,16 @@ def test_resume_refuses_a_checkpoint_with_other_settings(tmp_path):
             resume=True, progress=False)
 
 
+def test_existing_checkpoint_is_refused_without_resume(tmp_path):
+    train = random_dataset(16)
+    path = tmp_path / "ckpt.pt"
+    fit(conv_net(), train, train, epochs=1, batch_size=8, checkpoint=path, progress=False)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"^checkpoint: .*ckpt.pt' exists; pass resume=True"):
+        fit(conv_net(), train, train, epochs=1, batch_size=8, checkpoint=path, progress=False)
+    assert path.read_bytes() == before  # refused before any epoch
+
+
 def test_resume_refuses_another_model_record_or_architecture(tmp_path):
     from regnet_ext.training.loop import ResumeMismatch
 

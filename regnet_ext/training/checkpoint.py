@@ -2,6 +2,7 @@
 state of every process, written atomically so that an interrupted save never leaves a torn file."""
 import os
 import random
+import socket
 
 import numpy as np
 import torch
@@ -14,17 +15,47 @@ def save_checkpoint(path, state):
 
     An exception during the write (KeyboardInterrupt included) removes the temporary file and
     leaves ``path`` as it was. A signal that kills the process (SIGTERM by default) cannot: the
-    caller makes it unwind (`regnet-ext train` turns SIGTERM into SystemExit)."""
+    caller makes it unwind (`regnet-ext train` turns SIGTERM into SystemExit). What SIGKILL (the
+    OOM killer) or a power loss leaves goes at the next save to the same path on this host."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    _remove_dead_writers_temporaries(path)
+    tmp = f"{_temporary_prefix(path)}{os.getpid()}"
     try:
         torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _temporary_prefix(path):
+    """The temporaries' names, ending in the writer's process id: the host is in the name, so that
+    a cleanup never takes a live writer's file on another host sharing the folder."""
+    return f"{path}.tmp.{socket.gethostname()}."
+
+
+def _remove_dead_writers_temporaries(path):
+    prefix = os.path.basename(_temporary_prefix(path))
+    folder = os.path.dirname(os.path.abspath(path))
+    for name in os.listdir(folder):
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not _process_alive(int(pid)):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:  # another process's cleanup came first
+                pass
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def load_checkpoint(path, map_location="cpu"):

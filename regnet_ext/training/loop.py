@@ -57,7 +57,8 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
     the data order is ``randperm`` seeded with ``seed + epoch``.
 
     ``checkpoint``: a file written after every epoch (model, optimizer, scheduler, epoch, history,
-    RNG state of every process; atomic). ``resume=True`` continues from it when it exists and ends
+    RNG state of every process; atomic); one that exists already is refused (ValueError) unless
+    ``resume=True``, which continues from it when it exists and ends
     in the same state as an uninterrupted run (a checkpoint written by PyTorch's other SGD
     implementation resumes on this run's: the same update, rounded differently). ``fused=True``
     (our kernels, unrelated to the optimizer's) swaps them in with ``regnet_ext.fuse(model)``
@@ -84,6 +85,10 @@ def fit(model, train_set, val_set, *, epochs, batch_size=128, lr=0.1, weight_dec
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if resume and checkpoint is None:
         raise ValueError("resume: resume=True needs a checkpoint path")
+    if checkpoint is not None and not resume and os.path.lexists(checkpoint):
+        # The first epoch would replace it: another run's weights lost to a missing resume=True.
+        raise ValueError(f"checkpoint: {os.fspath(checkpoint)!r} exists; pass resume=True to continue "
+                         "from it, or remove it (or choose another path) to start over")
     ctx = setup_distributed(device)
     completed = False
     try:
