@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (batch_resolution, check_model_names, format_table, machine_record, output_file,  # noqa: E402
-                    write_json, write_ratio_png)
+from common import (batch_resolution, check_model_names, check_non_negative, check_out,  # noqa: E402
+                    check_positive, format_table, machine_record, output_file, write_json, write_ratio_png)
 
 import regnet_ext  # noqa: E402
 from regnet_ext.allocator import tune_malloc  # noqa: E402
@@ -120,11 +120,12 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.configs, args.rounds, args.warmup = ["RegNetY-400MF"], [(2, 64)], 2, 1
-    if args.rounds < 1 or args.warmup < 0:
-        p.error("--rounds must be >= 1, --warmup >= 0")
+    check_positive(p, args, ("rounds",))
+    check_non_negative(p, args, ("warmup",))
     check_model_names(p, "--models", args.models)
     if args.out is None:
         args.out = str(RESULTS / ("conv_pair_cpu_quick" if args.quick else "conv_pair_cpu"))
+    check_out(p, args.out)
     return args
 
 

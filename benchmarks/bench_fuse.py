@@ -37,7 +37,6 @@ its ratio f/excl is the in-process A/B of those kernels inside the model:
 """
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -52,9 +51,9 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import batch_resolution, minor_faults, sgd_implementations  # noqa: E402
+from common import (batch_resolution, check_model_names, check_out, check_positive, minor_faults,  # noqa: E402
+                    output_file, sgd_implementations, write_json)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
-from regnet_ext.models.zoo import canonical_name  # noqa: E402
 from regnet_ext.nn import folded_inference  # noqa: E402
 from regnet_ext.ops.cpu_autotune import (check_cpu_conv_kernel_names, cpu_conv_autotune_excluding,  # noqa: E402
                                           cpu_conv_kernel_names)
@@ -321,16 +320,11 @@ def main(argv=None):
     parser.add_argument("--autocast", choices=["bfloat16"], default=None,
                         help="run every call under CPU autocast to this dtype (models stay float32)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default results/fuse_cpu.json; --quick: results/fuse_cpu_quick.json)")
+                        help="output stem: writes <stem>.json and <stem>.png (default results/fuse_cpu; --quick: "
+                             "results/fuse_cpu_quick; a stem ending in .json is taken without it)")
     args = parser.parse_args(argv)
-    for name in ("rounds", "reps", "warmup"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
-    for name in args.models:
-        try:
-            canonical_name(name)
-        except ValueError as exc:
-            parser.error(f"--models: {exc}")
+    check_positive(parser, args, ("rounds", "reps", "warmup"))
+    check_model_names(parser, "--models", args.models)
 
     try:
         check_cpu_conv_kernel_names(args.exclude_kernels)
@@ -348,7 +342,9 @@ def main(argv=None):
         variants = ("eager", "fused") + (("fused-excluding",) if args.exclude_kernels else ())
         args.rounds, args.reps, args.warmup = 2, 1, 1
     if args.out is None:  # a quick pipeline check must not overwrite the committed results
-        args.out = RESULTS / ("fuse_cpu_quick.json" if args.quick else "fuse_cpu.json")
+        args.out = RESULTS / ("fuse_cpu_quick" if args.quick else "fuse_cpu")
+    check_out(parser, args.out)
+    json_path, png_path = output_file(args.out, ".json"), output_file(args.out, ".png")
     dtype_label = "float32" if args.autocast is None else f"{args.autocast} (autocast)"
     malloc_tuned = apply_tune_malloc(args, "bench_fuse.py", use_mmap=False)
     load_before = os.getloadavg()
@@ -367,10 +363,9 @@ def main(argv=None):
         load_average_before=load_before, load_average_after=os.getloadavg(),
         wall_s=time.perf_counter() - t0, goals={f"{m} fused vs {o}": g for (m, o), g in GOALS.items()},
         results=rows, ratios=ratios)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    plot(rows, ratios, args.out.with_suffix(".png"), dtype_label)
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    write_json(json_path, result)
+    plot(rows, ratios, png_path, dtype_label)
+    print(f"wrote {json_path} and {png_path}")
     return 0
 
 

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (DEVICES, DTYPES, check_dtypes, check_model_names, check_positive, checked_device,  # noqa: E402
-                    cpu_conv_autotune_choices, device_record, format_table, hardware_name, machine_record,
+from common import (DEVICES, DTYPES, check_dtypes, check_model_names, check_out, check_positive,  # noqa: E402
+                    checked_device, cpu_conv_autotune_choices, device_record, format_table, hardware_name, machine_record,
                     output_file, print_autotune_summary, time_interleaved_on, write_json, write_ratio_png)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 from regnet_ext.models.complexity import output_size  # noqa: E402
@@ -459,6 +459,7 @@ def parse_args(argv):
     args.dtypes = list(dict.fromkeys(args.dtypes))
     args.stock_layouts = list(dict.fromkeys(args.stock_layouts))
     args.out = args.out or str(default_out(args.device, args.dtypes, args.stock_layouts, args.quick))
+    check_out(p, args.out)
     args.batch = args.batch or ([1] if args.quick else [1, 8])
     args.compile_ops = [] if args.no_compile else (args.compile_ops or list(args.ops))
     args.models = args.models or (["RegNetY-400MF"] if args.quick else list(DEFAULT_MODELS))

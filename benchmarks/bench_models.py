@@ -42,8 +42,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import (DEVICES, DTYPES, check_dtypes, check_model_names, check_positive, checked_device,  # noqa: E402
-                    counting_faults, cpu_conv_autotune_choices, device_record, hardware_name,
+from common import (DEVICES, DTYPES, check_dtypes, check_model_names, check_out, check_positive,  # noqa: E402
+                    checked_device, counting_faults, cpu_conv_autotune_choices, device_record, hardware_name,
                     machine_record, output_file, print_autotune_summary, sgd_implementations,
                     synchronised, time_interleaved, write_json)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
@@ -438,10 +438,11 @@ def main(argv=None):
         if missing:
             parser.error(f"--compile-models: {', '.join(missing)} not in this run (its RegNets: "
                          f"{', '.join(in_run)})")
+    out = Path(args.out) if args.out else default_out(args.device, args.dtype, quick)
+    check_out(parser, out)
     if args.threads:
         torch.set_num_threads(args.threads)
     malloc_tuned = apply_tune_malloc(args, "bench_models.py", use_mmap=False)
-    out = Path(args.out) if args.out else default_out(args.device, args.dtype, quick)
     groups = every_group = plan(args)
     if args.groups is not None:
         bad = [i for i in args.groups if not 0 <= i < len(GROUPS)]

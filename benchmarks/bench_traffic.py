@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py
 
-from common import check_model_names, check_positive  # noqa: E402
+from common import check_model_names, check_out, check_positive  # noqa: E402
 from regnet_ext.models import regnet_spec  # noqa: E402
 from regnet_ext.models.complexity import per_block_complexity  # noqa: E402
 from regnet_ext.profiling import NOMINAL, block_traffic, model_traffic  # noqa: E402
@@ -75,6 +75,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_positive(parser, args, ("batch", "resolution"))
     check_model_names(parser, "--models", args.models)
+    if args.out:
+        check_out(parser, args.out)
     dtype = getattr(torch, args.dtype)
     ceiling = NOMINAL[args.device]
     doc = dict(device=ceiling.name, bandwidth_bytes_per_s=ceiling.bytes_per_s,

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import distinct_shapes  # noqa: E402
-from common import (check_model_names, format_table, machine_record, output_file, time_interleaved_on,  # noqa: E402
-                    write_json, write_ratio_png)
+from common import (check_model_names, check_non_negative, check_out, check_positive, format_table,  # noqa: E402
+                    machine_record, output_file, time_interleaved_on, write_json, write_ratio_png)
 
 import regnet_ext.ops  # noqa: E402,F401  (registers the operators)
 
@@ -84,13 +84,14 @@ def parse_args(argv):
     p.add_argument("--out", default=None,
                    help="output stem (default results/weight_grad_cpu; --quick: results/weight_grad_cpu_quick)")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
-        p.error("--rounds and --batch must be >= 1, --warmup >= 0")
+    check_positive(p, args, ("rounds", "batch"))
+    check_non_negative(p, args, ("warmup",))
     check_model_names(p, "--models", args.models)
     if args.quick:
         args.models, args.batch, args.rounds, args.warmup = ["RegNetY-400MF"], [1], 2, 1
     if args.out is None:
         args.out = str(RESULTS / ("weight_grad_cpu_quick" if args.quick else "weight_grad_cpu"))
+    check_out(p, args.out)
     return args
 
 

@@ -36,16 +36,36 @@ def batch_resolution(text):
     return batch, resolution
 
 
+def _check_values(parser, args, names, is_bad, expected):
+    for name in names:
+        value = getattr(args, name)
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and is_bad(v) for v in values):
+            parser.error(f"--{name.replace('_', '-')}: expected values {expected}, got "
+                         f"{' '.join(map(str, values))}")
+
+
 def check_positive(parser, args, names):
     """Int/float options in ``names`` (attribute names) that were given below 1 are a usage error
     (exit 2), checked before any default replaces them: `args.x or default` would silently run
     the default for 0, and a batch of 0 ran every row into an error."""
-    for name in names:
-        value = getattr(args, name)
-        values = value if isinstance(value, list) else [value]
-        if any(v is not None and v <= 0 for v in values):
-            parser.error(f"--{name.replace('_', '-')}: expected values > 0, got "
-                         f"{' '.join(map(str, values))}")
+    _check_values(parser, args, names, lambda v: v <= 0, "> 0")
+
+
+def check_non_negative(parser, args, names):
+    """check_positive for options where 0 is a value (untimed warm-up calls)."""
+    _check_values(parser, args, names, lambda v: v < 0, ">= 0")
+
+
+def check_out(parser, stem):
+    """An --out stem whose JSON could not be written is a usage error (exit 2) now, not a
+    traceback once the timing is done (missing folders are made when writing)."""
+    from regnet_ext._paths import check_output_path_in_new_folders
+
+    try:
+        check_output_path_in_new_folders("--out", output_file(stem, ".json"))
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def check_model_names(parser, option, names):

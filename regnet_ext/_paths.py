@@ -1,6 +1,7 @@
-"""Output files' paths that the commands and regnet_ext.deploy share: the check that one can be
-written, and the name a matplotlib plot is saved under."""
+"""Output files' paths that the commands, regnet_ext.deploy and the benchmarks share: the checks
+that one can be written, and the name a matplotlib plot is saved under."""
 import os
+import tempfile
 
 
 def check_output_path(option, path):
@@ -22,6 +23,24 @@ def check_output_path(option, path):
         raise ValueError(f"{option}: cannot write {path} ({e.strerror})") from None
     if not existed:
         os.unlink(path)
+
+
+def check_output_path_in_new_folders(option, path):
+    """check_output_path for writers that create missing folders (training checkpoints, the
+    benchmarks' results): the nearest existing folder above ``path`` must be a writable
+    directory. ValueError naming the option."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option}: {os.fspath(path)!r} is a directory; expected a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option}: cannot write {os.fspath(path)!r}: {folder!r} is not a directory")
+    try:  # os.access says yes to root on read-only or special file systems: try it
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{option}: cannot write {os.fspath(path)!r}: {folder!r} is not writable") from e
 
 
 def plot_path(path, option="path"):

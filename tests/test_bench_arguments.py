@@ -16,7 +16,8 @@ def _usage_error(capsys, script, argv, message):
     assert message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("script", ["bench_kernels", "bench_conv_pair", "bench_weight_grad", "bench_traffic"])
+@pytest.mark.parametrize("script", ["bench_kernels", "bench_conv_pair", "bench_weight_grad", "bench_traffic",
+                                    "bench_fuse"])
 def test_an_unknown_model_is_refused_before_any_work(capsys, tmp_path, script):
     # It was a traceback (bench_kernels, bench_traffic: at once; bench_conv_pair after timing the
     # models named before it).
@@ -51,6 +52,30 @@ def test_bench_models_refuses_zero_instead_of_running_the_default(capsys, tmp_pa
 def test_bench_traffic_refuses_values_below_one(capsys, tmp_path, argv, message):
     _usage_error(capsys, "bench_traffic", [*argv, "--out", str(tmp_path / "t.json")], message)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("bench_fuse", ["--rounds", "0"], "--rounds: expected values > 0"),
+    ("bench_fuse", ["--warmup", "0"], "--warmup: expected values > 0"),
+    ("bench_conv_pair", ["--warmup", "-1"], "--warmup: expected values >= 0, got -1"),
+    ("bench_weight_grad", ["--batch", "1", "0"], "--batch: expected values > 0, got 1 0"),
+])
+def test_the_other_scripts_refuse_values_out_of_range(capsys, tmp_path, script, argv, message):
+    _usage_error(capsys, script, [*argv, "--out", str(tmp_path / "r")], message)
+    assert not list(tmp_path.iterdir())
+
+
+SCRIPTS_WITH_OUT = ["bench_kernels", "bench_models", "bench_conv_pair", "bench_weight_grad", "bench_traffic",
+                    "bench_fuse"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS_WITH_OUT)
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(capsys, tmp_path, script):
+    # It was a traceback once the timing was done (minutes to hours in).
+    (tmp_path / "file").write_text("")
+    stem = tmp_path / "file" / "sub" / "r"
+    _usage_error(capsys, script, ["--out", str(stem)],
+                 f"--out: cannot write {str(stem) + '.json'!r}: {str(tmp_path / 'file')!r} is not a directory")
 
 
 @pytest.mark.parametrize("stem, expected", [

@@ -36,7 +36,7 @@ def test_bad_configs_and_models_are_refused_clearly(capsys):
         assert "BATCHxRESOLUTION" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(["--models", "RegNetZ-1GF"])
-    assert "--models: name: unknown RegNet model" in capsys.readouterr().err
+    assert "--models: unknown RegNet model 'RegNetZ-1GF'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 
+from .._paths import check_output_path_in_new_folders
 from ._checks import (FUSE_MISSING, fuse_available, option_error, resolve_device,
                       sigterm_unwinds)
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
@@ -121,7 +121,7 @@ def _prepare(args):
     if args.resume and not args.checkpoint:
         raise ValueError("--resume: needs --checkpoint PATH")
     if args.checkpoint:
-        _check_checkpoint_path(args.checkpoint)
+        check_output_path_in_new_folders("--checkpoint", args.checkpoint)
         if not args.resume and os.path.lexists(args.checkpoint):  # the first epoch would replace it
             raise ValueError(f"--checkpoint: {args.checkpoint!r} exists; pass --resume to continue "
                              "from it, or remove it or choose another path")
@@ -143,24 +143,6 @@ def _prepare(args):
     torch.manual_seed(args.seed)  # the model's initialisation follows the seed too
     model = build_model(args, num_classes_of(train))
     return model, train, val, device
-
-
-def _check_checkpoint_path(path):
-    """Refuses a --checkpoint that could not be written, now rather than after the first epoch."""
-    if os.path.isdir(path):
-        raise ValueError(f"--checkpoint: {path!r} is a directory; expected a file path")
-    # save_checkpoint creates missing folders: probe the nearest one that exists.
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise ValueError(f"--checkpoint: cannot write {path!r}: {folder!r} is not a directory")
-    try:  # os.access says yes to root on read-only or special file systems: try it
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ValueError(f"--checkpoint: cannot write {path!r}: {folder!r} is not "
-                         "writable") from e
 
 
 def _resume_error(e, args):
