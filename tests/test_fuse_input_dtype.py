@@ -76,3 +76,18 @@ def test_under_cpu_autocast_mixed_dtypes_still_run_as_stock_does(name, input_dty
         assert actual.dtype == expected.dtype == torch.bfloat16
         assert actual.shape == expected.shape
         assert torch.isfinite(actual).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_under_cpu_autocast_a_float64_input_is_refused_as_stock_refuses_it(name):
+    # Autocast casts no float64 tensor: stock layers meet the bfloat16 weights it cast and raise;
+    # the fused model ran the whole network in float64 and failed at the classifier's matmul.
+    stock, fused = make_pair(name)
+    x = images(2, 64, torch.float64).contiguous(memory_format=torch.channels_last)
+    for mode, grad in MODES:
+        stock.train(mode == "train"), fused.train(mode == "train")
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            with pytest.raises(RuntimeError):
+                stock(x)
+            with pytest.raises(RuntimeError, match=r"input x is torch.float64 under torch.autocast\('cpu'\)"):
+                fused(x)

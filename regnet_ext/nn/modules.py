@@ -46,16 +46,22 @@ _STOCK = "_stock_module"
 
 
 def compute_dtype(x, param_dtype=None, who="fused module"):
-    """The dtype a fused operator runs in: autocast's for x's device when autocast is on (float32
-    inputs only, as autocast casts them), x's own otherwise. Outside autocast an input of another
-    dtype than the module's parameters (`param_dtype`) raises the RuntimeError stock conv2d does
-    (the operators would otherwise run in the input's dtype, casting the parameters), naming
-    `who`."""
+    """The dtype a fused operator runs in: autocast's for x's device when autocast is on (and x
+    is float32 or differs from the parameters: autocast casts every floating input but float64),
+    x's own otherwise. An input of another dtype than the module's parameters (`param_dtype`)
+    raises the RuntimeError stock conv2d does, naming `who`: outside autocast (the operators
+    would otherwise run in the input's dtype, casting the parameters), and a float64 one under it
+    (which autocast leaves as it is: stock layers then meet parameters it cast)."""
     dtype = x.dtype
     if dtype == torch.float32 or dtype != param_dtype:
         kind = _autocast_kind(x)
         if kind is not None and torch.is_autocast_enabled(kind):
-            return torch.get_autocast_dtype(kind) if dtype == torch.float32 else dtype
+            if dtype != torch.float64:
+                return torch.get_autocast_dtype(kind)
+            raise RuntimeError(
+                f"{who}: input x is torch.float64 under torch.autocast({kind!r}), which casts no float64 "
+                f"tensor, while the parameters are {param_dtype}; the stock model raises too: pass x as "
+                f"{param_dtype} (autocast casts it to {torch.get_autocast_dtype(kind)})")
         if param_dtype is not None and dtype != param_dtype:
             raise RuntimeError(
                 f"{who}: input x is {dtype} but the parameters are {param_dtype}; outside torch.autocast "
