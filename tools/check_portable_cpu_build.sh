@@ -12,7 +12,14 @@ cd "$(dirname "$0")/.."
 PY=$(realpath -s "$(command -v "${PYTHON:-.venv/bin/python}")")  # absolute: the tests run elsewhere
 MARCH=${MARCH:-x86-64-v3}
 SCRATCH=$(mktemp -d)
-trap 'rm -rf "$SCRATCH"' EXIT
+# setup.py records the build's settings in the checkout's regnet_ext/_build_config.py: the
+# portable build's go to the scratch tree only, the checkout's (its native build's) are put back.
+CONFIG="$PWD/regnet_ext/_build_config.py"
+if [ -f "$CONFIG" ]; then cp -p "$CONFIG" "$SCRATCH/build_config.saved"; fi
+restore_config() {
+  if [ -f "$SCRATCH/build_config.saved" ]; then cp -p "$SCRATCH/build_config.saved" "$CONFIG"; else rm -f "$CONFIG"; fi
+}
+trap 'restore_config; rm -rf "$SCRATCH"' EXIT
 
 echo "[portable] building the CPU extension with -march=$MARCH"
 REGNET_EXT_CUDA=0 REGNET_EXT_CPU_FLAGS="-march=$MARCH" \
@@ -30,6 +37,7 @@ mkdir -p "$SCRATCH/tree"
 cp -r regnet_ext tests pyproject.toml "$SCRATCH/tree/"  # pyproject.toml: pytest's markers
 rm -f "$SCRATCH"/tree/regnet_ext/_C*.so
 cp "$SCRATCH"/lib/regnet_ext/_C*.so "$SCRATCH/tree/regnet_ext/"
+restore_config
 cd "$SCRATCH/tree"
 
 defines=$(${CXX:-c++} -march="$MARCH" -dM -E - </dev/null)
