@@ -65,7 +65,7 @@ def test_every_fused_module_checks_its_own_input(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_under_cpu_autocast_mixed_dtypes_still_run_as_stock_does(name, input_dtype):
     stock, fused = make_pair(name)
     x = images(2, 64, input_dtype).contiguous(memory_format=torch.channels_last)
@@ -91,3 +91,11 @@ def test_under_cpu_autocast_a_float64_input_is_refused_as_stock_refuses_it(name)
                 stock(x)
             with pytest.raises(RuntimeError, match=r"input x is torch.float64 under torch.autocast\('cpu'\)"):
                 fused(x)
+
+
+def test_under_cpu_autocast_a_float16_input_runs_in_autocasts_dtype_from_the_stem_on():
+    # Autocast casts float16 to bfloat16 as it does float32: the fused stem ran in float16.
+    stock, fused = make_pair("torchvision_regnet_y_400mf")
+    x = images(2, 64, torch.float16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused.stem(x).dtype == stock.stem(x).dtype == torch.bfloat16
