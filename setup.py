@@ -120,9 +120,23 @@ def write_build_config(build_cuda, arch_list, reason):
     (ROOT / "regnet_ext" / "_build_config.py").write_text(text)
 
 
+def require_torch():
+    """The extension is compiled against the torch it will run with, so torch must be importable
+    here: pip's default isolated build environment has none (`pip install .` without
+    --no-build-isolation), which otherwise ended in a ModuleNotFoundError traceback."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(
+            f"regnet_ext: cannot import torch in this build environment ({e}). The extension is compiled "
+            "against the torch you run with: install torch first, then build with "
+            "`pip install --no-build-isolation .` (pip's isolated build environment has no torch)") from None
+
+
 def main():
     from setuptools import setup
 
+    require_torch()
     build_cuda, cuda_home, reason = decide_cuda()
     arch_list = None
     if build_cuda:

@@ -41,6 +41,16 @@ def test_bad_cuda_mode_is_refused(monkeypatch):
         SETUP["decide_cuda"]()
 
 
+def test_a_build_without_torch_says_how_to_install():
+    # `pip install .` builds in an isolated environment without the user's torch: it was a
+    # ModuleNotFoundError traceback from decide_cuda.
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['setup.py', '--version']; "
+            "runpy.run_path('setup.py', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "pip install --no-build-isolation ." in done.stderr and "install torch first" in done.stderr
+
+
 @pytest.fixture(scope="module")
 def cmake_cpu_build(tmp_path_factory):
     """The CMake build of the CPU library, with the C++ examples: (build dir, listed sources,
