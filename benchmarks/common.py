@@ -46,7 +46,7 @@ def _check_values(parser, args, names, is_bad, expected):
 
 
 def check_positive(parser, args, names):
-    """Int/float options in ``names`` (attribute names) that were given below 1 are a usage error
+    """Int/float options in ``names`` (attribute names) given as 0 or less are a usage error
     (exit 2), checked before any default replaces them: `args.x or default` would silently run
     the default for 0, and a batch of 0 ran every row into an error."""
     _check_values(parser, args, names, lambda v: v <= 0, "> 0")
