@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (DEVICES, DTYPES, check_dtypes, check_model_names, check_out, check_positive,  # noqa: E402
                     checked_device, cpu_conv_autotune_choices, device_record, format_table, hardware_name, machine_record,
-                    output_file, print_autotune_summary, time_interleaved_on, write_json, write_ratio_png)
+                    output_file, print_autotune_summary, print_competing_load_warning, time_interleaved_on,
+                    write_json, write_ratio_png)
 from regnet_ext.commands._malloc_option import add_tune_malloc_argument, apply_tune_malloc  # noqa: E402
 from regnet_ext.models.complexity import output_size  # noqa: E402
 from regnet_ext.profiling.roofline import measure_ceiling  # noqa: E402
@@ -540,6 +541,7 @@ def main(argv=None):
             print(f"{key}: {value}")
     print_goal_misses(doc)
     print_autotune_summary(doc["cpu_conv_autotune"])
+    print_competing_load_warning()
     json_path = write_json(output_file(args.out, ".json"), doc)
     png_path = plot(doc, output_file(args.out, ".png"))
     print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))

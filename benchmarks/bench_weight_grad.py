@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import distinct_shapes  # noqa: E402
 from common import (check_model_names, check_non_negative, check_out, check_positive, format_table,  # noqa: E402
-                    machine_record, output_file, time_interleaved_on, write_json, write_ratio_png)
+                    machine_record, output_file, print_competing_load_warning, time_interleaved_on, write_json,
+                    write_ratio_png)
 
 import regnet_ext.ops  # noqa: E402,F401  (registers the operators)
 
@@ -110,6 +111,7 @@ def main(argv=None):
                          f"{r['default_over_best']:.2f}"] for r in rows]))
     doc = {"benchmark": "weight_grad", "quick": args.quick, "models": args.models, "batches": args.batch,
            "rounds": args.rounds, "machine": machine_record(), "rows": rows}
+    print_competing_load_warning()
     json_path = write_json(output_file(args.out, ".json"), doc)
     labels = [r["label"] for r in rows]
     png_path = write_ratio_png(

@@ -6,10 +6,13 @@ Timing rule (DESIGN.md §6): candidates are timed in the same run, interleaved r
 order rotates every round so none always runs first), and each is summarised by the median of its
 rounds; reports give ratios, never absolute thresholds.
 """
+import contextlib
 import datetime
 import json
 import os
 import platform
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -120,11 +123,72 @@ def _repeated(fn, calls):
     return sample
 
 
+class CompetingLoad:
+    """The CPU time other processes (and the hypervisor, as steal) took from the machine while
+    candidates were being timed. Interleaving keeps A and B under the same conditions, but a build
+    or another benchmark on the same cores still skews both: a kernel benchmark run beside a
+    compile (2-core VM, 2026-12-07) timed rows whose every round was a whole number of 4 ms
+    scheduler ticks, ours and eager alike. Linux only (/proc/stat); elsewhere nothing is counted."""
+
+    def __init__(self):
+        self.timed_s = self.other_cpu_s = self.steal_cpu_s = 0.0
+
+    @staticmethod
+    def _counters():
+        """(wall s, busy CPU s of the machine, steal CPU s, this process's CPU s), or None."""
+        try:
+            with open("/proc/stat") as f:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+        except (OSError, ValueError):
+            return None
+        hz, own = os.sysconf("SC_CLK_TCK"), os.times()
+        return (time.perf_counter(), (user + nice + system + irq + softirq) / hz, steal / hz,
+                own.user + own.system)
+
+    @contextlib.contextmanager
+    def counting(self):
+        start = self._counters()
+        try:
+            yield
+        finally:
+            end = self._counters()
+            if start is not None and end is not None:
+                self.timed_s += end[0] - start[0]
+                self.other_cpu_s += max(0.0, (end[1] - start[1]) - (end[3] - start[3]))
+                self.steal_cpu_s += end[2] - start[2]
+
+    def record(self):
+        """JSON-ready: seconds timed, CPU seconds others and steal took, and their shares of the
+        machine's CPU time over those seconds."""
+        capacity = max(self.timed_s * (os.cpu_count() or 1), 1e-9)
+        return {"timed_s": round(self.timed_s, 3), "other_processes_cpu_s": round(self.other_cpu_s, 3),
+                "steal_cpu_s": round(self.steal_cpu_s, 3), "other_processes_share": self.other_cpu_s / capacity,
+                "steal_share": self.steal_cpu_s / capacity}
+
+    def warning(self, threshold=0.1):
+        """A line to print where others took more than `threshold` of the CPU time, else None."""
+        r = self.record()
+        taken = r["other_processes_share"] + r["steal_share"]
+        if taken <= threshold:
+            return None
+        return (f"warning: while candidates were timed, other processes took {r['other_processes_share']:.0%} "
+                f"of the CPU time and the hypervisor {r['steal_share']:.0%} (steal): these timings are "
+                f"skewed; rerun on an idle machine")
+
+
+COMPETING_LOAD = CompetingLoad()  # every time_interleaved_on call of this process counts into it
+
+
 def time_interleaved_on(device, candidates, *, rounds, warmup, target_s):
     """time_interleaved on `device`, same result format. CPU: time_interleaved itself. CUDA: one
     sample is `calls` back-to-back calls then one synchronize (launches overlap the GPU's work as
     in a real network, and the sample ends only when that work is done); per-call time = sample
-    time / calls."""
+    time / calls. The time counts into COMPETING_LOAD."""
+    with COMPETING_LOAD.counting():
+        return _time_interleaved_on(device, candidates, rounds=rounds, warmup=warmup, target_s=target_s)
+
+
+def _time_interleaved_on(device, candidates, *, rounds, warmup, target_s):
     if device.type != "cuda":
         return time_interleaved(candidates, rounds=rounds, warmup=warmup, target_s=target_s)
     for _ in range(warmup):
@@ -189,8 +253,17 @@ def machine_record(**extra):
     except ImportError:
         pass
     record["regnet_ext_cpu_conv_autotune"] = cpu_conv_autotune_enabled()
+    if COMPETING_LOAD.timed_s > 0:
+        record["competing_load"] = COMPETING_LOAD.record()
     record.update(extra)
     return record
+
+
+def print_competing_load_warning():
+    """COMPETING_LOAD's warning, to stderr, where other processes took a share worth one."""
+    warning = COMPETING_LOAD.warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
 
 def cpu_conv_autotune_enabled():

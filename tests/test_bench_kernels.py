@@ -41,6 +41,8 @@ def test_quick_run_structure(tmp_path, monkeypatch):
     doc = json.loads((tmp_path / "k.json").read_text())
     assert doc["quick"] and doc["compile"] == [] and doc["machine"]["threads"] == 1
     assert {"cpu", "threads", "torch", "date"} <= set(doc["machine"])
+    load = doc["machine"]["competing_load"]  # what others took while the candidates were timed
+    assert load["timed_s"] > 0 and 0 <= load["other_processes_share"] and 0 <= load["steal_share"]
     ops = {(r["op"], r["mode"]) for r in doc["rows"]}
     assert ops == {(op, mode) for op in ("conv_bn_act", "squeeze_excite") for mode in ("eval", "train")}
     for row in doc["rows"]:
