@@ -1,9 +1,10 @@
 """`regnet-ext profile`: per-stage time, flops, bytes, GB/s and roofline share of a RegNet."""
 import json
+import os
 import sys
 
 from .._paths import check_output_path, plot_path
-from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available
+from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available, option_error
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (traffic model), "
@@ -41,19 +42,33 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..profiling import plot_profiles, profile, profile_stock_and_fused, stage_speedups
+    from ..profiling import (get_schedule, plot_profiles, profile, profile_stock_and_fused,
+                             stage_speedups)
 
     error = first_below_one(args, ("batch", "resolution", "iters", "threads"))
+    if error is None and args.warmup < 0:
+        error = f"--warmup: expected an int >= 0, got {args.warmup}"
+    if error is None and args.device == "cuda":  # before --remeasure's probe fails in torch's words
+        import torch
+        if not torch.cuda.is_available():
+            error = "--device: cuda requested but torch.cuda.is_available() is False"
     if error is None and args.fused and not fuse_available():
         error = f"--fused: {FUSE_MISSING}; profile without --fused"
     if error is None:
         try:  # before the profiling, not with a traceback after it
+            if args.schedule is not None:
+                get_schedule(args.schedule)
             check_output_path("--json", None if args.json == "-" else args.json)
             if args.plot is not None:  # the file matplotlib writes: ".png" added to a bare name
                 args.plot = plot_path(args.plot, "--plot")
             check_output_path("--plot", args.plot)
+            json_path = None if args.json in (None, "-") else args.json
+            if (args.plot is not None and json_path is not None
+                    and os.path.realpath(json_path) == os.path.realpath(args.plot)):
+                raise ValueError(f"--json: {json_path} is also the --plot file; expected two "
+                                 "different paths")
         except ValueError as exc:
-            error = str(exc)
+            error = _option_error(exc, args)
     if error:
         print(f"regnet-ext profile: {error}", file=sys.stderr)
         return 2
@@ -69,30 +84,34 @@ def run(args):
         try:
             common["ceiling"] = device_ceiling(args.device, DTYPES[args.dtype], refresh=True)
         except (ValueError, RuntimeError) as exc:
-            print(f"regnet-ext profile: {exc}", file=sys.stderr)
+            print(f"regnet-ext profile: {_option_error(exc, args)}", file=sys.stderr)
             return 2
     shape = (args.batch, 3, args.resolution, args.resolution)
     result = other = None
-    if args.plot and args.schedule is None and not fuse_available():
+    if args.plot and args.schedule is not None:  # a schedule accounts one variant's bytes
+        print(f"regnet-ext profile: --plot: profiling the {'fused' if args.fused else 'stock'} "
+              f"model only; --schedule {args.schedule} applies to a single run", file=sys.stderr)
+    elif args.plot and not fuse_available():
         print(f"regnet-ext profile: --plot: profiling stock only; {FUSE_MISSING}", file=sys.stderr)
-    elif args.plot and args.schedule is None:
+    elif args.plot:
         # Stock and fused, iterations interleaved; falls back to one run if fuse() refuses.
         try:
             stock, fused = profile_stock_and_fused(args.model, shape, **common)
             result, other = (fused, stock) if args.fused else (stock, fused)
         except RuntimeError as exc:
             if args.fused or "fuse" not in str(exc):
-                print(f"regnet-ext profile: {exc}", file=sys.stderr)
+                print(f"regnet-ext profile: {_option_error(exc, args)}", file=sys.stderr)
                 return 2
-            print(f"regnet-ext profile: profiling stock only ({exc})", file=sys.stderr)
+            print(f"regnet-ext profile: profiling stock only ({_option_error(exc, args)})",
+                  file=sys.stderr)
         except (ValueError, ImportError) as exc:
-            print(f"regnet-ext profile: {exc}", file=sys.stderr)
+            print(f"regnet-ext profile: {_option_error(exc, args)}", file=sys.stderr)
             return 2
     if result is None:
         try:
             result = profile(args.model, shape, fused=args.fused, schedule=args.schedule, **common)
         except (ValueError, RuntimeError, ImportError) as exc:
-            print(f"regnet-ext profile: {exc}", file=sys.stderr)
+            print(f"regnet-ext profile: {_option_error(exc, args)}", file=sys.stderr)
             return 2
     if args.plot:
         runs = [r for r in (result, other) if r is not None]
@@ -113,9 +132,31 @@ def run(args):
         print("stock / fused time per stage: "
               + ", ".join(f"{k} {v:.2f}x" for k, v in stage_speedups(stock, fused).items()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+        _write_json(doc, args.json)
         print(f"JSON written to {args.json}")
     if args.plot:
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _option_error(exc, args):
+    """The profiler's message with the option in place of its parameter (``name`` of a standard
+    model and ``input_shape`` are set by --model and --batch/--resolution)."""
+    message = option_error(exc, args, renames={"name": "model"})
+    prefix = "input_shape: "
+    if message.startswith(prefix):
+        message = "--batch/--resolution: " + message[len(prefix):]
+    return message
+
+
+def _write_json(doc, path):
+    """Writes through a temporary file in the same folder, so that an interrupted run (Ctrl-C)
+    leaves no truncated JSON behind."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -66,7 +66,8 @@ def _resolution(resolution):
         h, w = resolution
     else:
         raise ValueError(f"resolution: expected an int or an (h, w) pair, got {resolution!r}")
-    if not all(isinstance(v, int) and v >= 1 for v in (h, w)):
+    # bool is an int to Python, but (True, True) is no resolution (a lone True is refused above)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (h, w)):
         raise ValueError(f"resolution: expected positive integers, got {resolution!r}")
     return h, w
 

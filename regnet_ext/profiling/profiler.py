@@ -46,12 +46,17 @@ def build_model(name, num_classes=1000):
         return regnet(name, num_classes=num_classes)
     if source == "torchvision":
         import torchvision
+        # torchvision's own error ("Unknown model nope") names neither the option nor the source.
+        if arch not in torchvision.models.list_models():
+            raise ValueError(f"model: torchvision has no model {arch!r} (e.g. regnet_y_400mf)")
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if source == "timm":
         try:
             import timm
         except ImportError as exc:
             raise ImportError("model: timm models need `pip install timm`") from exc
+        if not timm.is_model(arch):  # timm raises a bare RuntimeError("Unknown model (...)")
+            raise ValueError(f"model: timm has no model {arch!r} (e.g. regnety_004)")
         return timm.create_model(arch, pretrained=False, num_classes=num_classes)
     raise ValueError(f"model: expected NAME, torchvision:NAME or timm:NAME, got {name!r}")
 
@@ -195,6 +200,16 @@ def _check_args(input_shape, dtype, device, iters, warmup):
     return shape, dtype, device
 
 
+def _last_stage_size(spec, shape):
+    """(h, w) of the last stage's output: the stem and every stage's first block stride."""
+    from ..models.complexity import output_size
+
+    h, w = output_size(shape[2], shape[3], 2)
+    for stride in spec.strides:
+        h, w = output_size(h, w, stride)
+    return h, w
+
+
 def _private_copy(model):
     """A module to profile without touching the caller's: a session sets the mode, moves and
     converts the model, fuses it, and in training steps update BN statistics and gradients."""
@@ -214,6 +229,13 @@ class _Session:
         if shape[1] != self.spec.in_channels:
             raise ValueError(f"input_shape: the model takes {self.spec.in_channels} channels, "
                              f"got {shape[1]}")
+        if train:  # else BatchNorm fails mid-run with torch's message, which names no input
+            h, w = _last_stage_size(self.spec, shape)
+            if shape[0] * h * w < 2:
+                raise ValueError(f"input_shape: training needs more than one value per BatchNorm "
+                                 f"channel, but batch {shape[0]} at {shape[2]}x{shape[3]} leaves "
+                                 f"{h}x{w} in the last stage; use a batch >= 2 or a larger "
+                                 "resolution")
         model = model.train(train)  # fuse() sees the mode it must serve (BN folded for inference)
         # A model fused already is profiled as fused (its label and traffic schedule say so).
         fused = fused or _fused_already(model)

@@ -1,4 +1,5 @@
 """What the profiler reports: the ProfileResult records, its terminal table, JSON and plots."""
+import os
 from dataclasses import dataclass, field
 
 from .._paths import plot_path
@@ -121,6 +122,14 @@ def plot_profiles(results, path):
     fig.suptitle(f"{m['model']} batch {m['batch']} {m['resolution']} {m['device']} {m['dtype']} "
                  f"{'train' if m['train'] else 'inference'}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    # Through a temporary file, so that an interrupted save (Ctrl-C) leaves no truncated plot;
+    # the format is passed since the temporary name's extension is not the plot's.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:].lower() or "png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
