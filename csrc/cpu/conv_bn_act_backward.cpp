@@ -455,6 +455,7 @@ Grads conv_bn_act_backward_cpu(const at::Tensor& grad_y, const at::Tensor& y, co
   const at::Tensor b = bias.value_or(at::Tensor()), z = conv_out.value_or(at::Tensor());
   const ConvGeometry g = checks::check_conv_bn_act_backward(kOp, grad_y, y, x, weight, b, bn_weight, z, mean,
                                                             var, stride, padding, groups, training);
+  checks::check_eps(kOp, eps);
   Grads out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), kOp, [&] {
     out = backward_impl<scalar_t>(grad_y, y, x, weight, b, bn_weight, z, mean, var, g, eps, relu,

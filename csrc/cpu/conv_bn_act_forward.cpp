@@ -531,6 +531,7 @@ at::Tensor conv_bn_act_eval_cpu(const at::Tensor& x, const at::Tensor& weight,
   const at::Tensor b = bias.value_or(at::Tensor()), r = residual.value_or(at::Tensor());
   const ConvGeometry g =
       checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_bias, r, stride, padding, groups);
+  checks::check_eps(kOp, eps);
   checks::check_like(kOp, x, "x", running_mean, "running_mean");
   checks::check_vector(kOp, running_mean, g.out_c, "running_mean");
   checks::check_like(kOp, x, "x", running_var, "running_var");
@@ -559,6 +560,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_bn_act_train_cpu
   const at::Tensor b = bias.value_or(at::Tensor()), r = residual.value_or(at::Tensor());
   const ConvGeometry g =
       checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_bias, r, stride, padding, groups);
+  checks::check_eps(kOp, eps);
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "conv_bn_act_train", [&] {
     out = train_forward<scalar_t>(x, weight, b, bn_weight, bn_bias, r, g, eps, relu);

@@ -17,7 +17,8 @@ void update_running_stats_cpu(at::Tensor& running_mean, at::Tensor& running_var,
                               const at::Tensor& batch_mean, const at::Tensor& batch_var,
                               const std::optional<at::Tensor>& num_batches_tracked, int64_t count,
                               double momentum, bool cumulative) {
-  checks::check_running_stats_update(kOp, running_mean, running_var, batch_mean, batch_var, count);
+  checks::check_running_stats_update(kOp, running_mean, running_var, batch_mean, batch_var,
+                                     num_batches_tracked, count);
   const int64_t c = running_mean.numel();
   double factor = momentum;
   if (cumulative) {

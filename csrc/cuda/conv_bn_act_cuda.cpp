@@ -122,6 +122,7 @@ at::Tensor conv_bn_act_eval_cuda(const at::Tensor& x, const at::Tensor& weight, 
                                  int64_t stride, int64_t padding, int64_t groups, double eps, bool relu) {
   const at::Tensor b = bias.value_or(at::Tensor()), r = residual.value_or(at::Tensor());
   const ConvGeometry g = checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_bias, r, stride, padding, groups);
+  checks::check_eps(kOp, eps);
   checks::check_like(kOp, x, "x", running_mean, "running_mean");
   checks::check_vector(kOp, running_mean, g.out_c, "running_mean");
   checks::check_like(kOp, x, "x", running_var, "running_var");
@@ -165,6 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_bn_act_train_cud
     int64_t groups, double eps, bool relu) {
   const at::Tensor b = bias.value_or(at::Tensor()), r = residual.value_or(at::Tensor());
   const ConvGeometry g = checks::check_conv_bn_act(kOp, x, weight, b, bn_weight, bn_bias, r, stride, padding, groups);
+  checks::check_eps(kOp, eps);
   const ElementType dtype = element_type(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -219,7 +221,8 @@ void update_running_stats_cuda(at::Tensor& running_mean, at::Tensor& running_var
                                const at::Tensor& batch_var, const std::optional<at::Tensor>& num_batches_tracked,
                                int64_t count, double momentum, bool cumulative) {
   constexpr const char* op = "conv_bn_act_update_running_stats (CUDA)";
-  checks::check_running_stats_update(op, running_mean, running_var, batch_mean, batch_var, count);
+  checks::check_running_stats_update(op, running_mean, running_var, batch_mean, batch_var, num_batches_tracked,
+                                     count);
   const int64_t c = running_mean.numel();
   int running_dtype = 0;
   switch (running_mean.scalar_type()) {
@@ -257,6 +260,7 @@ Grads conv_bn_act_backward_cuda(const at::Tensor& grad_y, const at::Tensor& y, c
   const at::Tensor b = bias.value_or(at::Tensor()), z_in = conv_out.value_or(at::Tensor());
   const ConvGeometry g = checks::check_conv_bn_act_backward(op, grad_y, y, x, weight, b, bn_weight, z_in, mean, var,
                                                             stride, padding, groups, training);
+  checks::check_eps(op, eps);
   const ElementType dtype = element_type(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

@@ -50,6 +50,7 @@ def conv_bn_act(x, weight, bn_weight, bn_bias, running_mean, running_var, *, bia
     # ValueError, run only once the operator has refused them (at batch 1 they cost ~10 us of a
     # training call that takes 0.3 ms).
     _check_all(*args)
+    _check_eps(eps)
     raise error or AssertionError("conv_bn_act: arguments refused without a reason")
 
 
@@ -191,9 +192,49 @@ def _check_all(x, weight, bn_weight, bn_bias, running_mean, running_var, bias, s
             raise ValueError(f"conv_bn_act: {name} must have shape [{weight.shape[0]}], got {list(t.shape)}")
     if training and momentum is None and num_batches_tracked is None:
         raise ValueError("conv_bn_act: momentum=None (cumulative average) needs num_batches_tracked")
+    if training:
+        for t, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+            if t.dtype not in _FLOAT_DTYPES:
+                raise ValueError(f"conv_bn_act: {name} must be float32, float64, bfloat16 or float16, "
+                                 f"got {t.dtype}")
+        if running_var.dtype != running_mean.dtype:
+            raise ValueError(f"conv_bn_act: running_var must have running_mean's dtype ({running_mean.dtype}), "
+                             f"got {running_var.dtype}")
+    if training and num_batches_tracked is not None:
+        _check_batch_counter(num_batches_tracked, running_mean)
     if training and (not running_mean.is_contiguous() or not running_var.is_contiguous()):
         raise ValueError("conv_bn_act: running_mean and running_var must be contiguous (they are "
                          "updated in place)")
+
+
+def _check_batch_counter(n, running_mean):
+    """num_batches_tracked: a one-element counter (nn.BatchNorm2d's is an int64 scalar) that
+    add_(1) can count in, on the running statistics' device."""
+    if not isinstance(n, torch.Tensor):
+        raise ValueError(f"conv_bn_act: num_batches_tracked must be a Tensor, got {type(n).__name__}")
+    if n.dtype == torch.bool or n.is_complex():
+        raise ValueError(f"conv_bn_act: num_batches_tracked must be an integer or floating tensor "
+                         f"(torch.int64 as nn.BatchNorm2d's), got {n.dtype}")
+    if n.device != running_mean.device:
+        raise ValueError(f"conv_bn_act: num_batches_tracked must be on running_mean's device "
+                         f"({running_mean.device}), got {n.device}")
+    if n.numel() != 1:
+        raise ValueError(f"conv_bn_act: num_batches_tracked must have one element, got shape {list(n.shape)}")
+
+
+def _check_eps(eps):
+    # Stock batch_norm refuses a negative eps; NaN would make every output NaN (0 behind ReLU).
+    if not float(eps) >= 0:
+        raise ValueError(f"conv_bn_act: eps must be a non-negative number, got {eps}")
+
+
+def _check_same_device(op, x, **tensors):
+    """A fake kernel's device check: the dispatcher sends a call with any meta argument to the
+    fake kernel, which must refuse real tensors mixed in rather than return an empty result."""
+    for name, t in tensors.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: {name} must be on the device of the other arguments ({x.device}), "
+                             f"got {t.device}")
 
 
 def _check_tensor(t, name, like=None):
@@ -235,10 +276,12 @@ def _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padd
                          f"(x has {c_in} channels, groups={groups}), got {list(weight.shape)}")
     if k % 2 == 0:
         raise ValueError(f"conv_bn_act: weight's kernel size must be odd, got {k}")
-    if x.shape[0] == 0 or c_in == 0 or c_out == 0:
+    if x.numel() == 0 or c_out == 0:  # empty H or W too: stock conv2d refuses them
         raise ValueError(f"conv_bn_act: x and weight must not be empty, got shapes {list(x.shape)} and "
                          f"{list(weight.shape)}")
     pad = k // 2 if padding is None else int(padding)
+    if pad > 2**31 - 1:  # as the kernels: keeps H + 2 * padding from overflowing
+        raise ValueError(f"conv_bn_act: padding must be at most 2^31 - 1, got {pad}")
     h_out, w_out = _out_size(x.shape[2], k, stride, pad), _out_size(x.shape[3], k, stride, pad)
     if h_out < 1 or w_out < 1:
         raise ValueError(f"conv_bn_act: x's spatial size {list(x.shape[2:])} is smaller than the kernel ({k}) "
@@ -283,6 +326,10 @@ def _out_shape(x, weight, stride, padding):
 def _eval_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, residual, stride,
                padding, groups, eps, relu):
     _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups)
+    _check_eps(eps)
+    c_out = weight.shape[0]
+    _check_vector(running_mean, "running_mean", x, c_out)
+    _check_vector(running_var, "running_var", x, c_out)
     return torch.empty(_out_shape(x, weight, stride, padding), dtype=x.dtype, device=x.device,
                        memory_format=_output_format(x))
 
@@ -290,6 +337,7 @@ def _eval_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, r
 @torch.library.register_fake("regnet_ext::conv_bn_act_train")
 def _train_fake(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups, eps, relu):
     _check_conv_args(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, groups)
+    _check_eps(eps)
     shape = _out_shape(x, weight, stride, padding)
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_output_format(x))
     conv_out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
@@ -300,12 +348,17 @@ def _train_fake(x, weight, bias, bn_weight, bn_bias, residual, stride, padding, 
 @torch.library.register_fake("regnet_ext::conv_bn_act_update_running_stats")
 def _update_running_stats_fake(running_mean, running_var, batch_mean, batch_var, num_batches_tracked,
                                count, momentum, cumulative):
+    _check_same_device("conv_bn_act_update_running_stats", running_mean, running_var=running_var,
+                       batch_mean=batch_mean, batch_var=batch_var, num_batches_tracked=num_batches_tracked)
     return None
 
 
 @torch.library.register_fake("regnet_ext::conv_bn_act_backward")
 def _backward_fake(grad_y, y, x, weight, bias, bn_weight, conv_out, mean, var, stride, padding,
                    groups, eps, relu, training, input_grad, param_grads, residual_grad=True):
+    _check_conv_args(x, weight, bias, bn_weight, bn_weight, None, stride, padding, groups)
+    _check_eps(eps)
+    _check_same_device("conv_bn_act_backward", x, grad_y=grad_y, y=y, conv_out=conv_out, mean=mean, var=var)
     fmt = _output_format(x)
     none = dict(dtype=x.dtype, device=x.device)
     grad_x = torch.empty(x.shape, memory_format=fmt, **none) if input_grad else torch.empty(0, **none)

@@ -122,6 +122,7 @@ def _squeeze_excite_inplace_fake(x, w1, b1, w2, b2):
 @torch.library.register_fake("regnet_ext::squeeze_excite_backward")
 def _squeeze_excite_backward_fake(grad_y, x, w1, b1, w2, b2):
     _check_args(x, w1, b1, w2, b2)
+    _check_same(grad_y, "grad_y", x)
     if grad_y.shape != x.shape:
         raise ValueError(f"squeeze_excite_backward: grad_y must have x's shape {list(x.shape)}, "
                          f"got {list(grad_y.shape)}")
