@@ -72,7 +72,7 @@ def test_weights_load_from_a_state_dict_or_a_training_checkpoint(tmp_path):
     (["--out", "{tmp}/m.pt2", "--max-batch", "0"], "--max-batch: expected an int >= 1, got 0"),
     (["--out", "{tmp}/m.pt2", "--model", "RegNetZ-1GF"], "--model: unknown RegNet model"),
     (["--out", "{tmp}/m.pt2", "--model", "keras:regnet"], "--model: expected NAME, torchvision:NAME or timm:NAME"),
-    (["--out", "{tmp}/m.pt2", "--model", "timm:nosuch"], "--model: Unknown model (nosuch)"),
+    (["--out", "{tmp}/m.pt2", "--model", "timm:nosuch"], "--model: timm has no model 'nosuch' (e.g. regnety_004)"),
 ])
 def test_bad_arguments_are_refused_naming_the_option(tmp_path, capsys, extra, message):
     argv = ["export"] + [a.format(tmp=tmp_path) for a in extra]
