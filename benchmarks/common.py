@@ -307,11 +307,12 @@ def output_file(stem, suffix):
 
 def write_json(path, doc):
     """Writes through a temporary file, so that an interruption never leaves half a JSON."""
+    from regnet_ext._paths import replaced_whole
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with replaced_whole(path) as tmp:
+        Path(tmp).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
 
 

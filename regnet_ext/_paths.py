@@ -1,5 +1,6 @@
 """Output files' paths that the commands, regnet_ext.deploy and the benchmarks share: the checks
-that one can be written, and the name a matplotlib plot is saved under."""
+that one can be written, the name a matplotlib plot is saved under, and writing one whole."""
+import contextlib
 import os
 import tempfile
 
@@ -41,6 +42,20 @@ def check_output_path_in_new_folders(option, path):
             pass
     except OSError as e:
         raise ValueError(f"{option}: cannot write {os.fspath(path)!r}: {folder!r} is not writable") from e
+
+
+@contextlib.contextmanager
+def replaced_whole(path):
+    """Yields a temporary path beside ``path`` to write; once the block ends without an exception
+    it replaces ``path``, and the temporary file never outlives the block: an interrupted write
+    (Ctrl-C) leaves ``path`` as it was, never a truncated file."""
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def plot_path(path, option="path"):

@@ -97,7 +97,8 @@ def test_update_operator_checks_num_batches_tracked(case):
 
 
 def test_integer_running_statistics_are_refused_in_training(case):
-    # Before: NotImplementedError '"conv_bn_act_update_running_stats" not implemented for 'Long''.
+    # These reached the running-statistics kernel, whose dtype dispatch then failed for Long
+    # without naming the argument.
     rm, rv = case["running_mean"].long(), case["running_var"].long()
     with pytest.raises(ValueError, match="running_mean must be float32, float64, bfloat16 or float16, got torch.int64"):
         _call(dict(case, running_mean=rm, running_var=rv), training=True)

@@ -3,8 +3,9 @@ import json
 import os
 import sys
 
-from .._paths import check_output_path, plot_path
-from ._checks import FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available, option_error
+from .._paths import check_output_path, plot_path, replaced_whole
+from ._checks import (FUSE_MISSING, MODEL_BY_NAME_HELP, first_below_one, fuse_available, option_error,
+                      resolve_device)
 from ._malloc_option import add_tune_malloc_argument, apply_tune_malloc
 
 HELP = ("Profile a RegNet per stage and block kind: time, flops, bytes moved (traffic model), "
@@ -48,10 +49,11 @@ def run(args):
     error = first_below_one(args, ("batch", "resolution", "iters", "threads"))
     if error is None and args.warmup < 0:
         error = f"--warmup: expected an int >= 0, got {args.warmup}"
-    if error is None and args.device == "cuda":  # before --remeasure's probe fails in torch's words
-        import torch
-        if not torch.cuda.is_available():
-            error = "--device: cuda requested but torch.cuda.is_available() is False"
+    if error is None:  # before --remeasure's probe fails in torch's words
+        try:
+            resolve_device(args.device)
+        except ValueError as exc:
+            error = str(exc)
     if error is None and args.fused and not fuse_available():
         error = f"--fused: {FUSE_MISSING}; profile without --fused"
     if error is None:
@@ -132,7 +134,8 @@ def run(args):
         print("stock / fused time per stage: "
               + ", ".join(f"{k} {v:.2f}x" for k, v in stage_speedups(stock, fused).items()))
     if args.json:
-        _write_json(doc, args.json)
+        with replaced_whole(args.json) as tmp, open(tmp, "w") as f:  # no truncated JSON on Ctrl-C
+            json.dump(doc, f, indent=1)
         print(f"JSON written to {args.json}")
     if args.plot:
         print(f"plot written to {args.plot}")
@@ -148,15 +151,3 @@ def _option_error(exc, args):
         message = "--batch/--resolution: " + message[len(prefix):]
     return message
 
-
-def _write_json(doc, path):
-    """Writes through a temporary file in the same folder, so that an interrupted run (Ctrl-C)
-    leaves no truncated JSON behind."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

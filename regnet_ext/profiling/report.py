@@ -2,7 +2,7 @@
 import os
 from dataclasses import dataclass, field
 
-from .._paths import plot_path
+from .._paths import plot_path, replaced_whole
 
 SCHEMA = "regnet_ext.profile/1"
 
@@ -122,14 +122,10 @@ def plot_profiles(results, path):
     fig.suptitle(f"{m['model']} batch {m['batch']} {m['resolution']} {m['device']} {m['dtype']} "
                  f"{'train' if m['train'] else 'inference'}")
     fig.tight_layout()
-    # Through a temporary file, so that an interrupted save (Ctrl-C) leaves no truncated plot;
-    # the format is passed since the temporary name's extension is not the plot's.
-    tmp = f"{path}.{os.getpid()}.tmp"
+    # The format is passed: the temporary file's extension is not the plot's.
     try:
-        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:].lower() or "png")
-        os.replace(tmp, path)
+        with replaced_whole(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:].lower() or "png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
